@@ -1,0 +1,393 @@
+//! The c2s actor: one per client connection. It negotiates the stream
+//! (RFC 6120 §4), authenticates (§6), binds a resource (§7), then stamps
+//! `from` on everything the client sends and hands it to the router.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use quick_xml::escape::escape;
+use rand::distr::Alphanumeric;
+use rand::Rng;
+
+use super::auth::Sasl;
+use super::outbound::Outbound;
+use super::transport::FrameResult;
+use super::C2sContext;
+use crate::codec::{Frame, StreamHeader};
+use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
+use crate::jid::{BareJid, Jid};
+use crate::ns;
+use crate::session::{Control, Session};
+use crate::session_manager::Unregister;
+use crate::stanza::{IqType, Kind, PresenceType, Stanza, StanzaParseError};
+use crate::xml::Element;
+
+pub(super) enum State {
+    /// Waiting for the stream header.
+    Start,
+    /// Stream open, not authenticated.
+    PreAuth(Sasl),
+    /// SASL succeeded; the client must restart the stream.
+    AwaitRestart(BareJid),
+    /// Restarted; the client must bind a resource.
+    Authenticated(BareJid),
+    Bound(Arc<Session>),
+}
+
+pub struct C2s {
+    pub(super) cx: Arc<C2sContext>,
+    pub(super) out: Outbound,
+    pub(super) peer: SocketAddr,
+    header_sent: bool,
+    pub(super) state: State,
+    pub(super) auth_failures: u32,
+    closing: bool,
+}
+
+pub(super) fn random_id(len: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+impl C2s {
+    pub(super) fn new(cx: Arc<C2sContext>, out: Outbound, peer: SocketAddr) -> C2s {
+        C2s {
+            cx,
+            out,
+            peer,
+            header_sent: false,
+            state: State::Start,
+            auth_failures: 0,
+            closing: false,
+        }
+    }
+
+    pub(super) fn domain(&self) -> &BareJid {
+        self.cx.router.domain()
+    }
+
+    pub(super) fn send_element(&self, el: &Element) {
+        let mut buf = Vec::with_capacity(128);
+        el.write_to(&mut buf, ns::CLIENT);
+        // A full queue closes the connection by itself.
+        let _ = self.out.send(Bytes::from(buf));
+    }
+
+    pub(super) fn send_stanza(&self, stanza: &Stanza) {
+        let _ = self.out.send(stanza.to_bytes());
+    }
+
+    fn send_header(&mut self, to: Option<&Jid>, lang: &str) {
+        let mut header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='{}' from='{}'",
+            ns::CLIENT,
+            ns::STREAM,
+            random_id(16),
+            escape(self.domain().as_str()),
+        );
+        if let Some(to) = to {
+            header.push_str(&format!(" to='{}'", escape(to.as_str())));
+        }
+        header.push_str(&format!(" version='1.0' xml:lang='{}'>", escape(lang)));
+        self.header_sent = true;
+        let _ = self.out.send(Bytes::from(header));
+    }
+
+    /// Sends a stream error, closes the stream and stops the actor.
+    pub(super) fn stream_error(&mut self, ctx: &mut Context<Self>, err: StreamError) {
+        if self.closing {
+            return;
+        }
+        log::debug!("{}: {err}", self.peer);
+        if !self.header_sent {
+            self.send_header(None, "en");
+        }
+        let mut bytes = Vec::new();
+        err.to_element().write_to(&mut bytes, ns::CLIENT);
+        bytes.extend_from_slice(b"</stream:stream>");
+        let _ = self.out.send(Bytes::from(bytes));
+        self.close(ctx, self.cx.config.close_linger);
+    }
+
+    fn close(&mut self, ctx: &mut Context<Self>, linger: Duration) {
+        self.closing = true;
+        self.out.close(linger);
+        ctx.stop();
+    }
+
+    fn on_stream_open(&mut self, ctx: &mut Context<Self>, header: StreamHeader) {
+        let authenticated = match &self.state {
+            State::Start | State::PreAuth(_) => None,
+            State::AwaitRestart(user) => Some(user.clone()),
+            State::Authenticated(_) | State::Bound(_) => {
+                return self.stream_error(
+                    ctx,
+                    StreamError::with_text(StreamCondition::BadFormat, "unexpected stream restart"),
+                )
+            }
+        };
+        if let Err(err) = self.check_header(&header) {
+            return self.stream_error(ctx, err);
+        }
+        let to = header.from.as_deref().and_then(|f| Jid::parse(f).ok());
+        let lang = header
+            .lang
+            .filter(|l| l.len() <= 35 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or_else(|| "en".to_owned());
+        self.send_header(to.as_ref(), &lang);
+        let features = match authenticated {
+            None => {
+                self.state = State::PreAuth(Sasl::Idle);
+                self.pre_auth_features()
+            }
+            Some(user) => {
+                self.state = State::Authenticated(user);
+                Element::new("features", ns::STREAM)
+                    .with_child(Element::new("bind", ns::BIND))
+                    .with_child(
+                        Element::new("session", ns::SESSION)
+                            .with_child(Element::new("optional", ns::SESSION)),
+                    )
+            }
+        };
+        self.send_element(&features);
+    }
+
+    /// RFC 6120 §4.9.1: the header's namespaces, version and `to`.
+    fn check_header(&self, header: &StreamHeader) -> Result<(), StreamError> {
+        if header.default_ns.as_deref() != Some(ns::CLIENT) {
+            return Err(StreamError::with_text(
+                StreamCondition::InvalidNamespace,
+                "the content namespace must be jabber:client",
+            ));
+        }
+        let major = header
+            .version
+            .as_deref()
+            .and_then(|v| v.split_once('.'))
+            .and_then(|(major, minor)| minor.parse::<u32>().ok().and(major.parse::<u32>().ok()));
+        if major.is_none_or(|m| m < 1) {
+            return Err(StreamError::with_text(
+                StreamCondition::UnsupportedVersion,
+                "XMPP 1.0 is required",
+            ));
+        }
+        if let Some(to) = &header.to {
+            match Jid::parse(to) {
+                Ok(jid) if jid.as_str() == self.domain().as_str() => {}
+                _ => {
+                    return Err(StreamError::with_text(
+                        StreamCondition::HostUnknown,
+                        format!("this server serves {}", self.domain()),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_element(&mut self, ctx: &mut Context<Self>, el: Element) {
+        match &self.state {
+            State::Start => {
+                self.stream_error(ctx, StreamError::new(StreamCondition::NotWellFormed))
+            }
+            State::PreAuth(_) => self.on_pre_auth(ctx, el),
+            State::AwaitRestart(_) => self.stream_error(
+                ctx,
+                StreamError::with_text(StreamCondition::NotAuthorized, "restart the stream first"),
+            ),
+            State::Authenticated(_) => self.on_pre_bind(ctx, el),
+            State::Bound(session) => {
+                let session = session.clone();
+                self.on_stanza(ctx, &session, el)
+            }
+        }
+    }
+
+    /// Answers an element that failed to parse as a stanza, if it deserves
+    /// an answer.
+    pub(super) fn reject(&mut self, ctx: &mut Context<Self>, err: StanzaParseError) {
+        match err {
+            StanzaParseError::Stream(e) => self.stream_error(ctx, e),
+            StanzaParseError::Stanza(e, el) => {
+                if el.attr("type") == Some("error") {
+                    return;
+                }
+                let mut reply = Element::new(el.name(), ns::CLIENT).with_attr("type", "error");
+                if let Some(id) = el.attr("id") {
+                    reply.set_attr("id", id);
+                }
+                reply.push_child(e.to_element());
+                self.send_element(&reply);
+            }
+        }
+    }
+
+    fn on_stanza(&mut self, ctx: &mut Context<Self>, session: &Arc<Session>, el: Element) {
+        // RFC 6120 §8.1.2.1: a client may only name itself as the sender.
+        if let Some(from) = el.attr("from") {
+            match Jid::parse(from) {
+                Ok(j) if j == *session.jid.as_jid() || j == *session.jid.to_bare().as_jid() => {}
+                _ => {
+                    return self.stream_error(
+                        ctx,
+                        StreamError::with_text(
+                            StreamCondition::InvalidFrom,
+                            "you may not send as another JID",
+                        ),
+                    )
+                }
+            }
+        }
+        let mut stanza = match Stanza::from_element(el) {
+            Ok(s) => s,
+            Err(e) => return self.reject(ctx, e),
+        };
+        stanza.set_from(Some(session.jid.clone().into()));
+        match stanza.kind {
+            Kind::Iq(IqType::Get | IqType::Set) if self.is_for_server(&stanza) => {
+                let payload_ns = stanza
+                    .payload()
+                    .map(|p| p.ns().to_owned())
+                    .unwrap_or_default();
+                match payload_ns.as_str() {
+                    // RFC 3921's session establishment: nothing left to do.
+                    ns::SESSION => self.send_stanza(&stanza.iq_result(None)),
+                    ns::BIND => {
+                        if let Some(reply) = stanza.error_reply(&StanzaError::with_text(
+                            StanzaCondition::NotAllowed,
+                            "a resource is bound already",
+                        )) {
+                            self.send_stanza(&reply);
+                        }
+                    }
+                    _ => self.cx.router.route(stanza),
+                }
+            }
+            Kind::Presence(t) if stanza.to().is_none() => {
+                self.on_own_presence(ctx, session, t, stanza)
+            }
+            Kind::Message(_) if stanza.to().is_none() => {
+                // RFC 6121 §8.1.1.1: as if addressed to the sender's bare JID.
+                stanza.set_to(Some(session.jid.to_bare().into()));
+                self.cx.router.route(stanza);
+            }
+            _ => self.cx.router.route(stanza),
+        }
+    }
+
+    fn is_for_server(&self, stanza: &Stanza) -> bool {
+        stanza
+            .to()
+            .is_none_or(|to| to.as_str() == self.domain().as_str())
+    }
+
+    /// Presence without `to`: the session's own availability.
+    fn on_own_presence(
+        &mut self,
+        ctx: &mut Context<Self>,
+        session: &Arc<Session>,
+        t: PresenceType,
+        stanza: Stanza,
+    ) {
+        match t {
+            PresenceType::Available => {
+                let priority = match stanza.element().get_child("priority", ns::CLIENT) {
+                    None => Ok(0),
+                    Some(p) => p.text().trim().parse::<i8>(),
+                };
+                match priority {
+                    Ok(p) => session.set_available(p),
+                    Err(_) => {
+                        let err = StanzaError::with_text(
+                            StanzaCondition::BadRequest,
+                            "priority must be -128..127",
+                        );
+                        if let Some(reply) = stanza.error_reply(&err) {
+                            self.send_stanza(&reply);
+                        }
+                    }
+                }
+            }
+            PresenceType::Unavailable => session.set_unavailable(),
+            _ => {}
+        }
+        let _ = ctx;
+    }
+}
+
+impl Actor for C2s {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
+            if !matches!(act.state, State::Bound(_)) {
+                let err = StreamError::with_text(
+                    StreamCondition::ConnectionTimeout,
+                    "stream negotiation took too long",
+                );
+                act.stream_error(ctx, err);
+            }
+        });
+        let shutdown = self.cx.shutdown.clone();
+        ctx.spawn(
+            async move { shutdown.cancelled().await }
+                .into_actor(self)
+                .map(|_, act, ctx| {
+                    act.stream_error(ctx, StreamError::new(StreamCondition::SystemShutdown))
+                }),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let State::Bound(session) = &self.state {
+            session.set_unavailable();
+            self.cx.sm.do_send(Unregister {
+                jid: session.jid.clone(),
+                id: session.id,
+            });
+        }
+        // Does nothing if the stream was closed already.
+        self.out.close(Duration::ZERO);
+    }
+}
+
+impl StreamHandler<FrameResult> for C2s {
+    fn handle(&mut self, frame: FrameResult, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        match frame {
+            Err(err) => self.stream_error(ctx, err),
+            Ok(Frame::StreamOpen(header)) => self.on_stream_open(ctx, header),
+            Ok(Frame::Stanza(el)) => self.on_element(ctx, el),
+            Ok(Frame::StreamClose) => {
+                // RFC 6120 §4.4: answer the close, then hang up.
+                let _ = self.out.send(Bytes::from_static(b"</stream:stream>"));
+                self.close(ctx, Duration::ZERO);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        // The peer hung up (or its stream ended in error, handled above).
+        self.closing = true;
+        ctx.stop();
+    }
+}
+
+impl Handler<Control> for C2s {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
+        match msg {
+            Control::Kick(err) => self.stream_error(ctx, err),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Before authentication: SASL (RFC 6120 §6) with PLAIN, SCRAM-SHA-1 and
+//! SCRAM-SHA-256, and XEP-0077 registration. Storage look-ups and PBKDF2
+//! run off the event loop; the stream waits (`ctx.wait`) so that nothing
+//! the client pipelines is processed out of order.
+
+use actix::prelude::*;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::actor::{C2s, State};
+use crate::error::{SaslCondition, SaslFailure, StreamCondition, StreamError};
+use crate::jid::{normalise_localpart, BareJid};
+use crate::ns;
+use crate::sasl::scram::ClientFirst;
+use crate::sasl::{plain, Mechanism, ScramHash, ScramServer};
+use crate::stanza::{IqType, Kind, Stanza};
+use crate::xep::register;
+use crate::xml::Element;
+
+/// Where a SASL exchange stands.
+pub(crate) enum Sasl {
+    Idle,
+    /// `<auth/>` came without an initial response; we sent an empty challenge.
+    AwaitInitial(Mechanism),
+    /// We sent the SCRAM server-first-message.
+    AwaitScramFinal(Box<ScramServer>, BareJid),
+}
+
+impl C2s {
+    pub(super) fn pre_auth_features(&self) -> Element {
+        let mut mechanisms = Element::new("mechanisms", ns::SASL);
+        for m in Mechanism::ALL {
+            mechanisms.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
+        }
+        let mut features = Element::new("features", ns::STREAM).with_child(mechanisms);
+        if self.cx.config.registration {
+            features.push_child(Element::new("register", ns::REGISTER_FEATURE));
+        }
+        features
+    }
+
+    pub(super) fn on_pre_auth(&mut self, ctx: &mut Context<Self>, el: Element) {
+        if el.ns() == ns::SASL {
+            return self.on_sasl(ctx, el);
+        }
+        if el.is("starttls", ns::TLS) {
+            // Not offered: RFC 6120 §5.4.2.2 says fail and close.
+            self.send_element(&Element::new("failure", ns::TLS));
+            return self.stream_error(
+                ctx,
+                StreamError::with_text(
+                    StreamCondition::UnsupportedFeature,
+                    "STARTTLS is not offered",
+                ),
+            );
+        }
+        let is_register = el.is("iq", ns::CLIENT)
+            && el
+                .children()
+                .next()
+                .is_some_and(|p| p.is("query", ns::REGISTER));
+        if is_register && self.cx.config.registration {
+            return match Stanza::from_element(el) {
+                Ok(mut iq) => {
+                    // Nothing from an unauthenticated client is trusted.
+                    iq.set_from(None);
+                    self.register(ctx, iq)
+                }
+                Err(e) => self.reject(ctx, e),
+            };
+        }
+        self.stream_error(
+            ctx,
+            StreamError::with_text(StreamCondition::NotAuthorized, "authenticate first"),
+        )
+    }
+
+    /// XEP-0077 §3.1: the form, or the account it describes.
+    fn register(&mut self, ctx: &mut Context<Self>, iq: Stanza) {
+        match iq.kind {
+            Kind::Iq(IqType::Get) => self.send_stanza(&iq.iq_result(Some(register::form(None)))),
+            Kind::Iq(IqType::Set) => {
+                let storage = self.cx.router.storage().clone();
+                let query = iq
+                    .payload()
+                    .cloned()
+                    .unwrap_or_else(|| Element::new("query", ns::REGISTER));
+                let iterations = self.cx.config.scram_iterations;
+                let fut = register::register_account(storage, query, iterations);
+                ctx.wait(fut.into_actor(self).map(move |res, act, _| {
+                    let reply = match res {
+                        Ok(_) => Some(iq.iq_result(None)),
+                        Err(e) => iq.error_reply(&e),
+                    };
+                    if let Some(reply) = reply {
+                        act.send_stanza(&reply);
+                    }
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sasl(&mut self, ctx: &mut Context<Self>, el: Element) {
+        let State::PreAuth(sasl) = &mut self.state else {
+            return;
+        };
+        let sasl = std::mem::replace(sasl, Sasl::Idle);
+        let data = match el.text().trim() {
+            // "=" is an empty response; no text at all is no response.
+            "=" => Some(Vec::new()),
+            "" => None,
+            t => match B64.decode(t) {
+                Ok(d) => Some(d),
+                Err(_) => {
+                    return self
+                        .sasl_failure(ctx, SaslFailure::new(SaslCondition::IncorrectEncoding))
+                }
+            },
+        };
+        match (el.name(), sasl) {
+            ("auth", _) => {
+                let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
+                    return self
+                        .sasl_failure(ctx, SaslFailure::new(SaslCondition::InvalidMechanism));
+                };
+                match data {
+                    Some(data) => self.sasl_start(ctx, mech, data),
+                    None => {
+                        self.state = State::PreAuth(Sasl::AwaitInitial(mech));
+                        self.send_element(&Element::new("challenge", ns::SASL));
+                    }
+                }
+            }
+            ("response", Sasl::AwaitInitial(mech)) => {
+                self.sasl_start(ctx, mech, data.unwrap_or_default())
+            }
+            ("response", Sasl::AwaitScramFinal(server, user)) => {
+                match server.finish(&data.unwrap_or_default()) {
+                    Ok(server_final) => self.sasl_success(user, Some(server_final)),
+                    Err(f) => self.sasl_failure(ctx, f),
+                }
+            }
+            ("abort", _) => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::Aborted)),
+            _ => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::MalformedRequest)),
+        }
+    }
+
+    /// The account a SASL identity names, checking the authorisation identity.
+    fn sasl_user(&self, username: &str, authzid: Option<&str>) -> Result<BareJid, SaslFailure> {
+        let not_authorized = || SaslFailure::new(SaslCondition::NotAuthorized);
+        let node =
+            normalise_localpart(&crate::sasl::saslprep(username)).map_err(|_| not_authorized())?;
+        let user = BareJid::new(&node, self.domain().domain()).map_err(|_| not_authorized())?;
+        match authzid {
+            None => Ok(user),
+            Some(a) if BareJid::parse(a).is_ok_and(|j| j == user) => Ok(user),
+            Some(_) => Err(SaslFailure::new(SaslCondition::InvalidAuthzid)),
+        }
+    }
+
+    fn fake_salt(&self, user: &BareJid) -> Vec<u8> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.cx.secret).expect("any key length");
+        mac.update(user.as_str().as_bytes());
+        mac.finalize().into_bytes()[..16].to_vec()
+    }
+
+    fn sasl_start(&mut self, ctx: &mut Context<Self>, mech: Mechanism, data: Vec<u8>) {
+        let storage = self.cx.router.storage().clone();
+        match mech {
+            Mechanism::Plain => {
+                let msg = match plain::parse(&data) {
+                    Ok(m) => m,
+                    Err(f) => return self.sasl_failure(ctx, f),
+                };
+                let user = match self.sasl_user(&msg.username, msg.authzid.as_deref()) {
+                    Ok(u) => u,
+                    Err(f) => return self.sasl_failure(ctx, f),
+                };
+                let fake_salt = self.fake_salt(&user);
+                let node = user.node().unwrap_or_default().to_owned();
+                let check = async move {
+                    let creds = storage.credentials(&node).await?;
+                    // An unknown user costs the same PBKDF2 as a wrong password.
+                    let ok = actix_rt::task::spawn_blocking(move || match creds {
+                        Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
+                        None => {
+                            ScramHash::Sha256.salted_password(
+                                &msg.password,
+                                &fake_salt,
+                                crate::sasl::MIN_ITERATIONS,
+                            );
+                            false
+                        }
+                    })
+                    .await
+                    .unwrap_or(false);
+                    Ok::<bool, crate::error::StorageError>(ok)
+                };
+                ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(true) => act.sasl_success(user, None),
+                    Ok(false) => {
+                        act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized))
+                    }
+                    Err(e) => act.sasl_failure(ctx, e.into()),
+                }));
+            }
+            Mechanism::ScramSha1 | Mechanism::ScramSha256 => {
+                let hash = if mech == Mechanism::ScramSha1 {
+                    ScramHash::Sha1
+                } else {
+                    ScramHash::Sha256
+                };
+                let first = match ClientFirst::parse(&data) {
+                    Ok(f) => f,
+                    Err(f) => return self.sasl_failure(ctx, f),
+                };
+                let user = match self.sasl_user(&first.username, first.authzid.as_deref()) {
+                    Ok(u) => u,
+                    Err(f) => return self.sasl_failure(ctx, f),
+                };
+                let node = user.node().unwrap_or_default().to_owned();
+                let lookup = async move { storage.credentials(&node).await };
+                ctx.wait(lookup.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(creds) => {
+                        let creds = creds.map(|c| c.for_hash(hash).clone());
+                        let fake_salt = act.fake_salt(&user);
+                        let (server, server_first) =
+                            ScramServer::start(hash, first, creds, &fake_salt);
+                        act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user));
+                        act.send_element(
+                            &Element::new("challenge", ns::SASL)
+                                .with_text(B64.encode(server_first)),
+                        );
+                    }
+                    Err(e) => act.sasl_failure(ctx, e.into()),
+                }));
+            }
+        }
+    }
+
+    fn sasl_success(&mut self, user: BareJid, additional: Option<Vec<u8>>) {
+        log::info!("{}: authenticated as {user}", self.peer);
+        let mut success = Element::new("success", ns::SASL);
+        if let Some(data) = additional {
+            success.push_text(B64.encode(data));
+        }
+        self.send_element(&success);
+        self.state = State::AwaitRestart(user);
+    }
+
+    fn sasl_failure(&mut self, ctx: &mut Context<Self>, failure: SaslFailure) {
+        if let State::PreAuth(sasl) = &mut self.state {
+            *sasl = Sasl::Idle;
+        }
+        self.send_element(&failure.to_element());
+        if failure.condition == SaslCondition::Aborted {
+            return;
+        }
+        self.auth_failures += 1;
+        log::info!(
+            "{}: authentication failed: {}",
+            self.peer,
+            failure.condition
+        );
+        if self.auth_failures >= self.cx.config.max_auth_failures {
+            self.stream_error(
+                ctx,
+                StreamError::with_text(
+                    StreamCondition::PolicyViolation,
+                    "too many failed authentication attempts",
+                ),
+            );
+        }
+    }
+}

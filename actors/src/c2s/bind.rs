@@ -1,0 +1,97 @@
+//! Resource binding (RFC 6120 §7): the client's resource or one we make up,
+//! registered with the SessionManager; a conflicting older session is
+//! closed by it.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::actor::{random_id, C2s, State};
+use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
+use crate::jid::normalise_resourcepart;
+use crate::ns;
+use crate::session::Session;
+use crate::session_manager::Register;
+use crate::stanza::{IqType, Kind, Stanza};
+use crate::xml::Element;
+
+impl C2s {
+    pub(super) fn on_pre_bind(&mut self, ctx: &mut Context<Self>, el: Element) {
+        let State::Authenticated(user) = &self.state else {
+            return;
+        };
+        let user = user.clone();
+        let is_bind =
+            el.is("iq", ns::CLIENT) && el.children().next().is_some_and(|p| p.is("bind", ns::BIND));
+        if !is_bind {
+            return self.stream_error(
+                ctx,
+                StreamError::with_text(StreamCondition::NotAuthorized, "bind a resource first"),
+            );
+        }
+        let iq = match Stanza::from_element(el) {
+            Ok(iq) if iq.kind == Kind::Iq(IqType::Set) => iq,
+            Ok(iq) => {
+                if let Some(reply) = iq.error_reply(&StanzaError::new(StanzaCondition::BadRequest))
+                {
+                    self.send_stanza(&reply);
+                }
+                return;
+            }
+            Err(e) => return self.reject(ctx, e),
+        };
+        let requested = iq
+            .payload()
+            .and_then(|b| b.get_child("resource", ns::BIND))
+            .map(Element::text)
+            .filter(|r| !r.trim().is_empty());
+        let resource = match requested {
+            None => random_id(12),
+            Some(r) => match normalise_resourcepart(&r) {
+                Ok(r) => r,
+                Err(_) => {
+                    let err =
+                        StanzaError::with_text(StanzaCondition::BadRequest, "invalid resource");
+                    if let Some(reply) = iq.error_reply(&err) {
+                        self.send_stanza(&reply);
+                    }
+                    return;
+                }
+            },
+        };
+        let jid = match user.with_resource(&resource) {
+            Ok(jid) => jid,
+            Err(e) => {
+                if let Some(reply) = iq.error_reply(&e.into()) {
+                    self.send_stanza(&reply);
+                }
+                return;
+            }
+        };
+        let session = Arc::new(Session::new(
+            jid,
+            self.out.clone(),
+            ctx.address().recipient(),
+        ));
+        let registering = self.cx.sm.send(Register(session.clone()));
+        ctx.wait(registering.into_actor(self).map(move |res, act, _| {
+            let res =
+                res.unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
+            match res {
+                Ok(()) => {
+                    log::info!("{}: bound {}", act.peer, session.jid);
+                    let bind = Element::new("bind", ns::BIND).with_child(
+                        Element::new("jid", ns::BIND).with_text(session.jid.to_string()),
+                    );
+                    act.state = State::Bound(session);
+                    act.send_stanza(&iq.iq_result(Some(bind)));
+                }
+                Err(e) => {
+                    if let Some(reply) = iq.error_reply(&e) {
+                        act.send_stanza(&reply);
+                    }
+                }
+            }
+        }));
+    }
+}

@@ -1,0 +1,110 @@
+//! Client-to-server connections. Each connection is two parts: a transport
+//! task that owns the socket ([`transport`]), and the [`C2s`] actor that owns
+//! the session's state: stream negotiation ([`auth`], [`bind`]), then
+//! stamping and routing what the client sends ([`actor`]).
+
+mod actor;
+mod auth;
+mod bind;
+mod outbound;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use actor::C2s;
+pub use outbound::{Outbound, SendError};
+
+use crate::codec::{CodecLimits, XmppCodec};
+use crate::router::Router;
+use crate::session_manager::SessionManager;
+
+/// Settings of client connections.
+#[derive(Clone, Debug)]
+pub struct C2sConfig {
+    pub limits: CodecLimits,
+    /// XEP-0077 registration before authentication.
+    pub registration: bool,
+    /// PBKDF2 iterations for accounts created in-band.
+    pub scram_iterations: u32,
+    /// Bytes queued for a client that is not reading before it is dropped.
+    pub max_outbound_bytes: usize,
+    /// Time from connecting to a bound resource.
+    pub negotiation_timeout: Duration,
+    /// Failed SASL attempts allowed on one stream.
+    pub max_auth_failures: u32,
+    /// After the server closes a stream, how long the client has to close its side.
+    pub close_linger: Duration,
+}
+
+impl Default for C2sConfig {
+    fn default() -> Self {
+        C2sConfig {
+            limits: CodecLimits::default(),
+            registration: false,
+            scram_iterations: crate::sasl::MIN_ITERATIONS,
+            max_outbound_bytes: 1024 * 1024,
+            negotiation_timeout: Duration::from_secs(30),
+            max_auth_failures: 3,
+            close_linger: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What every connection of a server shares.
+pub struct C2sContext {
+    pub router: Router,
+    pub sm: Addr<SessionManager>,
+    pub config: C2sConfig,
+    /// Cancelled at shutdown: every stream is closed with `<system-shutdown/>`.
+    pub shutdown: CancellationToken,
+    /// The transport tasks, to wait for their last bytes at shutdown.
+    pub tasks: TaskTracker,
+    /// Keys the made-up SCRAM salts of unknown users.
+    pub(crate) secret: [u8; 32],
+}
+
+impl C2sContext {
+    pub fn new(router: Router, sm: Addr<SessionManager>, config: C2sConfig) -> C2sContext {
+        use rand::RngCore;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        C2sContext {
+            router,
+            sm,
+            config,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            secret,
+        }
+    }
+}
+
+/// Starts a connection on the current arbiter: its transport task and its
+/// actor. `io` is any byte stream (TCP, TLS, an in-memory pipe in tests).
+pub fn spawn<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr) -> Addr<C2s>
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
+    // A few frames of slack; past that, reading the socket waits for the actor.
+    let (frames_tx, mut frames_rx) = mpsc::channel(8);
+    let codec = XmppCodec::new(cx.config.limits);
+    actix_rt::spawn(
+        cx.tasks
+            .track_future(transport::run(io, codec, frames_tx, out_rx)),
+    );
+    C2s::create(move |ctx| {
+        ctx.add_stream(futures_util::stream::poll_fn(move |c| {
+            frames_rx.poll_recv(c)
+        }));
+        C2s::new(cx, out, peer)
+    })
+}

@@ -1,0 +1,26 @@
+//! # shoal-actors
+//!
+//! The embeddable core of the Shoal XMPP server: protocol types (JIDs,
+//! stanzas, the XML stream codec), the actors (one [`c2s::C2s`] per client
+//! connection, the [`session_manager::SessionManager`]), the [`router`],
+//! and the traits an embedder implements ([`storage::Storage`],
+//! [`iq_handler::IqHandler`]).
+//!
+//! The path of one stanza: [`codec`] → [`c2s`] → [`router`] →
+//! [`session`] table / [`iq_handler`] table → [`storage`] → delivery into
+//! the recipient connection's outbound queue.
+
+pub mod c2s;
+pub mod codec;
+pub mod error;
+pub mod iq_handler;
+pub mod jid;
+pub mod ns;
+pub mod router;
+pub mod sasl;
+pub mod session;
+pub mod session_manager;
+pub mod stanza;
+pub mod storage;
+pub mod xep;
+pub mod xml;

@@ -1,0 +1,83 @@
+//! SASL (RFC 6120 §6): the mechanisms Shoal offers and the credentials they
+//! verify against. Accounts store only SCRAM keys (RFC 5802): salt,
+//! iteration count, StoredKey and ServerKey per hash; never the password.
+
+pub mod plain;
+pub mod scram;
+
+pub use scram::{ScramClient, ScramCredentials, ScramHash, ScramServer};
+
+/// The mechanisms, in order of preference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    ScramSha256,
+    ScramSha1,
+    Plain,
+}
+
+impl Mechanism {
+    pub const ALL: [Mechanism; 3] = [
+        Mechanism::ScramSha256,
+        Mechanism::ScramSha1,
+        Mechanism::Plain,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::ScramSha256 => "SCRAM-SHA-256",
+            Mechanism::ScramSha1 => "SCRAM-SHA-1",
+            Mechanism::Plain => "PLAIN",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Mechanism> {
+        Mechanism::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What an account stores: SCRAM keys for each supported hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub sha1: ScramCredentials,
+    pub sha256: ScramCredentials,
+}
+
+/// RFC 7677 asks for at least 4096 iterations.
+pub const MIN_ITERATIONS: u32 = 4096;
+
+impl Credentials {
+    /// Derives fresh keys, with new random salts, from a password. Costs two
+    /// PBKDF2 runs: call it off any event loop.
+    pub fn derive(password: &str, iterations: u32) -> Credentials {
+        let iterations = iterations.max(MIN_ITERATIONS);
+        Credentials {
+            sha1: ScramCredentials::derive(ScramHash::Sha1, password, &random_salt(), iterations),
+            sha256: ScramCredentials::derive(
+                ScramHash::Sha256,
+                password,
+                &random_salt(),
+                iterations,
+            ),
+        }
+    }
+
+    pub fn for_hash(&self, hash: ScramHash) -> &ScramCredentials {
+        match hash {
+            ScramHash::Sha1 => &self.sha1,
+            ScramHash::Sha256 => &self.sha256,
+        }
+    }
+}
+
+fn random_salt() -> Vec<u8> {
+    use rand::RngCore;
+    let mut salt = vec![0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    salt
+}
+
+/// SASLprep (RFC 4013) where it applies, the string as is where it does not
+/// (a password that SASLprep rejects still has to match itself).
+pub(crate) fn saslprep(s: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(s).unwrap_or(std::borrow::Cow::Borrowed(s))
+}

@@ -1,0 +1,129 @@
+//! The SessionManager actor: the one owner of the session table. It binds
+//! and unbinds sessions and resolves resource conflicts (RFC 6120 §7.7.2.2:
+//! the new session wins, the old one gets `<conflict/>`).
+
+use std::sync::Arc;
+
+use actix::{Actor, Context, Handler, Message};
+
+use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
+use crate::jid::{BareJid, FullJid};
+use crate::router::Router;
+use crate::session::{Control, Session, SessionTable};
+use crate::stanza::Stanza;
+
+pub struct SessionManager {
+    table: SessionTable,
+    router: Router,
+    max_resources: usize,
+}
+
+impl SessionManager {
+    pub fn new(router: Router, max_resources: usize) -> SessionManager {
+        SessionManager {
+            table: router.sessions().clone(),
+            router,
+            max_resources,
+        }
+    }
+}
+
+impl Actor for SessionManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Binding is on every login's path: let it queue rather than fail.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+/// Binds a session. Fails with `<resource-constraint/>` when the account
+/// has as many sessions as allowed.
+#[derive(Message)]
+#[rtype(result = "Result<(), StanzaError>")]
+pub struct Register(pub Arc<Session>);
+
+impl Handler<Register> for SessionManager {
+    type Result = Result<(), StanzaError>;
+
+    fn handle(&mut self, Register(session): Register, _: &mut Context<Self>) -> Self::Result {
+        let replacing = self.table.get(&session.jid).is_some();
+        if !replacing && self.table.count_for(&session.jid.to_bare()) >= self.max_resources {
+            return Err(StanzaError::with_text(
+                StanzaCondition::ResourceConstraint,
+                "too many sessions for this account",
+            ));
+        }
+        if let Some(old) = self.table.insert(session) {
+            log::info!("{}: replaced by a new session", old.jid);
+            old.control(Control::Kick(StreamError::with_text(
+                StreamCondition::Conflict,
+                "replaced by a new session",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Unbinds session `id` (if a newer session took its JID, nothing happens).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    pub jid: FullJid,
+    pub id: u64,
+}
+
+impl Handler<Unregister> for SessionManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
+        self.table.remove(&msg.jid, msg.id);
+    }
+}
+
+/// The full JIDs of all bound sessions.
+#[derive(Message)]
+#[rtype(result = "Vec<FullJid>")]
+pub struct ListSessions;
+
+impl Handler<ListSessions> for SessionManager {
+    type Result = Vec<FullJid>;
+
+    fn handle(&mut self, _: ListSessions, _: &mut Context<Self>) -> Vec<FullJid> {
+        let mut jids: Vec<FullJid> = self.table.all().iter().map(|s| s.jid.clone()).collect();
+        jids.sort();
+        jids
+    }
+}
+
+/// Closes every session of an account with the given stream error.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KickUser {
+    pub user: BareJid,
+    pub error: StreamError,
+}
+
+impl Handler<KickUser> for SessionManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: KickUser, _: &mut Context<Self>) {
+        for session in self.table.resources(&msg.user) {
+            session.control(Control::Kick(msg.error.clone()));
+        }
+    }
+}
+
+/// Routes a stanza on behalf of the host program (an embedder sending a
+/// message to a user, say). The stanza needs a `from`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RouteStanza(pub Stanza);
+
+impl Handler<RouteStanza> for SessionManager {
+    type Result = ();
+
+    fn handle(&mut self, RouteStanza(stanza): RouteStanza, _: &mut Context<Self>) {
+        self.router.route(stanza);
+    }
+}

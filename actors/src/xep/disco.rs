@@ -1,0 +1,70 @@
+//! XEP-0030: Service Discovery. The server is `server/im`; an account is
+//! `account/registered`, answered by the server on the account's behalf.
+
+use crate::error::{StanzaCondition, StanzaError};
+use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
+use crate::ns;
+use crate::router::Router;
+use crate::xml::Element;
+
+pub struct DiscoInfo;
+pub struct DiscoItems;
+
+fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
+    let mut el = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", category)
+        .with_attr("type", kind);
+    if let Some(name) = name {
+        el.set_attr("name", name);
+    }
+    el
+}
+
+impl IqHandler for DiscoInfo {
+    fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
+        if req.is_set() {
+            return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
+        }
+        if req.payload().attr("node").is_some() {
+            return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
+        }
+        let (scope, ident) = if req.target.node().is_none() {
+            (IqScope::Server, identity("server", "im", Some("Shoal")))
+        } else {
+            (IqScope::Account, identity("account", "registered", None))
+        };
+        let mut query = Element::new("query", ns::DISCO_INFO).with_child(ident);
+        for feature in router.iq_handlers().features(scope) {
+            query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+        }
+        if req.target.node().is_none() {
+            return ready(Ok(Some(query)));
+        }
+        // An account that does not exist has nobody to answer for it.
+        let storage = router.storage().clone();
+        let user = req.target.node().unwrap_or_default().to_owned();
+        Box::pin(async move {
+            match storage.credentials(&user).await? {
+                Some(_) => Ok(Some(query)),
+                None => Err(StanzaError::new(StanzaCondition::ServiceUnavailable)),
+            }
+        })
+    }
+
+    fn features(&self) -> Vec<String> {
+        vec![ns::DISCO_INFO.to_owned(), ns::DISCO_ITEMS.to_owned()]
+    }
+}
+
+impl IqHandler for DiscoItems {
+    fn handle(&self, _: &Router, req: IqRequest) -> IqFuture {
+        if req.is_set() {
+            return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
+        }
+        if req.payload().attr("node").is_some() {
+            return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
+        }
+        // No components or published services yet.
+        ready(Ok(Some(Element::new("query", ns::DISCO_ITEMS))))
+    }
+}

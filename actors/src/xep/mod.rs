@@ -1,0 +1,51 @@
+//! Server features, one module per specification, each with its payload
+//! types and its IQ handler. [`standard_iq_handlers`] is the declarative
+//! list of what the server answers (ejabberd's module list).
+
+use std::sync::Arc;
+
+use crate::iq_handler::{IqHandlerTable, IqScope};
+use crate::ns;
+
+pub mod disco;
+pub mod ping;
+pub mod register;
+pub mod version;
+
+/// What the standard handlers need to know about the server.
+#[derive(Clone, Debug)]
+pub struct ServerFeatures {
+    /// XEP-0077 in-band registration (and password change / cancellation).
+    pub registration: bool,
+    /// PBKDF2 iterations for newly set passwords.
+    pub scram_iterations: u32,
+}
+
+/// The handlers of a standard server.
+pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
+    let mut table = IqHandlerTable::new();
+    table.register(IqScope::Server, ns::DISCO_INFO, Arc::new(disco::DiscoInfo));
+    table.register(
+        IqScope::Server,
+        ns::DISCO_ITEMS,
+        Arc::new(disco::DiscoItems),
+    );
+    table.register(IqScope::Account, ns::DISCO_INFO, Arc::new(disco::DiscoInfo));
+    table.register(
+        IqScope::Account,
+        ns::DISCO_ITEMS,
+        Arc::new(disco::DiscoItems),
+    );
+    table.register(IqScope::Server, ns::PING, Arc::new(ping::Ping));
+    table.register(IqScope::Server, ns::VERSION, Arc::new(version::Version));
+    if features.registration {
+        table.register(
+            IqScope::Server,
+            ns::REGISTER,
+            Arc::new(register::Register {
+                iterations: features.scram_iterations,
+            }),
+        );
+    }
+    table
+}

@@ -1,0 +1,136 @@
+//! XEP-0077: In-Band Registration. Before authentication a client may
+//! create an account (the c2s actor calls [`register_account`]); once
+//! logged in it may change its password or cancel its account through the
+//! [`Register`] IQ handler.
+
+use std::sync::Arc;
+
+use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
+use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest};
+use crate::jid::normalise_localpart;
+use crate::ns;
+use crate::router::Router;
+use crate::sasl::Credentials;
+use crate::session::Control;
+use crate::storage::Storage;
+use crate::xml::Element;
+
+/// The registration form: what a client must fill in.
+pub fn form(registered_as: Option<&str>) -> Element {
+    let mut query = Element::new("query", ns::REGISTER);
+    if let Some(user) = registered_as {
+        query.push_child(Element::new("registered", ns::REGISTER));
+        query.push_child(Element::new("username", ns::REGISTER).with_text(user));
+    } else {
+        query.push_child(
+            Element::new("instructions", ns::REGISTER)
+                .with_text("Choose a username and password for use with this service."),
+        );
+        query.push_child(Element::new("username", ns::REGISTER));
+    }
+    query.push_child(Element::new("password", ns::REGISTER));
+    query
+}
+
+fn field(query: &Element, name: &str) -> Option<String> {
+    query
+        .get_child(name, ns::REGISTER)
+        .map(Element::text)
+        .filter(|s| !s.is_empty())
+}
+
+fn not_acceptable(text: &'static str) -> StanzaError {
+    StanzaError::with_text(StanzaCondition::NotAcceptable, text)
+}
+
+/// Derives SCRAM keys from a password on the blocking pool: PBKDF2 must
+/// never run on an event loop.
+pub async fn derive_credentials(
+    password: String,
+    iterations: u32,
+) -> Result<Credentials, StanzaError> {
+    actix_rt::task::spawn_blocking(move || Credentials::derive(&password, iterations))
+        .await
+        .map_err(|_| StanzaError::new(StanzaCondition::InternalServerError))
+}
+
+/// Creates the account a registration form describes (XEP-0077 §3.1).
+pub async fn register_account(
+    storage: Arc<dyn Storage>,
+    query: Element,
+    iterations: u32,
+) -> Result<String, StanzaError> {
+    let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password"))
+    else {
+        return Err(not_acceptable("username and password are required"));
+    };
+    let username = normalise_localpart(&username)
+        .map_err(|_| StanzaError::with_text(StanzaCondition::JidMalformed, "invalid username"))?;
+    let credentials = derive_credentials(password, iterations).await?;
+    if storage.create_user(&username, credentials).await? {
+        log::info!("registered account {username}");
+        Ok(username)
+    } else {
+        Err(StanzaError::with_text(
+            StanzaCondition::Conflict,
+            "the username is taken",
+        ))
+    }
+}
+
+/// Password change and cancellation for a logged-in user (§3.2, §3.3).
+pub struct Register {
+    pub iterations: u32,
+}
+
+impl IqHandler for Register {
+    fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
+        let Some(user) = req.from.node().map(str::to_owned) else {
+            return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
+        };
+        if !req.is_set() {
+            return ready(Ok(Some(form(Some(&user)))));
+        }
+        let query = req.payload().clone();
+        let storage = router.storage().clone();
+        if query.has_child("remove", ns::REGISTER) {
+            let sessions = router.sessions().resources(&req.from.to_bare());
+            return Box::pin(async move {
+                storage.delete_user(&user).await?;
+                log::info!("account {user} cancelled");
+                // The result is queued before the kick, so it arrives first.
+                actix_rt::spawn(async move {
+                    for s in sessions {
+                        s.control(Control::Kick(StreamError::with_text(
+                            StreamCondition::NotAuthorized,
+                            "account removed",
+                        )));
+                    }
+                });
+                Ok(None)
+            });
+        }
+        let iterations = self.iterations;
+        Box::pin(async move {
+            let (Some(username), Some(password)) =
+                (field(&query, "username"), field(&query, "password"))
+            else {
+                return Err(not_acceptable("username and password are required"));
+            };
+            if normalise_localpart(&username).ok().as_deref() != Some(user.as_str()) {
+                return Err(StanzaError::with_text(
+                    StanzaCondition::NotAllowed,
+                    "not your account",
+                ));
+            }
+            let credentials = derive_credentials(password, iterations).await?;
+            storage.set_credentials(&user, credentials).await?;
+            log::info!("password of {user} changed");
+            Ok(None)
+        })
+    }
+
+    fn features(&self) -> Vec<String> {
+        vec![ns::REGISTER.to_owned()]
+    }
+}

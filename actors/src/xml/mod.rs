@@ -1,0 +1,10 @@
+//! The XML tree that complete stanzas are parsed into, and its serialiser.
+//! XML text exists only here and in the codec; everything above works on
+//! [`Element`]s and typed stanzas.
+
+mod element;
+mod parser;
+
+pub use element::{Element, Node};
+pub(crate) use parser::open_element;
+pub use parser::{parse_element, NsBindings, ParseLimits};
