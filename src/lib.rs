@@ -1,1 +1,13 @@
-pub fn y() {}
+//! # shoal
+//!
+//! The batteries-included Shoal XMPP server: TOML [`config`], the SQLite
+//! [`store`], and a [`server::ServerBuilder`] that starts the actors of
+//! [`shoal_actors`] inside an actix System, with its listeners.
+
+pub mod config;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{ServerBuilder, ServerHandle, StartError};
+pub use shoal_actors as actors;

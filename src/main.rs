@@ -1,1 +1,184 @@
-fn main() {}
+//! The `shoal` command: serve, or manage accounts.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal::store::SqliteStore;
+use shoal::{Config, ServerBuilder};
+use shoal_actors::jid::{normalise_localpart, Jid};
+use shoal_actors::sasl::Credentials;
+
+#[derive(Parser)]
+#[command(name = "shoal", version, about = "An actor-based XMPP server")]
+struct Cli {
+    /// TOML configuration file (without one: localhost on 127.0.0.1:5222, ./shoal.db)
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage accounts (works while the server runs)
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account (the password is read from stdin when omitted)
+    Add {
+        jid: String,
+        password: Option<String>,
+    },
+    /// Delete an account and everything stored for it
+    Del { jid: String },
+    /// Set an account's password (read from stdin when omitted)
+    Passwd {
+        jid: String,
+        password: Option<String>,
+    },
+    /// List accounts
+    List,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
+        None => serve(config),
+        Some(Command::User { command }) => user(&config, command),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shoal: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
+    match path {
+        Some(p) => Config::load(p).map_err(|e| e.to_string()),
+        None => Ok(Config::default()),
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    actix_rt::System::new().block_on(async move {
+        let server = ServerBuilder::new(config)
+            .start()
+            .await
+            .map_err(|e| e.to_string())?;
+        wait_for_signal().await;
+        server.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The account's username from `user@domain` or a bare `user`.
+fn username(config: &Config, jid: &str) -> Result<String, String> {
+    if !jid.contains('@') {
+        return normalise_localpart(jid).map_err(|e| format!("invalid username {jid:?}: {e}"));
+    }
+    let parsed = Jid::parse(jid).map_err(|e| format!("invalid JID {jid:?}: {e}"))?;
+    if parsed.resource().is_some() {
+        return Err(format!(
+            "{jid:?} has a resource; give a bare JID like alice@{}",
+            config.domain
+        ));
+    }
+    if parsed.domain() != config.domain {
+        return Err(format!(
+            "{jid:?} is not on this server's domain ({})",
+            config.domain
+        ));
+    }
+    Ok(parsed.node().unwrap_or_default().to_owned())
+}
+
+fn password(given: Option<String>) -> Result<String, String> {
+    let password = match given {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| format!("reading the password: {e}"))?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if password.is_empty() {
+        return Err("the password is empty".into());
+    }
+    Ok(password)
+}
+
+fn user(config: &Config, command: UserCommand) -> Result<(), String> {
+    let mut store = SqliteStore::open(&config.storage.sqlite).map_err(|e| e.to_string())?;
+    let iterations = config.auth.scram_iterations;
+    match command {
+        UserCommand::Add { jid, password: pw } => {
+            let name = username(config, &jid)?;
+            let creds = Credentials::derive(&password(pw)?, iterations);
+            if !store
+                .create_user(&name, &creds)
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("{name}@{} exists already", config.domain));
+            }
+            println!("created {name}@{}", config.domain);
+        }
+        UserCommand::Del { jid } => {
+            let name = username(config, &jid)?;
+            if !store.delete_user(&name).map_err(|e| e.to_string())? {
+                return Err(format!("no such user: {name}@{}", config.domain));
+            }
+            println!("deleted {name}@{}", config.domain);
+        }
+        UserCommand::Passwd { jid, password: pw } => {
+            let name = username(config, &jid)?;
+            let creds = Credentials::derive(&password(pw)?, iterations);
+            if !store
+                .set_credentials(&name, &creds)
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no such user: {name}@{}", config.domain));
+            }
+            println!("password of {name}@{} changed", config.domain);
+        }
+        UserCommand::List => {
+            for name in store.list_users().map_err(|e| e.to_string())? {
+                println!("{name}@{}", config.domain);
+            }
+        }
+    }
+    Ok(())
+}

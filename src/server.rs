@@ -1,0 +1,225 @@
+//! Starting a whole server inside an actix System the caller already runs:
+//! storage, the session manager, the router and its IQ handlers, worker
+//! arbiters for connections, and the listeners. `main.rs`, the integration
+//! tests and embedders all start Shoal through [`ServerBuilder`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr, Arbiter};
+use shoal_actors::c2s::{self, C2sConfig, C2sContext};
+use shoal_actors::codec::CodecLimits;
+use shoal_actors::iq_handler::{IqHandler, IqScope};
+use shoal_actors::router::Router;
+use shoal_actors::session::SessionTable;
+use shoal_actors::session_manager::SessionManager;
+use shoal_actors::storage::Storage;
+use shoal_actors::xep::{self, ServerFeatures};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigError};
+use crate::store::{SqliteStorage, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct ServerBuilder {
+    config: Config,
+    storage: Option<Arc<dyn Storage>>,
+    iq_handlers: Vec<(IqScope, String, Arc<dyn IqHandler>)>,
+    workers: Option<usize>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            storage: None,
+            iq_handlers: Vec::new(),
+            workers: None,
+        }
+    }
+
+    /// Uses this storage instead of the configured SQLite database.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Adds (or replaces) the handler of IQs in namespace `ns`.
+    pub fn iq_handler(mut self, scope: IqScope, ns: &str, handler: Arc<dyn IqHandler>) -> Self {
+        self.iq_handlers.push((scope, ns.to_owned(), handler));
+        self
+    }
+
+    /// Threads serving connections (default: one per core).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n.max(1));
+        self
+    }
+
+    /// Starts everything. Must be awaited inside a running actix System.
+    pub async fn start(self) -> Result<ServerHandle, StartError> {
+        let config = self.config;
+        config.validate()?;
+        let domain = config.domain_jid()?;
+        let storage: Arc<dyn Storage> = match self.storage {
+            Some(s) => s,
+            None => Arc::new(SqliteStorage::start(&config.storage.sqlite, 2)?),
+        };
+        let registration = config.registration_enabled();
+        let mut handlers = xep::standard_iq_handlers(&ServerFeatures {
+            registration,
+            scram_iterations: config.auth.scram_iterations,
+        });
+        for (scope, ns, handler) in self.iq_handlers {
+            handlers.register(scope, &ns, handler);
+        }
+        let router = Router::new(domain, SessionTable::default(), handlers, storage);
+        let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
+        let c2s_config = C2sConfig {
+            limits: CodecLimits {
+                max_stanza_bytes: config.c2s.max_stanza_bytes,
+                ..CodecLimits::default()
+            },
+            registration,
+            scram_iterations: config.auth.scram_iterations,
+            max_outbound_bytes: config.c2s.max_outbound_bytes,
+            negotiation_timeout: Duration::from_secs(config.c2s.negotiation_timeout_secs),
+            max_auth_failures: config.auth.max_failures,
+            ..C2sConfig::default()
+        };
+        let cx = Arc::new(C2sContext::new(router.clone(), sm.clone(), c2s_config));
+
+        let mut listeners = Vec::new();
+        for &addr in &config.c2s.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            listeners.push((listener, local));
+        }
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let arbiters: Arc<Vec<Arbiter>> = Arc::new((0..workers).map(|_| Arbiter::new()).collect());
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut local_addrs = Vec::new();
+        for (listener, local) in listeners {
+            log::info!("listening for clients on {local}");
+            local_addrs.push(local);
+            actix_rt::spawn(accept_loop(
+                listener,
+                cx.clone(),
+                arbiters.clone(),
+                next.clone(),
+            ));
+        }
+        log::info!(
+            "serving {} (registration {})",
+            cx.router.domain(),
+            if registration { "on" } else { "off" }
+        );
+        Ok(ServerHandle {
+            local_addrs,
+            sm,
+            cx,
+            arbiters,
+        })
+    }
+}
+
+/// Accepts connections and hands each to a worker arbiter, round robin.
+async fn accept_loop(
+    listener: TcpListener,
+    cx: Arc<C2sContext>,
+    arbiters: Arc<Vec<Arbiter>>,
+    next: Arc<AtomicUsize>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cx.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors, typically: back off rather than spin.
+                log::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        // Re-register the socket with the worker's own reactor.
+        let Ok(std_stream) = stream.into_std() else {
+            continue;
+        };
+        let arbiter = &arbiters[next.fetch_add(1, Ordering::Relaxed) % arbiters.len()];
+        let cx = cx.clone();
+        arbiter.spawn(async move {
+            match tokio::net::TcpStream::from_std(std_stream) {
+                Ok(stream) => {
+                    log::debug!("{peer}: connected");
+                    c2s::spawn(cx, stream, peer);
+                }
+                Err(e) => log::warn!("{peer}: {e}"),
+            }
+        });
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addrs: Vec<SocketAddr>,
+    sm: Addr<SessionManager>,
+    cx: Arc<C2sContext>,
+    arbiters: Arc<Vec<Arbiter>>,
+}
+
+impl ServerHandle {
+    /// The addresses the listeners are bound to (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The session manager: list sessions, route a stanza to a user.
+    pub fn session_manager(&self) -> &Addr<SessionManager> {
+        &self.sm
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.cx.router
+    }
+
+    /// Stops accepting, closes every stream with `<system-shutdown/>` and
+    /// waits (up to 10 s) for their last bytes to be written.
+    pub async fn shutdown(self) {
+        log::info!("shutting down");
+        self.cx.shutdown.cancel();
+        self.cx.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.cx.tasks.wait())
+            .await
+            .is_err()
+        {
+            log::warn!("some connections did not close in time");
+        }
+        for arbiter in self.arbiters.iter() {
+            arbiter.stop();
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Test harness: a real Shoal server on an ephemeral loopback port with a
+//! temporary database, and a blocking XMPP client that reads whole stanzas
+//! with a timeout (never sleeps). Assertions compare the exact XML.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::BytesMut;
+use shoal::store::SqliteStore;
+use shoal::{Config, ServerBuilder};
+use shoal_actors::codec::{CodecLimits, Frame, StreamHeader, XmppCodec};
+use shoal_actors::ns;
+use shoal_actors::sasl::{Credentials, ScramClient, ScramHash};
+use shoal_actors::xml::Element;
+use tokio_util::codec::Decoder;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::with_config(|_| {})
+    }
+
+    pub fn with_config(edit: impl FnOnce(&mut Config)) -> TestServer {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = dir.path().join("shoal.db");
+        let mut config = Config::default();
+        config.storage.sqlite = db.clone();
+        config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        edit(&mut config);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_rt::System::new().block_on(async move {
+                let server = match ServerBuilder::new(config).workers(2).start().await {
+                    Ok(s) => s,
+                    Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
+                };
+                let _ = addr_tx.send(Ok(server.local_addrs()[0]));
+                let _ = stop_rx.await;
+                server.shutdown().await;
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(TIMEOUT)
+            .expect("server start")
+            .expect("server start");
+        TestServer {
+            addr,
+            db,
+            _dir: dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let mut store = SqliteStore::open(&self.db).unwrap();
+        assert!(store
+            .create_user(name, &Credentials::derive(password, 4096))
+            .unwrap());
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// A logged-in, bound client (SASL PLAIN), with initial presence sent
+    /// only if `available`.
+    pub fn login(&self, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.connect();
+        c.open();
+        c.auth_plain(user, password);
+        assert!(c.recv().is("success", ns::SASL));
+        c.open();
+        c.bind(Some(resource));
+        c
+    }
+
+    /// Stops the server (streams get `<system-shutdown/>`).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    codec: XmppCodec,
+    buf: BytesMut,
+    pub jid: String,
+    pub header: Option<StreamHeader>,
+    next_id: u32,
+}
+
+pub const OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
+    xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            codec: XmppCodec::new(CodecLimits::default()),
+            buf: BytesMut::new(),
+            jid: String::new(),
+            header: None,
+            next_id: 0,
+        }
+    }
+
+    pub fn send(&mut self, xml: &str) {
+        self.stream.write_all(xml.as_bytes()).expect("send");
+    }
+
+    /// Sends bytes, tolerating a server that has hung up already.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    pub fn id(&mut self) -> String {
+        self.next_id += 1;
+        format!("t{}", self.next_id)
+    }
+
+    /// The next frame, or `None` at end of stream. Panics after TIMEOUT.
+    pub fn next_frame(&mut self) -> Option<Frame> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => panic!("server sent bad XML: {e}"),
+            }
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!(
+                        "timed out waiting for the server ({} bytes pending)",
+                        self.buf.len()
+                    )
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next stanza (or stream-level element such as features).
+    pub fn recv(&mut self) -> Element {
+        match self.next_frame() {
+            Some(Frame::Stanza(el)) => el,
+            other => panic!("expected a stanza, got {other:?}"),
+        }
+    }
+
+    /// The next stanza, serialised as on a client stream.
+    pub fn recv_xml(&mut self) -> String {
+        self.recv().to_xml_in(ns::CLIENT)
+    }
+
+    /// Opens (or restarts) the stream; returns the features.
+    pub fn open(&mut self) -> Element {
+        self.send(OPEN);
+        match self.next_frame() {
+            Some(Frame::StreamOpen(h)) => self.header = Some(h),
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+        let features = self.recv();
+        assert!(features.is("features", ns::STREAM), "{features}");
+        features
+    }
+
+    pub fn auth_plain(&mut self, user: &str, password: &str) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{b64}</auth>"
+        ));
+    }
+
+    /// Runs a SCRAM exchange; returns the final `<success/>` or `<failure/>`.
+    pub fn auth_scram(&mut self, hash: ScramHash, user: &str, password: &str) -> Element {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mech = if hash == ScramHash::Sha1 {
+            "SCRAM-SHA-1"
+        } else {
+            "SCRAM-SHA-256"
+        };
+        let mut scram = ScramClient::new(hash, user, password);
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+            b64.encode(scram.client_first())
+        ));
+        let challenge = self.recv();
+        if !challenge.is("challenge", ns::SASL) {
+            return challenge;
+        }
+        let server_first = String::from_utf8(b64.decode(challenge.text()).unwrap()).unwrap();
+        let (client_final, _) = scram.client_final(&server_first).unwrap();
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            b64.encode(client_final)
+        ));
+        let outcome = self.recv();
+        if outcome.is("success", ns::SASL) {
+            let server_final = String::from_utf8(b64.decode(outcome.text()).unwrap()).unwrap();
+            assert!(
+                scram.verify_server_final(&server_final),
+                "server signature must verify"
+            );
+        }
+        outcome
+    }
+
+    /// Binds a resource; returns the full JID.
+    pub fn bind(&mut self, resource: Option<&str>) -> String {
+        let res = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        self.send(&format!("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"));
+        let reply = self.recv();
+        assert_eq!(reply.attr("type"), Some("result"), "{reply}");
+        let jid = reply
+            .get_child("bind", ns::BIND)
+            .unwrap()
+            .get_child("jid", ns::BIND)
+            .unwrap()
+            .text();
+        self.jid = jid.clone();
+        jid
+    }
+
+    /// A round trip to the server: everything queued for this client
+    /// before it was answered has been received once this returns.
+    pub fn sync(&mut self) -> Vec<Element> {
+        let id = self.id();
+        self.send(&format!(
+            "<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
+        let mut before = Vec::new();
+        loop {
+            let el = self.recv();
+            if el.attr("id") == Some(id.as_str()) && el.attr("type") == Some("result") {
+                return before;
+            }
+            before.push(el);
+        }
+    }
+
+    /// Asserts nothing is pending for this client.
+    pub fn expect_nothing(&mut self) {
+        let pending = self.sync();
+        assert!(
+            pending.is_empty(),
+            "unexpected: {:?}",
+            pending
+                .iter()
+                .map(|e| e.to_xml_in(ns::CLIENT))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Reads a stream error, then the stream's close and the hang-up;
+    /// returns the error's condition and text.
+    pub fn expect_stream_error(&mut self) -> (String, Option<String>) {
+        let el = loop {
+            match self.next_frame() {
+                Some(Frame::StreamOpen(h)) => self.header = Some(h),
+                Some(Frame::Stanza(el)) if el.is("error", ns::STREAM) => break el,
+                other => panic!("expected a stream error, got {other:?}"),
+            }
+        };
+        let condition = el
+            .children()
+            .find(|c| c.ns() == ns::STREAMS_ERRORS && c.name() != "text")
+            .unwrap();
+        let text = el.get_child("text", ns::STREAMS_ERRORS).map(Element::text);
+        let name = condition.name().to_owned();
+        assert_eq!(
+            self.next_frame(),
+            Some(Frame::StreamClose),
+            "the stream closes after the error"
+        );
+        self.expect_eof();
+        (name, text)
+    }
+
+    /// Asserts the server hangs up (after any close tag).
+    pub fn expect_eof(&mut self) {
+        // Answer the server's close so it need not linger.
+        self.send_raw(b"</stream:stream>");
+        loop {
+            match self.next_frame() {
+                None => return,
+                Some(Frame::StreamClose) => continue,
+                Some(other) => panic!("expected the connection to close, got {other:?}"),
+            }
+        }
+    }
+}
