@@ -202,8 +202,10 @@ impl Actor for StoreActor {
     type Context = SyncContext<Self>;
 }
 
+type Job<R> = Box<dyn FnOnce(&mut SqliteStore) -> Result<R, StoreError> + Send>;
+
 /// Runs a closure against the store on a store thread.
-struct Query<R>(Box<dyn FnOnce(&mut SqliteStore) -> Result<R, StoreError> + Send>);
+struct Query<R>(Job<R>);
 
 impl<R: Send + 'static> Message for Query<R> {
     type Result = Result<R, StorageError>;

@@ -1,0 +1,64 @@
+//! Interop with a real third-party client: slixmpp registers two accounts
+//! in-band, logs in with SCRAM-SHA-256 and SCRAM-SHA-1, and chats.
+//!
+//! `make test` installs slixmpp into `.venv` and sets `SHOAL_PYTHON`; a
+//! plain `cargo test` without it skips these tests (and says so), unless
+//! `SHOAL_REQUIRE_INTEROP` is set, when a missing client is a failure.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::TestServer;
+
+fn python() -> Option<PathBuf> {
+    let python = std::env::var_os("SHOAL_PYTHON").map(PathBuf::from);
+    match python {
+        Some(p) if p.exists() => Some(p),
+        _ if std::env::var_os("SHOAL_REQUIRE_INTEROP").is_some() => {
+            panic!("SHOAL_PYTHON does not name a Python with slixmpp; run `make test`")
+        }
+        _ => {
+            eprintln!("SKIPPED: set SHOAL_PYTHON (or run `make test`) for interop tests");
+            None
+        }
+    }
+}
+
+fn run_script(script: &str, server: &TestServer) -> String {
+    let python = python().expect("checked by the caller");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(script);
+    let out = Command::new(python)
+        .arg(path)
+        .arg(server.addr.ip().to_string())
+        .arg(server.addr.port().to_string())
+        .arg("localhost")
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn slixmpp_registers_logs_in_with_scram_and_chats() {
+    if python().is_none() {
+        return;
+    }
+    let server = TestServer::start();
+    let stdout = run_script("slixmpp_chat.py", &server);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "bob got: 'hello from alice' from alice@localhost/interop",
+            "alice got: 'hello from bob' from bob@localhost/interop",
+            "OK",
+        ]
+    );
+}
