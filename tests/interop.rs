@@ -28,7 +28,9 @@ fn python() -> Option<PathBuf> {
 
 fn run_script(script: &str, server: &TestServer) -> String {
     let python = python().expect("checked by the caller");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop").join(script);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(script);
     let out = Command::new(python)
         .arg(path)
         .arg(server.addr.ip().to_string())

@@ -1,0 +1,163 @@
+//! The `shoal` command line, run as a user would: account management
+//! against the database of a running server, and clear errors.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::TestServer;
+use shoal_actors::ns;
+
+struct Cli {
+    config: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn for_db(db: &std::path::Path) -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("shoal.toml");
+        std::fs::write(
+            &config,
+            format!("domain = 'localhost'\n[storage]\nsqlite = {:?}\n", db),
+        )
+        .unwrap();
+        Cli { config, _dir: dir }
+    }
+
+    /// Runs `shoal --config FILE ARGS`; returns (success, stdout, stderr).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn user_commands_against_a_running_server() {
+    let server = TestServer::start();
+    let cli = Cli::for_db(&server.db);
+    assert_eq!(
+        cli.run(&["user", "add", "alice@localhost", "s3cret"], None),
+        (true, "created alice@localhost\n".into(), String::new())
+    );
+    assert_eq!(
+        cli.run(&["user", "add", "Bob"], Some("from-stdin\n")).1,
+        "created bob@localhost\n"
+    );
+    assert_eq!(
+        cli.run(&["user", "list"], None).1,
+        "alice@localhost\nbob@localhost\n"
+    );
+
+    // The running server sees the new accounts at once.
+    let mut alice = server.login("alice", "s3cret", "cli");
+    alice.sync();
+    let mut c = server.connect();
+    c.open();
+    c.auth_plain("bob", "from-stdin");
+    assert!(c.recv().is("success", ns::SASL));
+
+    assert!(
+        cli.run(&["user", "passwd", "alice@localhost", "n3w"], None)
+            .0
+    );
+    let mut old = server.connect();
+    old.open();
+    old.auth_plain("alice", "s3cret");
+    assert!(old.recv().is("failure", ns::SASL));
+
+    assert_eq!(
+        cli.run(&["user", "del", "bob@localhost"], None).1,
+        "deleted bob@localhost\n"
+    );
+    assert_eq!(cli.run(&["user", "list"], None).1, "alice@localhost\n");
+}
+
+#[test]
+fn user_command_errors_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cli = Cli::for_db(&dir.path().join("x.db"));
+    let err = |args: &[&str]| {
+        let (ok, _, stderr) = cli.run(args, None);
+        assert!(!ok, "{args:?} should fail");
+        stderr
+    };
+    assert!(cli.run(&["user", "add", "alice", "pw"], None).0);
+    assert_eq!(
+        err(&["user", "add", "alice", "pw"]),
+        "shoal: alice@localhost exists already\n"
+    );
+    assert_eq!(
+        err(&["user", "del", "carol"]),
+        "shoal: no such user: carol@localhost\n"
+    );
+    assert_eq!(
+        err(&["user", "passwd", "carol", "x"]),
+        "shoal: no such user: carol@localhost\n"
+    );
+    assert_eq!(
+        err(&["user", "add", "x@other.example", "pw"]),
+        "shoal: \"x@other.example\" is not on this server's domain (localhost)\n"
+    );
+    assert!(err(&["user", "add", "a b@localhost", "pw"])
+        .starts_with("shoal: invalid JID \"a b@localhost\""));
+    assert!(err(&["user", "add", "a@localhost/res", "pw"]).contains("has a resource"));
+    assert_eq!(
+        err(&["user", "add", "dave"]),
+        "shoal: the password is empty\n"
+    );
+}
+
+#[test]
+fn config_errors_name_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "domain = 'localhost'\n[c2s]\nlisten = ['127.0.0.1:0']\nmax_stanza_byte = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--config")
+        .arg(&path)
+        .args(["user", "list"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("unknown field `max_stanza_byte`"),
+        "{stderr}"
+    );
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .args(["--config", "/nonexistent/shoal.toml"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr)
+        .starts_with("shoal: cannot read /nonexistent/shoal.toml"));
+}
