@@ -40,9 +40,7 @@ impl IqHandler for Motd {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let storage = Arc::new(MemoryStorage::default());
-    storage
-        .create_user("demo", Credentials::derive("demo", 4096))
-        .await?;
+    storage.create_user("demo", Credentials::derive("demo", 4096)).await?;
 
     let mut config = Config::default();
     config.c2s.listen = vec!["127.0.0.1:0".parse()?];

@@ -114,10 +114,7 @@ impl Default for SessionsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -142,22 +139,14 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         match BareJid::domain_jid(&self.domain) {
             Ok(d) if d.as_str() == self.domain => {}
-            Ok(d) => {
-                return invalid(format!(
-                    "domain {:?} should be written {:?}",
-                    self.domain,
-                    d.as_str()
-                ))
-            }
+            Ok(d) => return invalid(format!("domain {:?} should be written {:?}", self.domain, d.as_str())),
             Err(e) => return invalid(format!("domain {:?}: {e}", self.domain)),
         }
         if self.c2s.listen.is_empty() {
             return invalid("[c2s] listen needs at least one address".into());
         }
         if self.c2s.max_stanza_bytes < 10_000 {
-            return invalid(
-                "[c2s] max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into(),
-            );
+            return invalid("[c2s] max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into());
         }
         if self.c2s.max_outbound_bytes < self.c2s.max_stanza_bytes {
             return invalid("[c2s] max_outbound_bytes must be at least max_stanza_bytes".into());
@@ -166,9 +155,7 @@ impl Config {
             return invalid("[auth] scram_iterations must be at least 4096 (RFC 7677)".into());
         }
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
-            return invalid(
-                "[auth] max_failures and [sessions] max_per_user must be at least 1".into(),
-            );
+            return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());
         }
         Ok(())
     }
@@ -199,8 +186,7 @@ mod tests {
         let public: Config = toml::from_str("[c2s]\nlisten = ['0.0.0.0:5222']").unwrap();
         assert!(!public.registration_enabled());
         let forced: Config =
-            toml::from_str("[c2s]\nlisten = ['0.0.0.0:5222']\n[registration]\nenabled = true")
-                .unwrap();
+            toml::from_str("[c2s]\nlisten = ['0.0.0.0:5222']\n[registration]\nenabled = true").unwrap();
         assert!(forced.registration_enabled());
     }
 
@@ -213,21 +199,11 @@ mod tests {
 
     #[test]
     fn errors_name_the_problem() {
-        let typo = toml::from_str::<Config>("domian = 'x'")
-            .unwrap_err()
-            .to_string();
+        let typo = toml::from_str::<Config>("domian = 'x'").unwrap_err().to_string();
         assert!(typo.contains("unknown field `domian`"), "{typo}");
         let bad: Config = toml::from_str("domain = 'Example.COM'").unwrap();
-        assert!(bad
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("example.com"));
+        assert!(bad.validate().unwrap_err().to_string().contains("example.com"));
         let small: Config = toml::from_str("[c2s]\nmax_stanza_bytes = 10").unwrap();
-        assert!(small
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("max_stanza_bytes"));
+        assert!(small.validate().unwrap_err().to_string().contains("max_stanza_bytes"));
     }
 }

@@ -32,17 +32,11 @@ enum Command {
 #[derive(Subcommand)]
 enum UserCommand {
     /// Create an account (the password is read from stdin when omitted)
-    Add {
-        jid: String,
-        password: Option<String>,
-    },
+    Add { jid: String, password: Option<String> },
     /// Delete an account and everything stored for it
     Del { jid: String },
     /// Set an account's password (read from stdin when omitted)
-    Passwd {
-        jid: String,
-        password: Option<String>,
-    },
+    Passwd { jid: String, password: Option<String> },
     /// List accounts
     List,
 }
@@ -72,10 +66,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 
 fn serve(config: Config) -> Result<(), String> {
     actix_rt::System::new().block_on(async move {
-        let server = ServerBuilder::new(config)
-            .start()
-            .await
-            .map_err(|e| e.to_string())?;
+        let server = ServerBuilder::new(config).start().await.map_err(|e| e.to_string())?;
         wait_for_signal().await;
         server.shutdown().await;
         Ok(())
@@ -115,10 +106,7 @@ fn username(config: &Config, jid: &str) -> Result<String, String> {
         ));
     }
     if parsed.domain() != config.domain {
-        return Err(format!(
-            "{jid:?} is not on this server's domain ({})",
-            config.domain
-        ));
+        return Err(format!("{jid:?} is not on this server's domain ({})", config.domain));
     }
     Ok(parsed.node().unwrap_or_default().to_owned())
 }
@@ -148,10 +136,7 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
         UserCommand::Add { jid, password: pw } => {
             let name = username(config, &jid)?;
             let creds = Credentials::derive(&password(pw)?, iterations);
-            if !store
-                .create_user(&name, &creds)
-                .map_err(|e| e.to_string())?
-            {
+            if !store.create_user(&name, &creds).map_err(|e| e.to_string())? {
                 return Err(format!("{name}@{} exists already", config.domain));
             }
             println!("created {name}@{}", config.domain);
@@ -166,10 +151,7 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
         UserCommand::Passwd { jid, password: pw } => {
             let name = username(config, &jid)?;
             let creds = Credentials::derive(&password(pw)?, iterations);
-            if !store
-                .set_credentials(&name, &creds)
-                .map_err(|e| e.to_string())?
-            {
+            if !store.set_credentials(&name, &creds).map_err(|e| e.to_string())? {
                 return Err(format!("no such user: {name}@{}", config.domain));
             }
             println!("password of {name}@{} changed", config.domain);

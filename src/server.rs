@@ -12,6 +12,7 @@ use actix::{Actor, Addr, Arbiter};
 use shoal_actors::c2s::{self, C2sConfig, C2sContext};
 use shoal_actors::codec::CodecLimits;
 use shoal_actors::iq_handler::{IqHandler, IqScope};
+use shoal_actors::presence::{ConnectionHandler, FollowerSource, PresenceHub, RosterFollowers, StandardHandler};
 use shoal_actors::router::Router;
 use shoal_actors::session::SessionTable;
 use shoal_actors::session_manager::SessionManager;
@@ -29,10 +30,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 pub struct ServerBuilder {
@@ -40,6 +38,8 @@ pub struct ServerBuilder {
     storage: Option<Arc<dyn Storage>>,
     iq_handlers: Vec<(IqScope, String, Arc<dyn IqHandler>)>,
     workers: Option<usize>,
+    followers: Option<Arc<dyn FollowerSource>>,
+    hooks: Option<Arc<dyn ConnectionHandler>>,
 }
 
 impl ServerBuilder {
@@ -49,7 +49,21 @@ impl ServerBuilder {
             storage: None,
             iq_handlers: Vec::new(),
             workers: None,
+            followers: None,
+            hooks: None,
         }
+    }
+
+    /// Takes followers and followees from this source instead of rosters.
+    pub fn follower_source(mut self, source: Arc<dyn FollowerSource>) -> Self {
+        self.followers = Some(source);
+        self
+    }
+
+    /// Replaces the standard connection handlers (bind, presence, disconnection).
+    pub fn connection_handler(mut self, hooks: Arc<dyn ConnectionHandler>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Uses this storage instead of the configured SQLite database.
@@ -87,7 +101,18 @@ impl ServerBuilder {
         for (scope, ns, handler) in self.iq_handlers {
             handlers.register(scope, &ns, handler);
         }
-        let router = Router::new(domain, SessionTable::default(), handlers, storage);
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let arbiters: Arc<Vec<Arbiter>> = Arc::new((0..workers).map(|_| Arbiter::new()).collect());
+        let sessions = SessionTable::default();
+        let hooks = self.hooks.unwrap_or_else(|| Arc::new(StandardHandler));
+        let followers = self
+            .followers
+            .unwrap_or_else(|| Arc::new(RosterFollowers(storage.clone())));
+        let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
+        let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
+        let router = Router::new(domain, sessions, handlers, storage, presence);
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         let c2s_config = C2sConfig {
             limits: CodecLimits {
@@ -101,7 +126,7 @@ impl ServerBuilder {
             max_auth_failures: config.auth.max_failures,
             ..C2sConfig::default()
         };
-        let cx = Arc::new(C2sContext::new(router.clone(), sm.clone(), c2s_config));
+        let cx = Arc::new(C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks));
 
         let mut listeners = Vec::new();
         for &addr in &config.c2s.listen {
@@ -113,21 +138,12 @@ impl ServerBuilder {
                 .map_err(|source| StartError::Listen { addr, source })?;
             listeners.push((listener, local));
         }
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let arbiters: Arc<Vec<Arbiter>> = Arc::new((0..workers).map(|_| Arbiter::new()).collect());
         let next = Arc::new(AtomicUsize::new(0));
         let mut local_addrs = Vec::new();
         for (listener, local) in listeners {
             log::info!("listening for clients on {local}");
             local_addrs.push(local);
-            actix_rt::spawn(accept_loop(
-                listener,
-                cx.clone(),
-                arbiters.clone(),
-                next.clone(),
-            ));
+            actix_rt::spawn(accept_loop(listener, cx.clone(), arbiters.clone(), next.clone()));
         }
         log::info!(
             "serving {} (registration {})",
@@ -144,12 +160,7 @@ impl ServerBuilder {
 }
 
 /// Accepts connections and hands each to a worker arbiter, round robin.
-async fn accept_loop(
-    listener: TcpListener,
-    cx: Arc<C2sContext>,
-    arbiters: Arc<Vec<Arbiter>>,
-    next: Arc<AtomicUsize>,
-) {
+async fn accept_loop(listener: TcpListener, cx: Arc<C2sContext>, arbiters: Arc<Vec<Arbiter>>, next: Arc<AtomicUsize>) {
     loop {
         let accepted = tokio::select! {
             _ = cx.shutdown.cancelled() => return,

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use rusqlite::{params, Connection, OptionalExtension};
+use shoal_actors::jid::BareJid;
+use shoal_actors::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterUpdate, SubState, Subscription};
 use shoal_actors::sasl::{Credentials, ScramCredentials};
-use shoal_actors::storage::{Storage, StorageError, StorageFuture};
+use shoal_actors::storage::{Profile, RosterFn, Storage, StorageError, StorageFuture};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -27,21 +29,77 @@ const MIGRATIONS: &[&str] = &[
         server_key BLOB NOT NULL,
         PRIMARY KEY (username, hash)
     ) WITHOUT ROWID;",
+    // 2: rosters (RFC 6121) with per-item versions and removal records for
+    // XEP-0237, and profiles (vCard, nickname, photo).
+    "CREATE TABLE roster_items (
+        username        TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        contact         TEXT NOT NULL,
+        name            TEXT,
+        groups          TEXT NOT NULL DEFAULT '',
+        subscription    TEXT NOT NULL DEFAULT 'none',
+        pending_out     INTEGER NOT NULL DEFAULT 0,
+        pending_in      INTEGER NOT NULL DEFAULT 0,
+        in_roster       INTEGER NOT NULL DEFAULT 0,
+        pending_request TEXT,
+        ver             INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (username, contact)
+    ) WITHOUT ROWID;
+    CREATE TABLE roster_removals (
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        contact  TEXT NOT NULL,
+        ver      INTEGER NOT NULL,
+        PRIMARY KEY (username, contact)
+    ) WITHOUT ROWID;
+    CREATE TABLE roster_versions (
+        username TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+        version  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE profiles (
+        username   TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+        nick       TEXT,
+        photo_url  TEXT,
+        photo_hash TEXT,
+        vcard      TEXT
+    ) WITHOUT ROWID;",
 ];
+
+/// Separates group names in one column; control characters cannot occur in
+/// XML text, so no group name contains it.
+const GROUP_SEPARATOR: char = '\u{1f}';
+
+const ITEM_COLUMNS: &str = "contact, name, groups, subscription, pending_out, pending_in, in_roster, pending_request";
+
+fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RosterItem>> {
+    let contact: String = r.get(0)?;
+    let Ok(jid) = BareJid::parse(&contact) else {
+        return Ok(None);
+    };
+    let groups: String = r.get(2)?;
+    let subscription: String = r.get(3)?;
+    Ok(Some(RosterItem {
+        jid,
+        name: r.get(1)?,
+        groups: groups
+            .split(GROUP_SEPARATOR)
+            .filter(|g| !g.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        state: SubState {
+            subscription: Subscription::parse(&subscription).unwrap_or_default(),
+            pending_out: r.get(4)?,
+            pending_in: r.get(5)?,
+        },
+        in_roster: r.get(6)?,
+        pending_request: r.get(7)?,
+    }))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("database {path} has schema version {found}, newer than this Shoal knows ({known})")]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: usize,
-    },
+    TooNew { path: PathBuf, found: i64, known: usize },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -64,14 +122,10 @@ impl SqliteStore {
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(open_err)?;
@@ -115,16 +169,10 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        Ok(sha1
-            .zip(sha256)
-            .map(|(sha1, sha256)| Credentials { sha1, sha256 }))
+        Ok(sha1.zip(sha256).map(|(sha1, sha256)| Credentials { sha1, sha256 }))
     }
 
-    fn write_credentials(
-        tx: &rusqlite::Transaction<'_>,
-        username: &str,
-        c: &Credentials,
-    ) -> Result<(), StoreError> {
+    fn write_credentials(tx: &rusqlite::Transaction<'_>, username: &str, c: &Credentials) -> Result<(), StoreError> {
         for (hash, k) in [("SHA-1", &c.sha1), ("SHA-256", &c.sha256)] {
             tx.execute(
                 "INSERT OR REPLACE INTO scram_credentials (username, hash, salt, iterations, stored_key, server_key)
@@ -136,17 +184,9 @@ impl SqliteStore {
     }
 
     /// Creates an account; `false` when it exists.
-    pub fn create_user(
-        &mut self,
-        username: &str,
-        credentials: &Credentials,
-    ) -> Result<bool, StoreError> {
+    pub fn create_user(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
-        if tx.execute(
-            "INSERT OR IGNORE INTO users (username) VALUES (?1)",
-            [username],
-        )? == 0
-        {
+        if tx.execute("INSERT OR IGNORE INTO users (username) VALUES (?1)", [username])? == 0 {
             return Ok(false);
         }
         Self::write_credentials(&tx, username, credentials)?;
@@ -155,18 +195,10 @@ impl SqliteStore {
     }
 
     /// Replaces an account's keys; `false` when there is no such account.
-    pub fn set_credentials(
-        &mut self,
-        username: &str,
-        credentials: &Credentials,
-    ) -> Result<bool, StoreError> {
+    pub fn set_credentials(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let exists = tx
-            .query_row(
-                "SELECT 1 FROM users WHERE username = ?1",
-                [username],
-                |_| Ok(()),
-            )
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
             .optional()?
             .is_some();
         if exists {
@@ -178,20 +210,243 @@ impl SqliteStore {
 
     /// Deletes an account and all its data; `false` when there was none.
     pub fn delete_user(&mut self, username: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .execute("DELETE FROM users WHERE username = ?1", [username])?
-            > 0)
+        Ok(self.conn.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
     }
 
     pub fn list_users(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT username FROM users ORDER BY username")?;
-        let users = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let users = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
         Ok(users)
+    }
+
+    fn roster_version(conn: &Connection, username: &str) -> Result<u64, StoreError> {
+        let v: Option<i64> = conn
+            .query_row(
+                "SELECT version FROM roster_versions WHERE username = ?1",
+                [username],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.unwrap_or(0) as u64)
+    }
+
+    fn items(&self, username: &str, filter: &str, arg: i64) -> Result<Vec<(RosterItem, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT {ITEM_COLUMNS}, ver FROM roster_items WHERE username = ?1 AND {filter} ORDER BY ver, contact"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![username, arg], |r| Ok((item_from_row(r)?, r.get::<_, i64>(8)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let (Some(item), ver) = row? {
+                out.push((item, ver));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn roster(&self, username: &str) -> Result<Roster, StoreError> {
+        let mut items: Vec<RosterItem> = self
+            .items(username, "in_roster AND ?2 = ?2", 0)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        items.sort_by(|a, b| a.jid.cmp(&b.jid));
+        Ok(Roster {
+            version: Self::roster_version(&self.conn, username)?,
+            items,
+        })
+    }
+
+    pub fn roster_changes(&self, username: &str, since: u64) -> Result<Option<(u64, Vec<RosterChange>)>, StoreError> {
+        let version = Self::roster_version(&self.conn, username)?;
+        if since > version {
+            return Ok(None);
+        }
+        let mut changes: Vec<(i64, RosterChange)> = self
+            .items(username, "in_roster AND ver > ?2", since as i64)?
+            .into_iter()
+            .map(|(item, ver)| (ver, RosterChange::Updated(item)))
+            .collect();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT contact, ver FROM roster_removals WHERE username = ?1 AND ver > ?2")?;
+        let removed = stmt.query_map(params![username, since as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?))
+        })?;
+        for row in removed {
+            let (contact, ver) = row?;
+            if let Ok(jid) = BareJid::parse(&contact) {
+                changes.push((ver, RosterChange::Removed(jid)));
+            }
+        }
+        changes.sort_by_key(|(ver, _)| *ver);
+        Ok(Some((version, changes.into_iter().map(|(_, c)| c).collect())))
+    }
+
+    pub fn roster_item(&self, username: &str, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
+        let sql = format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE username = ?1 AND contact = ?2");
+        let item = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params![username, contact.as_str()], item_from_row)
+            .optional()?;
+        Ok(item.flatten())
+    }
+
+    /// Applies `change` to one record in one transaction; see
+    /// [`Storage::update_roster_item`].
+    pub fn update_roster_item(
+        &mut self,
+        username: &str,
+        contact: &BareJid,
+        change: RosterFn,
+    ) -> Result<RosterUpdate, StoreError> {
+        let tx = self.conn.transaction()?;
+        let exists = tx
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(RosterUpdate {
+                before: None,
+                after: None,
+                version: 0,
+            });
+        }
+        let sql = format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE username = ?1 AND contact = ?2");
+        let before = tx
+            .query_row(&sql, params![username, contact.as_str()], item_from_row)
+            .optional()?
+            .flatten();
+        let after = match change(before.clone()) {
+            ItemChange::Keep => before.clone(),
+            ItemChange::Put(item) => Some(item),
+            ItemChange::Delete => None,
+        };
+        let mut update = RosterUpdate {
+            before,
+            after,
+            version: Self::roster_version(&tx, username)?,
+        };
+        if update.after == update.before {
+            return Ok(update);
+        }
+        let visible = update.visible_change();
+        if visible.is_some() {
+            update.version += 1;
+            tx.execute(
+                "INSERT INTO roster_versions (username, version) VALUES (?1, ?2)
+                 ON CONFLICT (username) DO UPDATE SET version = excluded.version",
+                params![username, update.version as i64],
+            )?;
+        }
+        match &update.after {
+            Some(item) => {
+                let groups: Vec<&str> = item.groups.iter().map(String::as_str).collect();
+                tx.execute(
+                    "INSERT OR REPLACE INTO roster_items (username, contact, name, groups, subscription,
+                         pending_out, pending_in, in_roster, pending_request, ver)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    params![
+                        username,
+                        contact.as_str(),
+                        item.name,
+                        groups.join(&GROUP_SEPARATOR.to_string()),
+                        item.state.subscription.as_str(),
+                        item.state.pending_out,
+                        item.state.pending_in,
+                        item.in_roster,
+                        item.pending_request,
+                        update.version as i64,
+                    ],
+                )?;
+                if item.in_roster {
+                    tx.execute(
+                        "DELETE FROM roster_removals WHERE username = ?1 AND contact = ?2",
+                        params![username, contact.as_str()],
+                    )?;
+                }
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM roster_items WHERE username = ?1 AND contact = ?2",
+                    params![username, contact.as_str()],
+                )?;
+            }
+        }
+        if let Some(RosterChange::Removed(_)) = visible {
+            tx.execute(
+                "INSERT OR REPLACE INTO roster_removals (username, contact, ver) VALUES (?1, ?2, ?3)",
+                params![username, contact.as_str(), update.version as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(update)
+    }
+
+    pub fn pending_requests(&self, username: &str) -> Result<Vec<RosterItem>, StoreError> {
+        Ok(self
+            .items(username, "pending_in AND ?2 = ?2", 0)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    pub fn vcard(&self, username: &str) -> Result<Option<String>, StoreError> {
+        let v = self
+            .conn
+            .query_row("SELECT vcard FROM profiles WHERE username = ?1", [username], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.flatten())
+    }
+
+    pub fn set_vcard(&mut self, username: &str, vcard: &str, profile: &Profile) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO profiles (username, nick, photo_url, photo_hash, vcard)
+             SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
+             ON CONFLICT (username) DO UPDATE SET nick = excluded.nick, photo_url = excluded.photo_url,
+                 photo_hash = excluded.photo_hash, vcard = excluded.vcard",
+            params![username, profile.nick, profile.photo_url, profile.photo_hash, vcard],
+        )?;
+        Ok(())
+    }
+
+    pub fn profile(&self, username: &str) -> Result<Profile, StoreError> {
+        let p = self
+            .conn
+            .query_row(
+                "SELECT nick, photo_url, photo_hash FROM profiles WHERE username = ?1",
+                [username],
+                |r| {
+                    Ok(Profile {
+                        nick: r.get(0)?,
+                        photo_url: r.get(1)?,
+                        photo_hash: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(p.unwrap_or_default())
+    }
+
+    /// Sets nickname and photo URL; `false` when there is no such user.
+    pub fn set_profile(
+        &mut self,
+        username: &str,
+        nick: Option<&str>,
+        photo_url: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO profiles (username, nick, photo_url)
+             SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
+             ON CONFLICT (username) DO UPDATE SET nick = excluded.nick, photo_url = excluded.photo_url",
+            params![username, nick, photo_url],
+        )?;
+        Ok(n > 0)
     }
 }
 
@@ -275,6 +530,51 @@ impl Storage for SqliteStorage {
     fn list_users(&self) -> StorageFuture<Vec<String>> {
         self.query(|s| s.list_users())
     }
+
+    fn roster(&self, username: &str) -> StorageFuture<Roster> {
+        let u = username.to_owned();
+        self.query(move |s| s.roster(&u))
+    }
+
+    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
+        let u = username.to_owned();
+        self.query(move |s| s.roster_changes(&u, since))
+    }
+
+    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
+        let (u, c) = (username.to_owned(), contact.clone());
+        self.query(move |s| s.roster_item(&u, &c))
+    }
+
+    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
+        let (u, c) = (username.to_owned(), contact.clone());
+        self.query(move |s| s.update_roster_item(&u, &c, change))
+    }
+
+    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>> {
+        let u = username.to_owned();
+        self.query(move |s| s.pending_requests(&u))
+    }
+
+    fn vcard(&self, username: &str) -> StorageFuture<Option<String>> {
+        let u = username.to_owned();
+        self.query(move |s| s.vcard(&u))
+    }
+
+    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()> {
+        let u = username.to_owned();
+        self.query(move |s| s.set_vcard(&u, &vcard, &profile))
+    }
+
+    fn profile(&self, username: &str) -> StorageFuture<Profile> {
+        let u = username.to_owned();
+        self.query(move |s| s.profile(&u))
+    }
+
+    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
+        let u = username.to_owned();
+        self.query(move |s| s.set_profile(&u, nick.as_deref(), photo_url.as_deref()))
+    }
 }
 
 #[cfg(test)]
@@ -306,9 +606,6 @@ mod tests {
             .conn
             .query_row("SELECT count(*) FROM scram_credentials", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(
-            left, 2,
-            "credentials of deleted users are deleted with them"
-        );
+        assert_eq!(left, 2, "credentials of deleted users are deleted with them");
     }
 }

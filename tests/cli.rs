@@ -18,11 +18,7 @@ impl Cli {
     fn for_db(db: &std::path::Path) -> Cli {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("shoal.toml");
-        std::fs::write(
-            &config,
-            format!("domain = 'localhost'\n[storage]\nsqlite = {:?}\n", db),
-        )
-        .unwrap();
+        std::fs::write(&config, format!("domain = 'localhost'\n[storage]\nsqlite = {:?}\n", db)).unwrap();
         Cli { config, _dir: dir }
     }
 
@@ -38,12 +34,7 @@ impl Cli {
             .spawn()
             .unwrap();
         if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         drop(child.stdin.take());
         let out = child.wait_with_output().unwrap();
@@ -67,10 +58,7 @@ fn user_commands_against_a_running_server() {
         cli.run(&["user", "add", "Bob"], Some("from-stdin\n")).1,
         "created bob@localhost\n"
     );
-    assert_eq!(
-        cli.run(&["user", "list"], None).1,
-        "alice@localhost\nbob@localhost\n"
-    );
+    assert_eq!(cli.run(&["user", "list"], None).1, "alice@localhost\nbob@localhost\n");
 
     // The running server sees the new accounts at once.
     let mut alice = server.login("alice", "s3cret", "cli");
@@ -80,10 +68,7 @@ fn user_commands_against_a_running_server() {
     c.auth_plain("bob", "from-stdin");
     assert!(c.recv().is("success", ns::SASL));
 
-    assert!(
-        cli.run(&["user", "passwd", "alice@localhost", "n3w"], None)
-            .0
-    );
+    assert!(cli.run(&["user", "passwd", "alice@localhost", "n3w"], None).0);
     let mut old = server.connect();
     old.open();
     old.auth_plain("alice", "s3cret");
@@ -110,10 +95,7 @@ fn user_command_errors_name_the_problem() {
         err(&["user", "add", "alice", "pw"]),
         "shoal: alice@localhost exists already\n"
     );
-    assert_eq!(
-        err(&["user", "del", "carol"]),
-        "shoal: no such user: carol@localhost\n"
-    );
+    assert_eq!(err(&["user", "del", "carol"]), "shoal: no such user: carol@localhost\n");
     assert_eq!(
         err(&["user", "passwd", "carol", "x"]),
         "shoal: no such user: carol@localhost\n"
@@ -122,13 +104,9 @@ fn user_command_errors_name_the_problem() {
         err(&["user", "add", "x@other.example", "pw"]),
         "shoal: \"x@other.example\" is not on this server's domain (localhost)\n"
     );
-    assert!(err(&["user", "add", "a b@localhost", "pw"])
-        .starts_with("shoal: invalid JID \"a b@localhost\""));
+    assert!(err(&["user", "add", "a b@localhost", "pw"]).starts_with("shoal: invalid JID \"a b@localhost\""));
     assert!(err(&["user", "add", "a@localhost/res", "pw"]).contains("has a resource"));
-    assert_eq!(
-        err(&["user", "add", "dave"]),
-        "shoal: the password is empty\n"
-    );
+    assert_eq!(err(&["user", "add", "dave"]), "shoal: the password is empty\n");
 }
 
 #[test]
@@ -158,6 +136,5 @@ fn config_errors_name_the_file_and_key() {
         .output()
         .unwrap();
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr)
-        .starts_with("shoal: cannot read /nonexistent/shoal.toml"));
+    assert!(String::from_utf8_lossy(&missing.stderr).starts_with("shoal: cannot read /nonexistent/shoal.toml"));
 }

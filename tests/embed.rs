@@ -90,10 +90,7 @@ fn embedded_server_with_custom_storage_handler_and_host_messages() {
         c.recv_xml(),
         "<message type='headline' from='localhost' to='demo@localhost/desk'><body>hello from the host</body></message>"
     );
-    assert_eq!(
-        rx.recv().unwrap(),
-        vec![FullJid::parse("demo@localhost/desk").unwrap()]
-    );
+    assert_eq!(rx.recv().unwrap(), vec![FullJid::parse("demo@localhost/desk").unwrap()]);
     stop_tx.send(()).unwrap();
     thread.join().unwrap();
 }

@@ -145,8 +145,7 @@ impl XmppCodec {
             owned.truncate(owned.len() - 1);
             owned.extend_from_slice(b"/>");
         }
-        let text = std::str::from_utf8(&owned)
-            .map_err(|_| StreamError::new(StreamCondition::UnsupportedEncoding))?;
+        let text = std::str::from_utf8(&owned).map_err(|_| StreamError::new(StreamCondition::UnsupportedEncoding))?;
         let mut reader = quick_xml::Reader::from_str(text);
         let start = match reader.read_event() {
             Ok(quick_xml::events::Event::Empty(start)) => start,
@@ -391,10 +390,7 @@ impl XmppCodec {
                 }
                 Scan::Pi | Scan::CData => {
                     let terminator: &[u8] = if self.scan == Scan::Pi { b"?>" } else { b"]]>" };
-                    let from = self
-                        .pos
-                        .saturating_sub(terminator.len() - 1)
-                        .max(self.markup_start + 2);
+                    let from = self.pos.saturating_sub(terminator.len() - 1).max(self.markup_start + 2);
                     match memchr::memmem::find(&buf[from..], terminator) {
                         None => {
                             self.pos = buf.len();
@@ -459,10 +455,7 @@ mod tests {
 
     const TRANSCRIPT: &[u8] = include_bytes!("../../fixtures/transcripts/client-session.xml");
 
-    fn feed(
-        input: &[u8],
-        chunks: impl IntoIterator<Item = usize>,
-    ) -> Result<Vec<Frame>, StreamError> {
+    fn feed(input: &[u8], chunks: impl IntoIterator<Item = usize>) -> Result<Vec<Frame>, StreamError> {
         let mut codec = XmppCodec::new(CodecLimits::default());
         let mut buf = BytesMut::new();
         let mut frames = Vec::new();
@@ -516,27 +509,16 @@ mod tests {
                 "close"
             ]
         );
-        let Frame::Stanza(msg) = &frames[5] else {
-            panic!()
-        };
+        let Frame::Stanza(msg) = &frames[5] else { panic!() };
         assert_eq!(
             msg.get_child("body", ns::CLIENT).unwrap().text(),
             "Art thou not Romeo, & a Montague? <3 \u{1F339}"
         );
-        let Frame::Stanza(raw) = &frames[7] else {
-            panic!()
-        };
-        assert_eq!(
-            raw.get_child("body", ns::CLIENT).unwrap().text(),
-            "<b>raw</b> ]"
-        );
-        let Frame::Stanza(iq) = &frames[8] else {
-            panic!()
-        };
+        let Frame::Stanza(raw) = &frames[7] else { panic!() };
+        assert_eq!(raw.get_child("body", ns::CLIENT).unwrap().text(), "<b>raw</b> ]");
+        let Frame::Stanza(iq) = &frames[8] else { panic!() };
         assert_eq!(iq.attr("id"), Some("x>y"));
-        let Frame::StreamOpen(h) = &frames[0] else {
-            panic!()
-        };
+        let Frame::StreamOpen(h) = &frames[0] else { panic!() };
         assert_eq!(h.stream_ns, ns::STREAM);
         assert_eq!(h.default_ns.as_deref(), Some(ns::CLIENT));
         assert_eq!(h.version.as_deref(), Some("1.0"));
@@ -548,14 +530,13 @@ mod tests {
         assert_eq!(feed(TRANSCRIPT, std::iter::repeat(1)).unwrap(), expected);
         let mut rng = rand::rngs::StdRng::seed_from_u64(6120);
         for _ in 0..200 {
-            let chunks: Vec<usize> = (0..TRANSCRIPT.len())
-                .map(|_| rng.random_range(1..40))
-                .collect();
+            let chunks: Vec<usize> = (0..TRANSCRIPT.len()).map(|_| rng.random_range(1..40)).collect();
             assert_eq!(feed(TRANSCRIPT, chunks).unwrap(), expected);
         }
     }
 
-    const OPEN: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    const OPEN: &str =
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
     #[test]
     fn restricted_xml() {
@@ -591,10 +572,7 @@ mod tests {
             first_error(&format!("{OPEN}<message a='<'/>")),
             StreamCondition::NotWellFormed
         );
-        assert_eq!(
-            first_error(&format!("{OPEN}text")),
-            StreamCondition::BadFormat
-        );
+        assert_eq!(first_error(&format!("{OPEN}text")), StreamCondition::BadFormat);
         assert_eq!(first_error("<message/>"), StreamCondition::NotWellFormed);
         assert_eq!(
             first_error("<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>"),
@@ -610,10 +588,7 @@ mod tests {
         };
         let mut codec = XmppCodec::new(limits);
         let mut buf = BytesMut::from(format!("{OPEN}<message><body>").as_bytes());
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Ok(Some(Frame::StreamOpen(_)))
-        ));
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::StreamOpen(_)))));
         // Fed in pieces, the buffer never grows far past the limit.
         let mut err = None;
         for _ in 0..100 {
@@ -635,10 +610,7 @@ mod tests {
     fn keepalives_are_dropped_not_buffered() {
         let mut codec = XmppCodec::new(CodecLimits::default());
         let mut buf = BytesMut::from(OPEN.as_bytes());
-        assert!(matches!(
-            codec.decode(&mut buf),
-            Ok(Some(Frame::StreamOpen(_)))
-        ));
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::StreamOpen(_)))));
         for _ in 0..1000 {
             buf.extend_from_slice(b" \n\t ");
             assert_eq!(codec.decode(&mut buf).unwrap(), None);

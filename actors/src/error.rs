@@ -127,10 +127,7 @@ pub struct StreamError {
 
 impl StreamError {
     pub fn new(condition: StreamCondition) -> Self {
-        StreamError {
-            condition,
-            text: None,
-        }
+        StreamError { condition, text: None }
     }
 
     pub fn with_text(condition: StreamCondition, text: impl Into<Cow<'static, str>>) -> Self {
@@ -142,8 +139,8 @@ impl StreamError {
 
     /// `<stream:error>`, as sent right before `</stream:stream>`.
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new("error", ns::STREAM)
-            .with_child(Element::new(self.condition.as_str(), ns::STREAMS_ERRORS));
+        let mut el =
+            Element::new("error", ns::STREAM).with_child(Element::new(self.condition.as_str(), ns::STREAMS_ERRORS));
         if let Some(text) = &self.text {
             el.push_child(
                 Element::new("text", ns::STREAMS_ERRORS)
@@ -169,12 +166,8 @@ impl StanzaError {
     pub fn new(condition: StanzaCondition) -> Self {
         use StanzaCondition::*;
         let kind = match condition {
-            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => {
-                StanzaErrorType::Modify
-            }
-            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => {
-                StanzaErrorType::Auth
-            }
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => StanzaErrorType::Modify,
+            Forbidden | NotAuthorized | RegistrationRequired | SubscriptionRequired => StanzaErrorType::Auth,
             RecipientUnavailable | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => {
                 StanzaErrorType::Wait
             }
@@ -220,10 +213,7 @@ pub struct SaslFailure {
 
 impl SaslFailure {
     pub fn new(condition: SaslCondition) -> Self {
-        SaslFailure {
-            condition,
-            text: None,
-        }
+        SaslFailure { condition, text: None }
     }
 
     pub fn with_text(condition: SaslCondition, text: impl Into<Cow<'static, str>>) -> Self {
@@ -234,8 +224,7 @@ impl SaslFailure {
     }
 
     pub fn to_element(&self) -> Element {
-        let mut el = Element::new("failure", ns::SASL)
-            .with_child(Element::new(self.condition.as_str(), ns::SASL));
+        let mut el = Element::new("failure", ns::SASL).with_child(Element::new(self.condition.as_str(), ns::SASL));
         if let Some(text) = &self.text {
             el.push_child(
                 Element::new("text", ns::SASL)

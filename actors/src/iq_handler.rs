@@ -41,10 +41,7 @@ impl IqRequest {
     }
 
     pub fn is_set(&self) -> bool {
-        matches!(
-            self.stanza.kind,
-            crate::stanza::Kind::Iq(crate::stanza::IqType::Set)
-        )
+        matches!(self.stanza.kind, crate::stanza::Kind::Iq(crate::stanza::IqType::Set))
     }
 
     /// True when the account asks about itself.

@@ -96,9 +96,7 @@ pub fn normalise_domainpart(domain: &str) -> Result<String, JidError> {
             .into_owned()
     };
     if let Some(inner) = out.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
-        inner
-            .parse::<std::net::Ipv6Addr>()
-            .map_err(|_| JidError::Domainpart)?;
+        inner.parse::<std::net::Ipv6Addr>().map_err(|_| JidError::Domainpart)?;
     } else {
         let ok_label = |l: &str| {
             !l.is_empty()
@@ -156,11 +154,7 @@ impl Jid {
         let local = local.map(normalise_localpart).transpose()?;
         let domain = normalise_domainpart(domain)?;
         let resource = resource.map(normalise_resourcepart).transpose()?;
-        Ok(Jid::from_normalised(
-            local.as_deref(),
-            &domain,
-            resource.as_deref(),
-        ))
+        Ok(Jid::from_normalised(local.as_deref(), &domain, resource.as_deref()))
     }
 
     /// Assembles a JID from parts that are already normalised.
@@ -343,10 +337,7 @@ mod tests {
         assert_eq!(j.resource(), Some("Balcony"));
         assert_eq!(j.to_bare().as_str(), "juliet@example.com");
         let d = Jid::parse("example.com.").unwrap();
-        assert_eq!(
-            (d.node(), d.domain(), d.resource()),
-            (None, "example.com", None)
-        );
+        assert_eq!((d.node(), d.domain(), d.resource()), (None, "example.com", None));
         // The resource may contain '@' and '/'.
         let r = Jid::parse("a@b/c@d/e").unwrap();
         assert_eq!(r.resource(), Some("c@d/e"));
@@ -377,10 +368,7 @@ mod tests {
             assert!(Jid::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let long = "a".repeat(1024);
-        assert_eq!(
-            Jid::parse(&format!("{long}@x")).unwrap_err(),
-            JidError::TooLong
-        );
+        assert_eq!(Jid::parse(&format!("{long}@x")).unwrap_err(), JidError::TooLong);
         assert!(Jid::parse(&format!("{}@x", &long[..1023])).is_ok());
     }
 

@@ -16,6 +16,8 @@ pub mod error;
 pub mod iq_handler;
 pub mod jid;
 pub mod ns;
+pub mod presence;
+pub mod roster;
 pub mod router;
 pub mod sasl;
 pub mod session;

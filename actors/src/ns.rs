@@ -18,3 +18,7 @@ pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+pub const ROSTERVER_FEATURE: &str = "urn:xmpp:features:rosterver";
+/// Shoal's bind extension: nickname and photo URL in the bind result.
+pub const BIND_EXTVAL: &str = "urn:xmpp:shoal:bind-extval:0";
+pub const NICK: &str = "http://jabber.org/protocol/nick";

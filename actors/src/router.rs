@@ -12,8 +12,9 @@ use futures_util::FutureExt;
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{IqHandlerTable, IqRequest, IqScope};
 use crate::jid::{BareJid, FullJid, Jid};
+use crate::presence::PresenceHub;
 use crate::session::{Session, SessionTable};
-use crate::stanza::{IqType, Kind, MessageType, Stanza};
+use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
 
 #[derive(Clone)]
@@ -26,6 +27,7 @@ struct Inner {
     sessions: SessionTable,
     iq_handlers: IqHandlerTable,
     storage: Arc<dyn Storage>,
+    presence: PresenceHub,
 }
 
 impl Router {
@@ -34,6 +36,7 @@ impl Router {
         sessions: SessionTable,
         iq_handlers: IqHandlerTable,
         storage: Arc<dyn Storage>,
+        presence: PresenceHub,
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
@@ -41,8 +44,13 @@ impl Router {
                 sessions,
                 iq_handlers,
                 storage,
+                presence,
             }),
         }
+    }
+
+    pub fn presence(&self) -> &PresenceHub {
+        &self.inner.presence
     }
 
     /// The domain this server serves (a bare JID without node).
@@ -106,11 +114,20 @@ impl Router {
 
     fn to_bare(&self, user: &BareJid, stanza: Stanza) {
         match stanza.kind {
-            Kind::Iq(IqType::Get | IqType::Set) => {
-                self.dispatch_iq(IqScope::Account, user.clone(), stanza)
-            }
+            Kind::Iq(IqType::Get | IqType::Set) => self.dispatch_iq(IqScope::Account, user.clone(), stanza),
             Kind::Iq(_) => {}
             Kind::Message(t) => self.message_to_bare(user, t, stanza),
+            Kind::Presence(
+                PresenceType::Subscribe
+                | PresenceType::Subscribed
+                | PresenceType::Unsubscribe
+                | PresenceType::Unsubscribed,
+            ) => {
+                actix_rt::spawn(crate::roster::presence::inbound(self.clone(), stanza));
+            }
+            // Probes are the server's business (RFC 6121 §4.3), answered
+            // by the PresenceActor; errors to a bare JID go nowhere.
+            Kind::Presence(PresenceType::Probe | PresenceType::Error) => {}
             Kind::Presence(_) => {
                 // Presence to a bare JID reaches every available resource.
                 let sessions = self.inner.sessions.resources(user);
@@ -132,21 +149,14 @@ impl Router {
             return self.bounce(&stanza, StanzaCondition::ServiceUnavailable);
         }
         let sessions = self.inner.sessions.resources(user);
-        let top = sessions
-            .iter()
-            .filter_map(|s| s.priority())
-            .filter(|p| *p >= 0)
-            .max();
+        let top = sessions.iter().filter_map(|s| s.priority()).filter(|p| *p >= 0).max();
         let targets: Vec<&Arc<Session>> = match (kind, top) {
             (_, None) => Vec::new(),
             (MessageType::Headline, Some(_)) => sessions
                 .iter()
                 .filter(|s| s.priority().is_some_and(|p| p >= 0))
                 .collect(),
-            (_, Some(top)) => sessions
-                .iter()
-                .filter(|s| s.priority() == Some(top))
-                .collect(),
+            (_, Some(top)) => sessions.iter().filter(|s| s.priority() == Some(top)).collect(),
         };
         let bytes = stanza.to_bytes();
         let delivered = targets.iter().filter(|s| s.deliver(bytes.clone())).count();
@@ -157,6 +167,13 @@ impl Router {
     }
 
     fn to_full(&self, jid: &FullJid, stanza: Stanza) {
+        if let Kind::Presence(
+            PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed,
+        ) = stanza.kind
+        {
+            // Subscriptions are between accounts (RFC 6121 §3.1.3).
+            return self.to_bare(&jid.to_bare(), stanza);
+        }
         if let Some(session) = self.inner.sessions.get(jid) {
             if session.deliver(stanza.to_bytes()) {
                 return;
@@ -178,10 +195,7 @@ impl Router {
         let Some(from) = stanza.from().cloned() else {
             return;
         };
-        let ns = stanza
-            .payload()
-            .map(|p| p.ns().to_owned())
-            .unwrap_or_default();
+        let ns = stanza.payload().map(|p| p.ns().to_owned()).unwrap_or_default();
         let Some(handler) = self.inner.iq_handlers.get(scope, &ns).cloned() else {
             return self.bounce(&stanza, StanzaCondition::ServiceUnavailable);
         };

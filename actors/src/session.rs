@@ -4,8 +4,8 @@
 //! session table is an ETS table for the same reason: delivery must not
 //! queue behind one process).
 
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -36,6 +36,11 @@ pub struct Session {
     control: Recipient<Control>,
     /// The priority of the last available presence, or `UNAVAILABLE`.
     priority: AtomicI32,
+    /// The last available presence, serialised without `to` (see
+    /// [`crate::presence::addressed`]), to answer probes.
+    presence: Mutex<Option<Bytes>>,
+    /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
+    interested: AtomicBool,
 }
 
 impl Session {
@@ -46,6 +51,8 @@ impl Session {
             out,
             control,
             priority: AtomicI32::new(UNAVAILABLE),
+            presence: Mutex::new(None),
+            interested: AtomicBool::new(false),
         }
     }
 
@@ -75,6 +82,28 @@ impl Session {
 
     pub fn set_unavailable(&self) {
         self.priority.store(UNAVAILABLE, Ordering::Release);
+        if let Ok(mut p) = self.presence.lock() {
+            *p = None;
+        }
+    }
+
+    /// The last available presence (without `to`), if any.
+    pub fn last_presence(&self) -> Option<Bytes> {
+        self.presence.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub(crate) fn set_last_presence(&self, template: Bytes) {
+        if let Ok(mut p) = self.presence.lock() {
+            *p = Some(template);
+        }
+    }
+
+    pub fn is_interested(&self) -> bool {
+        self.interested.load(Ordering::Relaxed)
+    }
+
+    pub fn set_interested(&self) {
+        self.interested.store(true, Ordering::Relaxed);
     }
 }
 

@@ -99,10 +99,7 @@ impl Stanza {
             }
         };
         let bad = |text: &'static str, el: Element| {
-            StanzaParseError::Stanza(
-                StanzaError::with_text(StanzaCondition::BadRequest, text),
-                Box::new(el),
-            )
+            StanzaParseError::Stanza(StanzaError::with_text(StanzaCondition::BadRequest, text), Box::new(el))
         };
         let Some(kind) = kind else {
             return Err(bad("invalid type attribute", el));
@@ -160,12 +157,7 @@ impl Stanza {
         if let Some(p) = payload {
             el.push_child(p);
         }
-        Stanza::new(
-            Kind::Iq(IqType::Result),
-            self.to.clone(),
-            self.from.clone(),
-            el,
-        )
+        Stanza::new(Kind::Iq(IqType::Result), self.to.clone(), self.from.clone(), el)
     }
 
     /// The error reply to this stanza, or `None` for an error stanza: errors
@@ -265,15 +257,12 @@ mod tests {
     use crate::xml::{parse_element, NsBindings, ParseLimits};
 
     fn stanza(s: &str) -> Result<Stanza, StanzaParseError> {
-        Stanza::from_element(
-            parse_element(s.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap(),
-        )
+        Stanza::from_element(parse_element(s.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap())
     }
 
     #[test]
     fn kinds_and_addresses() {
-        let s = stanza("<message to='Romeo@Example.net' type='chat'><body>hi</body></message>")
-            .unwrap();
+        let s = stanza("<message to='Romeo@Example.net' type='chat'><body>hi</body></message>").unwrap();
         assert_eq!(s.kind, Kind::Message(MessageType::Chat));
         assert_eq!(s.to().unwrap().as_str(), "romeo@example.net");
         let p = stanza("<presence/>").unwrap();
@@ -303,8 +292,7 @@ mod tests {
 
     #[test]
     fn error_replies_swap_addresses_and_never_answer_errors() {
-        let mut s =
-            stanza("<iq type='get' id='7' to='example.com'><q xmlns='urn:q'/></iq>").unwrap();
+        let mut s = stanza("<iq type='get' id='7' to='example.com'><q xmlns='urn:q'/></iq>").unwrap();
         s.set_from(Some(Jid::parse("a@example.com/r").unwrap()));
         let e = s
             .error_reply(&StanzaError::new(StanzaCondition::ServiceUnavailable))
@@ -314,8 +302,6 @@ mod tests {
             "<iq id='7' type='error' from='example.com' to='a@example.com/r'><q xmlns='urn:q'/>\
              <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
         );
-        assert!(e
-            .error_reply(&StanzaError::new(StanzaCondition::BadRequest))
-            .is_none());
+        assert!(e.error_reply(&StanzaError::new(StanzaCondition::BadRequest)).is_none());
     }
 }

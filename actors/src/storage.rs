@@ -2,15 +2,30 @@
 //! implementation; embedders can plug in their own. Every method returns a
 //! future so that a backend never blocks an actor's event loop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 
 pub use crate::error::StorageError;
+use crate::jid::BareJid;
+use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterUpdate};
 use crate::sasl::Credentials;
 
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
+
+/// Decides a roster record's change from its current value; runs inside
+/// the storage transaction, so the read and the write are one step.
+pub type RosterFn = Box<dyn FnOnce(Option<RosterItem>) -> ItemChange + Send>;
+
+/// What a user shows of themselves: set by `shoal user set` and from the vCard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    pub nick: Option<String>,
+    pub photo_url: Option<String>,
+    /// SHA-1 (hex) of the vCard photo, for XEP-0153 presence.
+    pub photo_hash: Option<String>,
+}
 
 /// Accounts. Usernames are normalised JID localparts.
 pub trait Storage: Send + Sync + 'static {
@@ -29,19 +44,55 @@ pub trait Storage: Send + Sync + 'static {
 
     /// All usernames, sorted.
     fn list_users(&self) -> StorageFuture<Vec<String>>;
+
+    /// The roster the user sees (records with `in_roster`), and its version.
+    fn roster(&self, username: &str) -> StorageFuture<Roster>;
+
+    /// The changes since roster version `since`, with the current version;
+    /// `None` when that version is unknown (the client gets the whole roster).
+    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>>;
+
+    /// One record, hidden ones (pending requests) included.
+    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>>;
+
+    /// Changes one record in one transaction, bumping the roster version
+    /// when what the user sees changes. For an unknown user nothing changes.
+    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate>;
+
+    /// Records with an inbound request waiting for the user's answer.
+    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>>;
+
+    /// The stored vCard (XEP-0054), as XML.
+    fn vcard(&self, username: &str) -> StorageFuture<Option<String>>;
+
+    /// Stores a vCard and the profile derived from it.
+    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()>;
+
+    fn profile(&self, username: &str) -> StorageFuture<Profile>;
+
+    /// Sets nickname and photo URL (the photo hash comes from the vCard);
+    /// `false` when there is no such user.
+    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool>;
 }
 
-/// Accounts in memory: for tests and for embedders that keep nothing.
+/// Everything in memory: for tests and for embedders that keep nothing.
+/// Roster changes are not journalled: a versioned roster get that is out
+/// of date gets the whole roster.
 #[derive(Default)]
 pub struct MemoryStorage {
-    users: Mutex<BTreeMap<String, Credentials>>,
+    users: Mutex<BTreeMap<String, MemoryUser>>,
+}
+
+struct MemoryUser {
+    credentials: Credentials,
+    roster_version: u64,
+    roster: HashMap<BareJid, RosterItem>,
+    vcard: Option<String>,
+    profile: Profile,
 }
 
 impl MemoryStorage {
-    fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut BTreeMap<String, Credentials>) -> T,
-    ) -> StorageFuture<T> {
+    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut BTreeMap<String, MemoryUser>) -> T) -> StorageFuture<T> {
         let out = match self.users.lock() {
             Ok(mut users) => Ok(f(&mut users)),
             Err(_) => Err(StorageError::Unavailable),
@@ -53,7 +104,7 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     fn credentials(&self, username: &str) -> StorageFuture<Option<Credentials>> {
         let username = username.to_owned();
-        self.with(move |u| u.get(&username).cloned())
+        self.with(move |u| u.get(&username).map(|u| u.credentials.clone()))
     }
 
     fn create_user(&self, username: &str, credentials: Credentials) -> StorageFuture<bool> {
@@ -61,7 +112,13 @@ impl Storage for MemoryStorage {
         self.with(move |u| match u.entry(username) {
             std::collections::btree_map::Entry::Occupied(_) => false,
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(credentials);
+                v.insert(MemoryUser {
+                    credentials,
+                    roster_version: 0,
+                    roster: HashMap::new(),
+                    vcard: None,
+                    profile: Profile::default(),
+                });
                 true
             }
         })
@@ -71,7 +128,7 @@ impl Storage for MemoryStorage {
         let username = username.to_owned();
         self.with(move |u| match u.get_mut(&username) {
             Some(c) => {
-                *c = credentials;
+                c.credentials = credentials;
                 true
             }
             None => false,
@@ -85,5 +142,109 @@ impl Storage for MemoryStorage {
 
     fn list_users(&self) -> StorageFuture<Vec<String>> {
         self.with(|u| u.keys().cloned().collect())
+    }
+
+    fn roster(&self, username: &str) -> StorageFuture<Roster> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get(&username) {
+            None => Roster::default(),
+            Some(user) => {
+                let mut items: Vec<RosterItem> = user.roster.values().filter(|i| i.in_roster).cloned().collect();
+                items.sort_by(|a, b| a.jid.cmp(&b.jid));
+                Roster {
+                    version: user.roster_version,
+                    items,
+                }
+            }
+        })
+    }
+
+    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            let version = u.get(&username).map_or(0, |u| u.roster_version);
+            (since == version).then(|| (version, Vec::new()))
+        })
+    }
+
+    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
+        let (username, contact) = (username.to_owned(), contact.clone());
+        self.with(move |u| u.get(&username).and_then(|u| u.roster.get(&contact).cloned()))
+    }
+
+    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
+        let (username, contact) = (username.to_owned(), contact.clone());
+        self.with(move |u| {
+            let Some(user) = u.get_mut(&username) else {
+                return RosterUpdate {
+                    before: None,
+                    after: None,
+                    version: 0,
+                };
+            };
+            let before = user.roster.get(&contact).cloned();
+            let after = match change(before.clone()) {
+                ItemChange::Keep => before.clone(),
+                ItemChange::Put(item) => {
+                    user.roster.insert(contact.clone(), item.clone());
+                    Some(item)
+                }
+                ItemChange::Delete => {
+                    user.roster.remove(&contact);
+                    None
+                }
+            };
+            let mut update = RosterUpdate {
+                before,
+                after,
+                version: user.roster_version,
+            };
+            if update.visible_change().is_some() {
+                user.roster_version += 1;
+                update.version = user.roster_version;
+            }
+            update
+        })
+    }
+
+    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            u.get(&username)
+                .map(|u| u.roster.values().filter(|i| i.state.pending_in).cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn vcard(&self, username: &str) -> StorageFuture<Option<String>> {
+        let username = username.to_owned();
+        self.with(move |u| u.get(&username).and_then(|u| u.vcard.clone()))
+    }
+
+    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            if let Some(user) = u.get_mut(&username) {
+                user.vcard = Some(vcard);
+                user.profile = profile;
+            }
+        })
+    }
+
+    fn profile(&self, username: &str) -> StorageFuture<Profile> {
+        let username = username.to_owned();
+        self.with(move |u| u.get(&username).map(|u| u.profile.clone()).unwrap_or_default())
+    }
+
+    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get_mut(&username) {
+            Some(user) => {
+                user.profile.nick = nick;
+                user.profile.photo_url = photo_url;
+                true
+            }
+            None => false,
+        })
     }
 }

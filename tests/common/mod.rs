@@ -71,9 +71,7 @@ impl TestServer {
 
     pub fn add_user(&self, name: &str, password: &str) {
         let mut store = SqliteStore::open(&self.db).unwrap();
-        assert!(store
-            .create_user(name, &Credentials::derive(password, 4096))
-            .unwrap());
+        assert!(store.create_user(name, &Credentials::derive(password, 4096)).unwrap());
     }
 
     pub fn connect(&self) -> Client {
@@ -162,16 +160,8 @@ impl Client {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    panic!(
-                        "timed out waiting for the server ({} bytes pending)",
-                        self.buf.len()
-                    )
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    panic!("timed out waiting for the server ({} bytes pending)", self.buf.len())
                 }
                 Err(_) => return None,
             }
@@ -236,10 +226,7 @@ impl Client {
         let outcome = self.recv();
         if outcome.is("success", ns::SASL) {
             let server_final = String::from_utf8(b64.decode(outcome.text()).unwrap()).unwrap();
-            assert!(
-                scram.verify_server_final(&server_final),
-                "server signature must verify"
-            );
+            assert!(scram.verify_server_final(&server_final), "server signature must verify");
         }
         outcome
     }
@@ -249,7 +236,9 @@ impl Client {
         let res = resource
             .map(|r| format!("<resource>{r}</resource>"))
             .unwrap_or_default();
-        self.send(&format!("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"));
+        self.send(&format!(
+            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
+        ));
         let reply = self.recv();
         assert_eq!(reply.attr("type"), Some("result"), "{reply}");
         let jid = reply
@@ -285,11 +274,29 @@ impl Client {
         assert!(
             pending.is_empty(),
             "unexpected: {:?}",
-            pending
-                .iter()
-                .map(|e| e.to_xml_in(ns::CLIENT))
-                .collect::<Vec<_>>()
+            pending.iter().map(|e| e.to_xml_in(ns::CLIENT)).collect::<Vec<_>>()
         );
+    }
+
+    /// Reads stanzas until one matches; returns it (the rest are dropped).
+    pub fn recv_until(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
+        loop {
+            let el = self.recv();
+            if pred(&el) {
+                return el;
+            }
+        }
+    }
+
+    /// Asserts no message is pending (presence may be).
+    pub fn expect_no_messages(&mut self) {
+        let messages: Vec<String> = self
+            .sync()
+            .iter()
+            .filter(|e| e.name() == "message")
+            .map(|e| e.to_xml_in(ns::CLIENT))
+            .collect();
+        assert!(messages.is_empty(), "unexpected: {messages:?}");
     }
 
     /// Reads a stream error, then the stream's close and the hang-up;

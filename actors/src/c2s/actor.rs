@@ -2,6 +2,7 @@
 //! (RFC 6120 §4), authenticates (§6), binds a resource (§7), then stamps
 //! `from` on everything the client sends and hands it to the router.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use crate::codec::{Frame, StreamHeader};
 use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
 use crate::jid::{BareJid, Jid};
 use crate::ns;
+use crate::presence::PresenceMsg;
 use crate::session::{Control, Session};
 use crate::session_manager::Unregister;
 use crate::stanza::{IqType, Kind, PresenceType, Stanza, StanzaParseError};
@@ -45,6 +47,10 @@ pub struct C2s {
     pub(super) state: State,
     pub(super) auth_failures: u32,
     closing: bool,
+    /// The session has sent available presence (and not unavailable since).
+    available: bool,
+    /// Who got directed presence from this session (RFC 6121 §4.6).
+    directed: HashSet<Jid>,
 }
 
 pub(super) fn random_id(len: usize) -> String {
@@ -65,6 +71,8 @@ impl C2s {
             state: State::Start,
             auth_failures: 0,
             closing: false,
+            available: false,
+            directed: HashSet::new(),
         }
     }
 
@@ -150,10 +158,9 @@ impl C2s {
                 self.state = State::Authenticated(user);
                 Element::new("features", ns::STREAM)
                     .with_child(Element::new("bind", ns::BIND))
-                    .with_child(
-                        Element::new("session", ns::SESSION)
-                            .with_child(Element::new("optional", ns::SESSION)),
-                    )
+                    .with_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)))
+                    .with_child(Element::new("ver", ns::ROSTERVER_FEATURE))
+                    .with_child(Element::new("extval", ns::BIND_EXTVAL))
             }
         };
         self.send_element(&features);
@@ -194,9 +201,7 @@ impl C2s {
 
     fn on_element(&mut self, ctx: &mut Context<Self>, el: Element) {
         match &self.state {
-            State::Start => {
-                self.stream_error(ctx, StreamError::new(StreamCondition::NotWellFormed))
-            }
+            State::Start => self.stream_error(ctx, StreamError::new(StreamCondition::NotWellFormed)),
             State::PreAuth(_) => self.on_pre_auth(ctx, el),
             State::AwaitRestart(_) => self.stream_error(
                 ctx,
@@ -237,10 +242,7 @@ impl C2s {
                 _ => {
                     return self.stream_error(
                         ctx,
-                        StreamError::with_text(
-                            StreamCondition::InvalidFrom,
-                            "you may not send as another JID",
-                        ),
+                        StreamError::with_text(StreamCondition::InvalidFrom, "you may not send as another JID"),
                     )
                 }
             }
@@ -252,10 +254,7 @@ impl C2s {
         stanza.set_from(Some(session.jid.clone().into()));
         match stanza.kind {
             Kind::Iq(IqType::Get | IqType::Set) if self.is_for_server(&stanza) => {
-                let payload_ns = stanza
-                    .payload()
-                    .map(|p| p.ns().to_owned())
-                    .unwrap_or_default();
+                let payload_ns = stanza.payload().map(|p| p.ns().to_owned()).unwrap_or_default();
                 match payload_ns.as_str() {
                     // RFC 3921's session establishment: nothing left to do.
                     ns::SESSION => self.send_stanza(&stanza.iq_result(None)),
@@ -270,9 +269,7 @@ impl C2s {
                     _ => self.cx.router.route(stanza),
                 }
             }
-            Kind::Presence(t) if stanza.to().is_none() => {
-                self.on_own_presence(ctx, session, t, stanza)
-            }
+            Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(session, t, stanza),
             Kind::Message(_) if stanza.to().is_none() => {
                 // RFC 6121 §8.1.1.1: as if addressed to the sender's bare JID.
                 stanza.set_to(Some(session.jid.to_bare().into()));
@@ -283,42 +280,70 @@ impl C2s {
     }
 
     fn is_for_server(&self, stanza: &Stanza) -> bool {
-        stanza
-            .to()
-            .is_none_or(|to| to.as_str() == self.domain().as_str())
+        stanza.to().is_none_or(|to| to.as_str() == self.domain().as_str())
     }
 
-    /// Presence without `to`: the session's own availability.
-    fn on_own_presence(
-        &mut self,
-        ctx: &mut Context<Self>,
-        session: &Arc<Session>,
-        t: PresenceType,
-        stanza: Stanza,
-    ) {
+    /// Presence without `to`: the session's own availability, broadcast by
+    /// the PresenceActor.
+    fn on_own_presence(&mut self, session: &Arc<Session>, t: PresenceType, stanza: Stanza) {
         match t {
             PresenceType::Available => {
                 let priority = match stanza.element().get_child("priority", ns::CLIENT) {
                     None => Ok(0),
                     Some(p) => p.text().trim().parse::<i8>(),
                 };
-                match priority {
-                    Ok(p) => session.set_available(p),
-                    Err(_) => {
-                        let err = StanzaError::with_text(
-                            StanzaCondition::BadRequest,
-                            "priority must be -128..127",
-                        );
-                        if let Some(reply) = stanza.error_reply(&err) {
-                            self.send_stanza(&reply);
-                        }
+                let Ok(priority) = priority else {
+                    let err = StanzaError::with_text(StanzaCondition::BadRequest, "priority must be -128..127");
+                    if let Some(reply) = stanza.error_reply(&err) {
+                        self.send_stanza(&reply);
                     }
+                    return;
+                };
+                let initial = !self.available;
+                self.available = true;
+                session.set_available(priority);
+                let presence = stanza.into_element();
+                self.cx.router.presence().send(PresenceMsg::Available {
+                    session: session.clone(),
+                    presence,
+                    initial,
+                });
+                if initial {
+                    self.deliver_pending_requests(session);
                 }
             }
-            PresenceType::Unavailable => session.set_unavailable(),
+            PresenceType::Unavailable if self.available => {
+                self.available = false;
+                session.set_unavailable();
+                let directed = self.directed.drain().collect();
+                let presence = stanza.into_element();
+                self.cx.router.presence().send(PresenceMsg::Unavailable {
+                    session: session.clone(),
+                    presence,
+                    directed,
+                });
+            }
+            // Subscription types need a 'to'; probes and errors from a
+            // client to itself mean nothing.
             _ => {}
         }
-        let _ = ctx;
+    }
+
+    /// Subscription requests that waited for the user (RFC 6121 §3.1.3).
+    fn deliver_pending_requests(&self, session: &Arc<Session>) {
+        let storage = self.cx.router.storage().clone();
+        let session = session.clone();
+        let node = session.jid.node().unwrap_or_default().to_owned();
+        actix_rt::spawn(async move {
+            match storage.pending_requests(&node).await {
+                Ok(items) => {
+                    for request in items.into_iter().filter_map(|i| i.pending_request) {
+                        session.deliver(Bytes::from(request));
+                    }
+                }
+                Err(e) => log::error!("{}: pending requests: {e}", session.jid),
+            }
+        });
     }
 }
 
@@ -328,10 +353,8 @@ impl Actor for C2s {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
             if !matches!(act.state, State::Bound(_)) {
-                let err = StreamError::with_text(
-                    StreamCondition::ConnectionTimeout,
-                    "stream negotiation took too long",
-                );
+                let err =
+                    StreamError::with_text(StreamCondition::ConnectionTimeout, "stream negotiation took too long");
                 act.stream_error(ctx, err);
             }
         });
@@ -339,9 +362,7 @@ impl Actor for C2s {
         ctx.spawn(
             async move { shutdown.cancelled().await }
                 .into_actor(self)
-                .map(|_, act, ctx| {
-                    act.stream_error(ctx, StreamError::new(StreamCondition::SystemShutdown))
-                }),
+                .map(|_, act, ctx| act.stream_error(ctx, StreamError::new(StreamCondition::SystemShutdown))),
         );
     }
 

@@ -50,17 +50,10 @@ impl C2s {
             self.send_element(&Element::new("failure", ns::TLS));
             return self.stream_error(
                 ctx,
-                StreamError::with_text(
-                    StreamCondition::UnsupportedFeature,
-                    "STARTTLS is not offered",
-                ),
+                StreamError::with_text(StreamCondition::UnsupportedFeature, "STARTTLS is not offered"),
             );
         }
-        let is_register = el.is("iq", ns::CLIENT)
-            && el
-                .children()
-                .next()
-                .is_some_and(|p| p.is("query", ns::REGISTER));
+        let is_register = el.is("iq", ns::CLIENT) && el.children().next().is_some_and(|p| p.is("query", ns::REGISTER));
         if is_register && self.cx.config.registration {
             return match Stanza::from_element(el) {
                 Ok(mut iq) => {
@@ -114,17 +107,13 @@ impl C2s {
             "" => None,
             t => match B64.decode(t) {
                 Ok(d) => Some(d),
-                Err(_) => {
-                    return self
-                        .sasl_failure(ctx, SaslFailure::new(SaslCondition::IncorrectEncoding))
-                }
+                Err(_) => return self.sasl_failure(ctx, SaslFailure::new(SaslCondition::IncorrectEncoding)),
             },
         };
         match (el.name(), sasl) {
             ("auth", _) => {
                 let Some(mech) = el.attr("mechanism").and_then(Mechanism::from_name) else {
-                    return self
-                        .sasl_failure(ctx, SaslFailure::new(SaslCondition::InvalidMechanism));
+                    return self.sasl_failure(ctx, SaslFailure::new(SaslCondition::InvalidMechanism));
                 };
                 match data {
                     Some(data) => self.sasl_start(ctx, mech, data),
@@ -134,15 +123,11 @@ impl C2s {
                     }
                 }
             }
-            ("response", Sasl::AwaitInitial(mech)) => {
-                self.sasl_start(ctx, mech, data.unwrap_or_default())
-            }
-            ("response", Sasl::AwaitScramFinal(server, user)) => {
-                match server.finish(&data.unwrap_or_default()) {
-                    Ok(server_final) => self.sasl_success(user, Some(server_final)),
-                    Err(f) => self.sasl_failure(ctx, f),
-                }
-            }
+            ("response", Sasl::AwaitInitial(mech)) => self.sasl_start(ctx, mech, data.unwrap_or_default()),
+            ("response", Sasl::AwaitScramFinal(server, user)) => match server.finish(&data.unwrap_or_default()) {
+                Ok(server_final) => self.sasl_success(user, Some(server_final)),
+                Err(f) => self.sasl_failure(ctx, f),
+            },
             ("abort", _) => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::Aborted)),
             _ => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::MalformedRequest)),
         }
@@ -151,8 +136,7 @@ impl C2s {
     /// The account a SASL identity names, checking the authorisation identity.
     fn sasl_user(&self, username: &str, authzid: Option<&str>) -> Result<BareJid, SaslFailure> {
         let not_authorized = || SaslFailure::new(SaslCondition::NotAuthorized);
-        let node =
-            normalise_localpart(&crate::sasl::saslprep(username)).map_err(|_| not_authorized())?;
+        let node = normalise_localpart(&crate::sasl::saslprep(username)).map_err(|_| not_authorized())?;
         let user = BareJid::new(&node, self.domain().domain()).map_err(|_| not_authorized())?;
         match authzid {
             None => Ok(user),
@@ -162,8 +146,7 @@ impl C2s {
     }
 
     fn fake_salt(&self, user: &BareJid) -> Vec<u8> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.cx.secret).expect("any key length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cx.secret).expect("any key length");
         mac.update(user.as_str().as_bytes());
         mac.finalize().into_bytes()[..16].to_vec()
     }
@@ -188,11 +171,7 @@ impl C2s {
                     let ok = actix_rt::task::spawn_blocking(move || match creds {
                         Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
                         None => {
-                            ScramHash::Sha256.salted_password(
-                                &msg.password,
-                                &fake_salt,
-                                crate::sasl::MIN_ITERATIONS,
-                            );
+                            ScramHash::Sha256.salted_password(&msg.password, &fake_salt, crate::sasl::MIN_ITERATIONS);
                             false
                         }
                     })
@@ -202,9 +181,7 @@ impl C2s {
                 };
                 ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(true) => act.sasl_success(user, None),
-                    Ok(false) => {
-                        act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized))
-                    }
+                    Ok(false) => act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized)),
                     Err(e) => act.sasl_failure(ctx, e.into()),
                 }));
             }
@@ -228,13 +205,9 @@ impl C2s {
                     Ok(creds) => {
                         let creds = creds.map(|c| c.for_hash(hash).clone());
                         let fake_salt = act.fake_salt(&user);
-                        let (server, server_first) =
-                            ScramServer::start(hash, first, creds, &fake_salt);
+                        let (server, server_first) = ScramServer::start(hash, first, creds, &fake_salt);
                         act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user));
-                        act.send_element(
-                            &Element::new("challenge", ns::SASL)
-                                .with_text(B64.encode(server_first)),
-                        );
+                        act.send_element(&Element::new("challenge", ns::SASL).with_text(B64.encode(server_first)));
                     }
                     Err(e) => act.sasl_failure(ctx, e.into()),
                 }));
@@ -261,11 +234,7 @@ impl C2s {
             return;
         }
         self.auth_failures += 1;
-        log::info!(
-            "{}: authentication failed: {}",
-            self.peer,
-            failure.condition
-        );
+        log::info!("{}: authentication failed: {}", self.peer, failure.condition);
         if self.auth_failures >= self.cx.config.max_auth_failures {
             self.stream_error(
                 ctx,

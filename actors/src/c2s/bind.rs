@@ -8,8 +8,9 @@ use actix::prelude::*;
 
 use super::actor::{random_id, C2s, State};
 use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
-use crate::jid::normalise_resourcepart;
+use crate::jid::{normalise_resourcepart, FullJid};
 use crate::ns;
+use crate::presence::BindInfo;
 use crate::session::Session;
 use crate::session_manager::Register;
 use crate::stanza::{IqType, Kind, Stanza};
@@ -21,8 +22,7 @@ impl C2s {
             return;
         };
         let user = user.clone();
-        let is_bind =
-            el.is("iq", ns::CLIENT) && el.children().next().is_some_and(|p| p.is("bind", ns::BIND));
+        let is_bind = el.is("iq", ns::CLIENT) && el.children().next().is_some_and(|p| p.is("bind", ns::BIND));
         if !is_bind {
             return self.stream_error(
                 ctx,
@@ -32,8 +32,7 @@ impl C2s {
         let iq = match Stanza::from_element(el) {
             Ok(iq) if iq.kind == Kind::Iq(IqType::Set) => iq,
             Ok(iq) => {
-                if let Some(reply) = iq.error_reply(&StanzaError::new(StanzaCondition::BadRequest))
-                {
+                if let Some(reply) = iq.error_reply(&StanzaError::new(StanzaCondition::BadRequest)) {
                     self.send_stanza(&reply);
                 }
                 return;
@@ -50,8 +49,7 @@ impl C2s {
             Some(r) => match normalise_resourcepart(&r) {
                 Ok(r) => r,
                 Err(_) => {
-                    let err =
-                        StanzaError::with_text(StanzaCondition::BadRequest, "invalid resource");
+                    let err = StanzaError::with_text(StanzaCondition::BadRequest, "invalid resource");
                     if let Some(reply) = iq.error_reply(&err) {
                         self.send_stanza(&reply);
                     }
@@ -68,21 +66,38 @@ impl C2s {
                 return;
             }
         };
-        let session = Arc::new(Session::new(
-            jid,
-            self.out.clone(),
-            ctx.address().recipient(),
-        ));
+        let extval = iq.payload().is_some_and(|b| b.has_child("extval", ns::BIND_EXTVAL));
+        let asking = self
+            .cx
+            .hooks
+            .on_bind_request(self.cx.router.storage(), &user, &resource, extval);
+        ctx.wait(asking.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(info) => act.bind_session(ctx, iq, jid, extval.then_some(info)),
+            Err(e) => {
+                if let Some(reply) = iq.error_reply(&e) {
+                    act.send_stanza(&reply);
+                }
+            }
+        }));
+    }
+
+    /// Binds `jid` with the SessionManager and answers the bind request.
+    fn bind_session(&mut self, ctx: &mut Context<Self>, iq: Stanza, jid: FullJid, extval: Option<BindInfo>) {
+        let session = Arc::new(Session::new(jid, self.out.clone(), ctx.address().recipient()));
         let registering = self.cx.sm.send(Register(session.clone()));
         ctx.wait(registering.into_actor(self).map(move |res, act, _| {
-            let res =
-                res.unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
+            let res = res.unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
             match res {
                 Ok(()) => {
                     log::info!("{}: bound {}", act.peer, session.jid);
-                    let bind = Element::new("bind", ns::BIND).with_child(
-                        Element::new("jid", ns::BIND).with_text(session.jid.to_string()),
-                    );
+                    let mut bind = Element::new("bind", ns::BIND)
+                        .with_child(Element::new("jid", ns::BIND).with_text(session.jid.to_string()));
+                    if let Some(info) = extval {
+                        bind.push_child(Element::new("nick", ns::NICK).with_text(info.nick.unwrap_or_default()));
+                        bind.push_child(
+                            Element::new("photo-url", ns::BIND_EXTVAL).with_text(info.photo_url.unwrap_or_default()),
+                        );
+                    }
                     act.state = State::Bound(session);
                     act.send_stanza(&iq.iq_result(Some(bind)));
                 }

@@ -23,6 +23,7 @@ pub use actor::C2s;
 pub use outbound::{Outbound, SendError};
 
 use crate::codec::{CodecLimits, XmppCodec};
+use crate::presence::ConnectionHandler;
 use crate::router::Router;
 use crate::session_manager::SessionManager;
 
@@ -63,6 +64,8 @@ pub struct C2sContext {
     pub router: Router,
     pub sm: Addr<SessionManager>,
     pub config: C2sConfig,
+    /// The embedder's hooks (or the standard behaviour).
+    pub hooks: Arc<dyn ConnectionHandler>,
     /// Cancelled at shutdown: every stream is closed with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
     /// The transport tasks, to wait for their last bytes at shutdown.
@@ -72,7 +75,12 @@ pub struct C2sContext {
 }
 
 impl C2sContext {
-    pub fn new(router: Router, sm: Addr<SessionManager>, config: C2sConfig) -> C2sContext {
+    pub fn new(
+        router: Router,
+        sm: Addr<SessionManager>,
+        config: C2sConfig,
+        hooks: Arc<dyn ConnectionHandler>,
+    ) -> C2sContext {
         use rand::RngCore;
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
@@ -80,6 +88,7 @@ impl C2sContext {
             router,
             sm,
             config,
+            hooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             secret,
@@ -97,14 +106,9 @@ where
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, mut frames_rx) = mpsc::channel(8);
     let codec = XmppCodec::new(cx.config.limits);
-    actix_rt::spawn(
-        cx.tasks
-            .track_future(transport::run(io, codec, frames_tx, out_rx)),
-    );
+    actix_rt::spawn(cx.tasks.track_future(transport::run(io, codec, frames_tx, out_rx)));
     C2s::create(move |ctx| {
-        ctx.add_stream(futures_util::stream::poll_fn(move |c| {
-            frames_rx.poll_recv(c)
-        }));
+        ctx.add_stream(futures_util::stream::poll_fn(move |c| frames_rx.poll_recv(c)));
         C2s::new(cx, out, peer)
     })
 }

@@ -21,12 +21,8 @@ const READ_CHUNK: usize = 4096;
 
 pub(crate) type FrameResult = Result<Frame, StreamError>;
 
-pub(crate) async fn run<S>(
-    mut io: S,
-    mut codec: XmppCodec,
-    frames: mpsc::Sender<FrameResult>,
-    mut out: OutboundRx,
-) where
+pub(crate) async fn run<S>(mut io: S, mut codec: XmppCodec, frames: mpsc::Sender<FrameResult>, mut out: OutboundRx)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);

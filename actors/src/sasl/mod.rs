@@ -16,11 +16,7 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 3] = [
-        Mechanism::ScramSha256,
-        Mechanism::ScramSha1,
-        Mechanism::Plain,
-    ];
+    pub const ALL: [Mechanism; 3] = [Mechanism::ScramSha256, Mechanism::ScramSha1, Mechanism::Plain];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -52,12 +48,7 @@ impl Credentials {
         let iterations = iterations.max(MIN_ITERATIONS);
         Credentials {
             sha1: ScramCredentials::derive(ScramHash::Sha1, password, &random_salt(), iterations),
-            sha256: ScramCredentials::derive(
-                ScramHash::Sha256,
-                password,
-                &random_salt(),
-                iterations,
-            ),
+            sha256: ScramCredentials::derive(ScramHash::Sha256, password, &random_salt(), iterations),
         }
     }
 

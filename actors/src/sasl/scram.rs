@@ -164,8 +164,7 @@ impl ClientFirst {
         let authzid = match authz {
             "" => None,
             a => Some(decode_saslname(
-                a.strip_prefix("a=")
-                    .ok_or_else(|| malformed("bad authzid"))?,
+                a.strip_prefix("a=").ok_or_else(|| malformed("bad authzid"))?,
             )?),
         };
         let mut username = None;
@@ -225,11 +224,7 @@ impl ScramServer {
             server_key: hash.h(fake_salt),
         });
         let nonce = format!("{}{}", first.nonce, nonce());
-        let server_first = format!(
-            "r={nonce},s={},i={}",
-            B64.encode(&creds.salt),
-            creds.iterations
-        );
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&creds.salt), creds.iterations);
         let out = server_first.clone().into_bytes();
         let server = ScramServer {
             hash,
@@ -266,13 +261,8 @@ impl ScramServer {
         let proof = B64
             .decode(proof)
             .map_err(|_| SaslFailure::new(SaslCondition::IncorrectEncoding))?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
-        let signature = self
-            .hash
-            .hmac(&self.creds.stored_key, auth_message.as_bytes());
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
+        let signature = self.hash.hmac(&self.creds.stored_key, auth_message.as_bytes());
         if proof.len() != signature.len() {
             return Err(not_authorized());
         }
@@ -281,9 +271,7 @@ impl ScramServer {
         if !(valid && self.known) {
             return Err(not_authorized());
         }
-        let server_signature = self
-            .hash
-            .hmac(&self.creds.server_key, auth_message.as_bytes());
+        let server_signature = self.hash.hmac(&self.creds.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
     }
 }
@@ -349,14 +337,8 @@ impl ScramClient {
         let without_proof = format!("c=biws,r={nonce}");
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let client_key = self.hash.hmac(&salted, b"Client Key");
-        let signature = self
-            .hash
-            .hmac(&self.hash.h(&client_key), auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(a, b)| a ^ b)
-            .collect();
+        let signature = self.hash.hmac(&self.hash.h(&client_key), auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
         let server_key = self.hash.hmac(&salted, b"Server Key");
         self.server_signature = Some(self.hash.hmac(&server_key, auth_message.as_bytes()));
         Ok((format!("{without_proof},p={}", B64.encode(proof)), salted))
@@ -416,18 +398,12 @@ mod tests {
         assert_eq!(out, b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=");
     }
 
-    fn run(
-        hash: ScramHash,
-        stored_pw: &str,
-        client_pw: &str,
-        known: bool,
-    ) -> Result<(), SaslFailure> {
+    fn run(hash: ScramHash, stored_pw: &str, client_pw: &str, known: bool) -> Result<(), SaslFailure> {
         let creds = ScramCredentials::derive(hash, stored_pw, b"0123456789abcdef", 4096);
         let mut client = ScramClient::new(hash, "juliet", client_pw);
         let first = ClientFirst::parse(client.client_first().as_bytes())?;
         assert_eq!(first.username, "juliet");
-        let (server, server_first) =
-            ScramServer::start(hash, first, known.then_some(creds), b"fake-salt");
+        let (server, server_first) = ScramServer::start(hash, first, known.then_some(creds), b"fake-salt");
         let (client_final, _) = client.client_final(std::str::from_utf8(&server_first).unwrap())?;
         let server_final = server.finish(client_final.as_bytes())?;
         assert!(client.verify_server_final(std::str::from_utf8(&server_final).unwrap()));
@@ -454,15 +430,10 @@ mod tests {
         assert!(ClientFirst::parse(b"x,,n=a,r=b").is_err());
         assert!(ClientFirst::parse(b"n,,r=b").is_err());
         assert_eq!(
-            ClientFirst::parse(b"p=tls-unique,,n=a,r=b")
-                .unwrap_err()
-                .condition,
+            ClientFirst::parse(b"p=tls-unique,,n=a,r=b").unwrap_err().condition,
             SaslCondition::NotAuthorized
         );
-        assert_eq!(
-            ClientFirst::parse(b"n,,n=a=2Cb=3D,r=x").unwrap().username,
-            "a,b="
-        );
+        assert_eq!(ClientFirst::parse(b"n,,n=a=2Cb=3D,r=x").unwrap().username, "a,b=");
         assert!(ClientFirst::parse(b"n,,n=a=zz,r=x").is_err());
     }
 

@@ -10,6 +10,7 @@ use crate::ns;
 pub mod disco;
 pub mod ping;
 pub mod register;
+pub mod vcard;
 pub mod version;
 
 /// What the standard handlers need to know about the server.
@@ -25,17 +26,15 @@ pub struct ServerFeatures {
 pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
     let mut table = IqHandlerTable::new();
     table.register(IqScope::Server, ns::DISCO_INFO, Arc::new(disco::DiscoInfo));
-    table.register(
-        IqScope::Server,
-        ns::DISCO_ITEMS,
-        Arc::new(disco::DiscoItems),
-    );
+    table.register(IqScope::Server, ns::DISCO_ITEMS, Arc::new(disco::DiscoItems));
     table.register(IqScope::Account, ns::DISCO_INFO, Arc::new(disco::DiscoInfo));
+    table.register(IqScope::Account, ns::DISCO_ITEMS, Arc::new(disco::DiscoItems));
     table.register(
         IqScope::Account,
-        ns::DISCO_ITEMS,
-        Arc::new(disco::DiscoItems),
+        ns::ROSTER,
+        Arc::new(crate::roster::handler::RosterHandler),
     );
+    table.register(IqScope::Account, vcard::NS, Arc::new(vcard::VCard));
     table.register(IqScope::Server, ns::PING, Arc::new(ping::Ping));
     table.register(IqScope::Server, ns::VERSION, Arc::new(version::Version));
     if features.registration {

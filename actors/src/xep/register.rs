@@ -45,10 +45,7 @@ fn not_acceptable(text: &'static str) -> StanzaError {
 
 /// Derives SCRAM keys from a password on the blocking pool: PBKDF2 must
 /// never run on an event loop.
-pub async fn derive_credentials(
-    password: String,
-    iterations: u32,
-) -> Result<Credentials, StanzaError> {
+pub async fn derive_credentials(password: String, iterations: u32) -> Result<Credentials, StanzaError> {
     actix_rt::task::spawn_blocking(move || Credentials::derive(&password, iterations))
         .await
         .map_err(|_| StanzaError::new(StanzaCondition::InternalServerError))
@@ -60,8 +57,7 @@ pub async fn register_account(
     query: Element,
     iterations: u32,
 ) -> Result<String, StanzaError> {
-    let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password"))
-    else {
+    let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password")) else {
         return Err(not_acceptable("username and password are required"));
     };
     let username = normalise_localpart(&username)
@@ -112,16 +108,11 @@ impl IqHandler for Register {
         }
         let iterations = self.iterations;
         Box::pin(async move {
-            let (Some(username), Some(password)) =
-                (field(&query, "username"), field(&query, "password"))
-            else {
+            let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password")) else {
                 return Err(not_acceptable("username and password are required"));
             };
             if normalise_localpart(&username).ok().as_deref() != Some(user.as_str()) {
-                return Err(StanzaError::with_text(
-                    StanzaCondition::NotAllowed,
-                    "not your account",
-                ));
+                return Err(StanzaError::with_text(StanzaCondition::NotAllowed, "not your account"));
             }
             let credentials = derive_credentials(password, iterations).await?;
             storage.set_credentials(&user, credentials).await?;

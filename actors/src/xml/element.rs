@@ -44,10 +44,7 @@ impl Element {
     }
 
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn attrs(&self) -> impl Iterator<Item = (&str, &str)> {
@@ -130,8 +127,7 @@ impl Element {
     }
 
     pub fn remove_children(&mut self, mut pred: impl FnMut(&Element) -> bool) {
-        self.children
-            .retain(|n| !matches!(n, Node::Element(e) if pred(e)));
+        self.children.retain(|n| !matches!(n, Node::Element(e) if pred(e)));
     }
 
     /// The concatenated text directly inside this element.

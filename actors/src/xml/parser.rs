@@ -97,9 +97,7 @@ fn restricted() -> StreamError {
 
 /// True for the bytes XML 1.0 forbids outright (C0 controls but tab, LF, CR).
 fn has_forbidden_control(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    bytes.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
 /// Splits `prefix:local`.
@@ -180,13 +178,8 @@ pub(crate) fn open_element(
 
 /// Parses a complete element. `bindings` are those in scope where the
 /// element stands (for a stanza: what the stream header declared).
-pub fn parse_element(
-    bytes: &[u8],
-    bindings: &NsBindings,
-    limits: &ParseLimits,
-) -> Result<Element, StreamError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| StreamError::new(StreamCondition::UnsupportedEncoding))?;
+pub fn parse_element(bytes: &[u8], bindings: &NsBindings, limits: &ParseLimits) -> Result<Element, StreamError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| StreamError::new(StreamCondition::UnsupportedEncoding))?;
     if has_forbidden_control(bytes) {
         return Err(not_well_formed("control character"));
     }
@@ -199,9 +192,7 @@ pub fn parse_element(
     // Each open element with the binding depth to restore when it closes.
     let mut stack: Vec<(Element, usize)> = Vec::new();
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| not_well_formed(e.to_string()))?;
+        let event = reader.read_event().map_err(|e| not_well_formed(e.to_string()))?;
         match event {
             Event::Start(start) => {
                 if stack.len() >= limits.max_depth {
@@ -230,9 +221,7 @@ pub fn parse_element(
                 }
             }
             Event::End(_) => {
-                let (el, mark) = stack
-                    .pop()
-                    .ok_or_else(|| not_well_formed("unexpected end tag"))?;
+                let (el, mark) = stack.pop().ok_or_else(|| not_well_formed("unexpected end tag"))?;
                 bindings.truncate(mark);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.push_child(el),
@@ -258,25 +247,19 @@ pub fn parse_element(
                         "amp" => '&',
                         "apos" => '\'',
                         "quot" => '"',
-                        other => {
-                            return Err(not_well_formed(format!("undefined entity &{other};")))
-                        }
+                        other => return Err(not_well_formed(format!("undefined entity &{other};"))),
                     },
                     Err(_) => return Err(not_well_formed("bad character reference")),
                 };
                 if (ch as u32) < 0x20 && !matches!(ch, '\t' | '\n' | '\r') {
-                    return Err(not_well_formed(
-                        "character reference to a control character",
-                    ));
+                    return Err(not_well_formed("character reference to a control character"));
                 }
                 if let Some((el, _)) = stack.last_mut() {
                     let mut buf = [0u8; 4];
                     el.push_text(&*ch.encode_utf8(&mut buf));
                 }
             }
-            Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => {
-                return Err(restricted())
-            }
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => return Err(restricted()),
             Event::Eof => return Err(not_well_formed("incomplete element")),
         }
     }
@@ -292,9 +275,7 @@ mod tests {
 
     #[test]
     fn resolves_default_and_declared_namespaces() {
-        let el =
-            parse("<iq type='get' id='1'><query xmlns='jabber:iq:roster'><item/></query></iq>")
-                .unwrap();
+        let el = parse("<iq type='get' id='1'><query xmlns='jabber:iq:roster'><item/></query></iq>").unwrap();
         assert!(el.is("iq", ns::CLIENT));
         let q = el.get_child("query", ns::ROSTER).unwrap();
         assert!(q.get_child("item", ns::ROSTER).is_some());
@@ -306,50 +287,26 @@ mod tests {
 
     #[test]
     fn entities_and_cdata() {
-        let el =
-            parse("<message><body>&lt;a&gt; &amp; &#x263A;&#65;<![CDATA[<raw>]]></body></message>")
-                .unwrap();
-        assert_eq!(
-            el.get_child("body", ns::CLIENT).unwrap().text(),
-            "<a> & \u{263a}A<raw>"
-        );
+        let el = parse("<message><body>&lt;a&gt; &amp; &#x263A;&#65;<![CDATA[<raw>]]></body></message>").unwrap();
+        assert_eq!(el.get_child("body", ns::CLIENT).unwrap().text(), "<a> & \u{263a}A<raw>");
     }
 
     #[test]
     fn rejects_what_rfc6120_restricts() {
         let c = |s: &str| parse(s).unwrap_err().condition;
-        assert_eq!(
-            c("<message><!-- hi --></message>"),
-            StreamCondition::RestrictedXml
-        );
-        assert_eq!(
-            c("<message><?pi x?></message>"),
-            StreamCondition::RestrictedXml
-        );
-        assert_eq!(
-            c("<message>&lol;</message>"),
-            StreamCondition::NotWellFormed
-        );
+        assert_eq!(c("<message><!-- hi --></message>"), StreamCondition::RestrictedXml);
+        assert_eq!(c("<message><?pi x?></message>"), StreamCondition::RestrictedXml);
+        assert_eq!(c("<message>&lol;</message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<message a='&lol;'/>"), StreamCondition::NotWellFormed);
-        assert_eq!(
-            c("<message><a></b></message>"),
-            StreamCondition::NotWellFormed
-        );
+        assert_eq!(c("<message><a></b></message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<message a='1' a='2'/>"), StreamCondition::NotWellFormed);
-        assert_eq!(
-            c("<message>\u{1}</message>"),
-            StreamCondition::NotWellFormed
-        );
+        assert_eq!(c("<message>\u{1}</message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<message>&#1;</message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<y:message/>"), StreamCondition::BadNamespacePrefix);
         assert_eq!(
-            parse_element(
-                b"<m>\xff</m>",
-                &NsBindings::client(),
-                &ParseLimits::default()
-            )
-            .unwrap_err()
-            .condition,
+            parse_element(b"<m>\xff</m>", &NsBindings::client(), &ParseLimits::default())
+                .unwrap_err()
+                .condition,
             StreamCondition::UnsupportedEncoding
         );
     }

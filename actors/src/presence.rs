@@ -1,0 +1,517 @@
+//! Presence (RFC 6121 §4): the PresenceActor and the connection handlers
+//! an embedder can replace.
+//!
+//! A user's *followers* get the user's presence (contacts whose
+//! subscription is `from` or `both`); the user's *followees* are those
+//! whose presence the user gets (`to` or `both`). Where they come from is a
+//! [`FollowerSource`]: the roster by default, an application's own social
+//! graph when embedded.
+//!
+//! The PresenceActor is sharded, one per worker arbiter, by bare JID. A
+//! shard caches the follower sets of its users that are online, loaded
+//! once at their first presence and kept current by subscription changes,
+//! so a presence change costs one message to the shard and then work in
+//! proportion to the followers, never to the sessions on the server. Each
+//! session's last presence lives in the shared session table, so probes
+//! are answered without asking the followee's shard.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use quick_xml::escape::escape;
+
+use crate::error::StanzaError;
+use crate::jid::{BareJid, Jid};
+use crate::ns;
+use crate::roster::SubState;
+use crate::session::{Session, SessionTable};
+use crate::storage::{Storage, StorageFuture};
+use crate::xml::Element;
+
+pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+
+/// Who follows a user and whom the user follows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Relations {
+    pub followers: Vec<BareJid>,
+    pub followees: Vec<BareJid>,
+}
+
+/// Where the follower graph comes from.
+pub trait FollowerSource: Send + Sync + 'static {
+    fn relations(&self, user: &BareJid) -> StorageFuture<Relations>;
+}
+
+/// The standard source: RFC 6121 subscriptions in the user's roster.
+pub struct RosterFollowers(pub Arc<dyn Storage>);
+
+impl FollowerSource for RosterFollowers {
+    fn relations(&self, user: &BareJid) -> StorageFuture<Relations> {
+        let storage = self.0.clone();
+        let node = user.node().unwrap_or_default().to_owned();
+        Box::pin(async move {
+            let roster = storage.roster(&node).await?;
+            let pick = |f: fn(&SubState) -> bool| {
+                roster
+                    .items
+                    .iter()
+                    .filter(|i| f(&i.state))
+                    .map(|i| i.jid.clone())
+                    .collect()
+            };
+            Ok(Relations {
+                followers: pick(|s| s.subscription.has_from()),
+                followees: pick(|s| s.subscription.has_to()),
+            })
+        })
+    }
+}
+
+/// What a bind request yields (Ocean's bind extension).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BindInfo {
+    pub nick: Option<String>,
+    pub photo_url: Option<String>,
+}
+
+pub type BindFuture = Pin<Box<dyn Future<Output = Result<BindInfo, StanzaError>>>>;
+
+/// The hooks of a connection's life, after the Ocean framework. Each
+/// default is the standard behaviour; an embedder overrides what it needs
+/// and can still call the standard operations on [`PresenceEvent`].
+pub trait ConnectionHandler: Send + Sync + 'static {
+    /// A client binds a resource. May refuse it; supplies the nickname and
+    /// photo URL returned to clients that ask for the bind extension
+    /// (`extval`; the standard handler looks them up only then).
+    fn on_bind_request(&self, storage: &Arc<dyn Storage>, user: &BareJid, _resource: &str, extval: bool) -> BindFuture {
+        if !extval {
+            return Box::pin(std::future::ready(Ok(BindInfo::default())));
+        }
+        let storage = storage.clone();
+        let node = user.node().unwrap_or_default().to_owned();
+        Box::pin(async move {
+            let profile = storage.profile(&node).await?;
+            Ok(BindInfo {
+                nick: profile.nick,
+                photo_url: profile.photo_url,
+            })
+        })
+    }
+
+    /// The first available presence of a session: broadcast it, and get
+    /// the presence of everyone the user follows.
+    fn on_initial_presence(&self, event: &PresenceEvent<'_>) {
+        event.broadcast();
+        event.probe_followees();
+    }
+
+    /// A later available presence (a new show or status).
+    fn on_presence(&self, event: &PresenceEvent<'_>) {
+        event.broadcast();
+    }
+
+    /// Unavailable, sent or because the connection ended.
+    fn on_unavailable_presence(&self, event: &PresenceEvent<'_>) {
+        event.broadcast();
+    }
+
+    /// A session that never sent presence ended: nobody is told.
+    fn on_silent_disconnection(&self, _session: &Session) {}
+}
+
+/// The standard behaviour, unchanged.
+pub struct StandardHandler;
+
+impl ConnectionHandler for StandardHandler {}
+
+/// `template` (a stanza serialised without `to`) addressed to `to`.
+pub fn addressed(template: &[u8], to: &str) -> Bytes {
+    let name_end = template
+        .iter()
+        .skip(1)
+        .position(|b| matches!(b, b' ' | b'/' | b'>'))
+        .map_or(0, |i| i + 1);
+    let to = escape(to);
+    let mut out = Vec::with_capacity(template.len() + to.len() + 6);
+    out.extend_from_slice(&template[..name_end]);
+    out.extend_from_slice(b" to='");
+    out.extend_from_slice(to.as_bytes());
+    out.push(b'\'');
+    out.extend_from_slice(&template[name_end..]);
+    Bytes::from(out)
+}
+
+fn template_of(presence: &Element) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    presence.write_to(&mut out, ns::CLIENT);
+    Bytes::from(out)
+}
+
+/// Queues `bytes` for every available resource of `user`, serialising
+/// nothing when there is none.
+fn to_available(sessions: &SessionTable, user: &BareJid, bytes: impl FnOnce() -> Bytes) {
+    let targets: Vec<Arc<Session>> = sessions
+        .resources(user)
+        .into_iter()
+        .filter(|s| s.priority().is_some())
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    let bytes = bytes();
+    for s in targets {
+        s.deliver(bytes.clone());
+    }
+}
+
+/// One presence change of one session, with the standard operations.
+pub struct PresenceEvent<'a> {
+    pub session: &'a Arc<Session>,
+    /// The presence as broadcast (`from` stamped, no `to`).
+    pub presence: &'a Element,
+    pub followers: &'a HashSet<BareJid>,
+    pub followees: &'a HashSet<BareJid>,
+    /// Those who got directed presence from this session (for unavailable).
+    pub directed: &'a [Jid],
+    template: Bytes,
+    sessions: &'a SessionTable,
+}
+
+impl PresenceEvent<'_> {
+    /// Sends the presence to every available resource of every follower,
+    /// to the user's own available resources (RFC 6121 §4.2.2, §4.4.2), and
+    /// to those that got directed presence.
+    pub fn broadcast(&self) {
+        let user = self.session.jid.to_bare();
+        for follower in self.followers {
+            self.send_to(follower);
+        }
+        self.send_to(&user);
+        for jid in self.directed {
+            let bare = jid.to_bare();
+            if bare == user || self.followers.contains(&bare) {
+                continue;
+            }
+            match jid.clone().try_into_full() {
+                Ok(full) => {
+                    if let Some(s) = self.sessions.get(&full) {
+                        s.deliver(addressed(&self.template, full.as_str()));
+                    }
+                }
+                Err(_) => self.send_to(&bare),
+            }
+        }
+    }
+
+    /// Sends the presence to the available resources of one contact.
+    pub fn send_to(&self, contact: &BareJid) {
+        to_available(self.sessions, contact, || addressed(&self.template, contact.as_str()));
+    }
+
+    /// Delivers to this session the last presence of every available
+    /// resource of every followee, and of the user's other resources.
+    pub fn probe_followees(&self) {
+        let me = &self.session.jid;
+        let own = me.to_bare();
+        for followee in self.followees.iter().chain(std::iter::once(&own)) {
+            for s in self.sessions.resources(followee) {
+                if s.id == self.session.id || s.priority().is_none() {
+                    continue;
+                }
+                if let Some(t) = s.last_presence() {
+                    self.session.deliver(addressed(&t, me.as_str()));
+                }
+            }
+        }
+    }
+}
+
+/// Messages to a PresenceActor shard.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum PresenceMsg {
+    /// A session's available presence (`initial`: its first).
+    Available {
+        session: Arc<Session>,
+        presence: Element,
+        initial: bool,
+    },
+    /// A session's unavailable presence, sent or on disconnection.
+    Unavailable {
+        session: Arc<Session>,
+        presence: Element,
+        directed: Vec<Jid>,
+    },
+    /// A session ended without ever being available.
+    Silent { session: Arc<Session> },
+    /// `user`'s subscription with `contact` changed from `before` to `after`.
+    Relation {
+        user: BareJid,
+        contact: BareJid,
+        before: SubState,
+        after: SubState,
+    },
+    /// `user`'s vCard photo changed (XEP-0153).
+    PhotoHash { user: BareJid, hash: Option<String> },
+}
+
+impl PresenceMsg {
+    fn user(&self) -> BareJid {
+        match self {
+            PresenceMsg::Available { session, .. }
+            | PresenceMsg::Unavailable { session, .. }
+            | PresenceMsg::Silent { session } => session.jid.to_bare(),
+            PresenceMsg::Relation { user, .. } | PresenceMsg::PhotoHash { user, .. } => user.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct UserState {
+    followers: HashSet<BareJid>,
+    followees: HashSet<BareJid>,
+    photo_hash: Option<String>,
+}
+
+enum Entry {
+    /// Relations are being loaded; messages wait here, in order.
+    Loading(Vec<PresenceMsg>),
+    Ready(UserState),
+}
+
+pub struct PresenceActor {
+    sessions: SessionTable,
+    source: Arc<dyn FollowerSource>,
+    storage: Arc<dyn Storage>,
+    hooks: Arc<dyn ConnectionHandler>,
+    users: HashMap<BareJid, Entry>,
+}
+
+impl Actor for PresenceActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(16 * 1024);
+    }
+}
+
+impl PresenceActor {
+    fn load(&mut self, user: BareJid, first: PresenceMsg, ctx: &mut Context<Self>) {
+        self.users.insert(user.clone(), Entry::Loading(vec![first]));
+        let relations = self.source.relations(&user);
+        let profile = self.storage.profile(user.node().unwrap_or_default());
+        let loading = async move { (relations.await, profile.await) };
+        ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, _| {
+            let relations = relations.unwrap_or_else(|e| {
+                log::error!("{user}: cannot load followers: {e}");
+                Relations::default()
+            });
+            let state = UserState {
+                followers: relations.followers.into_iter().collect(),
+                followees: relations.followees.into_iter().collect(),
+                photo_hash: profile.ok().and_then(|p| p.photo_hash),
+            };
+            let queued = match act.users.insert(user.clone(), Entry::Ready(state)) {
+                Some(Entry::Loading(q)) => q,
+                _ => Vec::new(),
+            };
+            for msg in queued {
+                act.apply(&user, msg);
+            }
+        }));
+    }
+
+    fn apply(&mut self, user: &BareJid, msg: PresenceMsg) {
+        let empty = UserState::default();
+        let state = match self.users.get_mut(user) {
+            Some(Entry::Ready(s)) => s,
+            _ => &empty,
+        };
+        match msg {
+            PresenceMsg::Available {
+                session,
+                mut presence,
+                initial,
+            } => {
+                if let Some(hash) = &state.photo_hash {
+                    if !presence.has_child("x", VCARD_UPDATE) {
+                        let photo = Element::new("photo", VCARD_UPDATE).with_text(hash.as_str());
+                        presence.push_child(Element::new("x", VCARD_UPDATE).with_child(photo));
+                    }
+                }
+                let template = template_of(&presence);
+                // Unless the session went unavailable since it sent this.
+                if session.priority().is_some() {
+                    session.set_last_presence(template.clone());
+                }
+                let event = PresenceEvent {
+                    session: &session,
+                    presence: &presence,
+                    followers: &state.followers,
+                    followees: &state.followees,
+                    directed: &[],
+                    template,
+                    sessions: &self.sessions,
+                };
+                if initial {
+                    self.hooks.on_initial_presence(&event);
+                } else {
+                    self.hooks.on_presence(&event);
+                }
+            }
+            PresenceMsg::Unavailable {
+                session,
+                presence,
+                directed,
+            } => {
+                let event = PresenceEvent {
+                    session: &session,
+                    presence: &presence,
+                    followers: &state.followers,
+                    followees: &state.followees,
+                    directed: &directed,
+                    template: template_of(&presence),
+                    sessions: &self.sessions,
+                };
+                self.hooks.on_unavailable_presence(&event);
+                let online = self.sessions.resources(user).iter().any(|s| s.priority().is_some());
+                if !online {
+                    self.users.remove(user);
+                }
+            }
+            PresenceMsg::Silent { session } => self.hooks.on_silent_disconnection(&session),
+            PresenceMsg::Relation {
+                user,
+                contact,
+                before,
+                after,
+            } => {
+                if let Some(Entry::Ready(state)) = self.users.get_mut(&user) {
+                    if after.subscription.has_from() {
+                        state.followers.insert(contact.clone());
+                    } else {
+                        state.followers.remove(&contact);
+                    }
+                    if after.subscription.has_to() {
+                        state.followees.insert(contact.clone());
+                    } else {
+                        state.followees.remove(&contact);
+                    }
+                }
+                let (was, is) = (before.subscription.has_from(), after.subscription.has_from());
+                if was == is {
+                    return;
+                }
+                // RFC 6121 §3.1.5: a new follower gets the user's presence;
+                // §3.2.2, §3.3.3: one that leaves gets unavailable.
+                for s in self.sessions.resources(&user).iter().filter(|s| s.priority().is_some()) {
+                    let template = if is {
+                        match s.last_presence() {
+                            Some(t) => t,
+                            None => continue,
+                        }
+                    } else {
+                        let unavailable = Element::new("presence", ns::CLIENT)
+                            .with_attr("type", "unavailable")
+                            .with_attr("from", s.jid.as_str());
+                        template_of(&unavailable)
+                    };
+                    to_available(&self.sessions, &contact, || addressed(&template, contact.as_str()));
+                }
+            }
+            PresenceMsg::PhotoHash { hash, .. } => {
+                if let Some(Entry::Ready(state)) = self.users.get_mut(user) {
+                    state.photo_hash = hash;
+                }
+            }
+        }
+    }
+}
+
+impl Handler<PresenceMsg> for PresenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: PresenceMsg, ctx: &mut Context<Self>) {
+        let user = msg.user();
+        match self.users.get_mut(&user) {
+            Some(Entry::Loading(queue)) => queue.push(msg),
+            Some(Entry::Ready(_)) => self.apply(&user, msg),
+            None => match msg {
+                PresenceMsg::Available { .. } | PresenceMsg::Unavailable { .. } => self.load(user, msg, ctx),
+                other => self.apply(&user, other),
+            },
+        }
+    }
+}
+
+/// The shards, addressed by user.
+#[derive(Clone)]
+pub struct PresenceHub {
+    shards: Arc<Vec<Addr<PresenceActor>>>,
+}
+
+impl PresenceHub {
+    /// Starts one shard on each arbiter (on the current one if none given).
+    pub fn start(
+        arbiters: &[ArbiterHandle],
+        sessions: SessionTable,
+        source: Arc<dyn FollowerSource>,
+        storage: Arc<dyn Storage>,
+        hooks: Arc<dyn ConnectionHandler>,
+    ) -> PresenceHub {
+        let make = {
+            let (sessions, source, storage, hooks) = (sessions, source, storage, hooks);
+            move || PresenceActor {
+                sessions: sessions.clone(),
+                source: source.clone(),
+                storage: storage.clone(),
+                hooks: hooks.clone(),
+                users: HashMap::new(),
+            }
+        };
+        let shards = if arbiters.is_empty() {
+            vec![make().start()]
+        } else {
+            arbiters
+                .iter()
+                .map(|a| {
+                    let actor = make();
+                    PresenceActor::start_in_arbiter(a, move |_| actor)
+                })
+                .collect()
+        };
+        PresenceHub {
+            shards: Arc::new(shards),
+        }
+    }
+
+    pub fn send(&self, msg: PresenceMsg) {
+        let mut h = DefaultHasher::new();
+        msg.user().hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
+        shard.do_send(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addressing_a_template() {
+        assert_eq!(
+            &addressed(b"<presence from='a@b/c'/>", "d@e")[..],
+            b"<presence to='d@e' from='a@b/c'/>"
+        );
+        assert_eq!(
+            &addressed(b"<presence>x</presence>", "d@e/it's")[..],
+            b"<presence to='d@e/it&apos;s'>x</presence>"
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! RFC 6121 rosters and subscriptions: the roster item, the subscription
+//! state machine ([`subscription`]), the `jabber:iq:roster` IQ handler
+//! ([`handler`]), and the processing of subscription presence
+//! ([`presence`]).
+
+pub mod handler;
+pub mod presence;
+pub mod subscription;
+
+use crate::jid::BareJid;
+use crate::ns;
+use crate::xml::Element;
+
+pub use subscription::{SubState, Subscription};
+
+/// One contact in a user's roster (or a pending inbound request from
+/// someone who is not, yet: `in_roster` false).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterItem {
+    pub jid: BareJid,
+    pub name: Option<String>,
+    pub groups: Vec<String>,
+    pub state: SubState,
+    /// False for a contact known only by its pending subscription request:
+    /// such a record is not part of the roster the client sees.
+    pub in_roster: bool,
+    /// The stored inbound `<presence type='subscribe'/>`, redelivered at login.
+    pub pending_request: Option<String>,
+}
+
+impl RosterItem {
+    pub fn new(jid: BareJid) -> RosterItem {
+        RosterItem {
+            jid,
+            name: None,
+            groups: Vec::new(),
+            state: SubState::default(),
+            in_roster: false,
+            pending_request: None,
+        }
+    }
+
+    /// `<item/>` as in a roster result or push.
+    pub fn to_element(&self) -> Element {
+        let mut item = Element::new("item", ns::ROSTER)
+            .with_attr("jid", self.jid.as_str())
+            .with_attr("subscription", self.state.subscription.as_str());
+        if let Some(name) = &self.name {
+            item.set_attr("name", name.as_str());
+        }
+        if self.state.pending_out {
+            item.set_attr("ask", "subscribe");
+        }
+        for g in &self.groups {
+            item.push_child(Element::new("group", ns::ROSTER).with_text(g.as_str()));
+        }
+        item
+    }
+}
+
+/// A user's roster as the client sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roster {
+    pub version: u64,
+    pub items: Vec<RosterItem>,
+}
+
+/// What changed in a roster since a version: items to push, and removals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RosterChange {
+    Updated(RosterItem),
+    Removed(BareJid),
+}
+
+/// What to do with one roster record, decided inside the storage
+/// transaction from its current value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ItemChange {
+    Keep,
+    Put(RosterItem),
+    Delete,
+}
+
+/// The outcome of one roster record update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterUpdate {
+    pub before: Option<RosterItem>,
+    pub after: Option<RosterItem>,
+    /// The roster version after the update.
+    pub version: u64,
+}
+
+impl RosterUpdate {
+    /// The push the client should see, if the visible roster changed.
+    pub fn visible_change(&self) -> Option<RosterChange> {
+        let visible = |i: &Option<RosterItem>| i.as_ref().filter(|i| i.in_roster).cloned();
+        match (visible(&self.before), visible(&self.after)) {
+            (b, Some(a)) if b.as_ref() != Some(&a) => Some(RosterChange::Updated(a)),
+            (Some(b), None) => Some(RosterChange::Removed(b.jid)),
+            _ => None,
+        }
+    }
+}
+
+/// A `jabber:iq:roster` query holding one change, as pushed to clients.
+pub fn push_query(change: &RosterChange, version: u64) -> Element {
+    let item = match change {
+        RosterChange::Updated(item) => item.to_element(),
+        RosterChange::Removed(jid) => Element::new("item", ns::ROSTER)
+            .with_attr("jid", jid.as_str())
+            .with_attr("subscription", "remove"),
+    };
+    Element::new("query", ns::ROSTER)
+        .with_attr("ver", version.to_string())
+        .with_child(item)
+}
