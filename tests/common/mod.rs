@@ -25,6 +25,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub db: PathBuf,
+    config: Config,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -43,6 +44,18 @@ impl TestServer {
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         edit(&mut config);
+        let (addr, stop, thread) = Self::spawn(config.clone());
+        TestServer {
+            addr,
+            db,
+            config,
+            _dir: dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn spawn(config: Config) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -60,13 +73,17 @@ impl TestServer {
             .recv_timeout(TIMEOUT)
             .expect("server start")
             .expect("server start");
-        TestServer {
-            addr,
-            db,
-            _dir: dir,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        (addr, stop_tx, thread)
+    }
+
+    /// Stops the server and starts it again on the same database (on a
+    /// new port).
+    pub fn restart(&mut self) {
+        self.stop();
+        let (addr, stop, thread) = Self::spawn(self.config.clone());
+        self.addr = addr;
+        self.stop = Some(stop);
+        self.thread = Some(thread);
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
@@ -278,6 +295,25 @@ impl Client {
         );
     }
 
+    /// The next `n` stanzas, serialised with roster push ids normalised,
+    /// sorted: for deliveries whose relative order is not defined.
+    pub fn recv_set(&mut self, n: usize) -> Vec<String> {
+        let mut out: Vec<String> = (0..n).map(|_| normalise(self.recv_xml())).collect();
+        out.sort();
+        out
+    }
+
+    /// Sends a roster get and returns the result's query.
+    pub fn roster(&mut self) -> String {
+        let id = self.id();
+        self.send(&format!(
+            "<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"
+        ));
+        let reply = self.recv_until(|e| e.attr("id") == Some(id.as_str()));
+        let query = reply.children().next().map(|q| q.to_xml_in(ns::CLIENT));
+        query.unwrap_or_default()
+    }
+
     /// Reads stanzas until one matches; returns it (the rest are dropped).
     pub fn recv_until(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
         loop {
@@ -336,4 +372,23 @@ impl Client {
             }
         }
     }
+}
+
+/// Replaces the server's counters in roster push ids (`push17` → `push`).
+pub fn normalise(xml: String) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml.as_str();
+    while let Some(i) = rest.find("id='push") {
+        out.push_str(&rest[..i + 8]);
+        rest = rest[i + 8..].trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `items` as strings, sorted: the expected side of [`Client::recv_set`].
+pub fn sorted<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Vec<String> {
+    let mut v: Vec<String> = items.into_iter().map(Into::into).collect();
+    v.sort();
+    v
 }

@@ -270,6 +270,26 @@ impl C2s {
                 }
             }
             Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(session, t, stanza),
+            Kind::Presence(
+                PresenceType::Subscribe
+                | PresenceType::Subscribed
+                | PresenceType::Unsubscribe
+                | PresenceType::Unsubscribed,
+            ) => {
+                // One at a time, in order: the stream waits for each.
+                let outbound = crate::roster::presence::outbound(self.cx.router.clone(), session.jid.clone(), stanza);
+                ctx.wait(outbound.into_actor(self));
+            }
+            Kind::Presence(t @ (PresenceType::Available | PresenceType::Unavailable)) => {
+                if let Some(to) = stanza.to().cloned() {
+                    if t == PresenceType::Available {
+                        self.directed.insert(to);
+                    } else {
+                        self.directed.remove(&to);
+                    }
+                }
+                self.cx.router.route(stanza);
+            }
             Kind::Message(_) if stanza.to().is_none() => {
                 // RFC 6121 §8.1.1.1: as if addressed to the sender's bare JID.
                 stanza.set_to(Some(session.jid.to_bare().into()));

@@ -4,8 +4,8 @@
 
 use std::collections::HashSet;
 
-use super::presence::after_update;
-use super::{ItemChange, RosterChange, RosterItem};
+use super::presence::{after_update, push_to};
+use super::{ItemChange, RosterItem};
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest};
 use crate::jid::{BareJid, Jid};
@@ -108,16 +108,8 @@ impl IqHandler for RosterHandler {
                         // changes as pushes (XEP-0237 §4), after the result.
                         if let (Some(s), false) = (session, changes.is_empty()) {
                             actix_rt::spawn(async move {
-                                let query_for = |c: &RosterChange| super::push_query(c, version);
                                 for c in &changes {
-                                    let iq = Element::new("iq", ns::CLIENT)
-                                        .with_attr("type", "set")
-                                        .with_attr("id", format!("ver{version}"))
-                                        .with_attr("to", s.jid.as_str())
-                                        .with_child(query_for(c));
-                                    let mut bytes = Vec::new();
-                                    iq.write_to(&mut bytes, ns::CLIENT);
-                                    s.deliver(bytes.into());
+                                    push_to(&s, c, version);
                                 }
                             });
                         }
@@ -172,12 +164,13 @@ impl IqHandler for RosterHandler {
                     }
                     for t in notices {
                         let el = Element::new("presence", ns::CLIENT);
-                        router.route(Stanza::new(
+                        let notice = Stanza::new(
                             Kind::Presence(t),
                             Some(user.clone().into()),
                             Some(jid.clone().into()),
                             el,
-                        ));
+                        );
+                        super::presence::forward(router.clone(), notice).await;
                     }
                     Ok(None)
                 }

@@ -93,11 +93,13 @@ pub struct RosterUpdate {
 impl RosterUpdate {
     /// The push the client should see, if the visible roster changed.
     pub fn visible_change(&self) -> Option<RosterChange> {
+        // What the client sees: pending-in and stored requests are not part of it.
         let visible = |i: &Option<RosterItem>| i.as_ref().filter(|i| i.in_roster).cloned();
         match (visible(&self.before), visible(&self.after)) {
-            (b, Some(a)) if b.as_ref() != Some(&a) => Some(RosterChange::Updated(a)),
+            (Some(b), Some(a)) if b.to_element() == a.to_element() => None,
+            (_, Some(a)) => Some(RosterChange::Updated(a)),
             (Some(b), None) => Some(RosterChange::Removed(b.jid)),
-            _ => None,
+            (None, None) => None,
         }
     }
 }

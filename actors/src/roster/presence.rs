@@ -3,6 +3,8 @@
 //! for the contact (the state machine runs inside it), then routing or
 //! delivery, roster pushes, and the follower change for the PresenceActor.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::subscription::Direction;
@@ -11,6 +13,7 @@ use crate::jid::{BareJid, FullJid};
 use crate::ns;
 use crate::presence::{addressed, PresenceMsg};
 use crate::router::Router;
+use crate::session::Session;
 use crate::stanza::{Kind, PresenceType, Stanza};
 use crate::xml::Element;
 
@@ -67,18 +70,22 @@ static PUSH_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Pushes one change to every interested resource of the user.
 pub fn push(router: &Router, user: &BareJid, change: &RosterChange, version: u64) {
-    let query = push_query(change, version);
     for s in router.sessions().resources(user).iter().filter(|s| s.is_interested()) {
-        let id = format!("push{}", PUSH_ID.fetch_add(1, Ordering::Relaxed));
-        let iq = Element::new("iq", ns::CLIENT)
-            .with_attr("type", "set")
-            .with_attr("id", id)
-            .with_attr("to", s.jid.as_str())
-            .with_child(query.clone());
-        let mut bytes = Vec::new();
-        iq.write_to(&mut bytes, ns::CLIENT);
-        s.deliver(bytes.into());
+        push_to(s, change, version);
     }
+}
+
+/// Pushes one change to one session.
+pub fn push_to(session: &Session, change: &RosterChange, version: u64) {
+    let id = format!("push{}", PUSH_ID.fetch_add(1, Ordering::Relaxed));
+    let iq = Element::new("iq", ns::CLIENT)
+        .with_attr("type", "set")
+        .with_attr("id", id)
+        .with_attr("to", session.jid.as_str())
+        .with_child(push_query(change, version));
+    let mut bytes = Vec::new();
+    iq.write_to(&mut bytes, ns::CLIENT);
+    session.deliver(bytes.into());
 }
 
 fn kind_of(stanza: &Stanza) -> Option<PresenceType> {
@@ -94,7 +101,9 @@ fn kind_of(stanza: &Stanza) -> Option<PresenceType> {
 }
 
 /// A subscription stanza a local user sent (RFC 6121 §3.1.2, §3.2.2,
-/// §3.3.2, §3.4.2). It leaves stamped with the user's bare JID.
+/// §3.3.2, §3.4.2). It leaves stamped with the user's bare JID. For a local
+/// contact it is processed before the user's roster push goes out, so that
+/// what the user is told has happened is stored on both sides.
 pub async fn outbound(router: Router, user: FullJid, mut stanza: Stanza) {
     let Some(kind) = kind_of(&stanza) else { return };
     let Some(contact) = stanza.to().map(|t| t.to_bare()) else {
@@ -114,12 +123,24 @@ pub async fn outbound(router: Router, user: FullJid, mut stanza: Stanza) {
         Ok(u) => u,
         Err(e) => return log::error!("{bare}: subscription update failed: {e}"),
     };
-    after_update(&router, &bare, &contact, &update);
     if state(&update.before).transition(Direction::Outbound, kind).forward {
-        stanza.set_from(Some(bare.into()));
-        stanza.set_to(Some(contact.into()));
-        router.route(stanza);
+        stanza.set_from(Some(bare.clone().into()));
+        stanza.set_to(Some(contact.clone().into()));
+        forward(router.clone(), stanza).await;
     }
+    after_update(&router, &bare, &contact, &update);
+}
+
+/// Routes a subscription stanza; for a local contact, processes it to the
+/// end before returning.
+pub fn forward(router: Router, stanza: Stanza) -> Pin<Box<dyn Future<Output = ()>>> {
+    Box::pin(async move {
+        if stanza.to().is_some_and(|t| router.is_local_user(t)) {
+            inbound(router, stanza).await
+        } else {
+            router.route(stanza)
+        }
+    })
 }
 
 /// A subscription stanza for a local user (RFC 6121 §3.1.3, §3.2.3,

@@ -1,0 +1,438 @@
+//! RFC 6121 rosters and subscriptions over TCP: roster get/set/remove with
+//! pushes, versioning (XEP-0237), error cases, and the subscription state
+//! machine as two clients drive it, with the presence that follows it.
+
+mod common;
+
+use common::{Client, TestServer};
+use shoal_actors::ns;
+
+const PUSH: &str = "<iq type='set' id='push' to='";
+
+/// A roster push to `to` carrying `item` at version `ver`.
+fn push(to: &str, ver: u32, item: &str) -> String {
+    format!("{PUSH}{to}'><query xmlns='jabber:iq:roster' ver='{ver}'>{item}</query></iq>")
+}
+
+/// The stanza error's type and condition.
+fn error_of(el: &shoal_actors::xml::Element) -> (String, String) {
+    let err = el.get_child("error", ns::CLIENT).expect("an error");
+    let cond = err
+        .children()
+        .find(|c| c.ns() == ns::STANZAS_ERRORS && c.name() != "text")
+        .unwrap();
+    (err.attr("type").unwrap().to_owned(), cond.name().to_owned())
+}
+
+/// Logs in, asks for the roster (to get pushes) and sends initial presence.
+fn online(server: &TestServer, user: &str, resource: &str) -> Client {
+    let mut c = server.login(user, user, resource);
+    c.roster();
+    c.send("<presence/>");
+    let jid = format!("{user}@localhost/{resource}");
+    c.recv_until(|e| e.name() == "presence" && e.attr("from") == Some(jid.as_str()));
+    c
+}
+
+#[test]
+fn roster_set_update_remove_push_to_every_interested_resource() {
+    let server = TestServer::start();
+    server.add_user("romeo", "romeo");
+    let mut orchard = server.login("romeo", "romeo", "orchard");
+    let mut hall = server.login("romeo", "romeo", "hall");
+    let mut uninterested = server.login("romeo", "romeo", "crypt");
+    assert_eq!(orchard.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
+    assert_eq!(hall.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
+
+    orchard.send(
+        "<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='Nurse@Localhost' name='Nurse'>\
+         <group>Servants</group><group>Capulets</group></item></query></iq>",
+    );
+    let item = "<item jid='nurse@localhost' subscription='none' name='Nurse'><group>Servants</group><group>Capulets</group></item>";
+    assert_eq!(
+        orchard.recv_set(2),
+        common::sorted([
+            push("romeo@localhost/orchard", 1, item),
+            "<iq id='s1' type='result' to='romeo@localhost/orchard'/>".into()
+        ])
+    );
+    assert_eq!(
+        hall.recv_set(1),
+        common::sorted([push("romeo@localhost/hall", 1, item)])
+    );
+
+    orchard.send("<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' name='Angelica'/></query></iq>");
+    let renamed = "<item jid='nurse@localhost' subscription='none' name='Angelica'/>";
+    assert_eq!(
+        orchard.recv_set(2),
+        common::sorted([
+            push("romeo@localhost/orchard", 2, renamed),
+            "<iq id='s2' type='result' to='romeo@localhost/orchard'/>".into()
+        ])
+    );
+    assert_eq!(
+        hall.recv_set(1),
+        common::sorted([push("romeo@localhost/hall", 2, renamed)])
+    );
+
+    orchard.send("<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
+    let removed = "<item jid='nurse@localhost' subscription='remove'/>";
+    assert_eq!(
+        orchard.recv_set(2),
+        common::sorted([
+            push("romeo@localhost/orchard", 3, removed),
+            "<iq id='s3' type='result' to='romeo@localhost/orchard'/>".into()
+        ])
+    );
+    assert_eq!(
+        hall.recv_set(1),
+        common::sorted([push("romeo@localhost/hall", 3, removed)])
+    );
+
+    orchard.send("<iq type='set' id='s4'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
+    assert_eq!(error_of(&orchard.recv()), ("cancel".into(), "item-not-found".into()));
+    assert_eq!(orchard.roster(), "<query xmlns='jabber:iq:roster' ver='3'/>");
+    // A resource that never asked for the roster gets no pushes.
+    uninterested.expect_nothing();
+}
+
+#[test]
+fn versioned_roster_get() {
+    let server = TestServer::start();
+    server.add_user("romeo", "romeo");
+    let mut c = server.login("romeo", "romeo", "orchard");
+    c.roster();
+    for (id, item) in [
+        ("a", "<item jid='nurse@localhost'/>"),
+        ("b", "<item jid='tybalt@localhost'/>"),
+        ("c", "<item jid='nurse@localhost' subscription='remove'/>"),
+    ] {
+        c.send(&format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
+        ));
+        c.recv_set(2);
+    }
+    let mut fresh = server.login("romeo", "romeo", "fresh");
+    // Up to date: an empty result and nothing else.
+    fresh.send("<iq type='get' id='v3'><query xmlns='jabber:iq:roster' ver='3'/></iq>");
+    assert_eq!(
+        fresh.recv_xml(),
+        "<iq id='v3' type='result' to='romeo@localhost/fresh'/>"
+    );
+    fresh.expect_nothing();
+    // Behind: an empty result, then the changes as pushes, in order.
+    fresh.send("<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver='1'/></iq>");
+    assert_eq!(
+        fresh.recv_xml(),
+        "<iq id='v1' type='result' to='romeo@localhost/fresh'/>"
+    );
+    assert_eq!(
+        common::normalise(fresh.recv_xml()),
+        push(
+            "romeo@localhost/fresh",
+            3,
+            "<item jid='tybalt@localhost' subscription='none'/>"
+        )
+    );
+    assert_eq!(
+        common::normalise(fresh.recv_xml()),
+        push(
+            "romeo@localhost/fresh",
+            3,
+            "<item jid='nurse@localhost' subscription='remove'/>"
+        )
+    );
+    // Unknown or empty versions get the whole roster.
+    for ver in ["", "999", "x"] {
+        fresh.send(&format!(
+            "<iq type='get' id='full'><query xmlns='jabber:iq:roster' ver='{ver}'/></iq>"
+        ));
+        assert_eq!(
+            fresh.recv_xml(),
+            "<iq id='full' type='result' to='romeo@localhost/fresh'><query xmlns='jabber:iq:roster' ver='3'>\
+             <item jid='tybalt@localhost' subscription='none'/></query></iq>"
+        );
+    }
+}
+
+#[test]
+fn malformed_roster_sets_rfc6121_2_3_3() {
+    let server = TestServer::start();
+    server.add_user("romeo", "romeo");
+    let mut c = server.login("romeo", "romeo", "orchard");
+    let cases = [
+        (
+            "<item jid='a@localhost'/><item jid='b@localhost'/>",
+            "modify",
+            "bad-request",
+        ),
+        ("<item jid='a@localhost' subscription='both'/>", "modify", "bad-request"),
+        ("<item jid='romeo@localhost'/>", "cancel", "not-allowed"),
+        (
+            "<item jid='a@localhost'><group></group></item>",
+            "modify",
+            "not-acceptable",
+        ),
+        (
+            "<item jid='a@localhost'><group>x</group><group>x</group></item>",
+            "modify",
+            "bad-request",
+        ),
+        ("<item jid='a@localhost/res'/>", "modify", "bad-request"),
+        ("<item jid='a@b@c'/>", "modify", "jid-malformed"),
+        ("<item/>", "modify", "bad-request"),
+    ];
+    for (item, kind, condition) in cases {
+        c.send(&format!(
+            "<iq type='set' id='m'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
+        ));
+        assert_eq!(error_of(&c.recv()), (kind.into(), condition.into()), "{item}");
+    }
+    // Another user's roster is not yours to read.
+    c.send("<iq type='get' id='o' to='juliet@localhost'><query xmlns='jabber:iq:roster'/></iq>");
+    assert_eq!(error_of(&c.recv()), ("auth".into(), "forbidden".into()));
+    assert_eq!(c.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
+}
+
+#[test]
+fn mutual_subscription_dialogue_with_presence() {
+    let server = TestServer::start();
+    for u in ["romeo", "juliet", "nurse"] {
+        server.add_user(u, u);
+    }
+    let mut romeo = online(&server, "romeo", "orchard");
+    let mut juliet = online(&server, "juliet", "balcony");
+    let mut nurse = online(&server, "nurse", "kitchen");
+
+    // Romeo asks (None → None + Pending Out at Romeo; None + Pending In at Juliet).
+    romeo.send("<presence to='juliet@localhost' type='subscribe'/>");
+    assert_eq!(
+        romeo.recv_set(1),
+        common::sorted([push(
+            "romeo@localhost/orchard",
+            1,
+            "<item jid='juliet@localhost' subscription='none' ask='subscribe'/>"
+        )])
+    );
+    assert_eq!(
+        juliet.recv_xml(),
+        "<presence to='juliet@localhost' type='subscribe' from='romeo@localhost'/>"
+    );
+
+    // Juliet approves: Romeo now follows her and gets her presence at once.
+    juliet.send("<presence to='romeo@localhost' type='subscribed'/>");
+    assert_eq!(
+        juliet.recv_set(1),
+        common::sorted([push(
+            "juliet@localhost/balcony",
+            1,
+            "<item jid='romeo@localhost' subscription='from'/>"
+        )])
+    );
+    assert_eq!(
+        romeo.recv_set(3),
+        common::sorted([
+            push(
+                "romeo@localhost/orchard",
+                2,
+                "<item jid='juliet@localhost' subscription='to'/>"
+            ),
+            "<presence to='romeo@localhost' from='juliet@localhost/balcony'/>".into(),
+            "<presence to='romeo@localhost' type='subscribed' from='juliet@localhost'/>".into(),
+        ])
+    );
+
+    // And back: Juliet asks, Romeo approves; both are 'both'.
+    juliet.send("<presence to='romeo@localhost' type='subscribe'/>");
+    assert_eq!(
+        juliet.recv_set(1),
+        common::sorted([push(
+            "juliet@localhost/balcony",
+            2,
+            "<item jid='romeo@localhost' subscription='from' ask='subscribe'/>"
+        )])
+    );
+    // Pending In is not part of what Romeo's client sees: no push.
+    assert_eq!(
+        romeo.recv_xml(),
+        "<presence to='romeo@localhost' type='subscribe' from='juliet@localhost'/>"
+    );
+    romeo.send("<presence to='juliet@localhost' type='subscribed'/>");
+    assert_eq!(
+        romeo.recv_set(1),
+        common::sorted([push(
+            "romeo@localhost/orchard",
+            3,
+            "<item jid='juliet@localhost' subscription='both'/>"
+        )])
+    );
+    assert_eq!(
+        juliet.recv_set(3),
+        common::sorted([
+            push(
+                "juliet@localhost/balcony",
+                3,
+                "<item jid='romeo@localhost' subscription='both'/>"
+            ),
+            "<presence to='juliet@localhost' from='romeo@localhost/orchard'/>".into(),
+            "<presence to='juliet@localhost' type='subscribed' from='romeo@localhost'/>".into(),
+        ])
+    );
+    // A duplicate approval changes nothing and is not routed.
+    romeo.send("<presence to='juliet@localhost' type='subscribed'/>");
+    romeo.sync();
+    juliet.expect_nothing();
+
+    // Presence reaches the follower with show, status and priority, and the
+    // sender's own resources; not a non-follower.
+    juliet.send("<presence><show>away</show><status>at the window</status><priority>3</priority></presence>");
+    let body = "<show>away</show><status>at the window</status><priority>3</priority></presence>";
+    assert_eq!(
+        romeo.recv_xml(),
+        format!("<presence to='romeo@localhost' from='juliet@localhost/balcony'>{body}")
+    );
+    assert_eq!(
+        juliet.recv_xml(),
+        format!("<presence to='juliet@localhost' from='juliet@localhost/balcony'>{body}")
+    );
+    nurse.expect_nothing();
+
+    // Romeo unsubscribes (Both → From): Juliet loses a follower, and her
+    // available resources tell Romeo they are gone (RFC 6121 §3.3.3).
+    romeo.send("<presence to='juliet@localhost' type='unsubscribe'/>");
+    assert_eq!(
+        romeo.recv_set(2),
+        common::sorted([
+            push(
+                "romeo@localhost/orchard",
+                4,
+                "<item jid='juliet@localhost' subscription='from'/>"
+            ),
+            "<presence to='romeo@localhost' type='unavailable' from='juliet@localhost/balcony'/>".into(),
+        ])
+    );
+    assert_eq!(
+        juliet.recv_set(2),
+        common::sorted([
+            push(
+                "juliet@localhost/balcony",
+                4,
+                "<item jid='romeo@localhost' subscription='to'/>"
+            ),
+            "<presence to='juliet@localhost' type='unsubscribe' from='romeo@localhost'/>".into(),
+        ])
+    );
+    juliet.send("<presence><status>alone</status></presence>");
+    juliet.recv();
+    romeo.expect_nothing();
+
+    // Romeo cancels Juliet's subscription (From → None): she gets his
+    // unavailable (RFC 6121 §3.2.2).
+    romeo.send("<presence to='juliet@localhost' type='unsubscribed'/>");
+    assert_eq!(
+        romeo.recv_set(1),
+        common::sorted([push(
+            "romeo@localhost/orchard",
+            5,
+            "<item jid='juliet@localhost' subscription='none'/>"
+        )])
+    );
+    assert_eq!(
+        juliet.recv_set(3),
+        common::sorted([
+            push(
+                "juliet@localhost/balcony",
+                5,
+                "<item jid='romeo@localhost' subscription='none'/>"
+            ),
+            "<presence to='juliet@localhost' type='unavailable' from='romeo@localhost/orchard'/>".into(),
+            "<presence to='juliet@localhost' type='unsubscribed' from='romeo@localhost'/>".into(),
+        ])
+    );
+
+    // Removing an item with a subscription tells the contact (RFC 6121 §2.5.2).
+    nurse.send("<presence to='juliet@localhost' type='subscribe'/>");
+    nurse.recv();
+    juliet.recv();
+    juliet.send("<presence to='nurse@localhost' type='subscribed'/>");
+    juliet.recv_set(1);
+    nurse.recv_set(3);
+    juliet.send("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
+    assert_eq!(
+        juliet.recv_set(2),
+        common::sorted([
+            "<iq id='rm' type='result' to='juliet@localhost/balcony'/>".to_owned(),
+            push(
+                "juliet@localhost/balcony",
+                7,
+                "<item jid='nurse@localhost' subscription='remove'/>"
+            ),
+        ])
+    );
+    assert_eq!(
+        nurse.recv_set(3),
+        common::sorted([
+            push(
+                "nurse@localhost/kitchen",
+                3,
+                "<item jid='juliet@localhost' subscription='none'/>"
+            ),
+            "<presence to='nurse@localhost' type='unavailable' from='juliet@localhost/balcony'/>".into(),
+            "<presence to='nurse@localhost' type='unsubscribed' from='juliet@localhost'/>".into(),
+        ])
+    );
+}
+
+#[test]
+fn pending_requests_and_rosters_survive_a_restart() {
+    let mut server = TestServer::start();
+    for u in ["romeo", "juliet"] {
+        server.add_user(u, u);
+    }
+    let mut romeo = online(&server, "romeo", "orchard");
+    // Juliet is offline: the request waits for her.
+    romeo.send("<presence to='juliet@localhost' type='subscribe'/>");
+    romeo.recv();
+    drop(romeo);
+    server.restart();
+
+    let mut romeo = online(&server, "romeo", "orchard");
+    assert_eq!(
+        romeo.roster(),
+        "<query xmlns='jabber:iq:roster' ver='1'><item jid='juliet@localhost' subscription='none' ask='subscribe'/></query>"
+    );
+    let mut juliet = server.login("juliet", "juliet", "balcony");
+    assert_eq!(juliet.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
+    juliet.send("<presence/>");
+    assert_eq!(
+        juliet.recv_set(2),
+        common::sorted([
+            "<presence to='juliet@localhost' from='juliet@localhost/balcony'/>",
+            "<presence to='juliet@localhost' type='subscribe' from='romeo@localhost'/>",
+        ])
+    );
+    juliet.send("<presence to='romeo@localhost' type='subscribed'/>");
+    juliet.recv();
+    assert_eq!(
+        romeo.recv_set(3),
+        common::sorted([
+            push(
+                "romeo@localhost/orchard",
+                2,
+                "<item jid='juliet@localhost' subscription='to'/>"
+            ),
+            "<presence to='romeo@localhost' from='juliet@localhost/balcony'/>".into(),
+            "<presence to='romeo@localhost' type='subscribed' from='juliet@localhost'/>".into(),
+        ])
+    );
+    // After another restart the subscription still carries presence.
+    drop((romeo, juliet));
+    server.restart();
+    let mut romeo = online(&server, "romeo", "orchard");
+    let mut juliet = server.login("juliet", "juliet", "balcony");
+    juliet.send("<presence><show>chat</show></presence>");
+    assert_eq!(
+        romeo.recv_xml(),
+        "<presence to='romeo@localhost' from='juliet@localhost/balcony'><show>chat</show></presence>"
+    );
+}
