@@ -91,6 +91,28 @@ impl TestServer {
         assert!(store.create_user(name, &Credentials::derive(password, 4096)).unwrap());
     }
 
+    /// Makes `a` and `b` subscribed to each other ('both'), through the
+    /// store: setup for presence tests (the stanza path has its own tests).
+    pub fn befriend(&self, a: &str, b: &str) {
+        use shoal_actors::jid::BareJid;
+        use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
+        let mut store = SqliteStore::open(&self.db).unwrap();
+        for (user, contact) in [(a, b), (b, a)] {
+            let jid = BareJid::new(contact, "localhost").unwrap();
+            let item = RosterItem {
+                state: SubState {
+                    subscription: Subscription::Both,
+                    ..SubState::default()
+                },
+                in_roster: true,
+                ..RosterItem::new(jid.clone())
+            };
+            store
+                .update_roster_item(user, &jid, Box::new(move |_| ItemChange::Put(item)))
+                .unwrap();
+        }
+    }
+
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }

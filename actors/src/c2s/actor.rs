@@ -389,6 +389,22 @@ impl Actor for C2s {
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let State::Bound(session) = &self.state {
             session.set_unavailable();
+            let msg = if self.available {
+                let presence = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "unavailable")
+                    .with_attr("from", session.jid.as_str());
+                let directed = self.directed.drain().collect();
+                PresenceMsg::Unavailable {
+                    session: session.clone(),
+                    presence,
+                    directed,
+                }
+            } else {
+                PresenceMsg::Silent {
+                    session: session.clone(),
+                }
+            };
+            self.cx.router.presence().send(msg);
             self.cx.sm.do_send(Unregister {
                 jid: session.jid.clone(),
                 id: session.id,
