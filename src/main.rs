@@ -39,6 +39,16 @@ enum UserCommand {
     Passwd { jid: String, password: Option<String> },
     /// List accounts
     List,
+    /// Set the nickname and photo URL returned by the bind extension
+    Set {
+        jid: String,
+        /// Nickname (empty to clear)
+        #[arg(long)]
+        nick: Option<String>,
+        /// Photo URL (empty to clear)
+        #[arg(long)]
+        photo_url: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -155,6 +165,28 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
                 return Err(format!("no such user: {name}@{}", config.domain));
             }
             println!("password of {name}@{} changed", config.domain);
+        }
+        UserCommand::Set { jid, nick, photo_url } => {
+            let name = username(config, &jid)?;
+            if nick.is_none() && photo_url.is_none() {
+                return Err("nothing to set: give --nick and/or --photo-url".into());
+            }
+            let current = store.profile(&name).map_err(|e| e.to_string())?;
+            // An option left out keeps its value; an empty one clears it.
+            let pick = |given: Option<String>, old: Option<String>| match given {
+                Some(v) if v.is_empty() => None,
+                Some(v) => Some(v),
+                None => old,
+            };
+            let nick = pick(nick, current.nick);
+            let photo_url = pick(photo_url, current.photo_url);
+            if !store
+                .set_profile(&name, nick.as_deref(), photo_url.as_deref())
+                .map_err(|e| e.to_string())?
+            {
+                return Err(format!("no such user: {name}@{}", config.domain));
+            }
+            println!("profile of {name}@{} set", config.domain);
         }
         UserCommand::List => {
             for name in store.list_users().map_err(|e| e.to_string())? {

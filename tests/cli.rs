@@ -74,6 +74,43 @@ fn user_commands_against_a_running_server() {
     old.auth_plain("alice", "s3cret");
     assert!(old.recv().is("failure", ns::SASL));
 
+    // The bind extension shows what `user set` stored.
+    assert_eq!(
+        cli.run(
+            &[
+                "user",
+                "set",
+                "alice",
+                "--nick",
+                "Al",
+                "--photo-url",
+                "https://example.com/a.png"
+            ],
+            None
+        )
+        .1,
+        "profile of alice@localhost set\n"
+    );
+    assert!(cli.run(&["user", "set", "alice", "--nick", "Alice"], None).0);
+    let mut c = server.connect();
+    c.open();
+    c.auth_plain("alice", "n3w");
+    c.recv();
+    c.open();
+    c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><extval xmlns='urn:xmpp:shoal:bind-extval:0'/></bind></iq>");
+    let bind = c.recv().to_xml_in(ns::CLIENT);
+    assert!(
+        bind.ends_with(
+            "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>\
+             <photo-url xmlns='urn:xmpp:shoal:bind-extval:0'>https://example.com/a.png</photo-url></bind></iq>"
+        ),
+        "{bind}"
+    );
+    assert_eq!(
+        cli.run(&["user", "set", "carol", "--nick", "C"], None).2,
+        "shoal: no such user: carol@localhost\n"
+    );
+
     assert_eq!(
         cli.run(&["user", "del", "bob@localhost"], None).1,
         "deleted bob@localhost\n"

@@ -64,3 +64,24 @@ fn slixmpp_registers_logs_in_with_scram_and_chats() {
         ]
     );
 }
+
+#[test]
+fn slixmpp_subscribes_and_sees_presence_come_and_go() {
+    if python().is_none() {
+        return;
+    }
+    let server = TestServer::start();
+    let stdout = run_script("slixmpp_presence.py", &server);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "alice sees bob online",
+            "bob sees alice online",
+            "alice: both",
+            "bob: both",
+            "alice sees bob: dnd 'compiling'",
+            "alice sees bob offline",
+            "OK",
+        ]
+    );
+}

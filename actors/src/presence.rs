@@ -73,6 +73,44 @@ impl FollowerSource for RosterFollowers {
     }
 }
 
+/// A one-way follow graph in memory, the shape of an application's own
+/// social graph: following someone gives you their presence, with no
+/// request and no approval. For embedders and tests; a real application
+/// implements [`FollowerSource`] over its own store.
+#[derive(Default)]
+pub struct FollowGraph {
+    /// followee → followers
+    followers: std::sync::RwLock<HashMap<BareJid, HashSet<BareJid>>>,
+    /// follower → followees
+    followees: std::sync::RwLock<HashMap<BareJid, HashSet<BareJid>>>,
+}
+
+impl FollowGraph {
+    /// `follower` gets `followee`'s presence from their next login on.
+    pub fn follow(&self, follower: &BareJid, followee: &BareJid) {
+        if let (Ok(mut f), Ok(mut t)) = (self.followers.write(), self.followees.write()) {
+            f.entry(followee.clone()).or_default().insert(follower.clone());
+            t.entry(follower.clone()).or_default().insert(followee.clone());
+        }
+    }
+}
+
+impl FollowerSource for FollowGraph {
+    fn relations(&self, user: &BareJid) -> StorageFuture<Relations> {
+        let get = |m: &std::sync::RwLock<HashMap<BareJid, HashSet<BareJid>>>| {
+            m.read()
+                .ok()
+                .and_then(|m| m.get(user).map(|s| s.iter().cloned().collect()))
+                .unwrap_or_default()
+        };
+        let relations = Relations {
+            followers: get(&self.followers),
+            followees: get(&self.followees),
+        };
+        Box::pin(std::future::ready(Ok(relations)))
+    }
+}
+
 /// What a bind request yields (Ocean's bind extension).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BindInfo {

@@ -423,7 +423,12 @@ impl StreamHandler<FrameResult> for C2s {
         match frame {
             Err(err) => self.stream_error(ctx, err),
             Ok(Frame::StreamOpen(header)) => self.on_stream_open(ctx, header),
-            Ok(Frame::Stanza(el)) => self.on_element(ctx, el),
+            Ok(Frame::Stanza(el)) => {
+                if log::log_enabled!(log::Level::Trace) {
+                    log::trace!("{} <- {}", self.peer, el.to_xml_in(ns::CLIENT));
+                }
+                self.on_element(ctx, el)
+            }
             Ok(Frame::StreamClose) => {
                 // RFC 6120 §4.4: answer the close, then hang up.
                 let _ = self.out.send(Bytes::from_static(b"</stream:stream>"));
