@@ -1,0 +1,249 @@
+//! Presence fan-out over TCP: one publisher followed by F online
+//! followers changes presence; measures the time from sending until the
+//! last follower has it, and deliveries per second. Not a test: a figure.
+//!
+//!     cargo bench --bench fanout            (or make bench)
+//!     SHOAL_FANOUT=10,100 SHOAL_ROUNDS=20 cargo bench --bench fanout
+//!
+//! The server and this driver share the machine's cores; the server's own
+//! CPU time is reported beside the figures.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures_util::StreamExt;
+use shoal::store::SqliteStore;
+use shoal::{Config, ServerBuilder};
+use shoal_actors::codec::{CodecLimits, Frame, XmppCodec};
+use shoal_actors::jid::BareJid;
+use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
+use shoal_actors::sasl::Credentials;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::codec::FramedRead;
+
+const OPEN: &str = "<stream:stream to='localhost' version='1.0' xmlns='jabber:client' \
+                    xmlns:stream='http://etherx.jabber.org/streams'>";
+
+struct Conn {
+    rx: FramedRead<OwnedReadHalf, XmppCodec>,
+    tx: OwnedWriteHalf,
+}
+
+impl Conn {
+    async fn next(&mut self) -> Frame {
+        match tokio::time::timeout(Duration::from_secs(30), self.rx.next()).await {
+            Ok(Some(Ok(f))) => f,
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+
+    async fn send(&mut self, s: &str) {
+        self.tx.write_all(s.as_bytes()).await.expect("write");
+    }
+
+    /// Logs in with PLAIN, binds, sends initial presence, reads its echo.
+    async fn login(addr: SocketAddr, user: &str) -> Conn {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        stream.set_nodelay(true).ok();
+        let (r, w) = stream.into_split();
+        let mut c = Conn {
+            rx: FramedRead::new(r, XmppCodec::new(CodecLimits::default())),
+            tx: w,
+        };
+        c.send(OPEN).await;
+        c.next().await; // header
+        c.next().await; // features
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
+        ))
+        .await;
+        match c.next().await {
+            Frame::Stanza(el) if el.name() == "success" => {}
+            other => panic!("login failed: {other:?}"),
+        }
+        c.send(OPEN).await;
+        c.next().await;
+        c.next().await;
+        c.send(
+            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>b</resource></bind></iq>",
+        )
+        .await;
+        c.next().await;
+        c.send("<presence/>").await;
+        c
+    }
+}
+
+fn server_cpu_seconds() -> f64 {
+    // This process hosts the server: its CPU includes the driver's, so the
+    // driver's own tasks run on a separate thread whose time is subtracted.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn setup(db: &std::path::Path, followers: usize) {
+    let mut store = SqliteStore::open(db).unwrap();
+    let creds = Credentials::derive("pw", 4096);
+    let publisher = BareJid::new("pub", "localhost").unwrap();
+    store.create_user("pub", &creds).unwrap();
+    for i in 0..followers {
+        let name = format!("f{i}");
+        store.create_user(&name, &creds).unwrap();
+        let follower = BareJid::new(&name, "localhost").unwrap();
+        let item = |jid: &BareJid, s| RosterItem {
+            state: SubState {
+                subscription: s,
+                ..SubState::default()
+            },
+            in_roster: true,
+            ..RosterItem::new(jid.clone())
+        };
+        let (a, b) = (item(&follower, Subscription::From), item(&publisher, Subscription::To));
+        store
+            .update_roster_item("pub", &follower, Box::new(move |_| ItemChange::Put(a)))
+            .unwrap();
+        store
+            .update_roster_item(&name, &publisher, Box::new(move |_| ItemChange::Put(b)))
+            .unwrap();
+    }
+}
+
+fn run(followers: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bench.db");
+    setup(&db, followers);
+    let mut config = Config::default();
+    config.storage.sqlite = db;
+    config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let server = ServerBuilder::new(config).start().await.unwrap();
+            addr_tx.send(server.local_addrs()[0]).unwrap();
+            let _ = stop_rx.await;
+            server.shutdown().await;
+        })
+    });
+    let addr = addr_rx.recv().unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (to_last, cpu, driver_cpu, wall) = rt.block_on(async move {
+        let mut conns = Vec::new();
+        for chunk in (0..followers).collect::<Vec<_>>().chunks(50) {
+            let logins = chunk
+                .iter()
+                .map(|i| Conn::login(addr, Box::leak(format!("f{i}").into_boxed_str())));
+            conns.extend(futures_util::future::join_all(logins).await);
+        }
+        for c in conns.iter_mut() {
+            c.next().await; // own presence echo
+        }
+        let mut publisher = Conn::login(addr, "pub").await;
+        // Own echo plus nothing else (the publisher follows no one).
+        publisher.next().await;
+        // Each follower waits for every round's status and reports when.
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+        let local = tokio::task::LocalSet::new();
+        for mut c in conns {
+            let done = done_tx.clone();
+            local.spawn_local(async move {
+                // The presence the publisher had when the follower came online.
+                let mut round = 0;
+                while round < rounds {
+                    if let Frame::Stanza(el) = c.next().await {
+                        let status = el.children().find(|s| s.name() == "status").map(|s| s.text());
+                        if status.as_deref() == Some(format!("r{round}").as_str()) {
+                            let _ = done.send((round, Instant::now()));
+                            round += 1;
+                        }
+                    }
+                }
+            });
+        }
+        let cpu0 = server_cpu_seconds();
+        let dcpu0 = thread_cpu_seconds();
+        let start = Instant::now();
+        let mut to_last = Vec::new();
+        local
+            .run_until(async {
+                for round in 0..rounds {
+                    let t0 = Instant::now();
+                    publisher
+                        .send(&format!("<presence><status>r{round}</status></presence>"))
+                        .await;
+                    let mut last = t0;
+                    for _ in 0..followers {
+                        let (r, at) = done_rx.recv().await.unwrap();
+                        assert_eq!(r, round);
+                        last = last.max(at);
+                    }
+                    to_last.push(last - t0);
+                }
+            })
+            .await;
+        let wall = start.elapsed();
+        (to_last, server_cpu_seconds() - cpu0, thread_cpu_seconds() - dcpu0, wall)
+    });
+    let _ = stop_tx.send(());
+    server.join().unwrap();
+
+    let mut sorted = to_last.clone();
+    sorted.sort();
+    let deliveries = (followers * rounds) as f64;
+    let server_cpu = cpu - driver_cpu;
+    // CPU time comes in 10 ms ticks: below a few tenths it says nothing.
+    let per_cpu = if server_cpu >= 0.3 {
+        format!("{:>9.0}", deliveries / server_cpu)
+    } else {
+        format!("{:>9}", "n/a")
+    };
+    println!(
+        "fan-out F={followers:<5} rounds={rounds:<3} to-last p50 {:>8.2?}  p99 {:>8.2?}  deliveries/s {:>9.0}  \
+         per server CPU-s {per_cpu}  (server CPU {server_cpu:.2}s, driver CPU {driver_cpu:.2}s)",
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99),
+        deliveries / wall.as_secs_f64(),
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful either: both run the whole thing, small when under test.
+    let quick = std::env::args().all(|a| a != "--bench");
+    let sizes: Vec<usize> = std::env::var("SHOAL_FANOUT")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| if quick { vec![10] } else { vec![10, 100, 1000] });
+    let rounds: usize = std::env::var("SHOAL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 3 } else { 50 });
+    for f in sizes {
+        run(f, rounds);
+    }
+}
