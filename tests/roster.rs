@@ -436,3 +436,133 @@ fn pending_requests_and_rosters_survive_a_restart() {
         "<presence to='romeo@localhost' from='juliet@localhost/balcony'><show>chat</show></presence>"
     );
 }
+
+/// Every row of RFC 6121 Appendix A that a client can trigger, over TCP:
+/// each consistent pair of states, and each subscription stanza the user
+/// can send. Both stored states and what each client receives are checked
+/// against the state machine (whose table has its own unit test).
+#[test]
+fn subscription_state_table_over_tcp() {
+    use shoal::store::SqliteStore;
+    use shoal_actors::jid::BareJid;
+    use shoal_actors::roster::subscription::Direction;
+    use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
+    use shoal_actors::stanza::PresenceType;
+
+    let st = |sub, pending_out, pending_in| SubState {
+        subscription: sub,
+        pending_out,
+        pending_in,
+    };
+    use Subscription::*;
+    // (user's state, contact's state): the two views of one relationship.
+    let pairs = [
+        (st(None, false, false), st(None, false, false)),
+        (st(None, true, false), st(None, false, true)),
+        (st(None, false, true), st(None, true, false)),
+        (st(None, true, true), st(None, true, true)),
+        (st(To, false, false), st(From, false, false)),
+        (st(To, false, true), st(From, true, false)),
+        (st(From, false, false), st(To, false, false)),
+        (st(From, true, false), st(To, false, true)),
+        (st(Both, false, false), st(Both, false, false)),
+    ];
+    let kinds = [
+        PresenceType::Subscribe,
+        PresenceType::Subscribed,
+        PresenceType::Unsubscribe,
+        PresenceType::Unsubscribed,
+    ];
+    let server = TestServer::start();
+    let names: Vec<String> = (0..pairs.len() * kinds.len())
+        .flat_map(|i| [format!("u{i}"), format!("c{i}")])
+        .collect();
+    server.add_users(&names, "pw");
+    let seed = |user: &str, contact: &str, state: SubState| {
+        let jid = BareJid::new(contact, "localhost").unwrap();
+        let in_roster = state != SubState::default() && state != st(None, false, true);
+        let item = RosterItem {
+            state,
+            in_roster,
+            ..RosterItem::new(jid.clone())
+        };
+        let change = if state == SubState::default() {
+            ItemChange::Keep
+        } else {
+            ItemChange::Put(item)
+        };
+        SqliteStore::open(&server.db)
+            .unwrap()
+            .update_roster_item(user, &jid, Box::new(move |_| change))
+            .unwrap();
+    };
+    let stored = |user: &str, contact: &str| {
+        let jid = BareJid::new(contact, "localhost").unwrap();
+        SqliteStore::open(&server.db)
+            .unwrap()
+            .roster_item(user, &jid)
+            .unwrap()
+            .map(|i| i.state)
+            .unwrap_or_default()
+    };
+    let mut case = 0;
+    for (user_state, contact_state) in pairs {
+        for kind in kinds {
+            let (u, c) = (format!("u{case}"), format!("c{case}"));
+            case += 1;
+            seed(&u, &c, user_state);
+            seed(&c, &u, contact_state);
+            let mut user = server.login(&u, "pw", "r");
+            let mut contact = server.login(&c, "pw", "r");
+            for client in [&mut user, &mut contact] {
+                client.send("<presence/>");
+                client.sync();
+            }
+            let mut user_pending = user.sync();
+            contact.sync();
+
+            user.send(&format!("<presence to='{c}@localhost' type='{}'/>", kind.as_str()));
+            user_pending.extend(user.sync());
+
+            // What the state machine says should happen.
+            let out = user_state.transition(Direction::Outbound, kind);
+            let (mut want_user, mut want_contact, mut delivered, mut approved) =
+                (out.state, contact_state, false, false);
+            if out.forward {
+                let inbound = contact_state.transition(Direction::Inbound, kind);
+                want_contact = inbound.state;
+                delivered = inbound.forward;
+                if inbound.auto_approve {
+                    // The contact's server answers for the contact; the
+                    // answer reaches the user only if it changes something.
+                    let reply = want_user.transition(Direction::Inbound, PresenceType::Subscribed);
+                    approved = reply.forward;
+                    want_user = reply.state;
+                }
+            }
+            let label = format!("{user_state:?} / {contact_state:?} + outbound {kind:?}");
+            assert_eq!(stored(&u, &c), want_user, "user side: {label}");
+            assert_eq!(stored(&c, &u), want_contact, "contact side: {label}");
+            let got: Vec<String> = contact
+                .sync()
+                .iter()
+                .filter(|e| e.attr("type") == Some(kind.as_str()))
+                .map(|e| e.to_xml_in(ns::CLIENT))
+                .collect();
+            let expected: Vec<String> = if delivered {
+                vec![format!(
+                    "<presence to='{c}@localhost' type='{}' from='{u}@localhost'/>",
+                    kind.as_str()
+                )]
+            } else {
+                vec![]
+            };
+            assert_eq!(got, expected, "delivered to the contact: {label}");
+            let auto: Vec<_> = user_pending
+                .iter()
+                .filter(|e| e.attr("type") == Some("subscribed"))
+                .collect();
+            assert_eq!(auto.len(), usize::from(approved), "auto-approval: {label}");
+        }
+    }
+}

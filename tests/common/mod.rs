@@ -86,6 +86,15 @@ impl TestServer {
         self.thread = Some(thread);
     }
 
+    /// Adds many users sharing one password (one key derivation for all).
+    pub fn add_users(&self, names: &[String], password: &str) {
+        let mut store = SqliteStore::open(&self.db).unwrap();
+        let creds = Credentials::derive(password, 4096);
+        for name in names {
+            assert!(store.create_user(name, &creds).unwrap());
+        }
+    }
+
     pub fn add_user(&self, name: &str, password: &str) {
         let mut store = SqliteStore::open(&self.db).unwrap();
         assert!(store.create_user(name, &Credentials::derive(password, 4096)).unwrap());
