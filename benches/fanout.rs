@@ -78,10 +78,9 @@ impl Conn {
     }
 }
 
-fn server_cpu_seconds() -> f64 {
-    // This process hosts the server: its CPU includes the driver's, so the
-    // driver's own tasks run on a separate thread whose time is subtracted.
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// User + system CPU seconds from a `/proc/.../stat` file.
+fn cpu_seconds(stat: &str) -> f64 {
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: f64 = fields
         .get(11..13)
@@ -89,13 +88,14 @@ fn server_cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// This process hosts the server and the driver; the driver runs on the
+/// main thread, whose time is subtracted.
+fn server_cpu_seconds() -> f64 {
+    cpu_seconds("/proc/self/stat")
+}
+
 fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
-    ticks / 100.0
+    cpu_seconds("/proc/thread-self/stat")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

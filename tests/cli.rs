@@ -92,11 +92,7 @@ fn user_commands_against_a_running_server() {
         "profile of alice@localhost set\n"
     );
     assert!(cli.run(&["user", "set", "alice", "--nick", "Alice"], None).0);
-    let mut c = server.connect();
-    c.open();
-    c.auth_plain("alice", "n3w");
-    c.recv();
-    c.open();
+    let mut c = server.authenticated("alice", "n3w");
     c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><extval xmlns='urn:xmpp:shoal:bind-extval:0'/></bind></iq>");
     let bind = c.recv().to_xml_in(ns::CLIENT);
     assert!(

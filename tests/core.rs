@@ -132,11 +132,7 @@ fn sasl_abort_and_unknown_mechanism() {
 fn bind_generates_a_resource_and_answers_the_session_iq() {
     let server = TestServer::start();
     server.add_user("romeo", "secret");
-    let mut c = server.connect();
-    c.open();
-    c.auth_plain("romeo", "secret");
-    c.recv();
-    c.open();
+    let mut c = server.authenticated("romeo", "secret");
     let jid = c.bind(None);
     let resource = jid.strip_prefix("romeo@localhost/").unwrap();
     assert!(resource.len() >= 8, "{jid}");
@@ -505,11 +501,7 @@ fn too_many_resources() {
     server.add_user("romeo", "r");
     let _a = server.login("romeo", "r", "a");
     let _b = server.login("romeo", "r", "b");
-    let mut c = server.connect();
-    c.open();
-    c.auth_plain("romeo", "r");
-    c.recv();
-    c.open();
+    let mut c = server.authenticated("romeo", "r");
     c.send(
         "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>c</resource></bind></iq>",
     );

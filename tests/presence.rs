@@ -175,11 +175,7 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
     );
 
     // The bind extension before any profile: empty elements.
-    let mut c = server.connect();
-    c.open();
-    c.auth_plain("juliet", "juliet");
-    c.recv();
-    c.open();
+    let mut c = server.authenticated("juliet", "juliet");
     c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>ext</resource><extval xmlns='urn:xmpp:shoal:bind-extval:0'/></bind></iq>");
     assert_eq!(
         c.recv_xml(),
@@ -221,11 +217,7 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
     );
 
     // The bind extension now carries the nickname and photo URL.
-    let mut c = server.connect();
-    c.open();
-    c.auth_plain("juliet", "juliet");
-    c.recv();
-    c.open();
+    let mut c = server.authenticated("juliet", "juliet");
     c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><extval xmlns='urn:xmpp:shoal:bind-extval:0'/></bind></iq>");
     let bind = c.recv().to_xml_in(shoal_actors::ns::CLIENT);
     assert!(

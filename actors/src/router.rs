@@ -117,12 +117,7 @@ impl Router {
             Kind::Iq(IqType::Get | IqType::Set) => self.dispatch_iq(IqScope::Account, user.clone(), stanza),
             Kind::Iq(_) => {}
             Kind::Message(t) => self.message_to_bare(user, t, stanza),
-            Kind::Presence(
-                PresenceType::Subscribe
-                | PresenceType::Subscribed
-                | PresenceType::Unsubscribe
-                | PresenceType::Unsubscribed,
-            ) => {
+            Kind::Presence(t) if t.is_subscription() => {
                 actix_rt::spawn(crate::roster::presence::inbound(self.clone(), stanza));
             }
             // Probes are the server's business (RFC 6121 §4.3), answered
@@ -167,10 +162,7 @@ impl Router {
     }
 
     fn to_full(&self, jid: &FullJid, stanza: Stanza) {
-        if let Kind::Presence(
-            PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed,
-        ) = stanza.kind
-        {
+        if matches!(stanza.kind, Kind::Presence(t) if t.is_subscription()) {
             // Subscriptions are between accounts (RFC 6121 §3.1.3).
             return self.to_bare(&jid.to_bare(), stanza);
         }

@@ -51,6 +51,16 @@ types!(
     }
 );
 
+impl PresenceType {
+    /// `subscribe`, `subscribed`, `unsubscribe` or `unsubscribed` (RFC 6121 §3).
+    pub fn is_subscription(self) -> bool {
+        matches!(
+            self,
+            PresenceType::Subscribe | PresenceType::Subscribed | PresenceType::Unsubscribe | PresenceType::Unsubscribed
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Message(MessageType),

@@ -129,12 +129,19 @@ impl TestServer {
     /// A logged-in, bound client (SASL PLAIN), with initial presence sent
     /// only if `available`.
     pub fn login(&self, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.authenticated(user, password);
+        c.bind(Some(resource));
+        c
+    }
+
+    /// A client that has authenticated (SASL PLAIN) and restarted the
+    /// stream, but not bound a resource yet.
+    pub fn authenticated(&self, user: &str, password: &str) -> Client {
         let mut c = self.connect();
         c.open();
         c.auth_plain(user, password);
         assert!(c.recv().is("success", ns::SASL));
         c.open();
-        c.bind(Some(resource));
         c
     }
 

@@ -6,39 +6,21 @@ Usage: slixmpp_presence.py HOST PORT DOMAIN
 """
 
 import asyncio
-import sys
 
-import slixmpp
-
-HOST, PORT, DOMAIN = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from common import DOMAIN, Client, fail
 
 
-class Client(slixmpp.ClientXMPP):
+class Watcher(Client):
     def __init__(self, user):
-        super().__init__(f"{user}@{DOMAIN}/interop", f"{user}-pass", sasl_mech="SCRAM-SHA-256")
-        self.enable_starttls = False
-        self.enable_direct_tls = False
-        self.enable_plaintext = True
-        self.plugin["feature_mechanisms"].unencrypted_scram = True
-        self.register_plugin("xep_0077")
-        self.plugin["xep_0077"].force_registration = True
-        self.ready = asyncio.Event()
+        super().__init__(user, f"{user}-pass", "SCRAM-SHA-256")
         self.events = asyncio.Queue()
         self.roster_changed = asyncio.Event()
         self.add_event_handler("roster_update", lambda _: self.roster_changed.set())
-        self.add_event_handler("register", self.on_register)
         self.add_event_handler("session_start", self.on_start)
         # slixmpp names available presence by its show: presence_dnd, ...
         for event in ("available", "dnd", "away", "xa", "chat", "unavailable"):
             kind = "presence_unavailable" if event == "unavailable" else "presence_available"
             self.add_event_handler(f"presence_{event}", lambda p, k=kind: self.events.put_nowait((k, p)))
-
-    async def on_register(self, _):
-        iq = self.Iq()
-        iq["type"] = "set"
-        iq["register"]["username"] = self.boundjid.user
-        iq["register"]["password"] = self.password
-        await iq.send()
 
     async def on_start(self, _):
         await self.get_roster()
@@ -50,11 +32,6 @@ class Client(slixmpp.ClientXMPP):
             name, p = await asyncio.wait_for(self.events.get(), 20)
             if name == event and str(p["from"]) == sender and check(p):
                 return p
-
-
-def fail(why):
-    print(f"FAIL: {why}", flush=True)
-    sys.exit(1)
 
 
 async def subscription(client, contact):
@@ -71,12 +48,10 @@ async def subscription(client, contact):
 
 
 async def main():
-    bob = Client("bob")
-    alice = Client("alice")
-    bob.connect(HOST, PORT)
-    await asyncio.wait_for(bob.ready.wait(), 20)
-    alice.connect(HOST, PORT)
-    await asyncio.wait_for(alice.ready.wait(), 20)
+    bob = Watcher("bob")
+    alice = Watcher("alice")
+    await bob.start()
+    await alice.start()
 
     alice.send_presence_subscription(pto=f"bob@{DOMAIN}")
     # Each sees the other come online once the subscriptions are approved.

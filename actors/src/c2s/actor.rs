@@ -270,12 +270,7 @@ impl C2s {
                 }
             }
             Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(session, t, stanza),
-            Kind::Presence(
-                PresenceType::Subscribe
-                | PresenceType::Subscribed
-                | PresenceType::Unsubscribe
-                | PresenceType::Unsubscribed,
-            ) => {
+            Kind::Presence(t) if t.is_subscription() => {
                 // One at a time, in order: the stream waits for each.
                 let outbound = crate::roster::presence::outbound(self.cx.router.clone(), session.jid.clone(), stanza);
                 ctx.wait(outbound.into_actor(self));

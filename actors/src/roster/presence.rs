@@ -46,6 +46,31 @@ fn transition(
     }
 }
 
+/// Runs one subscription stanza through `user`'s record for `contact`, in
+/// one storage transaction.
+async fn apply(
+    router: &Router,
+    user: &BareJid,
+    contact: &BareJid,
+    dir: Direction,
+    kind: PresenceType,
+    request: Option<String>,
+) -> Option<RosterUpdate> {
+    let c = contact.clone();
+    let change = Box::new(move |item| transition(item, c, dir, kind, request));
+    match router
+        .storage()
+        .update_roster_item(user.node().unwrap_or_default(), contact, change)
+        .await
+    {
+        Ok(u) => Some(u),
+        Err(e) => {
+            log::error!("{user}: subscription update failed: {e}");
+            None
+        }
+    }
+}
+
 fn state(item: &Option<RosterItem>) -> SubState {
     item.as_ref().map(|i| i.state).unwrap_or_default()
 }
@@ -90,12 +115,7 @@ pub fn push_to(session: &Session, change: &RosterChange, version: u64) {
 
 fn kind_of(stanza: &Stanza) -> Option<PresenceType> {
     match stanza.kind {
-        Kind::Presence(
-            t @ (PresenceType::Subscribe
-            | PresenceType::Subscribed
-            | PresenceType::Unsubscribe
-            | PresenceType::Unsubscribed),
-        ) => Some(t),
+        Kind::Presence(t) if t.is_subscription() => Some(t),
         _ => None,
     }
 }
@@ -113,15 +133,8 @@ pub async fn outbound(router: Router, user: FullJid, mut stanza: Stanza) {
     if contact == bare {
         return;
     }
-    let c = contact.clone();
-    let change = Box::new(move |item| transition(item, c, Direction::Outbound, kind, None));
-    let update = match router
-        .storage()
-        .update_roster_item(bare.node().unwrap_or_default(), &contact, change)
-        .await
-    {
-        Ok(u) => u,
-        Err(e) => return log::error!("{bare}: subscription update failed: {e}"),
+    let Some(update) = apply(&router, &bare, &contact, Direction::Outbound, kind, None).await else {
+        return;
     };
     if state(&update.before).transition(Direction::Outbound, kind).forward {
         stanza.set_from(Some(bare.clone().into()));
@@ -151,15 +164,8 @@ pub async fn inbound(router: Router, stanza: Stanza) {
         return;
     };
     let request = (kind == PresenceType::Subscribe).then(|| String::from_utf8_lossy(&stanza.to_bytes()).into_owned());
-    let c = contact.clone();
-    let change = Box::new(move |item| transition(item, c, Direction::Inbound, kind, request));
-    let update = match router
-        .storage()
-        .update_roster_item(user.node().unwrap_or_default(), &contact, change)
-        .await
-    {
-        Ok(u) => u,
-        Err(e) => return log::error!("{user}: subscription update failed: {e}"),
+    let Some(update) = apply(&router, &user, &contact, Direction::Inbound, kind, request).await else {
+        return;
     };
     let t = state(&update.before).transition(Direction::Inbound, kind);
     after_update(&router, &user, &contact, &update);

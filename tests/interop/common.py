@@ -1,0 +1,41 @@
+"""What the interop scripts share: a slixmpp client set up for Shoal's
+plaintext loopback tests, registering its account in-band first."""
+
+import asyncio
+import sys
+
+import slixmpp
+
+HOST, PORT, DOMAIN = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+
+def fail(why):
+    print(f"FAIL: {why}", flush=True)
+    sys.exit(1)
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, user, password, mech):
+        super().__init__(f"{user}@{DOMAIN}/interop", password, sasl_mech=mech)
+        # Shoal's tests run on loopback without TLS.
+        self.enable_starttls = False
+        self.enable_direct_tls = False
+        self.enable_plaintext = True
+        self.plugin["feature_mechanisms"].unencrypted_scram = True
+        self.register_plugin("xep_0077")
+        self.plugin["xep_0077"].force_registration = True
+        self.ready = asyncio.Event()
+        self.add_event_handler("register", self.on_register)
+        self.add_event_handler("failed_auth", lambda _: fail(f"{user}: authentication failed"))
+
+    async def on_register(self, _):
+        iq = self.Iq()
+        iq["type"] = "set"
+        iq["register"]["username"] = self.boundjid.user
+        iq["register"]["password"] = self.password
+        await iq.send()
+
+    async def start(self):
+        """Connects and waits for the session (see `ready`)."""
+        self.connect(HOST, PORT)
+        await asyncio.wait_for(self.ready.wait(), 20)
