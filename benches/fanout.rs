@@ -136,6 +136,9 @@ fn run(followers: usize, rounds: usize) {
     let mut config = Config::default();
     config.storage.sqlite = db;
     config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    // Every follower connects from 127.0.0.1 at once.
+    config.limits.max_connections_per_ip = 0;
+    config.limits.max_unauthenticated = 0;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {

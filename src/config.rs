@@ -18,6 +18,82 @@ pub struct Config {
     pub registration: RegistrationConfig,
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Abuse protection; see the README's "Limits and abuse protection".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Deepest element nesting in a stanza (the stanza itself is 1).
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Longest element or attribute name, in bytes.
+    pub max_name_bytes: usize,
+    /// Largest stream header, in bytes.
+    pub max_header_bytes: usize,
+    /// Bytes per second read from an authenticated client, and the burst.
+    pub rate_bytes_per_sec: u32,
+    pub burst_bytes: u32,
+    /// The same before authentication.
+    pub preauth_rate_bytes_per_sec: u32,
+    pub preauth_burst_bytes: u32,
+    /// Open connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Connections not yet authenticated, in all (0: no limit).
+    pub max_unauthenticated: usize,
+    /// Silence after which a client is pinged (XEP-0199), and the time it
+    /// then has to answer before `<connection-timeout/>`.
+    pub idle_timeout_secs: u64,
+    pub ping_timeout_secs: u64,
+    /// Failed logins per account, and per IP address, within the window.
+    pub auth_failures_per_account: u32,
+    pub auth_failures_per_ip: u32,
+    pub auth_failure_window_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let parse = shoal_actors::xml::ParseLimits::default();
+        let conn = shoal_actors::c2s::limits::ConnectionLimits::default();
+        LimitsConfig {
+            max_depth: parse.max_depth,
+            max_attributes: parse.max_attrs,
+            max_name_bytes: parse.max_name_bytes,
+            max_header_bytes: shoal_actors::codec::CodecLimits::default().max_header_bytes,
+            rate_bytes_per_sec: conn.rate,
+            burst_bytes: conn.burst,
+            preauth_rate_bytes_per_sec: conn.preauth_rate,
+            preauth_burst_bytes: conn.preauth_burst,
+            max_connections_per_ip: conn.max_per_ip,
+            max_unauthenticated: conn.max_unauthenticated,
+            idle_timeout_secs: conn.idle_timeout.as_secs(),
+            ping_timeout_secs: conn.ping_timeout.as_secs(),
+            auth_failures_per_account: conn.failures_per_account,
+            auth_failures_per_ip: conn.failures_per_ip,
+            auth_failure_window_secs: conn.failure_window.as_secs(),
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn connection_limits(&self) -> shoal_actors::c2s::limits::ConnectionLimits {
+        use std::time::Duration;
+        shoal_actors::c2s::limits::ConnectionLimits {
+            rate: self.rate_bytes_per_sec,
+            burst: self.burst_bytes,
+            preauth_rate: self.preauth_rate_bytes_per_sec,
+            preauth_burst: self.preauth_burst_bytes,
+            max_per_ip: self.max_connections_per_ip,
+            max_unauthenticated: self.max_unauthenticated,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            ping_timeout: Duration::from_secs(self.ping_timeout_secs),
+            failures_per_account: self.auth_failures_per_account,
+            failures_per_ip: self.auth_failures_per_ip,
+            failure_window: Duration::from_secs(self.auth_failure_window_secs),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -73,6 +149,7 @@ impl Default for Config {
             registration: RegistrationConfig::default(),
             auth: AuthConfig::default(),
             sessions: SessionsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -153,6 +230,28 @@ impl Config {
         }
         if self.auth.scram_iterations < 4096 {
             return invalid("[auth] scram_iterations must be at least 4096 (RFC 7677)".into());
+        }
+        let l = &self.limits;
+        let zero = [
+            ("max_depth", l.max_depth as u64),
+            ("max_attributes", l.max_attributes as u64),
+            ("max_name_bytes", l.max_name_bytes as u64),
+            ("max_header_bytes", l.max_header_bytes as u64),
+            ("rate_bytes_per_sec", l.rate_bytes_per_sec.into()),
+            ("burst_bytes", l.burst_bytes.into()),
+            ("preauth_rate_bytes_per_sec", l.preauth_rate_bytes_per_sec.into()),
+            ("preauth_burst_bytes", l.preauth_burst_bytes.into()),
+            ("idle_timeout_secs", l.idle_timeout_secs),
+            ("ping_timeout_secs", l.ping_timeout_secs),
+            ("auth_failures_per_account", l.auth_failures_per_account.into()),
+            ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
+            ("auth_failure_window_secs", l.auth_failure_window_secs),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
+            return invalid(format!("[limits] {key} must be at least 1"));
+        }
+        if l.max_header_bytes < 512 {
+            return invalid("[limits] max_header_bytes must be at least 512".into());
         }
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
             return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());

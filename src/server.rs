@@ -18,6 +18,7 @@ use shoal_actors::session::SessionTable;
 use shoal_actors::session_manager::SessionManager;
 use shoal_actors::storage::Storage;
 use shoal_actors::xep::{self, ServerFeatures};
+use shoal_actors::xml::ParseLimits;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, ConfigError};
@@ -115,10 +116,16 @@ impl ServerBuilder {
         let router = Router::new(domain, sessions, handlers, storage, presence);
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         let c2s_config = C2sConfig {
-            limits: CodecLimits {
+            codec: CodecLimits {
                 max_stanza_bytes: config.c2s.max_stanza_bytes,
-                ..CodecLimits::default()
+                max_header_bytes: config.limits.max_header_bytes,
+                parse: ParseLimits {
+                    max_depth: config.limits.max_depth,
+                    max_attrs: config.limits.max_attributes,
+                    max_name_bytes: config.limits.max_name_bytes,
+                },
             },
+            connections: config.limits.connection_limits(),
             registration,
             scram_iterations: config.auth.scram_iterations,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
@@ -186,7 +193,7 @@ async fn accept_loop(listener: TcpListener, cx: Arc<C2sContext>, arbiters: Arc<V
             match tokio::net::TcpStream::from_std(std_stream) {
                 Ok(stream) => {
                     log::debug!("{peer}: connected");
-                    c2s::spawn(cx, stream, peer);
+                    c2s::accept(cx, stream, peer);
                 }
                 Err(e) => log::warn!("{peer}: {e}"),
             }

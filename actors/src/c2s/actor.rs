@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use rand::distr::Alphanumeric;
 use rand::Rng;
 
 use super::auth::Sasl;
+use super::limits::{Admitted, ConnState};
 use super::outbound::Outbound;
 use super::transport::FrameResult;
 use super::C2sContext;
@@ -51,6 +52,10 @@ pub struct C2s {
     available: bool,
     /// Who got directed presence from this session (RFC 6121 §4.6).
     directed: HashSet<Jid>,
+    pub(super) conn: Arc<ConnState>,
+    pub(super) admitted: Admitted,
+    /// When the server pinged a silent client, waiting for any answer.
+    ping_sent: Option<Instant>,
 }
 
 pub(super) fn random_id(len: usize) -> String {
@@ -62,7 +67,13 @@ pub(super) fn random_id(len: usize) -> String {
 }
 
 impl C2s {
-    pub(super) fn new(cx: Arc<C2sContext>, out: Outbound, peer: SocketAddr) -> C2s {
+    pub(super) fn new(
+        cx: Arc<C2sContext>,
+        out: Outbound,
+        peer: SocketAddr,
+        conn: Arc<ConnState>,
+        admitted: Admitted,
+    ) -> C2s {
         C2s {
             cx,
             out,
@@ -73,6 +84,36 @@ impl C2s {
             closing: false,
             available: false,
             directed: HashSet::new(),
+            conn,
+            admitted,
+            ping_sent: None,
+        }
+    }
+
+    /// XEP-0199 liveness: a client silent for `idle_timeout` is pinged; one
+    /// that then says nothing for `ping_timeout` is disconnected.
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let State::Bound(session) = &self.state else { return };
+        let limits = &self.cx.config.connections;
+        let silent = self.conn.silent_for();
+        match self.ping_sent {
+            Some(sent) if silent < sent.elapsed() => self.ping_sent = None,
+            Some(sent) if sent.elapsed() >= limits.ping_timeout => {
+                let err = StreamError::with_text(StreamCondition::ConnectionTimeout, "no answer to a ping");
+                self.stream_error(ctx, err);
+            }
+            Some(_) => {}
+            None if silent >= limits.idle_timeout => {
+                let ping = Element::new("iq", ns::CLIENT)
+                    .with_attr("type", "get")
+                    .with_attr("id", format!("shoal-ping-{}", random_id(8)))
+                    .with_attr("from", self.domain().as_str())
+                    .with_attr("to", session.jid.as_str())
+                    .with_child(Element::new("ping", ns::PING));
+                self.send_element(&ping);
+                self.ping_sent = Some(Instant::now());
+            }
+            None => {}
         }
     }
 
@@ -366,6 +407,9 @@ impl Actor for C2s {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let limits = &self.cx.config.connections;
+        let every = (limits.idle_timeout.min(limits.ping_timeout) / 4).max(Duration::from_millis(100));
+        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
         ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
             if !matches!(act.state, State::Bound(_)) {
                 let err =

@@ -126,7 +126,12 @@ impl C2s {
             ("response", Sasl::AwaitInitial(mech)) => self.sasl_start(ctx, mech, data.unwrap_or_default()),
             ("response", Sasl::AwaitScramFinal(server, user)) => match server.finish(&data.unwrap_or_default()) {
                 Ok(server_final) => self.sasl_success(user, Some(server_final)),
-                Err(f) => self.sasl_failure(ctx, f),
+                Err(f) => {
+                    if f.condition == SaslCondition::NotAuthorized {
+                        self.login_failed(&user);
+                    }
+                    self.sasl_failure(ctx, f)
+                }
             },
             ("abort", _) => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::Aborted)),
             _ => self.sasl_failure(ctx, SaslFailure::new(SaslCondition::MalformedRequest)),
@@ -163,6 +168,9 @@ impl C2s {
                     Ok(u) => u,
                     Err(f) => return self.sasl_failure(ctx, f),
                 };
+                if let Err(f) = self.not_throttled(&user) {
+                    return self.sasl_failure(ctx, f);
+                }
                 let fake_salt = self.fake_salt(&user);
                 let node = user.node().unwrap_or_default().to_owned();
                 let check = async move {
@@ -181,7 +189,10 @@ impl C2s {
                 };
                 ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(true) => act.sasl_success(user, None),
-                    Ok(false) => act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized)),
+                    Ok(false) => {
+                        act.login_failed(&user);
+                        act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized))
+                    }
                     Err(e) => act.sasl_failure(ctx, e.into()),
                 }));
             }
@@ -199,6 +210,9 @@ impl C2s {
                     Ok(u) => u,
                     Err(f) => return self.sasl_failure(ctx, f),
                 };
+                if let Err(f) = self.not_throttled(&user) {
+                    return self.sasl_failure(ctx, f);
+                }
                 let node = user.node().unwrap_or_default().to_owned();
                 let lookup = async move { storage.credentials(&node).await };
                 ctx.wait(lookup.into_actor(self).map(move |res, act, ctx| match res {
@@ -222,7 +236,40 @@ impl C2s {
             success.push_text(B64.encode(data));
         }
         self.send_element(&success);
+        self.admitted.authenticated();
+        self.conn
+            .authenticated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.state = State::AwaitRestart(user);
+    }
+
+    /// Refuses at once an account or address that failed too often lately,
+    /// without looking at the password.
+    fn not_throttled(&self, user: &BareJid) -> Result<(), SaslFailure> {
+        let limits = &self.cx.config.connections;
+        let node = user.node().unwrap_or_default();
+        if self
+            .cx
+            .throttle
+            .blocked(node, self.peer.ip(), limits, std::time::Instant::now())
+        {
+            log::warn!("{}: login for {user} refused: too many failures", self.peer);
+            return Err(SaslFailure::with_text(
+                SaslCondition::NotAuthorized,
+                "too many failed attempts; try again later",
+            ));
+        }
+        Ok(())
+    }
+
+    fn login_failed(&self, user: &BareJid) {
+        let node = user.node().unwrap_or_default();
+        self.cx.throttle.failed(
+            node,
+            self.peer.ip(),
+            &self.cx.config.connections,
+            std::time::Instant::now(),
+        );
     }
 
     fn sasl_failure(&mut self, ctx: &mut Context<Self>, failure: SaslFailure) {

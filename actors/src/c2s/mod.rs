@@ -6,6 +6,7 @@
 mod actor;
 mod auth;
 mod bind;
+pub mod limits;
 mod outbound;
 mod transport;
 
@@ -23,14 +24,18 @@ pub use actor::C2s;
 pub use outbound::{Outbound, SendError};
 
 use crate::codec::{CodecLimits, XmppCodec};
+use crate::error::StreamError;
 use crate::presence::ConnectionHandler;
 use crate::router::Router;
 use crate::session_manager::SessionManager;
+use limits::{Admission, Admitted, AuthThrottle, ConnState, ConnectionLimits};
 
 /// Settings of client connections.
 #[derive(Clone, Debug)]
 pub struct C2sConfig {
-    pub limits: CodecLimits,
+    pub codec: CodecLimits,
+    /// Rates, connection counts, idle pings and login throttling.
+    pub connections: ConnectionLimits,
     /// XEP-0077 registration before authentication.
     pub registration: bool,
     /// PBKDF2 iterations for accounts created in-band.
@@ -48,7 +53,8 @@ pub struct C2sConfig {
 impl Default for C2sConfig {
     fn default() -> Self {
         C2sConfig {
-            limits: CodecLimits::default(),
+            codec: CodecLimits::default(),
+            connections: ConnectionLimits::default(),
             registration: false,
             scram_iterations: crate::sasl::MIN_ITERATIONS,
             max_outbound_bytes: 1024 * 1024,
@@ -72,6 +78,8 @@ pub struct C2sContext {
     pub tasks: TaskTracker,
     /// Keys the made-up SCRAM salts of unknown users.
     pub(crate) secret: [u8; 32],
+    pub admission: Arc<Admission>,
+    pub throttle: AuthThrottle,
 }
 
 impl C2sContext {
@@ -92,23 +100,66 @@ impl C2sContext {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             secret,
+            admission: Arc::new(Admission::default()),
+            throttle: AuthThrottle::default(),
         }
     }
 }
 
-/// Starts a connection on the current arbiter: its transport task and its
-/// actor. `io` is any byte stream (TCP, TLS, an in-memory pipe in tests).
-pub fn spawn<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr) -> Addr<C2s>
+/// Takes a new connection on the current arbiter: admits it (per-IP and
+/// unauthenticated limits) and starts it, or refuses it with a stream error.
+pub fn accept<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    match cx.admission.admit(peer.ip(), &cx.config.connections) {
+        Ok(admitted) => {
+            spawn(cx, io, peer, admitted);
+        }
+        Err(err) => {
+            log::info!("{peer}: refused: {err}");
+            let domain = cx.router.domain().to_string();
+            actix_rt::spawn(refuse(io, domain, err));
+        }
+    }
+}
+
+/// Writes a stream header and the error, then hangs up, within a second.
+async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamError) {
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='refused' from='{}' version='1.0'>",
+        crate::ns::CLIENT,
+        crate::ns::STREAM,
+        quick_xml::escape::escape(domain.as_str())
+    )
+    .into_bytes();
+    err.to_element().write_to(&mut bytes, crate::ns::CLIENT);
+    bytes.extend_from_slice(b"</stream:stream>");
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.write_all(&bytes).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+/// Starts an admitted connection on the current arbiter: its transport
+/// task and its actor. `io` is any byte stream (TCP, TLS, an in-memory
+/// pipe in tests).
+pub fn spawn<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr, admitted: Admitted) -> Addr<C2s>
 where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, mut frames_rx) = mpsc::channel(8);
-    let codec = XmppCodec::new(cx.config.limits);
-    actix_rt::spawn(cx.tasks.track_future(transport::run(io, codec, frames_tx, out_rx)));
+    let codec = XmppCodec::new(cx.config.codec);
+    let conn = Arc::new(ConnState::new());
+    let limits = cx.config.connections.clone();
+    let transport = transport::run(io, codec, frames_tx, out_rx, conn.clone(), limits);
+    actix_rt::spawn(cx.tasks.track_future(transport));
     C2s::create(move |ctx| {
         ctx.add_stream(futures_util::stream::poll_fn(move |c| frames_rx.poll_recv(c)));
-        C2s::new(cx, out, peer)
+        C2s::new(cx, out, peer, conn, admitted)
     })
 }

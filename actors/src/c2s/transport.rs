@@ -3,6 +3,8 @@
 //! (reading pauses while the actor is behind: backpressure, not
 //! buffering), and writes the outbound queue in batches.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -10,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
+use super::limits::{ConnState, ConnectionLimits, Shaper};
 use super::outbound::{Out, OutboundRx};
 use crate::codec::{Frame, XmppCodec};
 use crate::error::{StreamCondition, StreamError};
@@ -21,8 +24,14 @@ const READ_CHUNK: usize = 4096;
 
 pub(crate) type FrameResult = Result<Frame, StreamError>;
 
-pub(crate) async fn run<S>(mut io: S, mut codec: XmppCodec, frames: mpsc::Sender<FrameResult>, mut out: OutboundRx)
-where
+pub(crate) async fn run<S>(
+    mut io: S,
+    mut codec: XmppCodec,
+    frames: mpsc::Sender<FrameResult>,
+    mut out: OutboundRx,
+    conn: Arc<ConnState>,
+    limits: ConnectionLimits,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -30,6 +39,10 @@ where
     // `None` once the peer has nothing more to say (EOF, error, or close).
     let mut frames = Some(frames);
     let mut need_read = true;
+    let mut shaper = Shaper::new(tokio::time::Instant::now().into_std(), limits.preauth_burst);
+    // Reading waits until then when the bucket has run dry.
+    let mut resume: Option<tokio::time::Instant> = None;
+    conn.touch();
     // True once the peer closed its side: no need to wait for its close.
     let mut peer_done = false;
     loop {
@@ -106,13 +119,29 @@ where
                     },
                 }
             }
-            n = io.read_buf(&mut rbuf), if frames.is_some() && need_read => {
+            _ = tokio::time::sleep_until(resume.unwrap_or_else(tokio::time::Instant::now)), if resume.is_some() => {
+                resume = None;
+            }
+            n = io.read_buf(&mut rbuf), if frames.is_some() && need_read && resume.is_none() => {
                 match n {
                     Ok(0) | Err(_) => {
                         frames_done = true;
                         peer_done = true;
                     }
-                    Ok(_) => need_read = false,
+                    Ok(n) => {
+                        need_read = false;
+                        conn.touch();
+                        let (rate, burst) = if conn.authenticated.load(Ordering::Relaxed) {
+                            (limits.rate, limits.burst)
+                        } else {
+                            (limits.preauth_rate, limits.preauth_burst)
+                        };
+                        let now = tokio::time::Instant::now();
+                        let until = tokio::time::Instant::from_std(shaper.take(n, now.into_std(), rate, burst));
+                        if until > now {
+                            resume = Some(until);
+                        }
+                    }
                 }
             }
         }
