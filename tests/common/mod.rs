@@ -189,6 +189,15 @@ impl Client {
         }
     }
 
+    /// The socket, for tests that write in their own way.
+    pub fn raw(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.stream.set_write_timeout(Some(timeout)).unwrap();
+    }
+
     pub fn send(&mut self, xml: &str) {
         self.stream.write_all(xml.as_bytes()).expect("send");
     }

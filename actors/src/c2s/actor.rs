@@ -54,8 +54,9 @@ pub struct C2s {
     directed: HashSet<Jid>,
     pub(super) conn: Arc<ConnState>,
     pub(super) admitted: Admitted,
-    /// When the server pinged a silent client, waiting for any answer.
-    ping_sent: Option<Instant>,
+    /// When the server pinged a silent client, and the read count then:
+    /// any later read answers it.
+    ping_sent: Option<(Instant, u64)>,
 }
 
 pub(super) fn random_id(len: usize) -> String {
@@ -97,8 +98,8 @@ impl C2s {
         let limits = &self.cx.config.connections;
         let silent = self.conn.silent_for();
         match self.ping_sent {
-            Some(sent) if silent < sent.elapsed() => self.ping_sent = None,
-            Some(sent) if sent.elapsed() >= limits.ping_timeout => {
+            Some((_, reads)) if self.conn.reads() > reads => self.ping_sent = None,
+            Some((sent, _)) if sent.elapsed() >= limits.ping_timeout => {
                 let err = StreamError::with_text(StreamCondition::ConnectionTimeout, "no answer to a ping");
                 self.stream_error(ctx, err);
             }
@@ -111,7 +112,7 @@ impl C2s {
                     .with_attr("to", session.jid.as_str())
                     .with_child(Element::new("ping", ns::PING));
                 self.send_element(&ping);
-                self.ping_sent = Some(Instant::now());
+                self.ping_sent = Some((Instant::now(), self.conn.reads()));
             }
             None => {}
         }

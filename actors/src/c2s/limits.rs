@@ -58,6 +58,8 @@ pub struct ConnState {
     pub(crate) authenticated: AtomicBool,
     /// Milliseconds since `epoch` at the last read.
     last_read: AtomicU64,
+    /// Reads so far: any read after a ping answers it.
+    reads: AtomicU64,
     epoch: Instant,
 }
 
@@ -66,6 +68,7 @@ impl ConnState {
         ConnState {
             authenticated: AtomicBool::new(false),
             last_read: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -73,6 +76,11 @@ impl ConnState {
     pub(crate) fn touch(&self) {
         self.last_read
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     /// Time since the peer last sent anything.

@@ -19,6 +19,8 @@ use crate::error::{StreamCondition, StreamError};
 
 /// Most bytes gathered into one write.
 const WRITE_BATCH: usize = 64 * 1024;
+/// Bytes read (and dropped) while waiting for the peer to close its side.
+const LINGER_READ_BYTES: usize = 64 * 1024;
 /// Read buffer to start with; it grows up to the stanza limit when needed.
 const READ_CHUNK: usize = 4096;
 
@@ -87,9 +89,17 @@ pub(crate) async fn run<S>(
                     let _ = io.shutdown().await;
                     // Give the peer a moment to send its own close, then go.
                     if !peer_done && !linger.is_zero() {
+                        // Only a little: a peer that keeps sending is not
+                        // closing, and is not owed our reading.
                         let mut scratch = [0u8; 512];
+                        let mut budget = LINGER_READ_BYTES;
                         let _ = tokio::time::timeout(linger, async {
-                            while matches!(io.read(&mut scratch).await, Ok(n) if n > 0) {}
+                            while let Ok(n @ 1..) = io.read(&mut scratch).await {
+                                budget = budget.saturating_sub(n);
+                                if budget == 0 {
+                                    break;
+                                }
+                            }
                         }).await;
                     }
                     return;
