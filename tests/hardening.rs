@@ -227,7 +227,7 @@ fn a_client_that_stops_reading_is_disconnected_not_buffered() {
             Some(shoal_actors::codec::Frame::Stanza(el)) if el.is("error", ns::STREAM) => {
                 assert!(el.has_child("policy-violation", ns::STREAMS_ERRORS), "{el}");
             }
-            Some(other) if other == shoal_actors::codec::Frame::StreamClose => {}
+            Some(shoal_actors::codec::Frame::StreamClose) => {}
             Some(other) => panic!("unexpected {other:?}"),
             None => break,
         }
