@@ -5,7 +5,11 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test lint fmt bench interop-deps clean
+.PHONY: run test lint fmt bench fuzz interop-deps clean
+
+# Seconds each fuzz target runs for.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := codec jid stanza
 
 run:
 	$(CARGO) run --release
@@ -29,6 +33,16 @@ fmt:
 
 bench:
 	$(CARGO) bench --workspace
+
+# cargo-fuzz wants nightly; RUSTC_BOOTSTRAP lets the stable toolchain build
+# it. Each target starts from the seeds in fixtures/fuzz/ and keeps what it
+# finds in target/fuzz-corpus/.
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p target/fuzz-corpus/$$t && \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t target/fuzz-corpus/$$t fixtures/fuzz/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,34 @@
 use std::fmt;
 
+use std::borrow::Cow;
+
 use quick_xml::escape::{escape, partial_escape};
+
+/// An attribute value as written: besides the five XML characters, tab,
+/// CR and LF become references, since a parser turns them into spaces
+/// (attribute-value normalisation, XML 1.0 §3.3.3).
+fn escape_attr(v: &str) -> Cow<'_, str> {
+    let escaped = escape(v);
+    if !escaped.contains(['\t', '\n', '\r']) {
+        return escaped;
+    }
+    Cow::Owned(
+        escaped
+            .replace('\t', "&#x9;")
+            .replace('\n', "&#xA;")
+            .replace('\r', "&#xD;"),
+    )
+}
+
+/// Text as written: CR becomes a reference, since a parser turns CR and
+/// CR LF into LF (end-of-line handling, XML 1.0 §2.11).
+fn escape_text(t: &str) -> Cow<'_, str> {
+    let escaped = partial_escape(t);
+    if !escaped.contains('\r') {
+        return escaped;
+    }
+    Cow::Owned(escaped.replace('\r', "&#xD;"))
+}
 
 /// An element with its namespace resolved. Attribute names are kept as
 /// written (`xml:lang` included); namespace declarations are not attributes:
@@ -154,14 +182,14 @@ impl Element {
         out.extend_from_slice(self.name.as_bytes());
         if !prefixed && self.ns != parent_ns {
             out.extend_from_slice(b" xmlns='");
-            out.extend_from_slice(escape(self.ns.as_str()).as_bytes());
+            out.extend_from_slice(escape_attr(&self.ns).as_bytes());
             out.push(b'\'');
         }
         for (k, v) in &self.attrs {
             out.push(b' ');
             out.extend_from_slice(k.as_bytes());
             out.extend_from_slice(b"='");
-            out.extend_from_slice(escape(v.as_str()).as_bytes());
+            out.extend_from_slice(escape_attr(v).as_bytes());
             out.push(b'\'');
         }
         if self.children.is_empty() {
@@ -173,7 +201,7 @@ impl Element {
         for node in &self.children {
             match node {
                 Node::Element(e) => e.write_to(out, inner_ns),
-                Node::Text(t) => out.extend_from_slice(partial_escape(t.as_str()).as_bytes()),
+                Node::Text(t) => out.extend_from_slice(escape_text(t).as_bytes()),
             }
         }
         out.extend_from_slice(b"</");

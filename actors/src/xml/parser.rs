@@ -100,6 +100,29 @@ fn has_forbidden_control(bytes: &[u8]) -> bool {
     bytes.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
 }
 
+/// An XML name (XML 1.0 §2.3), loosely: quick-xml accepts empty and odd
+/// names, which would not survive serialisation. Non-ASCII is allowed.
+fn check_name(qname: &str) -> Result<(), StreamError> {
+    let part_ok = |p: &str| {
+        let mut chars = p.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_' || !c.is_ascii());
+        first_ok
+            && p.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.') || !c.is_ascii())
+    };
+    let ok = match qname.split_once(':') {
+        Some((prefix, local)) => part_ok(prefix) && part_ok(local),
+        None => part_ok(qname),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(not_well_formed(format!("invalid name {qname:?}")))
+    }
+}
+
 /// Splits `prefix:local`.
 fn split_qname(qname: &str) -> (Option<&str>, &str) {
     match qname.split_once(':') {
@@ -116,6 +139,7 @@ pub(crate) fn open_element(
     limits: &ParseLimits,
 ) -> Result<Element, StreamError> {
     let qname = start.name().into_inner();
+    check_name(qname)?;
     if qname.len() > limits.max_name_bytes {
         return Err(StreamError::with_text(
             StreamCondition::PolicyViolation,
@@ -132,6 +156,7 @@ pub(crate) fn open_element(
         }
         let attr = attr.map_err(|e| not_well_formed(format!("bad attribute: {e}")))?;
         let key = attr.key.into_inner();
+        check_name(key)?;
         if key.len() > limits.max_name_bytes {
             return Err(StreamError::with_text(
                 StreamCondition::PolicyViolation,
@@ -141,6 +166,10 @@ pub(crate) fn open_element(
         let value = attr
             .normalized_value(quick_xml::XmlVersion::Implicit1_0)
             .map_err(|_| not_well_formed("undefined entity in attribute value"))?;
+        // A character reference may name what XML forbids outright.
+        if has_forbidden_control(value.as_bytes()) {
+            return Err(not_well_formed("control character in attribute value"));
+        }
         match split_qname(key) {
             (None, "xmlns") => bindings.bind(None, &value),
             (Some("xmlns"), prefix) => {
@@ -170,8 +199,22 @@ pub(crate) fn open_element(
         )
     })?;
     let mut el = Element::new(local, ns);
+    let mut declare = Vec::new();
     for (k, v) in attrs {
+        if let (Some(prefix), _) = split_qname(&k) {
+            if prefix != "xml" && !declare.iter().any(|(p, _)| *p == prefix) {
+                // Checked above: every prefix is bound.
+                let ns = bindings.resolve(Some(prefix)).unwrap_or_default().to_owned();
+                declare.push((prefix.to_owned(), ns));
+            }
+        }
         el.set_attr(&k, v);
+    }
+    // A prefixed attribute takes its declaration with it, wherever that
+    // stood (an ancestor, the stream header): the element is serialised
+    // on its own, for another stream.
+    for (prefix, ns) in declare {
+        el.set_attr(&format!("xmlns:{prefix}"), ns);
     }
     Ok(el)
 }
@@ -303,6 +346,18 @@ mod tests {
         assert_eq!(c("<message>\u{1}</message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<message>&#1;</message>"), StreamCondition::NotWellFormed);
         assert_eq!(c("<y:message/>"), StreamCondition::BadNamespacePrefix);
+        // Found by fuzzing: names quick-xml lets through.
+        for bad in [
+            "<\n/>",
+            "<m><\n\n/></m>",
+            "<m 1a='x'/>",
+            "<m><x:/></m>",
+            "<:m/>",
+            "<m a:='1'/>",
+            "<m a='&#x1F;'/>",
+        ] {
+            assert_eq!(c(bad), StreamCondition::NotWellFormed, "{bad:?}");
+        }
         assert_eq!(
             parse_element(b"<m>\xff</m>", &NsBindings::client(), &ParseLimits::default())
                 .unwrap_err()
@@ -332,6 +387,23 @@ mod tests {
             p("<abcdefghij/>").unwrap_err().condition,
             StreamCondition::PolicyViolation
         );
+    }
+
+    /// Found by fuzzing: a prefixed attribute must not lose its binding
+    /// when the stanza is serialised for another stream.
+    #[test]
+    fn prefixed_attributes_keep_their_declaration() {
+        let el = parse("<message><x:y xmlns:x='urn:x' x:a='1'/></message>").unwrap();
+        assert_eq!(
+            el.to_xml_in(ns::CLIENT),
+            "<message><y xmlns='urn:x' x:a='1' xmlns:x='urn:x'/></message>"
+        );
+        let mut bindings = NsBindings::client();
+        bindings.bind(Some("db"), "jabber:server:dialback");
+        let from_header = parse_element(b"<message db:k='v'/>", &bindings, &ParseLimits::default()).unwrap();
+        let out = from_header.to_xml_in(ns::CLIENT);
+        assert_eq!(out, "<message db:k='v' xmlns:db='jabber:server:dialback'/>");
+        assert_eq!(parse(&out).unwrap(), from_header);
     }
 
     #[test]
