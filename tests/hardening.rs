@@ -261,3 +261,23 @@ fn a_flood_of_bytes_before_authentication_is_slowed_not_buffered() {
     }
     by.check();
 }
+
+#[test]
+fn hundreds_of_silent_sockets_do_not_delay_a_login() {
+    let server = TestServer::with_config(|c| {
+        c.limits.max_connections_per_ip = 1000;
+        c.limits.max_unauthenticated = 1000;
+    });
+    let mut by = Bystanders::new(&server);
+    // Some connect and say nothing; some open a stream and stop there.
+    let mut silent: Vec<Client> = (0..300).map(|_| server.connect()).collect();
+    for c in silent.iter_mut().step_by(2) {
+        c.send(common::OPEN);
+    }
+    server.add_user("mercutio", "m");
+    let mut m = server.login("mercutio", "m", "r");
+    m.send("<message to='romeo@localhost/orchard' id='q'><body>a plague</body></message>");
+    assert_eq!(answering_pings(&mut by.romeo).attr("id"), Some("q"));
+    by.check();
+    drop(silent);
+}

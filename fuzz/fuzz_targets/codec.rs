@@ -11,7 +11,11 @@ const OPEN: &[u8] =
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
 fuzz_target!(|data: &[u8]| {
-    let limits = CodecLimits { max_stanza_bytes: 4096, max_header_bytes: 1024, ..CodecLimits::default() };
+    let limits = CodecLimits {
+        max_stanza_bytes: 4096,
+        max_header_bytes: 1024,
+        ..CodecLimits::default()
+    };
     // The first byte picks the chunk size; the header is there or not.
     let (chunk, body) = match data.split_first() {
         Some((c, rest)) => (usize::from(*c % 64) + 1, rest),

@@ -9,7 +9,9 @@ use shoal_actors::xml::{parse_element, NsBindings, ParseLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = ParseLimits::default();
-    let Ok(el) = parse_element(data, &NsBindings::client(), &limits) else { return };
+    let Ok(el) = parse_element(data, &NsBindings::client(), &limits) else {
+        return;
+    };
     let xml = el.to_xml_in(ns::CLIENT);
     let again = parse_element(xml.as_bytes(), &NsBindings::client(), &limits).expect("own output parses");
     assert_eq!(again, el);
