@@ -19,6 +19,27 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sessions: SessionsConfig,
     pub limits: LimitsConfig,
+    pub tls: TlsConfig,
+}
+
+/// The certificate. Without `cert` and `key`, Shoal generates a
+/// self-signed one for the domain beside the database.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM: the full chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// PEM: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+/// STARTTLS on the plain listeners.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartTlsMode {
+    Off,
+    Optional,
+    Required,
 }
 
 /// Abuse protection; see the README's "Limits and abuse protection".
@@ -114,6 +135,13 @@ pub struct C2sConfig {
     pub max_outbound_bytes: usize,
     /// Seconds from connecting to a bound resource.
     pub negotiation_timeout_secs: u64,
+    /// "off", "optional" or "required". Unset: required unless every
+    /// listener is loopback, then optional.
+    pub starttls: Option<StartTlsMode>,
+    /// Direct TLS listeners (XEP-0368), TLS from the first byte.
+    pub direct_tls_listen: Vec<SocketAddr>,
+    /// Offer SASL PLAIN before TLS. Unset: only if every listener is loopback.
+    pub allow_plain_without_tls: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -150,6 +178,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -169,6 +198,9 @@ impl Default for C2sConfig {
             max_stanza_bytes: 256 * 1024,
             max_outbound_bytes: 1024 * 1024,
             negotiation_timeout_secs: 30,
+            starttls: None,
+            direct_tls_listen: Vec::new(),
+            allow_plain_without_tls: None,
         }
     }
 }
@@ -253,6 +285,9 @@ impl Config {
         if l.max_header_bytes < 512 {
             return invalid("[limits] max_header_bytes must be at least 512".into());
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return invalid("[tls] cert and key go together: give both or neither".into());
+        }
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
             return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());
         }
@@ -264,12 +299,31 @@ impl Config {
         BareJid::domain_jid(&self.domain).map_err(|e| ConfigError::Invalid(format!("domain: {e}")))
     }
 
+    /// True when no listener is reachable from another machine.
+    pub fn loopback_only(&self) -> bool {
+        self.c2s
+            .listen
+            .iter()
+            .chain(&self.c2s.direct_tls_listen)
+            .all(|a| a.ip().is_loopback())
+    }
+
     /// Whether in-band registration is on: as configured, or by default
     /// only when no listener is reachable from another machine.
     pub fn registration_enabled(&self) -> bool {
-        self.registration
-            .enabled
-            .unwrap_or_else(|| self.c2s.listen.iter().all(|a| a.ip().is_loopback()))
+        self.registration.enabled.unwrap_or_else(|| self.loopback_only())
+    }
+
+    pub fn starttls(&self) -> StartTlsMode {
+        self.c2s.starttls.unwrap_or(if self.loopback_only() {
+            StartTlsMode::Optional
+        } else {
+            StartTlsMode::Required
+        })
+    }
+
+    pub fn allow_plain_without_tls(&self) -> bool {
+        self.c2s.allow_plain_without_tls.unwrap_or_else(|| self.loopback_only())
     }
 }
 

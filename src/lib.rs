@@ -7,6 +7,7 @@
 pub mod config;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{ServerBuilder, ServerHandle, StartError};

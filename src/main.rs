@@ -27,6 +27,9 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Print the TLS certificate in use (generating the self-signed one if
+    /// there is none yet), its expiry and fingerprint, then its PEM
+    Cert,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
     let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
         None => serve(config),
         Some(Command::User { command }) => user(&config, command),
+        Some(Command::Cert) => cert(&config),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,6 +105,14 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+fn cert(config: &Config) -> Result<(), String> {
+    let cert = shoal::tls::load_or_generate(config).map_err(|e| e.to_string())?;
+    println!("{}", shoal::tls::describe(&cert));
+    let pem = std::fs::read_to_string(&cert.cert_path).map_err(|e| format!("{}: {e}", cert.cert_path.display()))?;
+    print!("{pem}");
+    Ok(())
 }
 
 /// The account's username from `user@domain` or a bare `user`.

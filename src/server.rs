@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
+use shoal_actors::c2s::io::{Io, StartTls};
 use shoal_actors::c2s::{self, C2sConfig, C2sContext};
 use shoal_actors::codec::CodecLimits;
 use shoal_actors::iq_handler::{IqHandler, IqScope};
@@ -20,9 +21,11 @@ use shoal_actors::storage::Storage;
 use shoal_actors::xep::{self, ServerFeatures};
 use shoal_actors::xml::ParseLimits;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, StartTlsMode};
 use crate::store::{SqliteStorage, StoreError};
+use crate::tls::TlsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -30,6 +33,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -126,6 +131,8 @@ impl ServerBuilder {
                 },
             },
             connections: config.limits.connection_limits(),
+            tls: tls_settings(&config)?,
+            allow_plain_without_tls: config.allow_plain_without_tls(),
             registration,
             scram_iterations: config.auth.scram_iterations,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
@@ -135,22 +142,31 @@ impl ServerBuilder {
         };
         let cx = Arc::new(C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks));
 
+        let direct = cx.config.tls.as_ref().map(|t| t.acceptor.clone());
+        let plain = config.c2s.listen.iter().map(|a| (*a, None));
+        let direct_tls = config.c2s.direct_tls_listen.iter().map(|a| (*a, direct.clone()));
         let mut listeners = Vec::new();
-        for &addr in &config.c2s.listen {
+        for (addr, tls) in plain.chain(direct_tls) {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| StartError::Listen { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Listen { addr, source })?;
-            listeners.push((listener, local));
+            listeners.push((listener, local, tls));
         }
         let next = Arc::new(AtomicUsize::new(0));
         let mut local_addrs = Vec::new();
-        for (listener, local) in listeners {
-            log::info!("listening for clients on {local}");
-            local_addrs.push(local);
-            actix_rt::spawn(accept_loop(listener, cx.clone(), arbiters.clone(), next.clone()));
+        let mut direct_tls_addrs = Vec::new();
+        for (listener, local, tls) in listeners {
+            if tls.is_some() {
+                log::info!("listening for clients on {local} (Direct TLS)");
+                direct_tls_addrs.push(local);
+            } else {
+                log::info!("listening for clients on {local}");
+                local_addrs.push(local);
+            }
+            actix_rt::spawn(accept_loop(listener, tls, cx.clone(), arbiters.clone(), next.clone()));
         }
         log::info!(
             "serving {} (registration {})",
@@ -159,6 +175,7 @@ impl ServerBuilder {
         );
         Ok(ServerHandle {
             local_addrs,
+            direct_tls_addrs,
             sm,
             cx,
             arbiters,
@@ -167,7 +184,13 @@ impl ServerBuilder {
 }
 
 /// Accepts connections and hands each to a worker arbiter, round robin.
-async fn accept_loop(listener: TcpListener, cx: Arc<C2sContext>, arbiters: Arc<Vec<Arbiter>>, next: Arc<AtomicUsize>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    cx: Arc<C2sContext>,
+    arbiters: Arc<Vec<Arbiter>>,
+    next: Arc<AtomicUsize>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = cx.shutdown.cancelled() => return,
@@ -189,11 +212,16 @@ async fn accept_loop(listener: TcpListener, cx: Arc<C2sContext>, arbiters: Arc<V
         };
         let arbiter = &arbiters[next.fetch_add(1, Ordering::Relaxed) % arbiters.len()];
         let cx = cx.clone();
+        let tls = tls.clone();
         arbiter.spawn(async move {
             match tokio::net::TcpStream::from_std(std_stream) {
                 Ok(stream) => {
                     log::debug!("{peer}: connected");
-                    c2s::accept(cx, stream, peer);
+                    let io = match tls {
+                        Some(acceptor) => Io::TlsPending(stream, acceptor),
+                        None => Io::Tcp(stream),
+                    };
+                    c2s::accept(cx, io, peer);
                 }
                 Err(e) => log::warn!("{peer}: {e}"),
             }
@@ -204,6 +232,7 @@ async fn accept_loop(listener: TcpListener, cx: Arc<C2sContext>, arbiters: Arc<V
 /// A running server.
 pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
+    direct_tls_addrs: Vec<SocketAddr>,
     sm: Addr<SessionManager>,
     cx: Arc<C2sContext>,
     arbiters: Arc<Vec<Arbiter>>,
@@ -213,6 +242,11 @@ impl ServerHandle {
     /// The addresses the listeners are bound to (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
+    }
+
+    /// The Direct TLS listeners' addresses (XEP-0368).
+    pub fn direct_tls_addrs(&self) -> &[SocketAddr] {
+        &self.direct_tls_addrs
     }
 
     /// The session manager: list sessions, route a stanza to a user.
@@ -240,4 +274,23 @@ impl ServerHandle {
             arbiter.stop();
         }
     }
+}
+
+/// TLS as configured: `None` when neither STARTTLS nor Direct TLS is on.
+fn tls_settings(config: &Config) -> Result<Option<shoal_actors::c2s::io::TlsSettings>, TlsError> {
+    let starttls = match config.starttls() {
+        StartTlsMode::Off => StartTls::Off,
+        StartTlsMode::Optional => StartTls::Optional,
+        StartTlsMode::Required => StartTls::Required,
+    };
+    if starttls == StartTls::Off && config.c2s.direct_tls_listen.is_empty() {
+        return Ok(None);
+    }
+    let cert = crate::tls::load_or_generate(config)?;
+    log::info!(
+        "TLS certificate {} (SHA-256 {})",
+        cert.cert_path.display(),
+        crate::tls::fingerprint(&cert)
+    );
+    Ok(Some(crate::tls::settings(&cert, starttls)?))
 }

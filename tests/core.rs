@@ -21,7 +21,8 @@ fn stream_header_and_features() {
     assert!(header.id.as_deref().is_some_and(|id| id.len() >= 16));
     assert_eq!(
         features.to_xml_in(ns::CLIENT),
-        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+         <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
          <mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
          </mechanisms><register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
     );

@@ -22,3 +22,5 @@ pub const ROSTERVER_FEATURE: &str = "urn:xmpp:features:rosterver";
 /// Shoal's bind extension: nickname and photo URL in the bind result.
 pub const BIND_EXTVAL: &str = "urn:xmpp:shoal:bind-extval:0";
 pub const NICK: &str = "http://jabber.org/protocol/nick";
+/// XEP-0440: SASL channel-binding type capability.
+pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";

@@ -10,10 +10,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::actor::{C2s, State};
+use super::io::{ChannelBindings, StartTls};
 use crate::error::{SaslCondition, SaslFailure, StreamCondition, StreamError};
 use crate::jid::{normalise_localpart, BareJid};
 use crate::ns;
-use crate::sasl::scram::ClientFirst;
+use crate::sasl::scram::{ChannelBindingRequest, ClientFirst};
 use crate::sasl::{plain, Mechanism, ScramHash, ScramServer};
 use crate::stanza::{IqType, Kind, Stanza};
 use crate::xep::register;
@@ -29,12 +30,55 @@ pub(crate) enum Sasl {
 }
 
 impl C2s {
+    /// STARTTLS must come first: TLS is required and not yet up.
+    fn tls_required_first(&self) -> bool {
+        let required = self
+            .cx
+            .config
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.starttls == StartTls::Required);
+        required && self.conn.tls().is_none()
+    }
+
+    fn mechanism_offered(&self, m: Mechanism, secure: bool) -> bool {
+        match m {
+            _ if m.is_plus() => secure,
+            Mechanism::Plain => secure || self.cx.config.allow_plain_without_tls,
+            _ => true,
+        }
+    }
+
     pub(super) fn pre_auth_features(&self) -> Element {
+        let bindings = self.conn.tls();
+        let mut features = Element::new("features", ns::STREAM);
+        if let (Some(tls), None) = (&self.cx.config.tls, &bindings) {
+            if tls.starttls != StartTls::Off {
+                let mut starttls = Element::new("starttls", ns::TLS);
+                if tls.starttls == StartTls::Required {
+                    starttls.push_child(Element::new("required", ns::TLS));
+                    // RFC 6120 §5.3.1: nothing else until TLS is up.
+                    return features.with_child(starttls);
+                }
+                features.push_child(starttls);
+            }
+        }
         let mut mechanisms = Element::new("mechanisms", ns::SASL);
-        for m in Mechanism::ALL {
+        for m in Mechanism::ALL
+            .into_iter()
+            .filter(|m| self.mechanism_offered(*m, bindings.is_some()))
+        {
             mechanisms.push_child(Element::new("mechanism", ns::SASL).with_text(m.name()));
         }
-        let mut features = Element::new("features", ns::STREAM).with_child(mechanisms);
+        features.push_child(mechanisms);
+        if let Some(bindings) = &bindings {
+            // XEP-0440: which bindings the -PLUS mechanisms can use here.
+            let mut cb = Element::new("sasl-channel-binding", ns::SASL_CB);
+            for kind in bindings.types() {
+                cb.push_child(Element::new("channel-binding", ns::SASL_CB).with_attr("type", kind));
+            }
+            features.push_child(cb);
+        }
         if self.cx.config.registration {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
@@ -42,6 +86,20 @@ impl C2s {
     }
 
     pub(super) fn on_pre_auth(&mut self, ctx: &mut Context<Self>, el: Element) {
+        let offered = self.cx.config.tls.as_ref().is_some_and(|t| t.starttls != StartTls::Off);
+        if el.is("starttls", ns::TLS) && offered && self.conn.tls().is_none() {
+            // RFC 6120 §5.4.2.3: proceed, then the handshake, then a new stream.
+            self.send_element(&Element::new("proceed", ns::TLS));
+            self.out.start_tls();
+            self.state = State::Start;
+            return;
+        }
+        if self.tls_required_first() {
+            return self.stream_error(
+                ctx,
+                StreamError::with_text(StreamCondition::PolicyViolation, "STARTTLS is required"),
+            );
+        }
         if el.ns() == ns::SASL {
             return self.on_sasl(ctx, el);
         }
@@ -158,6 +216,15 @@ impl C2s {
 
     fn sasl_start(&mut self, ctx: &mut Context<Self>, mech: Mechanism, data: Vec<u8>) {
         let storage = self.cx.router.storage().clone();
+        let bindings = self.conn.tls();
+        if !self.mechanism_offered(mech, bindings.is_some()) {
+            let condition = if mech == Mechanism::Plain {
+                SaslCondition::EncryptionRequired
+            } else {
+                SaslCondition::InvalidMechanism
+            };
+            return self.sasl_failure(ctx, SaslFailure::new(condition));
+        }
         match mech {
             Mechanism::Plain => {
                 let msg = match plain::parse(&data) {
@@ -196,14 +263,14 @@ impl C2s {
                     Err(e) => act.sasl_failure(ctx, e.into()),
                 }));
             }
-            Mechanism::ScramSha1 | Mechanism::ScramSha256 => {
-                let hash = if mech == Mechanism::ScramSha1 {
-                    ScramHash::Sha1
-                } else {
-                    ScramHash::Sha256
-                };
+            Mechanism::ScramSha1 | Mechanism::ScramSha256 | Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus => {
+                let hash = mech.scram_hash().unwrap_or(ScramHash::Sha256);
                 let first = match ClientFirst::parse(&data) {
                     Ok(f) => f,
+                    Err(f) => return self.sasl_failure(ctx, f),
+                };
+                let binding = match channel_binding(mech, &first.channel_binding, bindings.as_ref()) {
+                    Ok(b) => b,
                     Err(f) => return self.sasl_failure(ctx, f),
                 };
                 let user = match self.sasl_user(&first.username, first.authzid.as_deref()) {
@@ -219,7 +286,8 @@ impl C2s {
                     Ok(creds) => {
                         let creds = creds.map(|c| c.for_hash(hash).clone());
                         let fake_salt = act.fake_salt(&user);
-                        let (server, server_first) = ScramServer::start(hash, first, creds, &fake_salt);
+                        let (server, server_first) =
+                            ScramServer::start(hash, first, creds, &fake_salt, binding.as_deref());
                         act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user));
                         act.send_element(&Element::new("challenge", ns::SASL).with_text(B64.encode(server_first)));
                     }
@@ -291,5 +359,27 @@ impl C2s {
                 ),
             );
         }
+    }
+}
+
+/// The channel-binding data a SCRAM exchange must carry (RFC 5802 §6), or
+/// why it cannot go on.
+fn channel_binding(
+    mech: Mechanism,
+    request: &ChannelBindingRequest,
+    bindings: Option<&ChannelBindings>,
+) -> Result<Option<Vec<u8>>, SaslFailure> {
+    let refuse = |text: &'static str| Err(SaslFailure::with_text(SaslCondition::NotAuthorized, text));
+    match (mech.is_plus(), request, bindings) {
+        (true, ChannelBindingRequest::Type(kind), Some(b)) => match b.get(kind) {
+            Some(data) => Ok(Some(data.to_vec())),
+            None => refuse("unsupported channel binding type"),
+        },
+        (true, _, _) => refuse("a -PLUS mechanism needs channel binding"),
+        (false, ChannelBindingRequest::Type(_), _) => refuse("channel binding needs a -PLUS mechanism"),
+        // The client could bind and thinks we cannot, but we offered it:
+        // someone removed the -PLUS mechanisms on the way (downgrade).
+        (false, ChannelBindingRequest::ClientSupports, Some(_)) => refuse("channel binding was offered"),
+        (false, _, _) => Ok(None),
     }
 }

@@ -56,6 +56,8 @@ impl Default for ConnectionLimits {
 #[derive(Debug)]
 pub struct ConnState {
     pub(crate) authenticated: AtomicBool,
+    /// Set by the transport once TLS is up.
+    pub(crate) tls: Mutex<Option<super::io::ChannelBindings>>,
     /// Milliseconds since `epoch` at the last read.
     last_read: AtomicU64,
     /// Reads so far: any read after a ping answers it.
@@ -67,6 +69,7 @@ impl ConnState {
     pub(crate) fn new() -> ConnState {
         ConnState {
             authenticated: AtomicBool::new(false),
+            tls: Mutex::new(None),
             last_read: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -77,6 +80,11 @@ impl ConnState {
         self.last_read
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The channel bindings, if the connection is encrypted.
+    pub(crate) fn tls(&self) -> Option<super::io::ChannelBindings> {
+        self.tls.lock().ok().and_then(|t| t.clone())
     }
 
     pub(crate) fn reads(&self) -> u64 {

@@ -6,6 +6,7 @@
 mod actor;
 mod auth;
 mod bind;
+pub mod io;
 pub mod limits;
 mod outbound;
 mod transport;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +29,7 @@ use crate::error::StreamError;
 use crate::presence::ConnectionHandler;
 use crate::router::Router;
 use crate::session_manager::SessionManager;
+use io::{Io, TlsSettings};
 use limits::{Admission, Admitted, AuthThrottle, ConnState, ConnectionLimits};
 
 /// Settings of client connections.
@@ -48,6 +50,10 @@ pub struct C2sConfig {
     pub max_auth_failures: u32,
     /// After the server closes a stream, how long the client has to close its side.
     pub close_linger: Duration,
+    /// STARTTLS and SCRAM-PLUS; `None` offers no TLS at all.
+    pub tls: Option<TlsSettings>,
+    /// Offer SASL PLAIN on unencrypted streams (sensible on loopback only).
+    pub allow_plain_without_tls: bool,
 }
 
 impl Default for C2sConfig {
@@ -61,6 +67,8 @@ impl Default for C2sConfig {
             negotiation_timeout: Duration::from_secs(30),
             max_auth_failures: 3,
             close_linger: Duration::from_secs(2),
+            tls: None,
+            allow_plain_without_tls: true,
         }
     }
 }
@@ -108,10 +116,7 @@ impl C2sContext {
 
 /// Takes a new connection on the current arbiter: admits it (per-IP and
 /// unauthenticated limits) and starts it, or refuses it with a stream error.
-pub fn accept<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr)
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+pub fn accept(cx: Arc<C2sContext>, io: Io, peer: SocketAddr) {
     match cx.admission.admit(peer.ip(), &cx.config.connections) {
         Ok(admitted) => {
             spawn(cx, io, peer, admitted);
@@ -119,7 +124,10 @@ where
         Err(err) => {
             log::info!("{peer}: refused: {err}");
             let domain = cx.router.domain().to_string();
-            actix_rt::spawn(refuse(io, domain, err));
+            // Over Direct TLS there is nobody to tell before the handshake.
+            if !matches!(io, Io::TlsPending(..)) {
+                actix_rt::spawn(refuse(io, domain, err));
+            }
         }
     }
 }
@@ -146,17 +154,21 @@ async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamErr
 /// Starts an admitted connection on the current arbiter: its transport
 /// task and its actor. `io` is any byte stream (TCP, TLS, an in-memory
 /// pipe in tests).
-pub fn spawn<S>(cx: Arc<C2sContext>, io: S, peer: SocketAddr, admitted: Admitted) -> Addr<C2s>
-where
-    S: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) -> Addr<C2s> {
     let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, mut frames_rx) = mpsc::channel(8);
     let codec = XmppCodec::new(cx.config.codec);
     let conn = Arc::new(ConnState::new());
-    let limits = cx.config.connections.clone();
-    let transport = transport::run(io, codec, frames_tx, out_rx, conn.clone(), limits);
+    let transport = transport::Transport {
+        codec,
+        frames: frames_tx,
+        out: out_rx,
+        conn: conn.clone(),
+        limits: cx.config.connections.clone(),
+        tls: cx.config.tls.clone(),
+    };
+    let transport = transport::run(io, transport);
     actix_rt::spawn(cx.tasks.track_future(transport));
     C2s::create(move |ctx| {
         ctx.add_stream(futures_util::stream::poll_fn(move |c| frames_rx.poll_recv(c)));

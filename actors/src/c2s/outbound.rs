@@ -17,6 +17,8 @@ pub(crate) enum Out {
     Close {
         linger: Duration,
     },
+    /// Flush (the `<proceed/>`), then run the TLS handshake (RFC 6120 §5.4.3.3).
+    StartTls,
 }
 
 pub(crate) struct Shared {
@@ -83,6 +85,11 @@ impl Outbound {
     /// Closes the connection once what is queued has been written.
     pub fn close(&self, linger: Duration) {
         let _ = self.tx.send(Out::Close { linger });
+    }
+
+    /// Upgrades to TLS once what is queued has been written.
+    pub(crate) fn start_tls(&self) {
+        let _ = self.tx.send(Out::StartTls);
     }
 
     /// Bytes queued and not yet written.

@@ -1,7 +1,7 @@
 //! SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677), server and client.
-//! Channel binding is not offered yet: a client that asks for it (`p=`) is
-//! refused, one that says it could (`y`) is accepted, as RFC 5802 §6 says
-//! for a server without channel binding.
+//! With channel binding (the -PLUS variants), the client's `c=` must carry
+//! the TLS connection's binding data (RFC 5929 `tls-server-end-point`,
+//! RFC 9266 `tls-exporter`); the caller decides which requests it honours.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -132,12 +132,24 @@ fn encode_saslname(s: &str) -> String {
     s.replace('=', "=3D").replace(',', "=2C")
 }
 
+/// The GS2 channel-binding flag of a client-first-message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChannelBindingRequest {
+    /// `n`: the client does not support channel binding.
+    None,
+    /// `y`: the client does, but thinks the server does not.
+    ClientSupports,
+    /// `p=type`: the client binds to this type.
+    Type(String),
+}
+
 /// The client's first message, parsed.
 #[derive(Clone, Debug)]
 pub struct ClientFirst {
     /// The username as sent (decoded, before SASLprep).
     pub username: String,
     pub authzid: Option<String>,
+    pub channel_binding: ChannelBindingRequest,
     gs2_header: String,
     bare: String,
     nonce: String,
@@ -151,16 +163,14 @@ impl ClientFirst {
             (Some(cb), Some(a), Some(bare)) => (cb, a, bare),
             _ => return Err(malformed("bad client-first-message")),
         };
-        match cb {
-            "n" | "y" => {}
-            c if c.starts_with("p=") => {
-                return Err(SaslFailure::with_text(
-                    SaslCondition::NotAuthorized,
-                    "channel binding is not supported",
-                ))
-            }
-            _ => return Err(malformed("bad gs2 header")),
-        }
+        let channel_binding = match cb {
+            "n" => ChannelBindingRequest::None,
+            "y" => ChannelBindingRequest::ClientSupports,
+            c => match c.strip_prefix("p=") {
+                Some(kind) if !kind.is_empty() => ChannelBindingRequest::Type(kind.to_owned()),
+                _ => return Err(malformed("bad gs2 header")),
+            },
+        };
         let authzid = match authz {
             "" => None,
             a => Some(decode_saslname(
@@ -186,6 +196,7 @@ impl ClientFirst {
         Ok(ClientFirst {
             username,
             authzid,
+            channel_binding,
             gs2_header: format!("{cb},{authz},"),
             bare: bare.to_owned(),
             nonce,
@@ -201,7 +212,8 @@ pub struct ScramServer {
     /// False when the user does not exist: the exchange runs on made-up
     /// keys so that an unknown user looks exactly like a wrong password.
     known: bool,
-    gs2_header: String,
+    /// What `c=` must decode to: the GS2 header and any binding data.
+    cbind: Vec<u8>,
     client_first_bare: String,
     server_first: String,
     nonce: String,
@@ -210,11 +222,13 @@ pub struct ScramServer {
 impl ScramServer {
     /// Starts the exchange; returns the server-first-message. `creds` is
     /// `None` for an unknown user, and `fake_salt` then stands in.
+    /// `binding` is the channel-binding data the client asked for, if any.
     pub fn start(
         hash: ScramHash,
         first: ClientFirst,
         creds: Option<ScramCredentials>,
         fake_salt: &[u8],
+        binding: Option<&[u8]>,
     ) -> (ScramServer, Vec<u8>) {
         let known = creds.is_some();
         let creds = creds.unwrap_or_else(|| ScramCredentials {
@@ -226,11 +240,13 @@ impl ScramServer {
         let nonce = format!("{}{}", first.nonce, nonce());
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&creds.salt), creds.iterations);
         let out = server_first.clone().into_bytes();
+        let mut cbind = first.gs2_header.into_bytes();
+        cbind.extend_from_slice(binding.unwrap_or_default());
         let server = ScramServer {
             hash,
             creds,
             known,
-            gs2_header: first.gs2_header,
+            cbind,
             client_first_bare: first.bare,
             server_first,
             nonce,
@@ -255,7 +271,7 @@ impl ScramServer {
         let cbind = B64
             .decode(cbind.ok_or_else(|| malformed("no channel binding"))?)
             .map_err(|_| SaslFailure::new(SaslCondition::IncorrectEncoding))?;
-        if cbind != self.gs2_header.as_bytes() || nonce != Some(self.nonce.as_str()) {
+        if cbind != self.cbind || nonce != Some(self.nonce.as_str()) {
             return Err(not_authorized());
         }
         let proof = B64
@@ -279,6 +295,9 @@ impl ScramServer {
 /// The client half, for tests and the load driver.
 pub struct ScramClient {
     hash: ScramHash,
+    /// GS2 header, and the binding data sent in `c=`.
+    gs2_header: String,
+    binding: Vec<u8>,
     password: String,
     salted: Option<Vec<u8>>,
     client_first_bare: String,
@@ -291,6 +310,8 @@ impl ScramClient {
         let nonce = nonce();
         ScramClient {
             hash,
+            gs2_header: "n,,".to_owned(),
+            binding: Vec::new(),
             password: password.to_owned(),
             salted: None,
             client_first_bare: format!("n={},r={nonce}", encode_saslname(username)),
@@ -306,8 +327,23 @@ impl ScramClient {
         self
     }
 
+    /// Binds to the TLS channel (for the -PLUS mechanisms): `kind` is
+    /// `tls-exporter` or `tls-server-end-point`, `data` its value.
+    pub fn with_channel_binding(mut self, kind: &str, data: Vec<u8>) -> ScramClient {
+        self.gs2_header = format!("p={kind},,");
+        self.binding = data;
+        self
+    }
+
+    /// Says the client supports channel binding but thinks the server does
+    /// not (`y`): a server that offers it must refuse (downgrade check).
+    pub fn claiming_binding_support(mut self) -> ScramClient {
+        self.gs2_header = "y,,".to_owned();
+        self
+    }
+
     pub fn client_first(&self) -> String {
-        format!("n,,{}", self.client_first_bare)
+        format!("{}{}", self.gs2_header, self.client_first_bare)
     }
 
     /// Answers the server-first-message; also returns the SaltedPassword
@@ -334,7 +370,9 @@ impl ScramClient {
             Some(s) => s,
             None => self.hash.salted_password(&self.password, &salt, iterations),
         };
-        let without_proof = format!("c=biws,r={nonce}");
+        let mut cbind = self.gs2_header.clone().into_bytes();
+        cbind.extend_from_slice(&self.binding);
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind));
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let client_key = self.hash.hmac(&salted, b"Client Key");
         let signature = self.hash.hmac(&self.hash.h(&client_key), auth_message.as_bytes());
@@ -370,7 +408,7 @@ mod tests {
             4096,
         );
         let first = ClientFirst::parse(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
-        let (mut server, _) = ScramServer::start(ScramHash::Sha256, first, Some(creds), b"");
+        let (mut server, _) = ScramServer::start(ScramHash::Sha256, first, Some(creds), b"", None);
         // Pin the server nonce to the RFC's to reproduce its messages.
         server.nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into();
         server.server_first = format!("r={},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", server.nonce);
@@ -389,7 +427,7 @@ mod tests {
             4096,
         );
         let first = ClientFirst::parse(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
-        let (mut server, _) = ScramServer::start(ScramHash::Sha1, first, Some(creds), b"");
+        let (mut server, _) = ScramServer::start(ScramHash::Sha1, first, Some(creds), b"", None);
         server.nonce = "fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j".into();
         server.server_first = format!("r={},s=QSXCR+Q6sek8bf92,i=4096", server.nonce);
         let out = server
@@ -403,7 +441,7 @@ mod tests {
         let mut client = ScramClient::new(hash, "juliet", client_pw);
         let first = ClientFirst::parse(client.client_first().as_bytes())?;
         assert_eq!(first.username, "juliet");
-        let (server, server_first) = ScramServer::start(hash, first, known.then_some(creds), b"fake-salt");
+        let (server, server_first) = ScramServer::start(hash, first, known.then_some(creds), b"fake-salt", None);
         let (client_final, _) = client.client_final(std::str::from_utf8(&server_first).unwrap())?;
         let server_final = server.finish(client_final.as_bytes())?;
         assert!(client.verify_server_final(std::str::from_utf8(&server_final).unwrap()));
@@ -430,9 +468,10 @@ mod tests {
         assert!(ClientFirst::parse(b"x,,n=a,r=b").is_err());
         assert!(ClientFirst::parse(b"n,,r=b").is_err());
         assert_eq!(
-            ClientFirst::parse(b"p=tls-unique,,n=a,r=b").unwrap_err().condition,
-            SaslCondition::NotAuthorized
+            ClientFirst::parse(b"p=tls-exporter,,n=a,r=b").unwrap().channel_binding,
+            ChannelBindingRequest::Type("tls-exporter".into())
         );
+        assert!(ClientFirst::parse(b"p=,,n=a,r=b").is_err());
         assert_eq!(ClientFirst::parse(b"n,,n=a=2Cb=3D,r=x").unwrap().username, "a,b=");
         assert!(ClientFirst::parse(b"n,,n=a=zz,r=x").is_err());
     }
