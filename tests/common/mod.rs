@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    direct_tls: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
     _dir: tempfile::TempDir,
@@ -44,9 +46,10 @@ impl TestServer {
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         edit(&mut config);
-        let (addr, stop, thread) = Self::spawn(config.clone());
+        let ((addr, direct_tls), stop, thread) = Self::spawn(config.clone());
         TestServer {
             addr,
+            direct_tls,
             db,
             config,
             _dir: dir,
@@ -55,7 +58,14 @@ impl TestServer {
         }
     }
 
-    fn spawn(config: Config) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        config: Config,
+    ) -> (
+        (SocketAddr, Option<SocketAddr>),
+        tokio::sync::oneshot::Sender<()>,
+        JoinHandle<()>,
+    ) {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -64,7 +74,10 @@ impl TestServer {
                     Ok(s) => s,
                     Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
                 };
-                let _ = addr_tx.send(Ok(server.local_addrs()[0]));
+                let _ = addr_tx.send(Ok((
+                    server.local_addrs()[0],
+                    server.direct_tls_addrs().first().copied(),
+                )));
                 let _ = stop_rx.await;
                 server.shutdown().await;
             });
@@ -80,8 +93,9 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let (addr, stop, thread) = Self::spawn(self.config.clone());
+        let ((addr, direct_tls), stop, thread) = Self::spawn(self.config.clone());
         self.addr = addr;
+        self.direct_tls = direct_tls;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -93,6 +107,11 @@ impl TestServer {
         for name in names {
             assert!(store.create_user(name, &creds).unwrap());
         }
+    }
+
+    /// The first Direct TLS listener, if the test configured one.
+    pub fn direct_tls_addr(&self) -> SocketAddr {
+        self.direct_tls.expect("no Direct TLS listener configured")
     }
 
     pub fn add_user(&self, name: &str, password: &str) {
@@ -162,8 +181,78 @@ impl Drop for TestServer {
     }
 }
 
+/// A client's connection: plain, or TLS after STARTTLS or from the start.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Gone,
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => &s.sock,
+            Stream::Gone => panic!("no connection"),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+            Stream::Gone => Ok(0),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+            Stream::Gone => Ok(()),
+        }
+    }
+}
+
+/// A TLS client trusting the fixture CA (fixtures/tls/), with the given
+/// protocol versions and ALPN.
+pub fn tls_client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    let ca = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+/// The fixture certificate and key, for a server that should use them.
+pub fn fixture_tls(config: &mut Config) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    config.tls.cert = Some(dir.join("server.pem"));
+    config.tls.key = Some(dir.join("server.key"));
+}
+
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     codec: XmppCodec,
     buf: BytesMut,
     pub jid: String,
@@ -180,7 +269,7 @@ impl Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
-            stream,
+            stream: Stream::Plain(stream),
             codec: XmppCodec::new(CodecLimits::default()),
             buf: BytesMut::new(),
             jid: String::new(),
@@ -189,13 +278,67 @@ impl Client {
         }
     }
 
-    /// The socket, for tests that write in their own way.
-    pub fn raw(&mut self) -> &mut TcpStream {
+    /// Direct TLS (XEP-0368): TLS from the first byte.
+    pub fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        let mut c = Client::connect(addr);
+        c.wrap_tls(config);
+        c
+    }
+
+    fn wrap_tls(&mut self, config: Arc<rustls::ClientConfig>) {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            panic!("not plain")
+        };
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).expect("TLS handshake");
+        }
+        self.stream = Stream::Tls(Box::new(tls));
+        // A new stream begins: forget the parser's state.
+        self.codec = XmppCodec::new(CodecLimits::default());
+        self.buf.clear();
+    }
+
+    /// RFC 6120 §5: `<starttls/>`, `<proceed/>`, the handshake.
+    pub fn starttls(&mut self, config: Arc<rustls::ClientConfig>) {
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let proceed = self.recv();
+        assert!(proceed.is("proceed", ns::TLS), "{proceed}");
+        self.wrap_tls(config);
+    }
+
+    /// The TLS connection, once there is one.
+    pub fn tls(&self) -> &rustls::ClientConnection {
+        match &self.stream {
+            Stream::Tls(s) => &s.conn,
+            _ => panic!("not TLS"),
+        }
+    }
+
+    /// Channel-binding data as the client sees it (RFC 9266, RFC 5929).
+    pub fn channel_binding(&self, kind: &str) -> Vec<u8> {
+        let conn = self.tls();
+        match kind {
+            "tls-exporter" => conn
+                .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap(),
+            "tls-server-end-point" => {
+                use sha2::Digest;
+                sha2::Sha256::digest(&conn.peer_certificates().unwrap()[0]).to_vec()
+            }
+            other => panic!("unknown binding {other}"),
+        }
+    }
+
+    /// The connection, for tests that write in their own way.
+    pub fn raw(&mut self) -> &mut Stream {
         &mut self.stream
     }
 
     pub fn set_write_timeout(&mut self, timeout: Duration) {
-        self.stream.set_write_timeout(Some(timeout)).unwrap();
+        self.stream.tcp().set_write_timeout(Some(timeout)).unwrap();
     }
 
     pub fn send(&mut self, xml: &str) {
@@ -266,13 +409,17 @@ impl Client {
 
     /// Runs a SCRAM exchange; returns the final `<success/>` or `<failure/>`.
     pub fn auth_scram(&mut self, hash: ScramHash, user: &str, password: &str) -> Element {
-        let b64 = base64::engine::general_purpose::STANDARD;
         let mech = if hash == ScramHash::Sha1 {
             "SCRAM-SHA-1"
         } else {
             "SCRAM-SHA-256"
         };
-        let mut scram = ScramClient::new(hash, user, password);
+        self.auth_scram_with(mech, ScramClient::new(hash, user, password))
+    }
+
+    /// Runs a SCRAM exchange with this client (for -PLUS and its variants).
+    pub fn auth_scram_with(&mut self, mech: &str, mut scram: ScramClient) -> Element {
+        let b64 = base64::engine::general_purpose::STANDARD;
         self.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
             b64.encode(scram.client_first())
