@@ -27,6 +27,10 @@ fn python() -> Option<PathBuf> {
 }
 
 fn run_script(script: &str, server: &TestServer) -> String {
+    run_script_with(script, server, &[])
+}
+
+fn run_script_with(script: &str, server: &TestServer, extra: &[&str]) -> String {
     let python = python().expect("checked by the caller");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/interop")
@@ -36,6 +40,7 @@ fn run_script(script: &str, server: &TestServer) -> String {
         .arg(server.addr.ip().to_string())
         .arg(server.addr.port().to_string())
         .arg("localhost")
+        .args(extra)
         .output()
         .expect("run python");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -82,6 +87,53 @@ fn slixmpp_subscribes_and_sees_presence_come_and_go() {
             "alice sees bob: dnd 'compiling'",
             "alice sees bob offline",
             "OK",
+        ]
+    );
+}
+
+fn fixture_ca() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls/ca.pem")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn slixmpp_verifies_the_certificate_over_required_starttls() {
+    if python().is_none() {
+        return;
+    }
+    let server = TestServer::with_config(|c| {
+        common::fixture_tls(c);
+        c.c2s.starttls = Some(shoal::config::StartTlsMode::Required);
+    });
+    let stdout = run_script_with("slixmpp_tls.py", &server, &[&fixture_ca()]);
+    // Python's ssl has no tls-exporter, so slixmpp uses SCRAM without -PLUS.
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "alice: TLSv1.3, SCRAM-SHA-256",
+            "bob: TLSv1.3, SCRAM-SHA-256",
+            "bob got: 'over TLS' from alice@localhost/interop",
+            "OK",
+        ]
+    );
+}
+
+#[test]
+fn an_independent_scram_implementation_logs_in_with_plus() {
+    if python().is_none() {
+        return;
+    }
+    let server = TestServer::with_config(common::fixture_tls);
+    server.add_user("romeo", "r");
+    let stdout = run_script_with("scramp_plus.py", &server, &[&fixture_ca(), "romeo", "r"]);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "TLS: TLSv1.3",
+            "offered: SCRAM-SHA-256-PLUS SCRAM-SHA-1-PLUS SCRAM-SHA-256 SCRAM-SHA-1 PLAIN",
+            "SCRAM-SHA-256-PLUS with tls-server-end-point: success, server verified",
         ]
     );
 }

@@ -26,7 +26,7 @@ pub(crate) enum Sasl {
     /// `<auth/>` came without an initial response; we sent an empty challenge.
     AwaitInitial(Mechanism),
     /// We sent the SCRAM server-first-message.
-    AwaitScramFinal(Box<ScramServer>, BareJid),
+    AwaitScramFinal(Box<ScramServer>, BareJid, Mechanism),
 }
 
 impl C2s {
@@ -182,8 +182,8 @@ impl C2s {
                 }
             }
             ("response", Sasl::AwaitInitial(mech)) => self.sasl_start(ctx, mech, data.unwrap_or_default()),
-            ("response", Sasl::AwaitScramFinal(server, user)) => match server.finish(&data.unwrap_or_default()) {
-                Ok(server_final) => self.sasl_success(user, Some(server_final)),
+            ("response", Sasl::AwaitScramFinal(server, user, mech)) => match server.finish(&data.unwrap_or_default()) {
+                Ok(server_final) => self.sasl_success(user, mech, Some(server_final)),
                 Err(f) => {
                     if f.condition == SaslCondition::NotAuthorized {
                         self.login_failed(&user);
@@ -255,7 +255,7 @@ impl C2s {
                     Ok::<bool, crate::error::StorageError>(ok)
                 };
                 ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
-                    Ok(true) => act.sasl_success(user, None),
+                    Ok(true) => act.sasl_success(user, Mechanism::Plain, None),
                     Ok(false) => {
                         act.login_failed(&user);
                         act.sasl_failure(ctx, SaslFailure::new(SaslCondition::NotAuthorized))
@@ -288,7 +288,7 @@ impl C2s {
                         let fake_salt = act.fake_salt(&user);
                         let (server, server_first) =
                             ScramServer::start(hash, first, creds, &fake_salt, binding.as_deref());
-                        act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user));
+                        act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user, mech));
                         act.send_element(&Element::new("challenge", ns::SASL).with_text(B64.encode(server_first)));
                     }
                     Err(e) => act.sasl_failure(ctx, e.into()),
@@ -297,8 +297,8 @@ impl C2s {
         }
     }
 
-    fn sasl_success(&mut self, user: BareJid, additional: Option<Vec<u8>>) {
-        log::info!("{}: authenticated as {user}", self.peer);
+    fn sasl_success(&mut self, user: BareJid, mech: Mechanism, additional: Option<Vec<u8>>) {
+        log::info!("{}: authenticated as {user} with {}", self.peer, mech.name());
         let mut success = Element::new("success", ns::SASL);
         if let Some(data) = additional {
             success.push_text(B64.encode(data));
