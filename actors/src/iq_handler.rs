@@ -31,13 +31,20 @@ pub struct IqRequest {
     pub from: Jid,
     /// The server, or the account the request is about.
     pub target: BareJid,
+    /// The single child of the get or set.
+    payload: Element,
 }
 
 impl IqRequest {
-    /// The single child of a get or set.
+    /// A request for `stanza`, if it has the one child a get or set needs.
+    pub fn new(stanza: Stanza, from: Jid, target: BareJid) -> Option<IqRequest> {
+        let payload = stanza.payload()?.clone();
+        Some(IqRequest { stanza, from, target, payload })
+    }
+
+    /// The single child of the get or set.
     pub fn payload(&self) -> &Element {
-        // Stanza::from_element guarantees exactly one child for get/set.
-        self.stanza.payload().expect("IQ get/set has one child")
+        &self.payload
     }
 
     pub fn is_set(&self) -> bool {

@@ -192,10 +192,10 @@ impl Router {
             return self.bounce(&stanza, StanzaCondition::ServiceUnavailable);
         };
         let router = self.clone();
-        let request = IqRequest {
-            stanza: stanza.clone(),
-            from,
-            target,
+        // Stanzas from clients are checked on parsing; the host program's
+        // (RouteStanza) may lack the payload.
+        let Some(request) = IqRequest::new(stanza.clone(), from, target) else {
+            return self.bounce(&stanza, StanzaCondition::BadRequest);
         };
         let future = AssertUnwindSafe(handler.handle(self, request)).catch_unwind();
         actix_rt::spawn(async move {
