@@ -290,8 +290,14 @@ fn server_iqs_disco_ping_version() {
         "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='vcard-temp'/></query></iq>"
+         <feature var='urn:xmpp:ping'/><feature var='vcard-temp'/></query></iq>"
     );
+    c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(c.recv_xml(), "<iq id='p0' type='result' from='romeo@localhost' to='romeo@localhost/orchard'/>");
+    c.send("<iq type='get' id='vc' to='nobody@localhost'><vCard xmlns='vcard-temp'/></iq>");
+    let err = c.recv();
+    assert_eq!(err.attr("type"), Some("error"));
+    assert!(err.get_child("error", ns::CLIENT).unwrap().has_child("service-unavailable", ns::STANZAS_ERRORS));
     c.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(
         c.recv_xml(),

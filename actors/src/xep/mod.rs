@@ -36,6 +36,8 @@ pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
     );
     table.register(IqScope::Account, vcard::NS, Arc::new(vcard::VCard));
     table.register(IqScope::Server, ns::PING, Arc::new(ping::Ping));
+    // As ejabberd does: the server answers a ping to an account for it.
+    table.register(IqScope::Account, ns::PING, Arc::new(ping::Ping));
     table.register(IqScope::Server, ns::VERSION, Arc::new(version::Version));
     if features.registration {
         table.register(

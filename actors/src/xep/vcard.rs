@@ -40,6 +40,10 @@ impl IqHandler for VCard {
         let node = req.target.node().unwrap_or_default().to_owned();
         if !req.is_set() {
             return Box::pin(async move {
+                // RFC 6121 §8.5.1: nobody answers for an account that does not exist.
+                if storage.credentials(&node).await?.is_none() {
+                    return Err(StanzaError::new(StanzaCondition::ServiceUnavailable));
+                }
                 let stored = storage.vcard(&node).await?;
                 let parsed = stored
                     .and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok());
