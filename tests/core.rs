@@ -293,11 +293,17 @@ fn server_iqs_disco_ping_version() {
          <feature var='urn:xmpp:ping'/><feature var='vcard-temp'/></query></iq>"
     );
     c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
-    assert_eq!(c.recv_xml(), "<iq id='p0' type='result' from='romeo@localhost' to='romeo@localhost/orchard'/>");
+    assert_eq!(
+        c.recv_xml(),
+        "<iq id='p0' type='result' from='romeo@localhost' to='romeo@localhost/orchard'/>"
+    );
     c.send("<iq type='get' id='vc' to='nobody@localhost'><vCard xmlns='vcard-temp'/></iq>");
     let err = c.recv();
     assert_eq!(err.attr("type"), Some("error"));
-    assert!(err.get_child("error", ns::CLIENT).unwrap().has_child("service-unavailable", ns::STANZAS_ERRORS));
+    assert!(err
+        .get_child("error", ns::CLIENT)
+        .unwrap()
+        .has_child("service-unavailable", ns::STANZAS_ERRORS));
     c.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(
         c.recv_xml(),

@@ -39,7 +39,12 @@ impl IqRequest {
     /// A request for `stanza`, if it has the one child a get or set needs.
     pub fn new(stanza: Stanza, from: Jid, target: BareJid) -> Option<IqRequest> {
         let payload = stanza.payload()?.clone();
-        Some(IqRequest { stanza, from, target, payload })
+        Some(IqRequest {
+            stanza,
+            from,
+            target,
+            payload,
+        })
     }
 
     /// The single child of the get or set.
