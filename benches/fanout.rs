@@ -8,74 +8,21 @@
 //! The server and this driver share the machine's cores; the server's own
 //! CPU time is reported beside the figures.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use futures_util::StreamExt;
+use shoal::load::client::{Conn, Target};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
-use shoal_actors::codec::{CodecLimits, Frame, XmppCodec};
+use shoal_actors::codec::Frame;
 use shoal_actors::jid::BareJid;
 use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
 use shoal_actors::sasl::Credentials;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio_util::codec::FramedRead;
 
-const OPEN: &str = "<stream:stream to='localhost' version='1.0' xmlns='jabber:client' \
-                    xmlns:stream='http://etherx.jabber.org/streams'>";
-
-struct Conn {
-    rx: FramedRead<OwnedReadHalf, XmppCodec>,
-    tx: OwnedWriteHalf,
-}
-
-impl Conn {
-    async fn next(&mut self) -> Frame {
-        match tokio::time::timeout(Duration::from_secs(30), self.rx.next()).await {
-            Ok(Some(Ok(f))) => f,
-            other => panic!("connection ended: {other:?}"),
-        }
-    }
-
-    async fn send(&mut self, s: &str) {
-        self.tx.write_all(s.as_bytes()).await.expect("write");
-    }
-
-    /// Logs in with PLAIN, binds, sends initial presence, reads its echo.
-    async fn login(addr: SocketAddr, user: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).ok();
-        let (r, w) = stream.into_split();
-        let mut c = Conn {
-            rx: FramedRead::new(r, XmppCodec::new(CodecLimits::default())),
-            tx: w,
-        };
-        c.send(OPEN).await;
-        c.next().await; // header
-        c.next().await; // features
-        let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
-        c.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{auth}</auth>"
-        ))
-        .await;
-        match c.next().await {
-            Frame::Stanza(el) if el.name() == "success" => {}
-            other => panic!("login failed: {other:?}"),
-        }
-        c.send(OPEN).await;
-        c.next().await;
-        c.next().await;
-        c.send(
-            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>b</resource></bind></iq>",
-        )
-        .await;
-        c.next().await;
-        c.send("<presence/>").await;
-        c
-    }
+/// Logs in with PLAIN, binds, and sends initial presence.
+async fn online(target: &Target, n: usize, user: &str) -> Conn {
+    let (mut c, _) = Conn::login(target, n, user, "b", None).await.expect("login");
+    c.send("<presence/>").await.expect("presence");
+    c
 }
 
 /// User + system CPU seconds from a `/proc/.../stat` file.
@@ -157,28 +104,36 @@ fn run(followers: usize, rounds: usize) {
         .unwrap();
     let (to_last, cpu, driver_cpu, wall) = rt.block_on(async move {
         let mut conns = Vec::new();
-        for chunk in (0..followers).collect::<Vec<_>>().chunks(50) {
-            let logins = chunk
-                .iter()
-                .map(|i| Conn::login(addr, Box::leak(format!("f{i}").into_boxed_str())));
+        let target = Target {
+            addr,
+            domain: "localhost".into(),
+            password: "pw".into(),
+            sources: 1,
+            scram: false,
+        };
+        let names: Vec<String> = (0..followers).map(|i| format!("f{i}")).collect();
+        for chunk in names.chunks(50) {
+            let logins = chunk.iter().enumerate().map(|(i, user)| online(&target, i, user));
             conns.extend(futures_util::future::join_all(logins).await);
         }
         for c in conns.iter_mut() {
-            c.next().await; // own presence echo
+            c.next("own presence").await.expect("presence echo");
         }
-        let mut publisher = Conn::login(addr, "pub").await;
+        let mut publisher = online(&target, 0, "pub").await;
         // Own echo plus nothing else (the publisher follows no one).
-        publisher.next().await;
+        publisher.next("own presence").await.expect("presence echo");
         // Each follower waits for every round's status and reports when.
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
         let local = tokio::task::LocalSet::new();
         for mut c in conns {
             let done = done_tx.clone();
             local.spawn_local(async move {
-                // The presence the publisher had when the follower came online.
                 let mut round = 0;
                 while round < rounds {
-                    if let Frame::Stanza(el) = c.next().await {
+                    // A follower that loses its connection stops; the driver
+                    // then waits in vain and the run fails loudly.
+                    let Ok(frame) = c.next("a presence").await else { return };
+                    if let Frame::Stanza(el) = frame {
                         let status = el.children().find(|s| s.name() == "status").map(|s| s.text());
                         if status.as_deref() == Some(format!("r{round}").as_str()) {
                             let _ = done.send((round, Instant::now()));
@@ -198,7 +153,8 @@ fn run(followers: usize, rounds: usize) {
                     let t0 = Instant::now();
                     publisher
                         .send(&format!("<presence><status>r{round}</status></presence>"))
-                        .await;
+                        .await
+                        .expect("send");
                     let mut last = t0;
                     for _ in 0..followers {
                         let (r, at) = done_rx.recv().await.unwrap();

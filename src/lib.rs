@@ -5,6 +5,7 @@
 //! [`shoal_actors`] inside an actix System, with its listeners.
 
 pub mod config;
+pub mod load;
 pub mod server;
 pub mod store;
 pub mod tls;

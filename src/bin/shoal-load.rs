@@ -1,0 +1,131 @@
+//! `shoal-load`: drives any XMPP server over TCP with raw stanzas and
+//! reports rates and latencies, with its own CPU beside the server's.
+//!
+//!     shoal-load --register login --clients 1000
+//!     shoal-load --server-pid $(pidof shoal) messages --pairs 100 --window 8 --count 1000
+//!
+//! Accounts are PREFIX0..PREFIXn with one password; --register creates
+//! them first by XEP-0077 (not timed).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal::load::client::Target;
+use shoal::load::{raise_open_files, rss_kib, scenarios};
+
+#[derive(Parser)]
+#[command(name = "shoal-load", about = "Load driver for XMPP servers")]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5222)]
+    port: u16,
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Account names are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    #[arg(long, default_value = "load-password")]
+    password: String,
+    /// Create the accounts first (XEP-0077); existing ones are fine.
+    #[arg(long)]
+    register: bool,
+    /// SCRAM-SHA-256 instead of PLAIN (salted passwords cached per account).
+    #[arg(long)]
+    scram: bool,
+    /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.N.
+    #[arg(long, default_value_t = 16)]
+    sources: u8,
+    /// The server's process id, to report its CPU time and memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Logins or registrations in flight at once.
+    #[arg(long, default_value_t = 200)]
+    parallel: usize,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// C clients log in and send initial presence; then, with
+    /// --server-pid, the idle memory per session while they stay.
+    Login {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+    },
+    /// P pairs exchange chat messages, each sender with a bounded window.
+    Messages {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Messages per pair.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(addr): Option<SocketAddr> = (cli.host.as_str(), cli.port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        eprintln!("shoal-load: cannot resolve {}:{}", cli.host, cli.port);
+        return ExitCode::FAILURE;
+    };
+    let files = raise_open_files();
+    let target = Target {
+        addr,
+        domain: cli.domain.clone(),
+        password: cli.password.clone(),
+        sources: cli.sources.max(1),
+        scram: cli.scram,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal-load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let accounts = match cli.scenario {
+            Scenario::Login { clients } => clients,
+            Scenario::Messages { pairs, .. } => 2 * pairs,
+        };
+        if accounts + 64 > files as usize {
+            eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
+        }
+        if cli.register {
+            scenarios::provision(&target, &cli.prefix, accounts, cli.parallel).await?;
+        }
+        match cli.scenario {
+            Scenario::Login { clients } => {
+                let before = cli.server_pid.and_then(rss_kib);
+                let held = scenarios::login(&target, &cli.prefix, clients, cli.parallel, cli.server_pid).await?;
+                if cli.server_pid.is_some() {
+                    scenarios::idle(held.len(), before, cli.server_pid);
+                }
+                Ok(())
+            }
+            Scenario::Messages { pairs, window, count } => {
+                scenarios::messages(&target, &cli.prefix, pairs, window, count, cli.server_pid).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shoal-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

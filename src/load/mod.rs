@@ -1,0 +1,54 @@
+//! The load driver behind `shoal-load`: raw XMPP over TCP against any
+//! server (Shoal, ejabberd, Prosody), with its own CPU reported beside the
+//! server's so that a driver bottleneck is never mistaken for a server
+//! limit.
+
+pub mod client;
+pub mod scenarios;
+
+use std::time::Duration;
+
+/// User + system CPU seconds of a process (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13)?.iter().filter_map(|x| x.parse::<f64>().ok()).sum();
+    Some(ticks / 100.0)
+}
+
+/// Resident set of a process, in KiB (`/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Raises this process's open-files limit to its hard limit.
+pub fn raise_open_files() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            return limit.rlim_cur;
+        }
+    }
+    0
+}
+
+/// Percentile of sorted durations, in milliseconds.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}

@@ -1,0 +1,261 @@
+//! The scenarios: login, idle, messages. Each prints a line of its table
+//! and a JSON line (`{"scenario": ...}`) for scripts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_actors::codec::Frame;
+use tokio::sync::Semaphore;
+
+use super::client::{Conn, LoadError, Target};
+use super::{cpu_seconds, percentile_ms, rss_kib};
+
+/// What every scenario reports besides its own figures.
+pub struct Meter {
+    server_pid: Option<u32>,
+    start: Instant,
+    driver_cpu: f64,
+    server_cpu: Option<f64>,
+}
+
+impl Meter {
+    pub fn start(server_pid: Option<u32>) -> Meter {
+        Meter {
+            server_pid,
+            start: Instant::now(),
+            driver_cpu: cpu_seconds(std::process::id()).unwrap_or(0.0),
+            server_cpu: server_pid.and_then(cpu_seconds),
+        }
+    }
+
+    /// (wall seconds, driver CPU s, server CPU s if known)
+    pub fn stop(&self) -> (f64, f64, Option<f64>) {
+        let driver = cpu_seconds(std::process::id()).unwrap_or(0.0) - self.driver_cpu;
+        let server = match (self.server_pid.and_then(cpu_seconds), self.server_cpu) {
+            (Some(now), Some(then)) => Some(now - then),
+            _ => None,
+        };
+        (self.start.elapsed().as_secs_f64(), driver, server)
+    }
+}
+
+fn json_num(v: Option<f64>) -> String {
+    v.map_or("null".into(), |v| format!("{v:.3}"))
+}
+
+/// Accounts `prefix0 .. prefixN` exist (XEP-0077), registered `parallel` at a time.
+pub async fn provision(target: &Target, prefix: &str, n: usize, parallel: usize) -> Result<(), LoadError> {
+    let gate = Arc::new(Semaphore::new(parallel));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (target, user, gate) = (target.clone(), format!("{prefix}{i}"), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            Conn::register(&target, i, &user).await
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// C clients log in at once (at most `parallel` in flight), bind and send
+/// initial presence; the connections are returned for the idle scenario.
+pub async fn login(
+    target: &Target,
+    prefix: &str,
+    clients: usize,
+    parallel: usize,
+    server_pid: Option<u32>,
+) -> Result<Vec<Conn>, LoadError> {
+    // SCRAM: one untimed login per account fills the salted-password cache,
+    // so the driver's own PBKDF2 does not limit the rate.
+    let mut cache: Vec<Option<Vec<u8>>> = vec![None; clients];
+    if target.scram {
+        for (i, slot) in cache.iter_mut().enumerate() {
+            let (mut c, salted) = Conn::login(target, i, &format!("{prefix}{i}"), "warm", None).await?;
+            let _ = c.send("</stream:stream>").await;
+            *slot = salted;
+        }
+    }
+    let gate = Arc::new(Semaphore::new(parallel));
+    let meter = Meter::start(server_pid);
+    let mut tasks = Vec::new();
+    for (i, salted) in cache.into_iter().enumerate() {
+        let (target, user, gate) = (target.clone(), format!("{prefix}{i}"), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            let t0 = Instant::now();
+            let (mut c, _) = Conn::login(&target, i, &user, "load", salted).await?;
+            c.send("<presence/>").await?;
+            // The server echoes available presence to the user's own resources.
+            loop {
+                if let Frame::Stanza(el) = c.next("presence echo").await? {
+                    if el.name() == "presence" {
+                        break;
+                    }
+                }
+            }
+            Ok::<_, LoadError>((c, t0.elapsed()))
+        }));
+    }
+    let mut conns = Vec::new();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let (c, d) = t.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+        conns.push(c);
+        latencies.push(d);
+    }
+    let (wall, driver_cpu, server_cpu) = meter.stop();
+    latencies.sort();
+    let mech = if target.scram { "SCRAM-SHA-256" } else { "PLAIN" };
+    let rate = clients as f64 / wall;
+    println!(
+        "login    C={clients:<6} {mech:<13} {rate:>9.0} logins/s   p50 {:>7.1} ms  p99 {:>7.1} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
+    );
+    println!(
+        "{{\"scenario\":\"login\",\"clients\":{clients},\"mechanism\":\"{mech}\",\"logins_per_s\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        percentile_ms(&latencies, 0.5),
+        percentile_ms(&latencies, 0.99),
+        json_num(server_cpu),
+    );
+    Ok(conns)
+}
+
+/// Server memory per idle session: RSS with the sessions held, against
+/// RSS before they logged in.
+pub fn idle(sessions: usize, rss_before: Option<u64>, server_pid: Option<u32>) {
+    let rss_after = server_pid.and_then(rss_kib);
+    let per = match (rss_before, rss_after) {
+        (Some(b), Some(a)) if sessions > 0 => Some((a.saturating_sub(b) as f64 * 1024.0) / sessions as f64),
+        _ => None,
+    };
+    println!(
+        "idle     C={sessions:<6} server RSS {} KiB -> {} KiB   {} bytes per session",
+        rss_before.map_or("n/a".into(), |v| v.to_string()),
+        rss_after.map_or("n/a".into(), |v| v.to_string()),
+        per.map_or("n/a".into(), |v| format!("{v:.0}")),
+    );
+    println!(
+        "{{\"scenario\":\"idle\",\"sessions\":{sessions},\"rss_before_kib\":{},\"rss_after_kib\":{},\"bytes_per_session\":{}}}",
+        rss_before.map_or("null".into(), |v| v.to_string()),
+        rss_after.map_or("null".into(), |v| v.to_string()),
+        json_num(per),
+    );
+}
+
+/// P pairs: each sender keeps at most `window` messages unreceived and
+/// sends `count`; latency, loss and order are checked per message.
+pub async fn messages(
+    target: &Target,
+    prefix: &str,
+    pairs: usize,
+    window: usize,
+    count: usize,
+    server_pid: Option<u32>,
+) -> Result<(), LoadError> {
+    let epoch = Instant::now();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for p in 0..pairs {
+        let (a, b) = (format!("{prefix}{}", 2 * p), format!("{prefix}{}", 2 * p + 1));
+        let (mut sa, _) = Conn::login(target, 2 * p, &a, "m", None).await?;
+        let (mut sb, _) = Conn::login(target, 2 * p + 1, &b, "m", None).await?;
+        // Available, so that nothing is bounced; read the echoes.
+        for c in [&mut sa, &mut sb] {
+            c.send("<presence/>").await?;
+            while !matches!(c.next("presence echo").await?, Frame::Stanza(ref el) if el.name() == "presence") {}
+        }
+        senders.push((sa, format!("{b}@{}/m", target.domain)));
+        receivers.push(sb);
+    }
+    let out_of_order = Arc::new(AtomicU64::new(0));
+    let meter = Meter::start(server_pid);
+    let mut tasks = Vec::new();
+    for ((mut sender, to), mut receiver) in senders.into_iter().zip(receivers) {
+        let gate = Arc::new(Semaphore::new(window));
+        let (recv_gate, disorder) = (gate.clone(), out_of_order.clone());
+        let recv = tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let mut expected = 0usize;
+            while latencies.len() < count {
+                // A message that never comes is lost: stop waiting, count it.
+                let frame = match receiver.next("a message").await {
+                    Ok(f) => f,
+                    Err(LoadError::Timeout(_)) => break,
+                    Err(e) => return Err(e),
+                };
+                let Frame::Stanza(el) = frame else { continue };
+                if el.name() != "message" {
+                    continue;
+                }
+                let seq: usize = el.attr("id").and_then(|i| i.parse().ok()).unwrap_or(usize::MAX);
+                let sent_ns: u64 = el
+                    .children()
+                    .next()
+                    .map(|b| b.text())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                if seq != expected {
+                    disorder.fetch_add(1, Ordering::Relaxed);
+                }
+                expected = seq + 1;
+                latencies.push(epoch.elapsed().saturating_sub(Duration::from_nanos(sent_ns)));
+                recv_gate.add_permits(1);
+            }
+            Ok::<_, LoadError>(latencies)
+        });
+        let send = tokio::spawn(async move {
+            for seq in 0..count {
+                gate.acquire()
+                    .await
+                    .map_err(|e| LoadError::Unexpected(e.to_string()))?
+                    .forget();
+                let t = epoch.elapsed().as_nanos();
+                sender
+                    .send(&format!(
+                        "<message to='{to}' type='chat' id='{seq}'><body>{t}</body></message>"
+                    ))
+                    .await?;
+            }
+            Ok::<_, LoadError>(sender)
+        });
+        tasks.push((send, recv));
+    }
+    let mut all = Vec::with_capacity(pairs * count);
+    let mut keep = Vec::new();
+    for (send, recv) in tasks {
+        keep.push(send.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+        all.extend(recv.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+    }
+    let (wall, driver_cpu, server_cpu) = meter.stop();
+    all.sort();
+    let delivered = all.len();
+    let rate = delivered as f64 / wall;
+    let per_cpu = server_cpu.filter(|s| *s >= 0.3).map(|s| delivered as f64 / s);
+    let lost = pairs * count - delivered;
+    let disorder = out_of_order.load(Ordering::Relaxed);
+    println!(
+        "messages P={pairs:<4} window={window:<3} {rate:>9.0} msgs/s  per server CPU-s {}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  lost {lost}  out of order {disorder}   driver CPU {driver_cpu:.2}s  server CPU {}",
+        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
+        percentile_ms(&all, 0.5),
+        percentile_ms(&all, 0.99),
+        all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
+    );
+    println!(
+        "{{\"scenario\":\"messages\",\"pairs\":{pairs},\"window\":{window},\"delivered\":{delivered},\"msgs_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{lost},\"out_of_order\":{disorder},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        json_num(per_cpu),
+        percentile_ms(&all, 0.5),
+        percentile_ms(&all, 0.99),
+        all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        json_num(server_cpu),
+    );
+    drop(keep);
+    Ok(())
+}
