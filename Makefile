@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test lint fmt bench fuzz interop-deps clean
+.PHONY: run test lint fmt bench bench-peers fuzz interop-deps clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -33,6 +33,10 @@ fmt:
 
 bench:
 	$(CARGO) bench --workspace
+
+# Shoal, ejabberd and Prosody side by side (installs the peers from Debian).
+bench-peers:
+	fixtures/peers/run.sh
 
 # cargo-fuzz wants nightly; RUSTC_BOOTSTRAP lets the stable toolchain build
 # it. Each target starts from the seeds in fixtures/fuzz/ and keeps what it
