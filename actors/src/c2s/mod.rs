@@ -171,7 +171,9 @@ pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) 
     let transport = transport::run(io, transport);
     actix_rt::spawn(cx.tasks.track_future(transport));
     C2s::create(move |ctx| {
-        ctx.add_stream(futures_util::stream::poll_fn(move |c| frames_rx.poll_recv(c)));
+        ctx.add_stream(futures_util::stream::poll_fn(move |c| {
+            frames_rx.poll_recv(c).map(|f| f.map(|b| *b))
+        }));
         C2s::new(cx, out, peer, conn, admitted)
     })
 }

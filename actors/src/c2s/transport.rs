@@ -23,16 +23,23 @@ use crate::error::{StreamCondition, StreamError};
 const WRITE_BATCH: usize = 64 * 1024;
 /// Bytes read (and dropped) while waiting for the peer to close its side.
 const LINGER_READ_BYTES: usize = 64 * 1024;
-/// Read buffer to start with; it grows up to the stanza limit when needed.
-const READ_CHUNK: usize = 4096;
+/// First read after the buffer was drained: an idle connection holds no
+/// more than this. Reads that fill it double it, up to `READ_CHUNK_MAX`;
+/// stanzas larger than that still grow the buffer up to the stanza limit.
+const READ_CHUNK_MIN: usize = 256;
+const READ_CHUNK_MAX: usize = 16 * 1024;
 /// Time a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type FrameResult = Result<Frame, StreamError>;
 
+/// What goes to the actor. Boxed: the channel's slots are allocated in
+/// blocks of 32 per connection, and a frame is about 180 bytes.
+pub(crate) type BoxedFrame = Box<FrameResult>;
+
 pub(crate) struct Transport {
     pub(crate) codec: XmppCodec,
-    pub(crate) frames: mpsc::Sender<FrameResult>,
+    pub(crate) frames: mpsc::Sender<BoxedFrame>,
     pub(crate) out: OutboundRx,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) limits: ConnectionLimits,
@@ -66,12 +73,15 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
         tls,
     } = t;
     if let (Io::TlsPending(..), Some(settings)) = (&io, &tls) {
-        match handshake(io, settings, &conn).await {
+        // Boxed, as every rarely taken path here: the task's future is
+        // allocated per connection, and sized by its largest state.
+        match Box::pin(handshake(io, settings, &conn)).await {
             Some(upgraded) => io = upgraded,
             None => return,
         }
     }
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
     let mut wbuf: Vec<u8> = Vec::new();
     // `None` once the peer has nothing more to say (EOF, error, or close).
     let mut frames = Some(frames);
@@ -86,11 +96,14 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
     conn.touch();
     loop {
         let mut frames_done = false;
+        if need_read && rbuf.capacity() == rbuf.len() {
+            rbuf.reserve(chunk);
+        }
         let reading = frames.is_some() && !awaiting_tls;
         tokio::select! {
             biased;
             _ = out.shared.abort.notified() => {
-                overflow(&mut io).await;
+                Box::pin(overflow(&mut io)).await;
                 return;
             }
             msg = out.rx.recv() => {
@@ -113,12 +126,10 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                         let written = wbuf.len();
                         let ok = tokio::select! {
                             r = io.write_all(&wbuf) => r.is_ok(),
-                            _ = out.shared.abort.notified() => { overflow(&mut io).await; return; }
+                            _ = out.shared.abort.notified() => { Box::pin(overflow(&mut io)).await; return; }
                         };
-                        wbuf.clear();
-                        if wbuf.capacity() > WRITE_BATCH * 2 {
-                            wbuf.shrink_to(WRITE_BATCH);
-                        }
+                        // Nothing is kept for a connection that is quiet.
+                        wbuf = Vec::new();
                         out.shared.queued.fetch_sub(written, Ordering::AcqRel);
                         if !ok {
                             return;
@@ -131,7 +142,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                         // Nothing may follow <starttls/> before <proceed/>.
                         return;
                     }
-                    match handshake(std::mem::replace(&mut io, Io::Closed), settings, &conn).await {
+                    match Box::pin(handshake(std::mem::replace(&mut io, Io::Closed), settings, &conn)).await {
                         Some(upgraded) => io = upgraded,
                         None => return,
                     }
@@ -140,22 +151,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                     need_read = true;
                 }
                 if let Some(linger) = close {
-                    let _ = io.flush().await;
-                    let _ = io.shutdown().await;
-                    if !peer_done && !linger.is_zero() {
-                        // Only a little: a peer that keeps sending is not
-                        // closing, and is not owed our reading.
-                        let mut scratch = [0u8; 512];
-                        let mut budget = LINGER_READ_BYTES;
-                        let _ = tokio::time::timeout(linger, async {
-                            while let Ok(n @ 1..) = io.read(&mut scratch).await {
-                                budget = budget.saturating_sub(n);
-                                if budget == 0 {
-                                    break;
-                                }
-                            }
-                        }).await;
-                    }
+                    Box::pin(close_gracefully(&mut io, linger, peer_done)).await;
                     return;
                 }
             }
@@ -169,18 +165,20 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                             if let Frame::Stanza(el) = &frame {
                                 awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
                             }
-                            permit.send(Ok(frame));
+                            permit.send(Box::new(Ok(frame)));
                             frames_done = closed;
                             peer_done = closed;
                         }
                         Ok(None) => {
                             need_read = true;
-                            if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-                                rbuf.reserve(READ_CHUNK);
+                            if rbuf.is_empty() {
+                                // Drained: release it; the next read starts small.
+                                rbuf = BytesMut::new();
                             }
+                            rbuf.reserve(chunk);
                         }
                         Err(err) => {
-                            permit.send(Err(err));
+                            permit.send(Box::new(Err(err)));
                             frames_done = true;
                         }
                     },
@@ -198,6 +196,8 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                     Ok(n) => {
                         need_read = false;
                         conn.touch();
+                        // A read that filled the space asks for more next time.
+                        chunk = if n >= chunk { (chunk * 2).min(READ_CHUNK_MAX) } else { READ_CHUNK_MIN };
                         let (rate, burst) = if conn.authenticated.load(Ordering::Relaxed) {
                             (limits.rate, limits.burst)
                         } else {
@@ -216,6 +216,28 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
             frames = None;
         }
     }
+}
+
+/// Flushes, closes our side, and gives the peer `linger` to close its own,
+/// reading only a little meanwhile: a peer that keeps sending is not
+/// closing, and is not owed our reading.
+async fn close_gracefully(io: &mut Io, linger: Duration, peer_done: bool) {
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
+    if peer_done || linger.is_zero() {
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    let mut budget = LINGER_READ_BYTES;
+    let _ = tokio::time::timeout(linger, async {
+        while let Ok(n @ 1..) = io.read(&mut scratch).await {
+            budget = budget.saturating_sub(n);
+            if budget == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The peer stopped reading: tell it why if it will listen, and hang up.
