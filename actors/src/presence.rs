@@ -529,11 +529,23 @@ impl PresenceHub {
         }
     }
 
-    pub fn send(&self, msg: PresenceMsg) {
+    fn shard(&self, user: &BareJid) -> &Addr<PresenceActor> {
         let mut h = DefaultHasher::new();
-        msg.user().hash(&mut h);
-        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
-        shard.do_send(msg);
+        user.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    /// Sends without waiting: for rare events (subscription changes, a
+    /// session's last unavailable).
+    pub fn send(&self, msg: PresenceMsg) {
+        self.shard(&msg.user()).do_send(msg);
+    }
+
+    /// Sends and resolves once the shard has handled it: a session's own
+    /// presence changes wait for this, so that a flood from a session is
+    /// slowed at its socket instead of queueing in the shard.
+    pub fn request(&self, msg: PresenceMsg) -> actix::dev::Request<PresenceActor, PresenceMsg> {
+        self.shard(&msg.user()).send(msg)
     }
 }
 

@@ -311,7 +311,7 @@ impl C2s {
                     _ => self.cx.router.route(stanza),
                 }
             }
-            Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(session, t, stanza),
+            Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(ctx, session, t, stanza),
             Kind::Presence(t) if t.is_subscription() => {
                 // One at a time, in order: the stream waits for each.
                 let outbound = crate::roster::presence::outbound(self.cx.router.clone(), session.jid.clone(), stanza);
@@ -342,7 +342,7 @@ impl C2s {
 
     /// Presence without `to`: the session's own availability, broadcast by
     /// the PresenceActor.
-    fn on_own_presence(&mut self, session: &Arc<Session>, t: PresenceType, stanza: Stanza) {
+    fn on_own_presence(&mut self, ctx: &mut Context<Self>, session: &Arc<Session>, t: PresenceType, stanza: Stanza) {
         match t {
             PresenceType::Available => {
                 let priority = match stanza.element().get_child("priority", ns::CLIENT) {
@@ -360,11 +360,19 @@ impl C2s {
                 self.available = true;
                 session.set_available(priority);
                 let presence = stanza.into_element();
-                self.cx.router.presence().send(PresenceMsg::Available {
+                let msg = PresenceMsg::Available {
                     session: session.clone(),
                     presence,
                     initial,
-                });
+                };
+                ctx.wait(
+                    self.cx
+                        .router
+                        .presence()
+                        .request(msg)
+                        .into_actor(self)
+                        .map(|_, _, _| ()),
+                );
                 if initial {
                     self.deliver_pending_requests(session);
                 }
@@ -374,11 +382,19 @@ impl C2s {
                 session.set_unavailable();
                 let directed = self.directed.drain().collect();
                 let presence = stanza.into_element();
-                self.cx.router.presence().send(PresenceMsg::Unavailable {
+                let msg = PresenceMsg::Unavailable {
                     session: session.clone(),
                     presence,
                     directed,
-                });
+                };
+                ctx.wait(
+                    self.cx
+                        .router
+                        .presence()
+                        .request(msg)
+                        .into_actor(self)
+                        .map(|_, _, _| ()),
+                );
             }
             // Subscription types need a 'to'; probes and errors from a
             // client to itself mean nothing.
