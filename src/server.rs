@@ -147,9 +147,7 @@ impl ServerBuilder {
         let direct_tls = config.c2s.direct_tls_listen.iter().map(|a| (*a, direct.clone()));
         let mut listeners = Vec::new();
         for (addr, tls) in plain.chain(direct_tls) {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?;
+            let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| StartError::Listen { addr, source })?;
@@ -181,6 +179,20 @@ impl ServerBuilder {
             arbiters,
         })
     }
+}
+
+/// A listening socket with a deep accept queue: a burst of logins must not
+/// overflow it while a freshly started server warms up (the kernel caps
+/// it at `net.core.somaxconn`).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Accepts connections and hands each to a worker arbiter, round robin.

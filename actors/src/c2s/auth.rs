@@ -243,7 +243,7 @@ impl C2s {
                 let check = async move {
                     let creds = storage.credentials(&node).await?;
                     // An unknown user costs the same PBKDF2 as a wrong password.
-                    let ok = actix_rt::task::spawn_blocking(move || match creds {
+                    let ok = crate::sasl::derive_off_loop(move || match creds {
                         Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
                         None => {
                             ScramHash::Sha256.salted_password(&msg.password, &fake_salt, crate::sasl::MIN_ITERATIONS);

@@ -91,6 +91,17 @@ fn random_salt() -> Vec<u8> {
     salt
 }
 
+/// Runs a key derivation (PBKDF2) off the event loops, at most one per
+/// core at a time. Unbounded, a burst of logins would put hundreds of
+/// threads on the CPU and starve everything else, the accept loop first.
+pub async fn derive_off_loop<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let permits = PERMITS
+        .get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())));
+    let _permit = permits.acquire().await.ok()?;
+    actix_rt::task::spawn_blocking(f).await.ok()
+}
+
 /// SASLprep (RFC 4013) where it applies, the string as is where it does not
 /// (a password that SASLprep rejects still has to match itself).
 pub(crate) fn saslprep(s: &str) -> std::borrow::Cow<'_, str> {

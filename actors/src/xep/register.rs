@@ -46,9 +46,9 @@ fn not_acceptable(text: &'static str) -> StanzaError {
 /// Derives SCRAM keys from a password on the blocking pool: PBKDF2 must
 /// never run on an event loop.
 pub async fn derive_credentials(password: String, iterations: u32) -> Result<Credentials, StanzaError> {
-    actix_rt::task::spawn_blocking(move || Credentials::derive(&password, iterations))
+    crate::sasl::derive_off_loop(move || Credentials::derive(&password, iterations))
         .await
-        .map_err(|_| StanzaError::new(StanzaCondition::InternalServerError))
+        .ok_or_else(|| StanzaError::new(StanzaCondition::InternalServerError))
 }
 
 /// Creates the account a registration form describes (XEP-0077 §3.1).
