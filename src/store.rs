@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use shoal_actors::jid::BareJid;
 use shoal_actors::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterUpdate, SubState, Subscription};
 use shoal_actors::sasl::{Credentials, ScramCredentials};
@@ -137,13 +137,22 @@ impl SqliteStore {
             });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(open_err)?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(open_err)?;
             tx.execute_batch(sql).map_err(open_err)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
         Ok(SqliteStore { conn })
+    }
+
+    /// A write transaction. IMMEDIATE takes the write lock at once and waits
+    /// for it (busy_timeout); a deferred one that read first fails at once
+    /// with "database is locked" when another connection wrote meanwhile.
+    fn write(&mut self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
     pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
@@ -185,7 +194,7 @@ impl SqliteStore {
 
     /// Creates an account; `false` when it exists.
     pub fn create_user(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         if tx.execute("INSERT OR IGNORE INTO users (username) VALUES (?1)", [username])? == 0 {
             return Ok(false);
         }
@@ -196,7 +205,7 @@ impl SqliteStore {
 
     /// Replaces an account's keys; `false` when there is no such account.
     pub fn set_credentials(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
             .optional()?
@@ -304,7 +313,7 @@ impl SqliteStore {
         contact: &BareJid,
         change: RosterFn,
     ) -> Result<RosterUpdate, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
             .optional()?;
@@ -580,6 +589,41 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the load driver: concurrent roster updates from two store
+    /// threads failed with "database is locked" and lost a subscription.
+    #[test]
+    fn concurrent_writers_wait_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        SqliteStore::open(&path)
+            .unwrap()
+            .create_user("pub", &Credentials::derive("pw", 4096))
+            .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut store = SqliteStore::open(&path).unwrap();
+                    for i in 0..50 {
+                        let jid = BareJid::new(&format!("f{t}x{i}"), "localhost").unwrap();
+                        let item = RosterItem {
+                            in_roster: true,
+                            ..RosterItem::new(jid.clone())
+                        };
+                        store
+                            .update_roster_item("pub", &jid, Box::new(move |_| ItemChange::Put(item)))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let roster = SqliteStore::open(&path).unwrap().roster("pub").unwrap();
+        assert_eq!((roster.items.len(), roster.version), (200, 200));
+    }
 
     #[test]
     fn accounts_round_trip_and_migrations_are_idempotent() {

@@ -65,6 +65,14 @@ enum Scenario {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// One publisher with F online followers changes presence ROUNDS times
+    /// (subscriptions made through subscribe/subscribed on the first run).
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        followers: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,12 +108,20 @@ fn main() -> ExitCode {
         let accounts = match cli.scenario {
             Scenario::Login { clients } => clients,
             Scenario::Messages { pairs, .. } => 2 * pairs,
+            // Fan-out accounts are named PREFIXpub and PREFIXf0...: registered below.
+            Scenario::Fanout { followers, .. } => followers + 1,
         };
         if accounts + 64 > files as usize {
             eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
         }
         if cli.register {
-            scenarios::provision(&target, &cli.prefix, accounts, cli.parallel).await?;
+            match cli.scenario {
+                Scenario::Fanout { followers, .. } => {
+                    scenarios::provision(&target, &format!("{}f", cli.prefix), followers, cli.parallel).await?;
+                    scenarios::provision_one(&target, &format!("{}pub", cli.prefix)).await?;
+                }
+                _ => scenarios::provision(&target, &cli.prefix, accounts, cli.parallel).await?,
+            }
         }
         match cli.scenario {
             Scenario::Login { clients } => {
@@ -118,6 +134,9 @@ fn main() -> ExitCode {
             }
             Scenario::Messages { pairs, window, count } => {
                 scenarios::messages(&target, &cli.prefix, pairs, window, count, cli.server_pid).await
+            }
+            Scenario::Fanout { followers, rounds } => {
+                scenarios::fanout(&target, &cli.prefix, followers, rounds, cli.parallel, cli.server_pid).await
             }
         }
     });

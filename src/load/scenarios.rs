@@ -61,6 +61,11 @@ pub async fn provision(target: &Target, prefix: &str, n: usize, parallel: usize)
     Ok(())
 }
 
+/// One named account exists (XEP-0077).
+pub async fn provision_one(target: &Target, user: &str) -> Result<(), LoadError> {
+    Conn::register(target, 0, user).await
+}
+
 /// C clients log in at once (at most `parallel` in flight), bind and send
 /// initial presence; the connections are returned for the idle scenario.
 pub async fn login(
@@ -257,5 +262,138 @@ pub async fn messages(
         json_num(server_cpu),
     );
     drop(keep);
+    Ok(())
+}
+
+/// One publisher followed by F online followers changes presence `rounds`
+/// times; measures the time from sending until the last follower has it.
+/// The subscriptions are made through the stanza path (RFC 6121 §3): every
+/// follower asks, the publisher approves; on later runs they exist already
+/// and the follower just gets the publisher's presence.
+pub async fn fanout(
+    target: &Target,
+    prefix: &str,
+    followers: usize,
+    rounds: usize,
+    parallel: usize,
+    server_pid: Option<u32>,
+) -> Result<(), LoadError> {
+    let publisher_name = format!("{prefix}pub");
+    let publisher_jid = format!("{publisher_name}@{}", target.domain);
+    let (mut publisher, _) = Conn::login(target, 0, &publisher_name, "p", None).await?;
+    publisher
+        .send("<iq type='get' id='r'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+        .await?;
+    // The publisher approves every request while the followers come online.
+    let (approving_tx, mut approving_rx) = tokio::sync::oneshot::channel::<()>();
+    let approver = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut approving_rx => return Ok::<_, LoadError>(publisher),
+                frame = publisher.next("subscription requests") => {
+                    if let Frame::Stanza(el) = frame? {
+                        if el.name() == "presence" && el.attr("type") == Some("subscribe") {
+                            let from = el.attr("from").unwrap_or_default().to_owned();
+                            publisher.send(&format!("<presence to='{from}' type='subscribed'/>")).await?;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let gate = Arc::new(Semaphore::new(parallel));
+    let mut joins = Vec::new();
+    for i in 0..followers {
+        let (target, gate, publisher_jid) = (target.clone(), gate.clone(), publisher_jid.clone());
+        let user = format!("{prefix}f{i}");
+        joins.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            let (mut c, _) = Conn::login(&target, i + 1, &user, "f", None).await?;
+            c.send(&format!("<presence/><presence to='{publisher_jid}' type='subscribe'/>"))
+                .await?;
+            // Online and following once the publisher's presence arrives.
+            loop {
+                if let Frame::Stanza(el) = c.next("the publisher's presence").await? {
+                    let from_publisher = el.attr("from").is_some_and(|f| f.starts_with(publisher_jid.as_str()));
+                    if el.name() == "presence" && el.attr("type").is_none() && from_publisher {
+                        return Ok::<_, LoadError>(c);
+                    }
+                }
+            }
+        }));
+    }
+    let mut conns = Vec::new();
+    for j in joins {
+        conns.push(j.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+    }
+    let _ = approving_tx.send(());
+    let mut publisher = approver.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+
+    // Each follower reports when it sees each round's status.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let mut watchers = Vec::new();
+    for mut c in conns {
+        let (done, publisher_jid) = (done_tx.clone(), publisher_jid.clone());
+        watchers.push(tokio::spawn(async move {
+            let mut round = 0;
+            while round < rounds {
+                let Frame::Stanza(el) = c.next("a round's presence").await? else {
+                    continue;
+                };
+                if el.name() != "presence" || !el.attr("from").is_some_and(|f| f.starts_with(publisher_jid.as_str())) {
+                    continue;
+                }
+                let status = el.children().find(|s| s.name() == "status").map(|s| s.text());
+                if status.as_deref() == Some(format!("r{round}").as_str()) {
+                    let _ = done.send((round, Instant::now()));
+                    round += 1;
+                }
+            }
+            Ok::<_, LoadError>(c)
+        }));
+    }
+    drop(done_tx);
+    let meter = Meter::start(server_pid);
+    let mut to_last = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let t0 = Instant::now();
+        publisher
+            .send(&format!("<presence><status>r{round}</status></presence>"))
+            .await?;
+        let mut last = t0;
+        for _ in 0..followers {
+            let (r, at) = tokio::time::timeout(super::client::REPLY_TIMEOUT, done_rx.recv())
+                .await
+                .map_err(|_| LoadError::Timeout("a follower's presence"))?
+                .ok_or(LoadError::Closed)?;
+            if r != round {
+                return Err(LoadError::Unexpected(format!("round {r} during round {round}")));
+            }
+            last = last.max(at);
+        }
+        to_last.push(last - t0);
+    }
+    let (wall, driver_cpu, server_cpu) = meter.stop();
+    for w in watchers {
+        w.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+    }
+    to_last.sort();
+    let deliveries = (followers * rounds) as f64;
+    let rate = deliveries / wall;
+    let per_cpu = server_cpu.filter(|s| *s >= 0.3).map(|s| deliveries / s);
+    println!(
+        "fanout   F={followers:<6} rounds={rounds:<3} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
+        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
+        percentile_ms(&to_last, 0.5),
+        percentile_ms(&to_last, 0.99),
+        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
+    );
+    println!(
+        "{{\"scenario\":\"fanout\",\"followers\":{followers},\"rounds\":{rounds},\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        json_num(per_cpu),
+        percentile_ms(&to_last, 0.5),
+        percentile_ms(&to_last, 0.99),
+        json_num(server_cpu),
+    );
     Ok(())
 }
