@@ -365,14 +365,7 @@ impl C2s {
                     presence,
                     initial,
                 };
-                ctx.wait(
-                    self.cx
-                        .router
-                        .presence()
-                        .request(msg)
-                        .into_actor(self)
-                        .map(|_, _, _| ()),
-                );
+                self.publish(ctx, msg);
                 if initial {
                     self.deliver_pending_requests(session);
                 }
@@ -387,19 +380,19 @@ impl C2s {
                     presence,
                     directed,
                 };
-                ctx.wait(
-                    self.cx
-                        .router
-                        .presence()
-                        .request(msg)
-                        .into_actor(self)
-                        .map(|_, _, _| ()),
-                );
+                self.publish(ctx, msg);
             }
             // Subscription types need a 'to'; probes and errors from a
             // client to itself mean nothing.
             _ => {}
         }
+    }
+
+    /// Hands the session's own presence to its PresenceActor shard and waits
+    /// until the shard has taken it: a presence flood slows at its socket.
+    fn publish(&mut self, ctx: &mut Context<Self>, msg: PresenceMsg) {
+        let request = self.cx.router.presence().request(msg);
+        ctx.wait(request.into_actor(self).map(|_, _, _| ()));
     }
 
     /// Subscription requests that waited for the user (RFC 6121 §3.1.3).
