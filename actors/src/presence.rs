@@ -194,18 +194,18 @@ fn template_of(presence: &Element) -> Bytes {
 /// Queues `bytes` for every available resource of `user`, serialising
 /// nothing when there is none.
 fn to_available(sessions: &SessionTable, user: &BareJid, bytes: impl FnOnce() -> Bytes) {
-    let targets: Vec<Arc<Session>> = sessions
-        .resources(user)
-        .into_iter()
-        .filter(|s| s.priority().is_some())
-        .collect();
-    if targets.is_empty() {
-        return;
-    }
-    let bytes = bytes();
-    for s in targets {
-        s.deliver(bytes.clone());
-    }
+    sessions.with_resources(user, |all| {
+        let mut make = Some(bytes);
+        let mut made: Option<Bytes> = None;
+        for s in all.iter().filter(|s| s.priority().is_some()) {
+            if let Some(make) = make.take() {
+                made = Some(make());
+            }
+            if let Some(b) = &made {
+                s.deliver(b.clone());
+            }
+        }
+    })
 }
 
 /// One presence change of one session, with the standard operations.

@@ -125,6 +125,16 @@ impl SessionTable {
         self.users.get(user).map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Runs `f` on one account's sessions without copying them: fan-out's
+    /// hot path. The table's shard stays read-locked meanwhile, so `f`
+    /// must be short and must not change the table.
+    pub fn with_resources<R>(&self, user: &BareJid, f: impl FnOnce(&[Arc<Session>]) -> R) -> R {
+        match self.users.get(user) {
+            Some(sessions) => f(&sessions),
+            None => f(&[]),
+        }
+    }
+
     /// Number of bound sessions.
     pub fn len(&self) -> usize {
         self.users.iter().map(|e| e.value().len()).sum()
