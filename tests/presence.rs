@@ -28,6 +28,19 @@ fn server_with(users: &[&str]) -> TestServer {
     server
 }
 
+/// Romeo and Juliet, subscribed both ways, online; each has seen the other.
+fn friends_online(server: &TestServer) -> (Client, Client) {
+    server.befriend("juliet", "romeo");
+    let mut romeo = available(server, "romeo", "orchard", "<presence/>");
+    let mut juliet = available(server, "juliet", "balcony", "<presence/>");
+    romeo.recv_until(|e| e.attr("from") == Some("juliet@localhost/balcony"));
+    assert_eq!(
+        juliet.recv_xml(),
+        "<presence to='juliet@localhost/balcony' from='romeo@localhost/orchard'/>"
+    );
+    (romeo, juliet)
+}
+
 #[test]
 fn initial_presence_reaches_every_available_resource_of_every_follower_only() {
     let server = server_with(&["juliet", "romeo", "nurse", "tybalt"]);
@@ -83,14 +96,7 @@ fn initial_presence_reaches_every_available_resource_of_every_follower_only() {
 #[test]
 fn unavailable_on_clean_close_and_on_a_dropped_connection() {
     let server = server_with(&["juliet", "romeo"]);
-    server.befriend("juliet", "romeo");
-    let mut romeo = available(&server, "romeo", "orchard", "<presence/>");
-    let mut juliet = available(&server, "juliet", "balcony", "<presence/>");
-    romeo.recv_until(|e| e.attr("from") == Some("juliet@localhost/balcony"));
-    assert_eq!(
-        juliet.recv_xml(),
-        "<presence to='juliet@localhost/balcony' from='romeo@localhost/orchard'/>"
-    );
+    let (mut romeo, mut juliet) = friends_online(&server);
 
     // Explicit unavailable, then available again.
     juliet.send("<presence type='unavailable'><status>gone to bed</status></presence>");
@@ -165,14 +171,7 @@ fn directed_presence_recipients_get_unavailable_at_logout() {
 #[test]
 fn avatar_hash_from_the_vcard_and_the_bind_extension() {
     let server = server_with(&["juliet", "romeo"]);
-    server.befriend("juliet", "romeo");
-    let mut romeo = available(&server, "romeo", "orchard", "<presence/>");
-    let mut juliet = available(&server, "juliet", "balcony", "<presence/>");
-    romeo.recv_until(|e| e.attr("from") == Some("juliet@localhost/balcony"));
-    assert_eq!(
-        juliet.recv_xml(),
-        "<presence to='juliet@localhost/balcony' from='romeo@localhost/orchard'/>"
-    );
+    let (mut romeo, mut juliet) = friends_online(&server);
 
     // The bind extension before any profile: empty elements.
     let mut c = server.authenticated("juliet", "juliet");

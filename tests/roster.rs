@@ -34,6 +34,22 @@ fn online(server: &TestServer, user: &str, resource: &str) -> Client {
     c
 }
 
+/// Romeo's orchard sets `item`: orchard gets the push and the result, his
+/// hall the push, at version `ver`.
+fn roster_set(orchard: &mut Client, hall: &mut Client, id: &str, item: &str, ver: u32, pushed: &str) {
+    orchard.send(&format!(
+        "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
+    ));
+    assert_eq!(
+        orchard.recv_set(2),
+        common::sorted([
+            push("romeo@localhost/orchard", ver, pushed),
+            format!("<iq id='{id}' type='result' to='romeo@localhost/orchard'/>")
+        ])
+    );
+    assert_eq!(hall.recv_set(1), [push("romeo@localhost/hall", ver, pushed)]);
+}
+
 #[test]
 fn roster_set_update_remove_push_to_every_interested_resource() {
     let server = TestServer::start();
@@ -44,50 +60,20 @@ fn roster_set_update_remove_push_to_every_interested_resource() {
     assert_eq!(orchard.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
     assert_eq!(hall.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
 
-    orchard.send(
-        "<iq type='set' id='s1'><query xmlns='jabber:iq:roster'><item jid='Nurse@Localhost' name='Nurse'>\
-         <group>Servants</group><group>Capulets</group></item></query></iq>",
-    );
     let item = "<item jid='nurse@localhost' subscription='none' name='Nurse'><group>Servants</group><group>Capulets</group></item>";
-    assert_eq!(
-        orchard.recv_set(2),
-        common::sorted([
-            push("romeo@localhost/orchard", 1, item),
-            "<iq id='s1' type='result' to='romeo@localhost/orchard'/>".into()
-        ])
-    );
-    assert_eq!(
-        hall.recv_set(1),
-        common::sorted([push("romeo@localhost/hall", 1, item)])
-    );
-
-    orchard.send("<iq type='set' id='s2'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' name='Angelica'/></query></iq>");
+    let set = "<item jid='Nurse@Localhost' name='Nurse'><group>Servants</group><group>Capulets</group></item>";
+    roster_set(&mut orchard, &mut hall, "s1", set, 1, item);
     let renamed = "<item jid='nurse@localhost' subscription='none' name='Angelica'/>";
-    assert_eq!(
-        orchard.recv_set(2),
-        common::sorted([
-            push("romeo@localhost/orchard", 2, renamed),
-            "<iq id='s2' type='result' to='romeo@localhost/orchard'/>".into()
-        ])
+    roster_set(
+        &mut orchard,
+        &mut hall,
+        "s2",
+        "<item jid='nurse@localhost' name='Angelica'/>",
+        2,
+        renamed,
     );
-    assert_eq!(
-        hall.recv_set(1),
-        common::sorted([push("romeo@localhost/hall", 2, renamed)])
-    );
-
-    orchard.send("<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
     let removed = "<item jid='nurse@localhost' subscription='remove'/>";
-    assert_eq!(
-        orchard.recv_set(2),
-        common::sorted([
-            push("romeo@localhost/orchard", 3, removed),
-            "<iq id='s3' type='result' to='romeo@localhost/orchard'/>".into()
-        ])
-    );
-    assert_eq!(
-        hall.recv_set(1),
-        common::sorted([push("romeo@localhost/hall", 3, removed)])
-    );
+    roster_set(&mut orchard, &mut hall, "s3", removed, 3, removed);
 
     orchard.send("<iq type='set' id='s4'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
     assert_eq!(error_of(&orchard.recv()), ("cancel".into(), "item-not-found".into()));
