@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod load;
+pub mod rlimit;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -79,6 +79,7 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    log::info!("open files limit: {}", shoal::rlimit::raise_open_files());
     actix_rt::System::new().block_on(async move {
         let server = ServerBuilder::new(config).start().await.map_err(|e| e.to_string())?;
         wait_for_signal().await;

@@ -3,6 +3,7 @@
 //!
 //!     shoal-load --register login --clients 1000
 //!     shoal-load --server-pid $(pidof shoal) messages --pairs 100 --window 8 --count 1000
+//!     shoal-load --prefix r --register roster --users 500 --contacts 100
 //!
 //! Accounts are PREFIX0..PREFIXn with one password; --register creates
 //! them first by XEP-0077 (not timed).
@@ -11,8 +12,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shoal::load::client::Target;
-use shoal::load::{raise_open_files, rss_kib, scenarios};
+use shoal::load::client::{LoadError, Target};
+use shoal::load::{raise_open_files, roster_storm, rss_kib, scenarios};
 
 #[derive(Parser)]
 #[command(name = "shoal-load", about = "Load driver for XMPP servers")]
@@ -50,10 +51,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// C clients log in and send initial presence; then, with
-    /// --server-pid, the idle memory per session while they stay.
+    /// --server-pid, the idle memory per session while they stay. With
+    /// several counts (--clients 10000,19000) they log in in waves, the
+    /// earlier ones held, and memory is read after each.
     Login {
-        #[arg(long, default_value_t = 1000)]
-        clients: usize,
+        #[arg(long, default_value = "1000", value_delimiter = ',')]
+        clients: Vec<usize>,
     },
     /// P pairs exchange chat messages, each sender with a bounded window.
     Messages {
@@ -72,6 +75,15 @@ enum Scenario {
         followers: usize,
         #[arg(long, default_value_t = 50)]
         rounds: usize,
+    },
+    /// N users with K-item rosters (mutual subscriptions, made through
+    /// subscribe/subscribed with --register) log in at once: time to
+    /// roster and until every contact's presence is in.
+    Roster {
+        #[arg(long, default_value_t = 500)]
+        users: usize,
+        #[arg(long, default_value_t = 100)]
+        contacts: usize,
     },
 }
 
@@ -106,10 +118,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let accounts = match cli.scenario {
-            Scenario::Login { clients } => clients,
+            Scenario::Login { ref clients } => clients.iter().copied().max().unwrap_or(0),
             Scenario::Messages { pairs, .. } => 2 * pairs,
             // Fan-out accounts are named PREFIXpub and PREFIXf0...: registered below.
             Scenario::Fanout { followers, .. } => followers + 1,
+            Scenario::Roster { users, .. } => users,
         };
         if accounts + 64 > files as usize {
             eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
@@ -120,15 +133,27 @@ fn main() -> ExitCode {
                     scenarios::provision(&target, &format!("{}f", cli.prefix), followers, cli.parallel).await?;
                     scenarios::provision_one(&target, &format!("{}pub", cli.prefix)).await?;
                 }
+                Scenario::Roster { users, contacts } => {
+                    scenarios::provision(&target, &cli.prefix, users, cli.parallel).await?;
+                    roster_storm::befriend(&target, &cli.prefix, users, contacts, cli.parallel).await?;
+                }
                 _ => scenarios::provision(&target, &cli.prefix, accounts, cli.parallel).await?,
             }
         }
         match cli.scenario {
             Scenario::Login { clients } => {
                 let before = cli.server_pid.and_then(rss_kib);
-                let held = scenarios::login(&target, &cli.prefix, clients, cli.parallel, cli.server_pid).await?;
-                if cli.server_pid.is_some() {
-                    scenarios::idle(held.len(), before, cli.server_pid);
+                let mut held = Vec::new();
+                for upto in clients {
+                    let from = held.len();
+                    if upto <= from {
+                        return Err(LoadError::Unexpected("--clients must be increasing".into()));
+                    }
+                    let wave = scenarios::login(&target, &cli.prefix, from..upto, cli.parallel, cli.server_pid).await?;
+                    held.extend(wave);
+                    if cli.server_pid.is_some() {
+                        scenarios::idle(held.len(), before, cli.server_pid);
+                    }
                 }
                 Ok(())
             }
@@ -137,6 +162,9 @@ fn main() -> ExitCode {
             }
             Scenario::Fanout { followers, rounds } => {
                 scenarios::fanout(&target, &cli.prefix, followers, rounds, cli.parallel, cli.server_pid).await
+            }
+            Scenario::Roster { users, contacts } => {
+                roster_storm::storm(&target, &cli.prefix, users, contacts, cli.server_pid).await
             }
         }
     });

@@ -101,6 +101,22 @@ impl Conn {
         self.stanza("stream features").await
     }
 
+    /// Closes the stream and waits for the server to close its side (or
+    /// drop the connection): by then the server has ended the session.
+    pub async fn close(mut self) -> Result<(), LoadError> {
+        self.send("</stream:stream>").await?;
+        loop {
+            match self.next("the server's stream close").await {
+                Ok(Frame::StreamClose) | Err(LoadError::Closed) => return Ok(()),
+                // Whatever was in flight (presence, pushes) is skipped.
+                Ok(_) => {}
+                // A reset after our close is a close too.
+                Err(LoadError::Io(_)) | Err(LoadError::Unexpected(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// XEP-0077 registration on a fresh stream; an existing account is fine.
     pub async fn register(target: &Target, n: usize, user: &str) -> Result<(), LoadError> {
         let mut c = Conn::connect(target, n).await?;

@@ -4,6 +4,7 @@
 //! limit.
 
 pub mod client;
+pub mod roster_storm;
 pub mod scenarios;
 
 use std::time::Duration;
@@ -28,22 +29,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Raises this process's open-files limit to its hard limit.
-pub fn raise_open_files() -> u64 {
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-            return limit.rlim_cur;
-        }
-    }
-    0
-}
+pub use crate::rlimit::raise_open_files;
 
 /// Percentile of sorted durations, in milliseconds.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {

@@ -40,7 +40,7 @@ impl Meter {
     }
 }
 
-fn json_num(v: Option<f64>) -> String {
+pub(crate) fn json_num(v: Option<f64>) -> String {
     v.map_or("null".into(), |v| format!("{v:.3}"))
 }
 
@@ -66,29 +66,32 @@ pub async fn provision_one(target: &Target, user: &str) -> Result<(), LoadError>
     Conn::register(target, 0, user).await
 }
 
-/// C clients log in at once (at most `parallel` in flight), bind and send
-/// initial presence; the connections are returned for the idle scenario.
+/// Accounts `accounts` (e.g. `0..1000`) log in at once (at most
+/// `parallel` in flight), bind and send initial presence; the connections
+/// are returned for the idle scenario.
 pub async fn login(
     target: &Target,
     prefix: &str,
-    clients: usize,
+    accounts: std::ops::Range<usize>,
     parallel: usize,
     server_pid: Option<u32>,
 ) -> Result<Vec<Conn>, LoadError> {
+    let (held, clients) = (accounts.start, accounts.end);
     // SCRAM: one untimed login per account fills the salted-password cache,
     // so the driver's own PBKDF2 does not limit the rate.
-    let mut cache: Vec<Option<Vec<u8>>> = vec![None; clients];
+    let mut cache: Vec<(usize, Option<Vec<u8>>)> = accounts.map(|i| (i, None)).collect();
     if target.scram {
-        for (i, slot) in cache.iter_mut().enumerate() {
-            let (mut c, salted) = Conn::login(target, i, &format!("{prefix}{i}"), "warm", None).await?;
-            let _ = c.send("</stream:stream>").await;
+        for (i, slot) in cache.iter_mut() {
+            let (c, salted) = Conn::login(target, *i, &format!("{prefix}{i}"), "warm", None).await?;
+            c.close().await?;
             *slot = salted;
         }
     }
+    let wave = cache.len();
     let gate = Arc::new(Semaphore::new(parallel));
     let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
-    for (i, salted) in cache.into_iter().enumerate() {
+    for (i, salted) in cache {
         let (target, user, gate) = (target.clone(), format!("{prefix}{i}"), gate.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
@@ -116,15 +119,15 @@ pub async fn login(
     let (wall, driver_cpu, server_cpu) = meter.stop();
     latencies.sort();
     let mech = if target.scram { "SCRAM-SHA-256" } else { "PLAIN" };
-    let rate = clients as f64 / wall;
+    let rate = wave as f64 / wall;
     println!(
-        "login    C={clients:<6} {mech:<13} {rate:>9.0} logins/s   p50 {:>7.1} ms  p99 {:>7.1} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
+        "login    C={clients:<6} (+{wave} to {held} held) {mech:<13} {rate:>9.0} logins/s   p50 {:>7.1} ms  p99 {:>7.1} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
         percentile_ms(&latencies, 0.5),
         percentile_ms(&latencies, 0.99),
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
-        "{{\"scenario\":\"login\",\"clients\":{clients},\"mechanism\":\"{mech}\",\"logins_per_s\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        "{{\"scenario\":\"login\",\"clients\":{clients},\"held\":{held},\"mechanism\":\"{mech}\",\"logins_per_s\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
         percentile_ms(&latencies, 0.5),
         percentile_ms(&latencies, 0.99),
         json_num(server_cpu),

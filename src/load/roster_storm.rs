@@ -1,0 +1,292 @@
+//! The roster storm: N users, each with a K-item roster of mutual
+//! (`both`) subscriptions, log in at once; each fetches its roster and
+//! sends initial presence, as every client does. A user has converged
+//! when it holds its roster and the available presence of all K contacts,
+//! whether that came as a probe answer or as the contact's own broadcast.
+//!
+//! The contacts form a ring: user i's are i ± 1 ..= i ± K/2 (mod N), so
+//! every roster has exactly K items and every user is every contact's
+//! contact.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_actors::codec::Frame;
+use shoal_actors::ns;
+use tokio::sync::{watch, Semaphore};
+
+use super::client::{Conn, LoadError, Target};
+use super::percentile_ms;
+use super::scenarios::{json_num, Meter};
+
+/// Who is whose contact.
+#[derive(Clone, Copy)]
+struct Ring {
+    users: usize,
+    contacts: usize,
+}
+
+impl Ring {
+    fn new(users: usize, contacts: usize) -> Result<Ring, LoadError> {
+        if !contacts.is_multiple_of(2) || contacts >= users {
+            return Err(LoadError::Unexpected(format!(
+                "{contacts} contacts among {users} users: the ring needs an even number below the user count"
+            )));
+        }
+        Ok(Ring { users, contacts })
+    }
+
+    fn neighbours(self, i: usize) -> impl Iterator<Item = usize> {
+        let half = self.contacts / 2;
+        (1..=half).flat_map(move |d| [(i + d) % self.users, (i + self.users - d) % self.users])
+    }
+
+    fn is_neighbour(self, i: usize, j: usize) -> bool {
+        let d = (i + self.users - j) % self.users;
+        d != 0 && d.min(self.users - d) <= self.contacts / 2
+    }
+}
+
+/// The account number in `prefixN@domain/resource`.
+fn user_index(jid: &str, prefix: &str) -> Option<usize> {
+    jid.strip_prefix(prefix)?.split('@').next()?.parse().ok()
+}
+
+async fn login_available(target: &Target, prefix: &str, i: usize) -> Result<Conn, LoadError> {
+    let (mut c, _) = Conn::login(target, i, &format!("{prefix}{i}"), "setup", None).await?;
+    c.send("<presence/>").await?;
+    while !matches!(c.next("presence echo").await?, Frame::Stanza(ref el) if el.name() == "presence") {}
+    Ok(c)
+}
+
+async fn close_all(conns: Vec<Conn>) -> Result<(), LoadError> {
+    let closing: Vec<_> = conns.into_iter().map(|c| tokio::spawn(c.close())).collect();
+    for c in closing {
+        c.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+    }
+    Ok(())
+}
+
+/// Makes the ring's subscriptions through the stanza path (RFC 6121 §3):
+/// everyone online, everyone asks each contact and approves every request.
+/// Done when every user has been approved by all its contacts. Safe to
+/// repeat: an existing subscription is answered by the server itself.
+pub async fn befriend(
+    target: &Target,
+    prefix: &str,
+    users: usize,
+    contacts: usize,
+    parallel: usize,
+) -> Result<(), LoadError> {
+    let ring = Ring::new(users, contacts)?;
+    let gate = Arc::new(Semaphore::new(parallel));
+    let mut logins = Vec::new();
+    for i in 0..users {
+        let (target, prefix, gate) = (target.clone(), prefix.to_owned(), gate.clone());
+        logins.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await;
+            login_available(&target, &prefix, i).await
+        }));
+    }
+    let mut conns = Vec::new();
+    for l in logins {
+        conns.push(l.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+    }
+    // Everyone keeps approving until everyone is done.
+    let (all_done_tx, all_done) = watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut tasks = Vec::new();
+    for (i, mut c) in conns.into_iter().enumerate() {
+        let (prefix, domain, done, mut all_done) = (
+            prefix.to_owned(),
+            target.domain.clone(),
+            done_tx.clone(),
+            all_done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut asks = String::new();
+            for j in ring.neighbours(i) {
+                asks.push_str(&format!("<presence to='{prefix}{j}@{domain}' type='subscribe'/>"));
+            }
+            c.send(&asks).await?;
+            let mut approved_by = vec![false; ring.users];
+            let mut approvals = 0;
+            loop {
+                tokio::select! {
+                    _ = all_done.changed() => return Ok::<_, LoadError>(c),
+                    frame = c.next("subscription traffic") => {
+                        let Frame::Stanza(el) = frame? else { continue };
+                        if el.name() != "presence" {
+                            continue;
+                        }
+                        let from = el.attr("from").unwrap_or_default().to_owned();
+                        match el.attr("type") {
+                            Some("subscribe") => {
+                                c.send(&format!("<presence to='{from}' type='subscribed'/>")).await?;
+                            }
+                            Some("subscribed") => {
+                                if let Some(j) = user_index(&from, &prefix).filter(|&j| ring.is_neighbour(i, j)) {
+                                    if !std::mem::replace(&mut approved_by[j], true) {
+                                        approvals += 1;
+                                        if approvals == ring.contacts {
+                                            let _ = done.send(());
+                                        }
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(done_tx);
+    for _ in 0..users {
+        tokio::time::timeout(Duration::from_secs(600), done_rx.recv())
+            .await
+            .map_err(|_| LoadError::Timeout("every subscription approved"))?
+            .ok_or(LoadError::Closed)?;
+    }
+    let _ = all_done_tx.send(true);
+    let mut conns = Vec::new();
+    for t in tasks {
+        conns.push(t.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+    }
+    close_all(conns).await
+}
+
+/// One user's storm: (time to roster from its own connect, time to
+/// convergence from its own connect, time to convergence from the storm's
+/// start), and the connection, held until everyone has converged.
+async fn storm_one(
+    target: &Target,
+    prefix: &str,
+    ring: Ring,
+    i: usize,
+    storm_start: Instant,
+) -> Result<(Duration, Duration, Duration, Conn), LoadError> {
+    let t0 = Instant::now();
+    let (mut c, _) = Conn::login(target, i, &format!("{prefix}{i}"), "storm", None).await?;
+    c.send("<iq type='get' id='roster'><query xmlns='jabber:iq:roster'/></iq><presence/>")
+        .await?;
+    let mut roster_at = None;
+    let mut seen = vec![false; ring.users];
+    let mut available = 0;
+    while roster_at.is_none() || available < ring.contacts {
+        let Frame::Stanza(el) = c.next("roster and contacts' presence").await? else {
+            continue;
+        };
+        match el.name() {
+            "iq" if el.attr("id") == Some("roster") => {
+                let items = el
+                    .get_child("query", ns::ROSTER)
+                    .map(|q| {
+                        q.children()
+                            .filter(|it| it.attr("subscription") == Some("both"))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                if items != ring.contacts {
+                    return Err(LoadError::Unexpected(format!(
+                        "{prefix}{i} has {items} mutual roster items, not {}: provision with --register",
+                        ring.contacts
+                    )));
+                }
+                roster_at = Some(t0.elapsed());
+            }
+            "presence" if el.attr("type").is_none() => {
+                let from = el.attr("from").and_then(|f| user_index(f, prefix));
+                if let Some(j) = from.filter(|&j| ring.is_neighbour(i, j)) {
+                    if !std::mem::replace(&mut seen[j], true) {
+                        available += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let roster = roster_at.unwrap_or_default();
+    Ok((roster, t0.elapsed(), storm_start.elapsed(), c))
+}
+
+/// N users with K-item rosters log in at once.
+pub async fn storm(
+    target: &Target,
+    prefix: &str,
+    users: usize,
+    contacts: usize,
+    server_pid: Option<u32>,
+) -> Result<(), LoadError> {
+    let ring = Ring::new(users, contacts)?;
+    let meter = Meter::start(server_pid);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..users)
+        .map(|i| {
+            let (target, prefix) = (target.clone(), prefix.to_owned());
+            tokio::spawn(async move { storm_one(&target, &prefix, ring, i, start).await })
+        })
+        .collect();
+    let (mut to_roster, mut own, mut converged, mut conns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for t in tasks {
+        let (r, o, s, c) = t.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+        to_roster.push(r);
+        own.push(o);
+        converged.push(s);
+        conns.push(c);
+    }
+    let (wall, driver_cpu, server_cpu) = meter.stop();
+    close_all(conns).await?;
+    for v in [&mut to_roster, &mut own, &mut converged] {
+        v.sort();
+    }
+    let deliveries = (users * contacts) as f64;
+    println!(
+        "roster   N={users:<5} K={contacts:<4} roster p50 {:>7.1} ms  p99 {:>7.1} ms   converged p50 {:>7.1} ms  p99 {:>7.1} ms  (from own login p99 {:>7.1} ms)   all in {wall:.2}s   driver CPU {driver_cpu:.2}s  server CPU {}",
+        percentile_ms(&to_roster, 0.5),
+        percentile_ms(&to_roster, 0.99),
+        percentile_ms(&converged, 0.5),
+        percentile_ms(&converged, 0.99),
+        percentile_ms(&own, 0.99),
+        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
+    );
+    println!(
+        "{{\"scenario\":\"roster\",\"users\":{users},\"contacts\":{contacts},\"roster_p50_ms\":{:.3},\"roster_p99_ms\":{:.3},\"converged_p50_ms\":{:.3},\"p99_ms\":{:.3},\"own_p99_ms\":{:.3},\"wall_s\":{wall:.3},\"presence_per_server_cpu_s\":{},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        percentile_ms(&to_roster, 0.5),
+        percentile_ms(&to_roster, 0.99),
+        percentile_ms(&converged, 0.5),
+        percentile_ms(&converged, 0.99),
+        percentile_ms(&own, 0.99),
+        json_num(server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s)),
+        json_num(server_cpu),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_is_symmetric_and_k_regular() {
+        let ring = Ring::new(7, 4).unwrap();
+        for i in 0..7 {
+            let mut n: Vec<usize> = ring.neighbours(i).collect();
+            n.sort();
+            n.dedup();
+            assert_eq!(n.len(), 4, "user {i}: {n:?}");
+            for j in 0..7 {
+                assert_eq!(ring.is_neighbour(i, j), n.contains(&j), "{i} {j}");
+                assert_eq!(ring.is_neighbour(i, j), ring.is_neighbour(j, i));
+            }
+        }
+        assert!(Ring::new(100, 100).is_err());
+        assert!(Ring::new(100, 3).is_err());
+    }
+
+    #[test]
+    fn user_index_reads_the_number() {
+        assert_eq!(user_index("r12@localhost/storm", "r"), Some(12));
+        assert_eq!(user_index("x12@localhost", "r"), None);
+    }
+}
