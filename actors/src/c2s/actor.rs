@@ -57,6 +57,8 @@ pub struct C2s {
     /// When the server pinged a silent client, and the read count then:
     /// any later read answers it.
     ping_sent: Option<(Instant, u64)>,
+    /// Closes the stream if it is not bound in time; cancelled once bound.
+    pub(super) negotiation_deadline: Option<SpawnHandle>,
 }
 
 pub(super) fn random_id(len: usize) -> String {
@@ -88,6 +90,7 @@ impl C2s {
             conn,
             admitted,
             ping_sent: None,
+            negotiation_deadline: None,
         }
     }
 
@@ -420,13 +423,14 @@ impl Actor for C2s {
         let limits = &self.cx.config.connections;
         let every = (limits.idle_timeout.min(limits.ping_timeout) / 4).max(Duration::from_millis(100));
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
-        ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
+        let deadline = ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
             if !matches!(act.state, State::Bound(_)) {
                 let err =
                     StreamError::with_text(StreamCondition::ConnectionTimeout, "stream negotiation took too long");
                 act.stream_error(ctx, err);
             }
         });
+        self.negotiation_deadline = Some(deadline);
         let shutdown = self.cx.shutdown.clone();
         ctx.spawn(
             async move { shutdown.cancelled().await }

@@ -85,7 +85,7 @@ impl C2s {
     fn bind_session(&mut self, ctx: &mut Context<Self>, iq: Stanza, jid: FullJid, extval: Option<BindInfo>) {
         let session = Arc::new(Session::new(jid, self.out.clone(), ctx.address().recipient()));
         let registering = self.cx.sm.send(Register(session.clone()));
-        ctx.wait(registering.into_actor(self).map(move |res, act, _| {
+        ctx.wait(registering.into_actor(self).map(move |res, act, ctx| {
             let res = res.unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
             match res {
                 Ok(()) => {
@@ -99,6 +99,10 @@ impl C2s {
                         );
                     }
                     act.state = State::Bound(session);
+                    // Negotiated: the deadline's timer is no longer needed.
+                    if let Some(timer) = act.negotiation_deadline.take() {
+                        ctx.cancel_future(timer);
+                    }
                     act.send_stanza(&iq.iq_result(Some(bind)));
                 }
                 Err(e) => {

@@ -6,7 +6,8 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -82,6 +83,34 @@ impl Io {
         match self {
             Io::Tcp(tcp) | Io::TlsPending(tcp, _) => Ok(Io::Tls(Box::new(acceptor.accept(tcp).await?))),
             Io::Tls(_) | Io::Closed => Err(io::Error::other("not a plain stream")),
+        }
+    }
+
+    /// Reads what is there into `buf`, growing it by `chunk` if it is full.
+    /// Over plain TCP nothing is allocated until the socket is readable, so
+    /// that an idle connection holds no read buffer. Cancel-safe.
+    pub(crate) async fn read_some(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+        match self {
+            Io::Tcp(tcp) => loop {
+                tcp.readable().await?;
+                if buf.capacity() == buf.len() {
+                    buf.reserve(chunk);
+                }
+                match tcp.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            *buf = BytesMut::new();
+                        }
+                    }
+                    done => return done,
+                }
+            },
+            other => {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(chunk);
+                }
+                other.read_buf(buf).await
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod actor;
 mod auth;
 mod bind;
+mod frames;
 pub mod io;
 pub mod limits;
 mod outbound;
@@ -16,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
+use futures_util::StreamExt;
 use tokio::io::AsyncWrite;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -157,7 +158,7 @@ async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamErr
 pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) -> Addr<C2s> {
     let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
     // A few frames of slack; past that, reading the socket waits for the actor.
-    let (frames_tx, mut frames_rx) = mpsc::channel(8);
+    let (frames_tx, frames_rx) = frames::pipe();
     let codec = XmppCodec::new(cx.config.codec);
     let conn = Arc::new(ConnState::new());
     let transport = transport::Transport {
@@ -171,9 +172,7 @@ pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) 
     let transport = transport::run(io, transport);
     actix_rt::spawn(cx.tasks.track_future(transport));
     C2s::create(move |ctx| {
-        ctx.add_stream(futures_util::stream::poll_fn(move |c| {
-            frames_rx.poll_recv(c).map(|f| f.map(|b| *b))
-        }));
+        ctx.add_stream(frames_rx.map(|b| *b));
         C2s::new(cx, out, peer, conn, admitted)
     })
 }

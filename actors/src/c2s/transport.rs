@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
+use super::frames::FrameSender;
 use super::io::{Io, TlsSettings};
 use super::limits::{ConnState, ConnectionLimits, Shaper};
 use super::outbound::{Out, OutboundRx};
@@ -39,7 +39,7 @@ pub(crate) type BoxedFrame = Box<FrameResult>;
 
 pub(crate) struct Transport {
     pub(crate) codec: XmppCodec,
-    pub(crate) frames: mpsc::Sender<BoxedFrame>,
+    pub(crate) frames: FrameSender,
     pub(crate) out: OutboundRx,
     pub(crate) conn: Arc<ConnState>,
     pub(crate) limits: ConnectionLimits,
@@ -67,7 +67,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
     let Transport {
         mut codec,
         frames,
-        mut out,
+        out,
         conn,
         limits,
         tls,
@@ -96,9 +96,6 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
     conn.touch();
     loop {
         let mut frames_done = false;
-        if need_read && rbuf.capacity() == rbuf.len() {
-            rbuf.reserve(chunk);
-        }
         let reading = frames.is_some() && !awaiting_tls;
         tokio::select! {
             biased;
@@ -106,7 +103,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                 Box::pin(overflow(&mut io)).await;
                 return;
             }
-            msg = out.rx.recv() => {
+            msg = out.recv() => {
                 let mut close = None;
                 let mut start_tls = false;
                 match msg {
@@ -116,11 +113,11 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                     Some(Out::Data(first)) => {
                         wbuf.extend_from_slice(&first);
                         while wbuf.len() < WRITE_BATCH {
-                            match out.rx.try_recv() {
-                                Ok(Out::Data(more)) => wbuf.extend_from_slice(&more),
-                                Ok(Out::Close { linger }) => { close = Some(linger); break; }
-                                Ok(Out::StartTls) => { start_tls = true; break; }
-                                Err(_) => break,
+                            match out.try_recv() {
+                                Some(Out::Data(more)) => wbuf.extend_from_slice(&more),
+                                Some(Out::Close { linger }) => { close = Some(linger); break; }
+                                Some(Out::StartTls) => { start_tls = true; break; }
+                                None => break,
                             }
                         }
                         let written = wbuf.len();
@@ -130,6 +127,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                         };
                         // Nothing is kept for a connection that is quiet.
                         wbuf = Vec::new();
+                        out.release();
                         out.shared.queued.fetch_sub(written, Ordering::AcqRel);
                         if !ok {
                             return;
@@ -159,13 +157,13 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                 match permit {
                     // The actor is gone; the queue ends when its senders do.
                     Err(_) => frames_done = true,
-                    Ok(permit) => match codec.decode(&mut rbuf) {
+                    Ok(()) => match codec.decode(&mut rbuf) {
                         Ok(Some(frame)) => {
                             let closed = frame == Frame::StreamClose;
                             if let Frame::Stanza(el) = &frame {
                                 awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
                             }
-                            permit.send(Box::new(Ok(frame)));
+                            frames.as_ref().expect("guarded").send(Box::new(Ok(frame)));
                             frames_done = closed;
                             peer_done = closed;
                         }
@@ -175,10 +173,9 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
                                 // Drained: release it; the next read starts small.
                                 rbuf = BytesMut::new();
                             }
-                            rbuf.reserve(chunk);
                         }
                         Err(err) => {
-                            permit.send(Box::new(Err(err)));
+                            frames.as_ref().expect("guarded").send(Box::new(Err(err)));
                             frames_done = true;
                         }
                     },
@@ -187,7 +184,7 @@ pub(crate) async fn run(mut io: Io, t: Transport) {
             _ = tokio::time::sleep_until(resume.unwrap_or_else(tokio::time::Instant::now)), if resume.is_some() => {
                 resume = None;
             }
-            n = io.read_buf(&mut rbuf), if reading && need_read && resume.is_none() => {
+            n = io.read_some(&mut rbuf, chunk), if reading && need_read && resume.is_none() => {
                 match n {
                     Ok(0) | Err(_) => {
                         frames_done = true;
