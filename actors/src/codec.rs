@@ -167,6 +167,7 @@ impl XmppCodec {
             version: el.attr("version").map(str::to_owned),
             lang: el.attr("xml:lang").map(str::to_owned),
         };
+        bindings.shrink_to_fit();
         self.bindings = bindings;
         Ok(header)
     }

@@ -420,9 +420,12 @@ impl Actor for C2s {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let limits = &self.cx.config.connections;
-        let every = (limits.idle_timeout.min(limits.ping_timeout) / 4).max(Duration::from_millis(100));
-        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+        // Liveness checks and shutdown come from the server's sweeper.
+        super::sweep::track(&self.cx, ctx.address().downgrade());
+        if self.cx.shutdown.is_cancelled() {
+            self.stream_error(ctx, StreamError::new(StreamCondition::SystemShutdown));
+            return;
+        }
         let deadline = ctx.run_later(self.cx.config.negotiation_timeout, |act, ctx| {
             if !matches!(act.state, State::Bound(_)) {
                 let err =
@@ -431,12 +434,6 @@ impl Actor for C2s {
             }
         });
         self.negotiation_deadline = Some(deadline);
-        let shutdown = self.cx.shutdown.clone();
-        ctx.spawn(
-            async move { shutdown.cancelled().await }
-                .into_actor(self)
-                .map(|_, act, ctx| act.stream_error(ctx, StreamError::new(StreamCondition::SystemShutdown))),
-        );
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -494,6 +491,14 @@ impl StreamHandler<FrameResult> for C2s {
         // The peer hung up (or its stream ended in error, handled above).
         self.closing = true;
         ctx.stop();
+    }
+}
+
+impl Handler<super::sweep::CheckIdle> for C2s {
+    type Result = ();
+
+    fn handle(&mut self, _: super::sweep::CheckIdle, ctx: &mut Context<Self>) {
+        self.check_idle(ctx);
     }
 }
 

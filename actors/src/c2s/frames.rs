@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
-use tokio::sync::Notify;
 
 use super::transport::BoxedFrame;
 
@@ -33,7 +32,7 @@ struct Pipe {
     /// The actor, waiting for a frame.
     receiver: AtomicWaker,
     /// The transport, waiting for room.
-    room: Notify,
+    room: AtomicWaker,
 }
 
 impl Pipe {
@@ -60,19 +59,18 @@ impl FrameSender {
     /// Waits until a frame may be sent. Cancel-safe; there is one sender,
     /// so the room found stays until `send`.
     pub(crate) async fn reserve(&self) -> Result<(), Closed> {
-        loop {
-            {
-                let state = self.0.state();
-                if state.receiver_gone {
-                    return Err(Closed);
-                }
-                if state.frames.len() < CAPACITY {
-                    return Ok(());
-                }
+        std::future::poll_fn(|cx| {
+            self.0.room.register(cx.waker());
+            let state = self.0.state();
+            if state.receiver_gone {
+                Poll::Ready(Err(Closed))
+            } else if state.frames.len() < CAPACITY {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
             }
-            // A notify_one() between the check and here is kept as a permit.
-            self.0.room.notified().await;
-        }
+        })
+        .await
     }
 
     pub(crate) fn send(&self, frame: BoxedFrame) {
@@ -103,7 +101,7 @@ impl Stream for FrameReceiver {
         match state.frames.pop_front() {
             Some(frame) => {
                 if state.frames.len() == CAPACITY - 1 {
-                    self.0.room.notify_one();
+                    self.0.room.wake();
                 }
                 if state.frames.is_empty() {
                     state.frames = VecDeque::new();
@@ -121,7 +119,7 @@ impl Drop for FrameReceiver {
         let mut state = self.0.state();
         state.receiver_gone = true;
         state.frames = VecDeque::new();
-        self.0.room.notify_one();
+        self.0.room.wake();
     }
 }
 

@@ -91,25 +91,35 @@ impl Io {
     /// that an idle connection holds no read buffer. Cancel-safe.
     pub(crate) async fn read_some(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
         match self {
-            Io::Tcp(tcp) => loop {
-                tcp.readable().await?;
-                if buf.capacity() == buf.len() {
-                    buf.reserve(chunk);
-                }
-                match tcp.try_read_buf(buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
+            // poll_read_ready rather than readable(): its future would add
+            // 150 bytes to every connection's task.
+            Io::Tcp(tcp) => {
+                std::future::poll_fn(|cx| loop {
+                    if let Err(e) = std::task::ready!(tcp.poll_read_ready(cx)) {
+                        return Poll::Ready(Err(e));
                     }
-                    done => return done,
-                }
-            },
+                    if buf.capacity() == buf.len() {
+                        buf.reserve(chunk);
+                    }
+                    match tcp.try_read_buf(buf) {
+                        // Not ready after all; the readiness is cleared.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if buf.is_empty() {
+                                *buf = BytesMut::new();
+                            }
+                        }
+                        done => return Poll::Ready(done),
+                    }
+                })
+                .await
+            }
             other => {
                 if buf.capacity() == buf.len() {
                     buf.reserve(chunk);
                 }
-                other.read_buf(buf).await
+                // Boxed: TLS is rarer and heavier anyway, and an inline
+                // read future would grow every connection's task.
+                Box::pin(other.read_buf(buf)).await
             }
         }
     }

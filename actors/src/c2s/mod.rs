@@ -10,6 +10,7 @@ mod frames;
 pub mod io;
 pub mod limits;
 mod outbound;
+mod sweep;
 mod transport;
 
 use std::net::SocketAddr;
@@ -89,6 +90,8 @@ pub struct C2sContext {
     pub(crate) secret: [u8; 32],
     pub admission: Arc<Admission>,
     pub throttle: AuthThrottle,
+    /// Every live connection, for the liveness sweep and shutdown.
+    pub connections: sweep::Connections,
 }
 
 impl C2sContext {
@@ -111,6 +114,7 @@ impl C2sContext {
             secret,
             admission: Arc::new(Admission::default()),
             throttle: AuthThrottle::default(),
+            connections: sweep::Connections::default(),
         }
     }
 }
@@ -163,11 +167,10 @@ pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) 
     let conn = Arc::new(ConnState::new());
     let transport = transport::Transport {
         codec,
-        frames: frames_tx,
+        frames: Some(frames_tx),
         out: out_rx,
         conn: conn.clone(),
-        limits: cx.config.connections.clone(),
-        tls: cx.config.tls.clone(),
+        cx: cx.clone(),
     };
     let transport = transport::run(io, transport);
     actix_rt::spawn(cx.tasks.track_future(transport));

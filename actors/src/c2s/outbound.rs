@@ -12,10 +12,11 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 pub(crate) enum Out {
     Data(Bytes),
@@ -34,15 +35,25 @@ struct Queue {
     receiver_gone: bool,
 }
 
+/// What the transport takes from the queue next.
+pub(crate) enum Next {
+    /// The queue went over its limit: the peer is not reading. Seen even
+    /// in the middle of a write, to abort it.
+    Overflow,
+    Item(Out),
+    /// Every sender is gone and nothing is left.
+    End,
+}
+
 pub(crate) struct Shared {
     pub(crate) queued: AtomicUsize,
     limit: usize,
     overflowed: AtomicBool,
-    /// Woken once on overflow, to abort a write the peer is not reading.
-    pub(crate) abort: Notify,
     queue: Mutex<Queue>,
-    /// Woken when something is queued, or when the last sender is gone.
-    ready: Notify,
+    /// The transport, woken when something is queued, on overflow, and
+    /// when the last sender is gone. One waker, not a Notify per event:
+    /// every connection's task holds what it waits on.
+    transport: AtomicWaker,
     senders: AtomicUsize,
 }
 
@@ -78,9 +89,8 @@ impl Outbound {
             queued: AtomicUsize::new(0),
             limit,
             overflowed: AtomicBool::new(false),
-            abort: Notify::new(),
             queue: Mutex::default(),
-            ready: Notify::new(),
+            transport: AtomicWaker::new(),
             senders: AtomicUsize::new(1),
         });
         (Outbound { shared: shared.clone() }, OutboundRx { shared })
@@ -94,7 +104,7 @@ impl Outbound {
             }
             queue.items.push_back(item);
         }
-        self.shared.ready.notify_one();
+        self.shared.transport.wake();
         Ok(())
     }
 
@@ -106,7 +116,7 @@ impl Outbound {
         let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
         if queued > self.shared.limit {
             if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
-                self.shared.abort.notify_one();
+                self.shared.transport.wake();
             }
             return Err(SendError::Overflow);
         }
@@ -141,26 +151,46 @@ impl Clone for Outbound {
 impl Drop for Outbound {
     fn drop(&mut self) {
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.ready.notify_one();
+            self.shared.transport.wake();
         }
     }
 }
 
 impl OutboundRx {
-    /// The next item, or `None` once every sender is gone and the queue is
-    /// empty. Cancel-safe: an item is taken only when it is returned.
-    pub(crate) async fn recv(&self) -> Option<Out> {
-        loop {
-            if let Some(item) = self.try_recv() {
-                return Some(item);
-            }
-            if self.shared.senders.load(Ordering::Acquire) == 0 {
-                // A send may have raced the last drop.
-                return self.try_recv();
-            }
-            // A notify_one() between the check and here is kept as a permit.
-            self.shared.ready.notified().await;
+    /// Overflow first, then the next item, then the end. Cancel-safe: an
+    /// item is taken only when it is returned.
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        // Registered before looking, so that nothing queued after the look
+        // goes unnoticed.
+        self.shared.transport.register(cx.waker());
+        if self.shared.overflowed.load(Ordering::Acquire) {
+            return Poll::Ready(Next::Overflow);
         }
+        if let Some(item) = self.try_recv() {
+            return Poll::Ready(Next::Item(item));
+        }
+        if self.shared.senders.load(Ordering::Acquire) == 0 {
+            // A send may have raced the last drop.
+            return Poll::Ready(self.try_recv().map_or(Next::End, Next::Item));
+        }
+        Poll::Pending
+    }
+
+    pub(crate) async fn next(&self) -> Next {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Completes on overflow: raced against a write the peer may never read.
+    pub(crate) async fn overflowed(&self) {
+        std::future::poll_fn(|cx| {
+            self.shared.transport.register(cx.waker());
+            if self.shared.overflowed.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     pub(crate) fn try_recv(&self) -> Option<Out> {
@@ -188,9 +218,9 @@ impl Drop for OutboundRx {
 mod tests {
     use super::*;
 
-    fn data(out: Option<Out>) -> Option<Bytes> {
-        match out {
-            Some(Out::Data(b)) => Some(b),
+    fn data(next: Next) -> Option<Bytes> {
+        match next {
+            Next::Item(Out::Data(b)) => Some(b),
             _ => None,
         }
     }
@@ -201,26 +231,30 @@ mod tests {
         let other = tx.clone();
         tx.send(Bytes::from_static(b"a")).unwrap();
         other.send(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(data(rx.recv().await).as_deref(), Some(&b"a"[..]));
+        assert_eq!(data(rx.next().await).as_deref(), Some(&b"a"[..]));
         drop(tx);
-        assert_eq!(data(rx.recv().await).as_deref(), Some(&b"b"[..]));
+        assert_eq!(data(rx.next().await).as_deref(), Some(&b"b"[..]));
         drop(other);
-        assert!(rx.recv().await.is_none());
+        assert!(matches!(rx.next().await, Next::End));
     }
 
     #[tokio::test]
     async fn a_waiting_receiver_is_woken() {
         let (tx, rx) = Outbound::new(1024);
-        let waiting = tokio::spawn(async move { data(rx.recv().await) });
+        let waiting = tokio::spawn(async move { data(rx.next().await) });
         tokio::task::yield_now().await;
         tx.send(Bytes::from_static(b"x")).unwrap();
         assert_eq!(waiting.await.unwrap().as_deref(), Some(&b"x"[..]));
     }
 
-    #[test]
-    fn overflow_and_closed_are_reported() {
+    #[tokio::test]
+    async fn overflow_and_closed_are_reported() {
         let (tx, rx) = Outbound::new(4);
-        assert_eq!(tx.send(Bytes::from_static(b"12345")), Err(SendError::Overflow));
+        tx.send(Bytes::from_static(b"1")).unwrap();
+        assert_eq!(tx.send(Bytes::from_static(b"2345")), Err(SendError::Overflow));
+        // Overflow comes before what is queued, and interrupts a write.
+        assert!(matches!(rx.next().await, Next::Overflow));
+        rx.overflowed().await;
         let (tx2, rx2) = Outbound::new(1024);
         drop(rx2);
         assert_eq!(tx2.send(Bytes::from_static(b"1")), Err(SendError::Closed));

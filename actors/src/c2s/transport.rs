@@ -4,6 +4,7 @@
 //! buffering), writes the outbound queue in batches, and runs the TLS
 //! handshake, first for Direct TLS or on STARTTLS.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use tokio_util::codec::Decoder;
 
 use super::frames::FrameSender;
 use super::io::{Io, TlsSettings};
-use super::limits::{ConnState, ConnectionLimits, Shaper};
-use super::outbound::{Out, OutboundRx};
+use super::limits::{ConnState, Shaper};
+use super::outbound::{Next, Out, OutboundRx};
+use super::C2sContext;
 use crate::codec::{Frame, XmppCodec};
 use crate::error::{StreamCondition, StreamError};
 
@@ -39,11 +41,13 @@ pub(crate) type BoxedFrame = Box<FrameResult>;
 
 pub(crate) struct Transport {
     pub(crate) codec: XmppCodec,
-    pub(crate) frames: FrameSender,
+    /// `None` once the peer has nothing more to say (EOF, error, close).
+    pub(crate) frames: Option<FrameSender>,
     pub(crate) out: OutboundRx,
     pub(crate) conn: Arc<ConnState>,
-    pub(crate) limits: ConnectionLimits,
-    pub(crate) tls: Option<TlsSettings>,
+    /// Limits and TLS settings are read from here: copies would sit in
+    /// every connection's task.
+    pub(crate) cx: Arc<C2sContext>,
 }
 
 /// Runs the TLS handshake; on success records the channel bindings.
@@ -63,154 +67,159 @@ async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState) -> Option<Io> {
     }
 }
 
-pub(crate) async fn run(mut io: Io, t: Transport) {
-    let Transport {
-        mut codec,
-        frames,
-        out,
-        conn,
-        limits,
-        tls,
-    } = t;
-    if let (Io::TlsPending(..), Some(settings)) = (&io, &tls) {
-        // Boxed, as every rarely taken path here: the task's future is
-        // allocated per connection, and sized by its largest state.
-        match Box::pin(handshake(io, settings, &conn)).await {
-            Some(upgraded) => io = upgraded,
-            None => return,
-        }
-    }
-    let mut rbuf = BytesMut::new();
-    let mut chunk = READ_CHUNK_MIN;
-    let mut wbuf: Vec<u8> = Vec::new();
-    // `None` once the peer has nothing more to say (EOF, error, or close).
-    let mut frames = Some(frames);
-    let mut need_read = true;
-    // True once the peer closed its side: no need to wait for its close.
-    let mut peer_done = false;
-    // After <starttls/>, nothing is read until the handshake.
-    let mut awaiting_tls = false;
-    let mut shaper = Shaper::new(tokio::time::Instant::now().into_std(), limits.preauth_burst);
-    // Reading waits until then when the bucket has run dry.
-    let mut resume: Option<tokio::time::Instant> = None;
-    conn.touch();
-    loop {
-        let mut frames_done = false;
-        let reading = frames.is_some() && !awaiting_tls;
-        tokio::select! {
-            biased;
-            _ = out.shared.abort.notified() => {
-                Box::pin(overflow(&mut io)).await;
-                return;
+// Not an async fn: an async fn's future keeps its arguments twice (as
+// arguments and as moved-in locals); an async block captures them once.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Output = ()> {
+    async move {
+        // By reference: moving the fields out would store them twice in this
+        // future, which every connection holds for its whole life.
+        let Transport {
+            codec,
+            frames,
+            out,
+            conn,
+            cx,
+        } = &mut t;
+        let (limits, tls) = (&cx.config.connections, &cx.config.tls);
+        if let (Io::TlsPending(..), Some(settings)) = (&io, tls.as_ref()) {
+            // Boxed, as every rarely taken path here: the task's future is
+            // allocated per connection, and sized by its largest state.
+            match Box::pin(handshake(io, settings, conn)).await {
+                Some(upgraded) => io = upgraded,
+                None => return,
             }
-            msg = out.recv() => {
-                let mut close = None;
-                let mut start_tls = false;
-                match msg {
-                    None => return,
-                    Some(Out::Close { linger }) => close = Some(linger),
-                    Some(Out::StartTls) => start_tls = true,
-                    Some(Out::Data(first)) => {
-                        wbuf.extend_from_slice(&first);
-                        while wbuf.len() < WRITE_BATCH {
-                            match out.try_recv() {
-                                Some(Out::Data(more)) => wbuf.extend_from_slice(&more),
-                                Some(Out::Close { linger }) => { close = Some(linger); break; }
-                                Some(Out::StartTls) => { start_tls = true; break; }
-                                None => break,
-                            }
-                        }
-                        let written = wbuf.len();
-                        let ok = tokio::select! {
-                            r = io.write_all(&wbuf) => r.is_ok(),
-                            _ = out.shared.abort.notified() => { Box::pin(overflow(&mut io)).await; return; }
-                        };
-                        // Nothing is kept for a connection that is quiet.
-                        wbuf = Vec::new();
-                        out.release();
-                        out.shared.queued.fetch_sub(written, Ordering::AcqRel);
-                        if !ok {
+        }
+        let mut rbuf = BytesMut::new();
+        let mut chunk = READ_CHUNK_MIN;
+        let mut wbuf: Vec<u8> = Vec::new();
+        let mut need_read = true;
+        // True once the peer closed its side: no need to wait for its close.
+        let mut peer_done = false;
+        // After <starttls/>, nothing is read until the handshake.
+        let mut awaiting_tls = false;
+        let mut shaper = Shaper::new(tokio::time::Instant::now().into_std(), limits.preauth_burst);
+        // Reading waits for this when the bucket has run dry (boxed: rare).
+        let mut resume: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        conn.touch();
+        loop {
+            let mut frames_done = false;
+            let reading = frames.is_some() && !awaiting_tls;
+            tokio::select! {
+                biased;
+                next = out.next() => {
+                    let mut close = None;
+                    let mut start_tls = false;
+                    match next {
+                        Next::Overflow => {
+                            Box::pin(overflow(&mut io)).await;
                             return;
                         }
+                        Next::End => return,
+                        Next::Item(Out::Close { linger }) => close = Some(linger),
+                        Next::Item(Out::StartTls) => start_tls = true,
+                        Next::Item(Out::Data(first)) => {
+                            wbuf.extend_from_slice(&first);
+                            while wbuf.len() < WRITE_BATCH {
+                                match out.try_recv() {
+                                    Some(Out::Data(more)) => wbuf.extend_from_slice(&more),
+                                    Some(Out::Close { linger }) => { close = Some(linger); break; }
+                                    Some(Out::StartTls) => { start_tls = true; break; }
+                                    None => break,
+                                }
+                            }
+                            let written = wbuf.len();
+                            let ok = tokio::select! {
+                                r = io.write_all(&wbuf) => r.is_ok(),
+                                _ = out.overflowed() => { Box::pin(overflow(&mut io)).await; return; }
+                            };
+                            // Nothing is kept for a connection that is quiet.
+                            wbuf = Vec::new();
+                            out.release();
+                            out.shared.queued.fetch_sub(written, Ordering::AcqRel);
+                            if !ok {
+                                return;
+                            }
+                        }
                     }
-                }
-                if start_tls {
-                    let Some(settings) = &tls else { return };
-                    if io.flush().await.is_err() || !rbuf.is_empty() {
-                        // Nothing may follow <starttls/> before <proceed/>.
+                    if start_tls {
+                        let Some(settings) = &tls else { return };
+                        if io.flush().await.is_err() || !rbuf.is_empty() {
+                            // Nothing may follow <starttls/> before <proceed/>.
+                            return;
+                        }
+                        match Box::pin(handshake(std::mem::replace(&mut io, Io::Closed), settings, conn)).await {
+                            Some(upgraded) => io = upgraded,
+                            None => return,
+                        }
+                        codec.reset();
+                        awaiting_tls = false;
+                        need_read = true;
+                    }
+                    if let Some(linger) = close {
+                        Box::pin(close_gracefully(&mut io, linger, peer_done)).await;
                         return;
                     }
-                    match Box::pin(handshake(std::mem::replace(&mut io, Io::Closed), settings, &conn)).await {
-                        Some(upgraded) => io = upgraded,
-                        None => return,
+                }
+                permit = async { frames.as_ref().expect("guarded").reserve().await }, if reading && !need_read => {
+                    match permit {
+                        // The actor is gone; the queue ends when its senders do.
+                        Err(_) => frames_done = true,
+                        Ok(()) => match codec.decode(&mut rbuf) {
+                            Ok(Some(frame)) => {
+                                let closed = frame == Frame::StreamClose;
+                                if let Frame::Stanza(el) = &frame {
+                                    awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
+                                }
+                                frames.as_ref().expect("guarded").send(Box::new(Ok(frame)));
+                                frames_done = closed;
+                                peer_done = closed;
+                            }
+                            Ok(None) => {
+                                need_read = true;
+                                if rbuf.is_empty() {
+                                    // Drained: release it; the next read starts small.
+                                    rbuf = BytesMut::new();
+                                }
+                            }
+                            Err(err) => {
+                                frames.as_ref().expect("guarded").send(Box::new(Err(err)));
+                                frames_done = true;
+                            }
+                        },
                     }
-                    codec.reset();
-                    awaiting_tls = false;
-                    need_read = true;
                 }
-                if let Some(linger) = close {
-                    Box::pin(close_gracefully(&mut io, linger, peer_done)).await;
-                    return;
+                _ = async { if let Some(sleep) = resume.as_mut() { sleep.await } }, if resume.is_some() => {
+                    resume = None;
                 }
-            }
-            permit = async { frames.as_ref().expect("guarded").reserve().await }, if reading && !need_read => {
-                match permit {
-                    // The actor is gone; the queue ends when its senders do.
-                    Err(_) => frames_done = true,
-                    Ok(()) => match codec.decode(&mut rbuf) {
-                        Ok(Some(frame)) => {
-                            let closed = frame == Frame::StreamClose;
-                            if let Frame::Stanza(el) = &frame {
-                                awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
-                            }
-                            frames.as_ref().expect("guarded").send(Box::new(Ok(frame)));
-                            frames_done = closed;
-                            peer_done = closed;
-                        }
-                        Ok(None) => {
-                            need_read = true;
-                            if rbuf.is_empty() {
-                                // Drained: release it; the next read starts small.
-                                rbuf = BytesMut::new();
-                            }
-                        }
-                        Err(err) => {
-                            frames.as_ref().expect("guarded").send(Box::new(Err(err)));
+                n = io.read_some(&mut rbuf, chunk), if reading && need_read && resume.is_none() => {
+                    match n {
+                        Ok(0) | Err(_) => {
                             frames_done = true;
+                            peer_done = true;
                         }
-                    },
-                }
-            }
-            _ = tokio::time::sleep_until(resume.unwrap_or_else(tokio::time::Instant::now)), if resume.is_some() => {
-                resume = None;
-            }
-            n = io.read_some(&mut rbuf, chunk), if reading && need_read && resume.is_none() => {
-                match n {
-                    Ok(0) | Err(_) => {
-                        frames_done = true;
-                        peer_done = true;
-                    }
-                    Ok(n) => {
-                        need_read = false;
-                        conn.touch();
-                        // A read that filled the space asks for more next time.
-                        chunk = if n >= chunk { (chunk * 2).min(READ_CHUNK_MAX) } else { READ_CHUNK_MIN };
-                        let (rate, burst) = if conn.authenticated.load(Ordering::Relaxed) {
-                            (limits.rate, limits.burst)
-                        } else {
-                            (limits.preauth_rate, limits.preauth_burst)
-                        };
-                        let now = tokio::time::Instant::now();
-                        let until = tokio::time::Instant::from_std(shaper.take(n, now.into_std(), rate, burst));
-                        if until > now {
-                            resume = Some(until);
+                        Ok(n) => {
+                            need_read = false;
+                            conn.touch();
+                            // A read that filled the space asks for more next time.
+                            chunk = if n >= chunk { (chunk * 2).min(READ_CHUNK_MAX) } else { READ_CHUNK_MIN };
+                            let (rate, burst) = if conn.authenticated.load(Ordering::Relaxed) {
+                                (limits.rate, limits.burst)
+                            } else {
+                                (limits.preauth_rate, limits.preauth_burst)
+                            };
+                            let now = tokio::time::Instant::now();
+                            let until = tokio::time::Instant::from_std(shaper.take(n, now.into_std(), rate, burst));
+                            if until > now {
+                                resume = Some(Box::pin(tokio::time::sleep_until(until)));
+                            }
                         }
                     }
                 }
             }
-        }
-        if frames_done {
-            frames = None;
+            if frames_done {
+                *frames = None;
+            }
         }
     }
 }

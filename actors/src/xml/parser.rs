@@ -5,6 +5,8 @@
 //! RFC 6120 §11.1: no comments, processing instructions, DTDs or entity
 //! references other than the five predefined ones and character references.
 
+use std::borrow::Cow;
+
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
@@ -38,7 +40,18 @@ impl Default for ParseLimits {
 #[derive(Clone, Debug)]
 pub struct NsBindings {
     /// (prefix, namespace); `None` is the default namespace. Later wins.
-    scope: Vec<(Option<String>, String)>,
+    /// The stream header's bindings are kept for the stream's life, so the
+    /// usual ones borrow static strings instead of allocating.
+    scope: Vec<(Option<Cow<'static, str>>, Cow<'static, str>)>,
+}
+
+/// A static copy of a well-known name, or an owned one.
+fn interned(s: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 4] = [ns::CLIENT, ns::STREAM, "stream", "jabber:server"];
+    match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(k),
+        None => Cow::Owned(s.to_owned()),
+    }
 }
 
 impl NsBindings {
@@ -46,8 +59,8 @@ impl NsBindings {
     pub fn client() -> Self {
         NsBindings {
             scope: vec![
-                (None, ns::CLIENT.to_owned()),
-                (Some("stream".to_owned()), ns::STREAM.to_owned()),
+                (None, Cow::Borrowed(ns::CLIENT)),
+                (Some(Cow::Borrowed("stream")), Cow::Borrowed(ns::STREAM)),
             ],
         }
     }
@@ -57,7 +70,7 @@ impl NsBindings {
     }
 
     pub fn bind(&mut self, prefix: Option<&str>, ns: &str) {
-        self.scope.push((prefix.map(str::to_owned), ns.to_owned()));
+        self.scope.push((prefix.map(interned), interned(ns)));
     }
 
     pub fn resolve(&self, prefix: Option<&str>) -> Option<&str> {
@@ -68,7 +81,7 @@ impl NsBindings {
             .iter()
             .rev()
             .find(|(p, _)| p.as_deref() == prefix)
-            .map(|(_, n)| n.as_str())
+            .map(|(_, n)| n.as_ref())
     }
 
     pub fn default_ns(&self) -> Option<&str> {
@@ -81,6 +94,11 @@ impl NsBindings {
 
     fn len(&self) -> usize {
         self.scope.len()
+    }
+
+    /// Drops spare capacity: the stream's bindings live as long as it does.
+    pub fn shrink_to_fit(&mut self) {
+        self.scope.shrink_to_fit();
     }
 }
 
