@@ -76,6 +76,13 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         rounds: usize,
     },
+    /// Only creates accounts PREFIX0 .. PREFIX(N-1) (with --register), e.g.
+    /// before restarting the server to measure idle memory from a fresh
+    /// process.
+    Provision {
+        #[arg(long)]
+        accounts: usize,
+    },
     /// N users with K-item rosters (mutual subscriptions, made through
     /// subscribe/subscribed with --register) log in at once: time to
     /// roster and until every contact's presence is in.
@@ -123,6 +130,7 @@ fn main() -> ExitCode {
             // Fan-out accounts are named PREFIXpub and PREFIXf0...: registered below.
             Scenario::Fanout { followers, .. } => followers + 1,
             Scenario::Roster { users, .. } => users,
+            Scenario::Provision { accounts } => accounts,
         };
         if accounts + 64 > files as usize {
             eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
@@ -166,6 +174,10 @@ fn main() -> ExitCode {
             Scenario::Roster { users, contacts } => {
                 roster_storm::storm(&target, &cli.prefix, users, contacts, cli.server_pid).await
             }
+            Scenario::Provision { .. } if !cli.register => {
+                Err(LoadError::Unexpected("provision needs --register".into()))
+            }
+            Scenario::Provision { .. } => Ok(()),
         }
     });
     match result {

@@ -25,8 +25,8 @@ pub enum LoadError {
     Io(#[from] std::io::Error),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
-    #[error("connection closed")]
-    Closed,
+    #[error("connection closed while waiting for {0}")]
+    Closed(&'static str),
     #[error("unexpected reply: {0}")]
     Unexpected(String),
 }
@@ -75,7 +75,7 @@ impl Conn {
         match tokio::time::timeout(REPLY_TIMEOUT, self.rx.next()).await {
             Ok(Some(Ok(f))) => Ok(f),
             Ok(Some(Err(e))) => Err(LoadError::Unexpected(e.to_string())),
-            Ok(None) => Err(LoadError::Closed),
+            Ok(None) => Err(LoadError::Closed(what)),
             Err(_) => Err(LoadError::Timeout(what)),
         }
     }
@@ -107,7 +107,7 @@ impl Conn {
         self.send("</stream:stream>").await?;
         loop {
             match self.next("the server's stream close").await {
-                Ok(Frame::StreamClose) | Err(LoadError::Closed) => return Ok(()),
+                Ok(Frame::StreamClose) | Err(LoadError::Closed(_)) => return Ok(()),
                 // Whatever was in flight (presence, pushes) is skipped.
                 Ok(_) => {}
                 // A reset after our close is a close too.

@@ -104,13 +104,41 @@ pub async fn befriend(
             all_done.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut asks = String::new();
-            for j in ring.neighbours(i) {
-                asks.push_str(&format!("<presence to='{prefix}{j}@{domain}' type='subscribe'/>"));
-            }
-            c.send(&asks).await?;
+            // Contacts who approved on an earlier run need not be asked:
+            // some servers (Prosody) do not pass on a repeated approval.
             let mut approved_by = vec![false; ring.users];
             let mut approvals = 0;
+            c.send("<iq type='get' id='befriend-roster'><query xmlns='jabber:iq:roster'/></iq>")
+                .await?;
+            let roster = loop {
+                if let Frame::Stanza(el) = c.next("the roster").await? {
+                    if el.name() == "iq" && el.attr("id") == Some("befriend-roster") {
+                        break el;
+                    }
+                }
+            };
+            for item in roster
+                .get_child("query", ns::ROSTER)
+                .into_iter()
+                .flat_map(|q| q.children())
+            {
+                let approved = matches!(item.attr("subscription"), Some("to" | "both"));
+                let j = item.attr("jid").and_then(|jid| user_index(jid, &prefix));
+                if let Some(j) = j.filter(|&j| approved && ring.is_neighbour(i, j)) {
+                    if !std::mem::replace(&mut approved_by[j], true) {
+                        approvals += 1;
+                    }
+                }
+            }
+            let mut asks = String::new();
+            for j in ring.neighbours(i).filter(|&j| !approved_by[j]) {
+                asks.push_str(&format!("<presence to='{prefix}{j}@{domain}' type='subscribe'/>"));
+            }
+            if asks.is_empty() || approvals == ring.contacts {
+                let _ = done.send(());
+            } else {
+                c.send(&asks).await?;
+            }
             loop {
                 tokio::select! {
                     _ = all_done.changed() => return Ok::<_, LoadError>(c),
@@ -142,16 +170,24 @@ pub async fn befriend(
         }));
     }
     drop(done_tx);
-    for _ in 0..users {
-        tokio::time::timeout(Duration::from_secs(600), done_rx.recv())
-            .await
-            .map_err(|_| LoadError::Timeout("every subscription approved"))?
-            .ok_or(LoadError::Closed)?;
+    let mut done = 0;
+    while done < users {
+        match tokio::time::timeout(Duration::from_secs(600), done_rx.recv()).await {
+            Ok(Some(())) => done += 1,
+            // Every task has ended: the errors come out below.
+            Ok(None) => break,
+            Err(_) => return Err(LoadError::Timeout("every subscription approved")),
+        }
     }
     let _ = all_done_tx.send(true);
     let mut conns = Vec::new();
     for t in tasks {
         conns.push(t.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+    }
+    if done < users {
+        return Err(LoadError::Unexpected(format!(
+            "only {done} of {users} users were approved"
+        )));
     }
     close_all(conns).await
 }

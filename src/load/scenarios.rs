@@ -368,7 +368,7 @@ pub async fn fanout(
             let (r, at) = tokio::time::timeout(super::client::REPLY_TIMEOUT, done_rx.recv())
                 .await
                 .map_err(|_| LoadError::Timeout("a follower's presence"))?
-                .ok_or(LoadError::Closed)?;
+                .ok_or(LoadError::Closed("the other tasks"))?;
             if r != round {
                 return Err(LoadError::Unexpected(format!("round {r} during round {round}")));
             }
