@@ -18,6 +18,8 @@ use tokio_util::codec::FramedRead;
 
 /// How long any single expected reply may take before the run is failed.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closing stream waits for the server's close.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -52,6 +54,28 @@ fn open(domain: &str) -> String {
     format!(
         "<stream:stream to='{domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
     )
+}
+
+/// The SCRAM variant to use: SHA-256 if the server offers it, else SHA-1.
+pub fn scram_offered(features: &Element) -> (ScramHash, &'static str) {
+    let offered = |name: &str| {
+        features
+            .get_child("mechanisms", ns::SASL)
+            .is_some_and(|m| m.children().any(|c| c.text() == name))
+    };
+    if offered("SCRAM-SHA-256") || !offered("SCRAM-SHA-1") {
+        (ScramHash::Sha256, "SCRAM-SHA-256")
+    } else {
+        (ScramHash::Sha1, "SCRAM-SHA-1")
+    }
+}
+
+/// The mechanism `--scram` logins use against this server.
+pub async fn scram_mechanism(target: &Target) -> Result<&'static str, LoadError> {
+    let mut c = Conn::connect(target, 0).await?;
+    let features = c.open_stream(&target.domain).await?;
+    let _ = c.send("</stream:stream>").await;
+    Ok(scram_offered(&features).1)
 }
 
 impl Conn {
@@ -101,20 +125,22 @@ impl Conn {
         self.stanza("stream features").await
     }
 
-    /// Closes the stream and waits for the server to close its side (or
-    /// drop the connection): by then the server has ended the session.
+    /// Closes the stream and waits, for at most `CLOSE_TIMEOUT`, for the
+    /// server to close its side: by then the server has ended the session.
+    /// Best effort: the connection is dropped either way.
     pub async fn close(mut self) -> Result<(), LoadError> {
         self.send("</stream:stream>").await?;
-        loop {
-            match self.next("the server's stream close").await {
-                Ok(Frame::StreamClose) | Err(LoadError::Closed(_)) => return Ok(()),
-                // Whatever was in flight (presence, pushes) is skipped.
-                Ok(_) => {}
-                // A reset after our close is a close too.
-                Err(LoadError::Io(_)) | Err(LoadError::Unexpected(_)) => return Ok(()),
-                Err(e) => return Err(e),
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            // Whatever was in flight (presence, pushes) is skipped; a reset
+            // after our close is a close too.
+            while let Some(Ok(frame)) = self.rx.next().await {
+                if frame == Frame::StreamClose {
+                    break;
+                }
             }
-        }
+        })
+        .await;
+        Ok(())
     }
 
     /// XEP-0077 registration on a fresh stream; an existing account is fine.
@@ -148,15 +174,18 @@ impl Conn {
         salted: Option<Vec<u8>>,
     ) -> Result<(Conn, Option<Vec<u8>>), LoadError> {
         let mut c = Conn::connect(target, n).await?;
-        c.open_stream(&target.domain).await?;
+        let features = c.open_stream(&target.domain).await?;
         let mut cache = None;
         if target.scram {
-            let mut scram = ScramClient::new(ScramHash::Sha256, user, &target.password);
+            // SCRAM-SHA-256 where offered; ejabberd keeps one hash's keys
+            // per account (SHA-1 by default) and offers only that one.
+            let (hash, mechanism) = scram_offered(&features);
+            let mut scram = ScramClient::new(hash, user, &target.password);
             if let Some(s) = salted {
                 scram = scram.with_salted_password(s);
             }
             c.send(&format!(
-                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>{}</auth>",
                 B64.encode(scram.client_first())
             ))
             .await?;

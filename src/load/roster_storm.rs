@@ -67,6 +67,103 @@ async fn close_all(conns: Vec<Conn>) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Quiet time after which a user looks at its roster again and asks the
+/// contacts that have not approved yet: a server under a subscription
+/// flood may drop some requests (ejabberd did, at 500 × 100).
+const ASK_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// Who has approved one user's requests.
+struct Approvals {
+    by: Vec<bool>,
+    count: usize,
+    needed: usize,
+    /// Told once, when the last approval comes.
+    done: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl Approvals {
+    fn mark(&mut self, j: usize) {
+        if !std::mem::replace(&mut self.by[j], true) {
+            self.count += 1;
+            if self.count == self.needed {
+                let _ = self.done.send(());
+            }
+        }
+    }
+}
+
+/// One user's side of befriending: ask every contact not yet approved (as
+/// its roster shows), approve every request, until everyone is done.
+async fn befriend_one(
+    mut c: Conn,
+    ring: Ring,
+    i: usize,
+    prefix: String,
+    domain: String,
+    done: tokio::sync::mpsc::UnboundedSender<()>,
+    mut all_done: watch::Receiver<bool>,
+) -> Result<Conn, LoadError> {
+    const ROSTER: &str = "<iq type='get' id='befriend-roster'><query xmlns='jabber:iq:roster'/></iq>";
+    let mut approved = Approvals {
+        by: vec![false; ring.users],
+        count: 0,
+        needed: ring.contacts,
+        done,
+    };
+    c.send(ROSTER).await?;
+    let mut progress = tokio::time::Instant::now();
+    loop {
+        let frame = tokio::select! {
+            _ = all_done.changed() => return Ok(c),
+            _ = tokio::time::sleep_until(progress + ASK_AGAIN_AFTER), if approved.count < approved.needed => {
+                progress = tokio::time::Instant::now();
+                c.send(ROSTER).await?;
+                continue;
+            }
+            frame = c.next("subscription traffic") => frame,
+        };
+        let el = match frame {
+            Ok(Frame::Stanza(el)) => el,
+            // Done users wait quietly for the others.
+            Ok(_) | Err(LoadError::Timeout(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        let from = el.attr("from").unwrap_or_default().to_owned();
+        match (el.name(), el.attr("type")) {
+            ("iq", Some("result")) if el.attr("id") == Some("befriend-roster") => {
+                // Contacts who approved earlier (or on an earlier run) need
+                // not be asked: Prosody does not pass on a repeated approval.
+                let items = el.get_child("query", ns::ROSTER).into_iter().flat_map(|q| q.children());
+                for item in items {
+                    let approved_now = matches!(item.attr("subscription"), Some("to" | "both"));
+                    let j = item.attr("jid").and_then(|jid| user_index(jid, &prefix));
+                    if let Some(j) = j.filter(|&j| approved_now && ring.is_neighbour(i, j)) {
+                        approved.mark(j);
+                    }
+                }
+                let asks: String = ring
+                    .neighbours(i)
+                    .filter(|&j| !approved.by[j])
+                    .map(|j| format!("<presence to='{prefix}{j}@{domain}' type='subscribe'/>"))
+                    .collect();
+                if !asks.is_empty() {
+                    c.send(&asks).await?;
+                }
+            }
+            ("presence", Some("subscribe")) => {
+                c.send(&format!("<presence to='{from}' type='subscribed'/>")).await?;
+            }
+            ("presence", Some("subscribed")) => {
+                if let Some(j) = user_index(&from, &prefix).filter(|&j| ring.is_neighbour(i, j)) {
+                    approved.mark(j);
+                    progress = tokio::time::Instant::now();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// Makes the ring's subscriptions through the stanza path (RFC 6121 §3):
 /// everyone online, everyone asks each contact and approves every request.
 /// Done when every user has been approved by all its contacts. Safe to
@@ -96,78 +193,14 @@ pub async fn befriend(
     let (all_done_tx, all_done) = watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut tasks = Vec::new();
-    for (i, mut c) in conns.into_iter().enumerate() {
-        let (prefix, domain, done, mut all_done) = (
+    for (i, c) in conns.into_iter().enumerate() {
+        let (prefix, domain, done, all_done) = (
             prefix.to_owned(),
             target.domain.clone(),
             done_tx.clone(),
             all_done.clone(),
         );
-        tasks.push(tokio::spawn(async move {
-            // Contacts who approved on an earlier run need not be asked:
-            // some servers (Prosody) do not pass on a repeated approval.
-            let mut approved_by = vec![false; ring.users];
-            let mut approvals = 0;
-            c.send("<iq type='get' id='befriend-roster'><query xmlns='jabber:iq:roster'/></iq>")
-                .await?;
-            let roster = loop {
-                if let Frame::Stanza(el) = c.next("the roster").await? {
-                    if el.name() == "iq" && el.attr("id") == Some("befriend-roster") {
-                        break el;
-                    }
-                }
-            };
-            for item in roster
-                .get_child("query", ns::ROSTER)
-                .into_iter()
-                .flat_map(|q| q.children())
-            {
-                let approved = matches!(item.attr("subscription"), Some("to" | "both"));
-                let j = item.attr("jid").and_then(|jid| user_index(jid, &prefix));
-                if let Some(j) = j.filter(|&j| approved && ring.is_neighbour(i, j)) {
-                    if !std::mem::replace(&mut approved_by[j], true) {
-                        approvals += 1;
-                    }
-                }
-            }
-            let mut asks = String::new();
-            for j in ring.neighbours(i).filter(|&j| !approved_by[j]) {
-                asks.push_str(&format!("<presence to='{prefix}{j}@{domain}' type='subscribe'/>"));
-            }
-            if asks.is_empty() || approvals == ring.contacts {
-                let _ = done.send(());
-            } else {
-                c.send(&asks).await?;
-            }
-            loop {
-                tokio::select! {
-                    _ = all_done.changed() => return Ok::<_, LoadError>(c),
-                    frame = c.next("subscription traffic") => {
-                        let Frame::Stanza(el) = frame? else { continue };
-                        if el.name() != "presence" {
-                            continue;
-                        }
-                        let from = el.attr("from").unwrap_or_default().to_owned();
-                        match el.attr("type") {
-                            Some("subscribe") => {
-                                c.send(&format!("<presence to='{from}' type='subscribed'/>")).await?;
-                            }
-                            Some("subscribed") => {
-                                if let Some(j) = user_index(&from, &prefix).filter(|&j| ring.is_neighbour(i, j)) {
-                                    if !std::mem::replace(&mut approved_by[j], true) {
-                                        approvals += 1;
-                                        if approvals == ring.contacts {
-                                            let _ = done.send(());
-                                        }
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            }
-        }));
+        tasks.push(tokio::spawn(befriend_one(c, ring, i, prefix, domain, done, all_done)));
     }
     drop(done_tx);
     let mut done = 0;

@@ -118,7 +118,11 @@ pub async fn login(
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
     latencies.sort();
-    let mech = if target.scram { "SCRAM-SHA-256" } else { "PLAIN" };
+    let mech = if target.scram {
+        super::client::scram_mechanism(target).await?
+    } else {
+        "PLAIN"
+    };
     let rate = wave as f64 / wall;
     println!(
         "login    C={clients:<6} (+{wave} to {held} held) {mech:<13} {rate:>9.0} logins/s   p50 {:>7.1} ms  p99 {:>7.1} ms   driver CPU {driver_cpu:.2}s  server CPU {}",

@@ -50,8 +50,10 @@ pub struct C2s {
     closing: bool,
     /// The session has sent available presence (and not unavailable since).
     available: bool,
-    /// Who got directed presence from this session (RFC 6121 §4.6).
-    directed: HashSet<Jid>,
+    /// Who got directed presence from this session (RFC 6121 §4.6). Boxed:
+    /// most sessions never send any, and every connection holds this.
+    #[allow(clippy::box_collection)]
+    directed: Option<Box<HashSet<Jid>>>,
     pub(super) conn: Arc<ConnState>,
     pub(super) admitted: Admitted,
     /// When the server pinged a silent client, and the read count then:
@@ -86,7 +88,7 @@ impl C2s {
             auth_failures: 0,
             closing: false,
             available: false,
-            directed: HashSet::new(),
+            directed: None,
             conn,
             admitted,
             ping_sent: None,
@@ -323,9 +325,9 @@ impl C2s {
             Kind::Presence(t @ (PresenceType::Available | PresenceType::Unavailable)) => {
                 if let Some(to) = stanza.to().cloned() {
                     if t == PresenceType::Available {
-                        self.directed.insert(to);
-                    } else {
-                        self.directed.remove(&to);
+                        self.directed.get_or_insert_default().insert(to);
+                    } else if let Some(directed) = &mut self.directed {
+                        directed.remove(&to);
                     }
                 }
                 self.cx.router.route(stanza);
@@ -376,7 +378,7 @@ impl C2s {
             PresenceType::Unavailable if self.available => {
                 self.available = false;
                 session.set_unavailable();
-                let directed = self.directed.drain().collect();
+                let directed = self.directed.take().map_or_else(Vec::new, |d| d.into_iter().collect());
                 let presence = stanza.into_element();
                 let msg = PresenceMsg::Unavailable {
                     session: session.clone(),
@@ -443,7 +445,7 @@ impl Actor for C2s {
                 let presence = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
                     .with_attr("from", session.jid.as_str());
-                let directed = self.directed.drain().collect();
+                let directed = self.directed.take().map_or_else(Vec::new, |d| d.into_iter().collect());
                 PresenceMsg::Unavailable {
                     session: session.clone(),
                     presence,

@@ -57,7 +57,9 @@ impl Default for ConnectionLimits {
 pub struct ConnState {
     pub(crate) authenticated: AtomicBool,
     /// Set by the transport once TLS is up.
-    pub(crate) tls: Mutex<Option<super::io::ChannelBindings>>,
+    /// Boxed: most connections of a busy server are idle, and most
+    /// connections' state is this struct.
+    pub(crate) tls: Mutex<Option<Box<super::io::ChannelBindings>>>,
     /// Milliseconds since `epoch` at the last read.
     last_read: AtomicU64,
     /// Reads so far: any read after a ping answers it.
@@ -84,7 +86,7 @@ impl ConnState {
 
     /// The channel bindings, if the connection is encrypted.
     pub(crate) fn tls(&self) -> Option<super::io::ChannelBindings> {
-        self.tls.lock().ok().and_then(|t| t.clone())
+        self.tls.lock().ok().and_then(|t| t.as_deref().cloned())
     }
 
     pub(crate) fn reads(&self) -> u64 {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use actor::C2s;
-pub use outbound::{Outbound, SendError};
+pub use outbound::{Outbound, OutboundReader, SendError};
 
 use crate::codec::{CodecLimits, XmppCodec};
 use crate::error::StreamError;

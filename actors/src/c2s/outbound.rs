@@ -83,6 +83,12 @@ pub(crate) struct OutboundRx {
     pub(crate) shared: Arc<Shared>,
 }
 
+/// The reading end of a queue whose session is not a socket: an
+/// embedder's in-process session (a bot, a bridge), or a benchmark. What
+/// the server would have written to the socket comes out here, stanza by
+/// stanza.
+pub struct OutboundReader(OutboundRx);
+
 impl Outbound {
     pub(crate) fn new(limit: usize) -> (Outbound, OutboundRx) {
         let shared = Arc::new(Shared {
@@ -94,6 +100,13 @@ impl Outbound {
             senders: AtomicUsize::new(1),
         });
         (Outbound { shared: shared.clone() }, OutboundRx { shared })
+    }
+
+    /// A queue bounded at `limit` bytes, read by the caller instead of a
+    /// connection: pass the `Outbound` to [`crate::session::Session::new`].
+    pub fn detached(limit: usize) -> (Outbound, OutboundReader) {
+        let (tx, rx) = Outbound::new(limit);
+        (tx, OutboundReader(rx))
     }
 
     fn push(&self, item: Out) -> Result<(), SendError> {
@@ -206,6 +219,37 @@ impl OutboundRx {
     }
 }
 
+impl OutboundReader {
+    /// The next stanza's bytes; `None` once the session is closed (or its
+    /// queue overflowed) and nothing is left.
+    pub async fn recv(&self) -> Option<Bytes> {
+        loop {
+            match self.0.next().await {
+                Next::Item(Out::Data(bytes)) => {
+                    self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    return Some(bytes);
+                }
+                Next::Item(Out::StartTls) => continue,
+                Next::Item(Out::Close { .. }) | Next::Overflow | Next::End => return None,
+            }
+        }
+    }
+
+    /// The next stanza's bytes if one is queued.
+    pub fn try_recv(&self) -> Option<Bytes> {
+        loop {
+            match self.0.try_recv()? {
+                Out::Data(bytes) => {
+                    self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    return Some(bytes);
+                }
+                Out::StartTls => continue,
+                Out::Close { .. } => return None,
+            }
+        }
+    }
+}
+
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         let mut queue = self.shared.queue();
@@ -259,6 +303,16 @@ mod tests {
         drop(rx2);
         assert_eq!(tx2.send(Bytes::from_static(b"1")), Err(SendError::Closed));
         drop(rx);
+    }
+
+    #[tokio::test]
+    async fn a_detached_queue_is_read_by_its_owner() {
+        let (tx, reader) = Outbound::detached(1024);
+        tx.send(Bytes::from_static(b"<message/>")).unwrap();
+        assert_eq!(reader.try_recv().as_deref(), Some(&b"<message/>"[..]));
+        assert_eq!(tx.queued(), 0);
+        tx.close(Duration::ZERO);
+        assert!(reader.recv().await.is_none());
     }
 
     #[test]

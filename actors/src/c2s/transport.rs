@@ -55,7 +55,7 @@ async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState) -> Option<Io> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade(tls.acceptor.clone())).await {
         Ok(Ok(io)) => {
             if let Ok(mut slot) = conn.tls.lock() {
-                *slot = io.channel_bindings(&tls.server_end_point);
+                *slot = io.channel_bindings(&tls.server_end_point).map(Box::new);
             }
             Some(io)
         }
