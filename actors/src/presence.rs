@@ -175,7 +175,13 @@ pub fn addressed(template: &[u8], to: &str) -> Bytes {
         .skip(1)
         .position(|b| matches!(b, b' ' | b'/' | b'>'))
         .map_or(0, |i| i + 1);
-    let to = escape(to);
+    // JIDs rarely need escaping (only a resource may hold & < > ' "):
+    // look before calling the escaper, which was a tenth of fan-out's work.
+    let to = if to.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"')) {
+        escape(to)
+    } else {
+        std::borrow::Cow::Borrowed(to)
+    };
     let mut out = Vec::with_capacity(template.len() + to.len() + 6);
     out.extend_from_slice(&template[..name_end]);
     out.extend_from_slice(b" to='");
@@ -195,15 +201,19 @@ fn template_of(presence: &Element) -> Bytes {
 /// nothing when there is none.
 fn to_available(sessions: &SessionTable, user: &BareJid, bytes: impl FnOnce() -> Bytes) {
     sessions.with_resources(user, |all| {
-        let mut make = Some(bytes);
-        let mut made: Option<Bytes> = None;
-        for s in all.iter().filter(|s| s.priority().is_some()) {
-            if let Some(make) = make.take() {
-                made = Some(make());
+        let mut available = all.iter().filter(|s| s.priority().is_some()).peekable();
+        if available.peek().is_none() {
+            return;
+        }
+        let bytes = bytes();
+        while let Some(s) = available.next() {
+            if available.peek().is_none() {
+                // The last (usually the only) one takes the bytes: a clone
+                // would allocate a shared header.
+                s.deliver(bytes);
+                return;
             }
-            if let Some(b) = &made {
-                s.deliver(b.clone());
-            }
+            s.deliver(bytes.clone());
         }
     })
 }

@@ -69,8 +69,44 @@ async fn close_all(conns: Vec<Conn>) -> Result<(), LoadError> {
 
 /// Quiet time after which a user looks at its roster again and asks the
 /// contacts that have not approved yet: a server under a subscription
-/// flood may drop some requests (ejabberd did, at 500 × 100).
+/// flood may drop some requests (ejabberd did, at 500 × 100). Quiet means
+/// no approval for anyone: a busy server is not asked twice.
 const ASK_AGAIN_AFTER: Duration = Duration::from_secs(10);
+
+/// When anyone was last approved, in milliseconds since `epoch`.
+#[derive(Clone)]
+struct Progress {
+    epoch: Instant,
+    last_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            epoch: Instant::now(),
+            last_ms: Arc::default(),
+        }
+    }
+
+    fn made(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        let ms = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::Instant::from_std(self.epoch + Duration::from_millis(ms))
+    }
+}
+
+/// What the befriending users share.
+struct Everyone {
+    /// Told when this user has all its approvals.
+    done: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Set when every user has.
+    all_done: watch::Receiver<bool>,
+    progress: Progress,
+}
 
 /// Who has approved one user's requests.
 struct Approvals {
@@ -100,9 +136,13 @@ async fn befriend_one(
     i: usize,
     prefix: String,
     domain: String,
-    done: tokio::sync::mpsc::UnboundedSender<()>,
-    mut all_done: watch::Receiver<bool>,
+    everyone: Everyone,
 ) -> Result<Conn, LoadError> {
+    let Everyone {
+        done,
+        mut all_done,
+        progress,
+    } = everyone;
     const ROSTER: &str = "<iq type='get' id='befriend-roster'><query xmlns='jabber:iq:roster'/></iq>";
     let mut approved = Approvals {
         by: vec![false; ring.users],
@@ -111,13 +151,16 @@ async fn befriend_one(
         done,
     };
     c.send(ROSTER).await?;
-    let mut progress = tokio::time::Instant::now();
+    let mut asked = tokio::time::Instant::now();
     loop {
+        let again = asked.max(progress.last()) + ASK_AGAIN_AFTER;
         let frame = tokio::select! {
             _ = all_done.changed() => return Ok(c),
-            _ = tokio::time::sleep_until(progress + ASK_AGAIN_AFTER), if approved.count < approved.needed => {
-                progress = tokio::time::Instant::now();
-                c.send(ROSTER).await?;
+            _ = tokio::time::sleep_until(again), if approved.count < approved.needed => {
+                if progress.last() + ASK_AGAIN_AFTER <= tokio::time::Instant::now() {
+                    asked = tokio::time::Instant::now();
+                    c.send(ROSTER).await?;
+                }
                 continue;
             }
             frame = c.next("subscription traffic") => frame,
@@ -156,7 +199,7 @@ async fn befriend_one(
             ("presence", Some("subscribed")) => {
                 if let Some(j) = user_index(&from, &prefix).filter(|&j| ring.is_neighbour(i, j)) {
                     approved.mark(j);
-                    progress = tokio::time::Instant::now();
+                    progress.made();
                 }
             }
             _ => {}
@@ -189,6 +232,7 @@ pub async fn befriend(
     for l in logins {
         conns.push(l.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
     }
+    let progress = Progress::new();
     // Everyone keeps approving until everyone is done.
     let (all_done_tx, all_done) = watch::channel(false);
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -200,7 +244,12 @@ pub async fn befriend(
             done_tx.clone(),
             all_done.clone(),
         );
-        tasks.push(tokio::spawn(befriend_one(c, ring, i, prefix, domain, done, all_done)));
+        let everyone = Everyone {
+            done,
+            all_done,
+            progress: progress.clone(),
+        };
+        tasks.push(tokio::spawn(befriend_one(c, ring, i, prefix, domain, everyone)));
     }
     drop(done_tx);
     let mut done = 0;
