@@ -79,16 +79,25 @@ pub async fn login(
     let (held, clients) = (accounts.start, accounts.end);
     // SCRAM: one untimed login per account fills the salted-password cache,
     // so the driver's own PBKDF2 does not limit the rate.
-    let mut cache: Vec<(usize, Option<Vec<u8>>)> = accounts.map(|i| (i, None)).collect();
+    let gate = Arc::new(Semaphore::new(parallel));
+    let mut cache: Vec<(usize, Option<Vec<u8>>)> = accounts.clone().map(|i| (i, None)).collect();
     if target.scram {
-        for (i, slot) in cache.iter_mut() {
-            let (c, salted) = Conn::login(target, *i, &format!("{prefix}{i}"), "warm", None).await?;
-            c.close().await?;
-            *slot = salted;
+        let warming: Vec<_> = accounts
+            .map(|i| {
+                let (target, user, gate) = (target.clone(), format!("{prefix}{i}"), gate.clone());
+                tokio::spawn(async move {
+                    let _permit = gate.acquire().await;
+                    let (c, salted) = Conn::login(&target, i, &user, "warm", None).await?;
+                    c.close().await?;
+                    Ok::<_, LoadError>(salted)
+                })
+            })
+            .collect();
+        for ((_, slot), w) in cache.iter_mut().zip(warming) {
+            *slot = w.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
         }
     }
     let wave = cache.len();
-    let gate = Arc::new(Semaphore::new(parallel));
     let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
     for (i, salted) in cache {
