@@ -6,8 +6,6 @@
 use actix::prelude::*;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::actor::{C2s, State};
 use super::io::{ChannelBindings, StartTls};
@@ -209,9 +207,8 @@ impl C2s {
     }
 
     fn fake_salt(&self, user: &BareJid) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.cx.secret).expect("any key length");
-        mac.update(user.as_str().as_bytes());
-        mac.finalize().into_bytes()[..16].to_vec()
+        let mac = ScramHash::Sha256.hmac(&self.cx.secret, user.as_str().as_bytes());
+        mac.into_iter().take(16).collect()
     }
 
     fn sasl_start(&mut self, ctx: &mut Context<Self>, mech: Mechanism, data: Vec<u8>) {

@@ -161,7 +161,12 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                         return;
                     }
                 }
-                permit = async { frames.as_ref().expect("guarded").reserve().await }, if reading && !need_read => {
+                permit = async {
+                    match frames.as_ref() {
+                        Some(frames) => frames.reserve().await,
+                        None => std::future::pending().await,
+                    }
+                }, if reading && !need_read => {
                     match permit {
                         // The actor is gone; the queue ends when its senders do.
                         Err(_) => frames_done = true,
@@ -171,7 +176,9 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                                 if let Frame::Stanza(el) = &frame {
                                     awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
                                 }
-                                frames.as_ref().expect("guarded").send(Box::new(Ok(frame)));
+                                if let Some(tx) = frames.as_ref() {
+                                    tx.send(Box::new(Ok(frame)));
+                                }
                                 frames_done = closed;
                                 peer_done = closed;
                             }
@@ -183,7 +190,9 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                                 }
                             }
                             Err(err) => {
-                                frames.as_ref().expect("guarded").send(Box::new(Err(err)));
+                                if let Some(tx) = frames.as_ref() {
+                                    tx.send(Box::new(Err(err)));
+                                }
                                 frames_done = true;
                             }
                         },
