@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -37,8 +37,7 @@ struct Pipe {
 
 impl Pipe {
     fn state(&self) -> MutexGuard<'_, State> {
-        // Nothing that holds the lock can panic: a poisoned queue is sound.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.state)
     }
 }
 

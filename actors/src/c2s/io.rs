@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -117,9 +117,9 @@ impl Io {
                 if buf.capacity() == buf.len() {
                     buf.reserve(chunk);
                 }
-                // Boxed: TLS is rarer and heavier anyway, and an inline
-                // read future would grow every connection's task.
-                Box::pin(other.read_buf(buf)).await
+                // Polled in place: a read_buf() future would grow every
+                // connection's task, and boxing it allocates per read.
+                std::future::poll_fn(|cx| tokio_util::io::poll_read_buf(Pin::new(&mut *other), cx, buf)).await
             }
         }
     }

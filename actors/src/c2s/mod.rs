@@ -119,6 +119,12 @@ impl C2sContext {
     }
 }
 
+/// Locks one of a connection's small shared structures. Nothing that holds
+/// these locks can panic, so a poisoned one is still sound.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Takes a new connection on the current arbiter: admits it (per-IP and
 /// unauthenticated limits) and starts it, or refuses it with a stream error.
 pub fn accept(cx: Arc<C2sContext>, io: Io, peer: SocketAddr) {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -59,8 +59,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
-        // Nothing that holds the lock can panic: a poisoned queue is sound.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.queue)
     }
 }
 

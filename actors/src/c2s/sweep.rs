@@ -6,7 +6,7 @@
 //! 250 bytes for its whole life.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix::{Message, WeakAddr};
@@ -30,8 +30,7 @@ pub struct Connections {
 
 impl Connections {
     fn with<R>(&self, f: impl FnOnce(&mut Vec<WeakAddr<C2s>>) -> R) -> R {
-        // Nothing that holds the lock can panic: a poisoned list is sound.
-        f(&mut self.live.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut super::lock(&self.live))
     }
 }
 
