@@ -8,9 +8,10 @@
 //! The server and this driver share the machine's cores; the server's own
 //! CPU time is reported beside the figures.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shoal::load::client::{Conn, Target};
+use shoal::load::{cpu_seconds_of, Spread};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
 use shoal_actors::codec::Frame;
@@ -25,28 +26,14 @@ async fn online(target: &Target, n: usize, user: &str) -> Conn {
     c
 }
 
-/// User + system CPU seconds from a `/proc/.../stat` file.
-fn cpu_seconds(stat: &str) -> f64 {
-    let stat = std::fs::read_to_string(stat).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: f64 = fields
-        .get(11..13)
-        .map_or(0.0, |f| f.iter().filter_map(|x| x.parse::<f64>().ok()).sum());
-    ticks / 100.0
-}
-
 /// This process hosts the server and the driver; the driver runs on the
 /// main thread, whose time is subtracted.
 fn server_cpu_seconds() -> f64 {
-    cpu_seconds("/proc/self/stat")
+    cpu_seconds_of("/proc/self/stat").unwrap_or(0.0)
 }
 
 fn thread_cpu_seconds() -> f64 {
-    cpu_seconds("/proc/thread-self/stat")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+    cpu_seconds_of("/proc/thread-self/stat").unwrap_or(0.0)
 }
 
 fn setup(db: &std::path::Path, followers: usize) {
@@ -102,7 +89,7 @@ fn run(followers: usize, rounds: usize) {
         .enable_all()
         .build()
         .unwrap();
-    let (to_last, cpu, driver_cpu, wall) = rt.block_on(async move {
+    let (mut to_last, cpu, driver_cpu, wall) = rt.block_on(async move {
         let mut conns = Vec::new();
         let target = Target {
             addr,
@@ -171,8 +158,7 @@ fn run(followers: usize, rounds: usize) {
     let _ = stop_tx.send(());
     server.join().unwrap();
 
-    let mut sorted = to_last.clone();
-    sorted.sort();
+    let latency = Spread::of(&mut to_last);
     let deliveries = (followers * rounds) as f64;
     let server_cpu = cpu - driver_cpu;
     // CPU time comes in 10 ms ticks: below a few tenths it says nothing.
@@ -182,10 +168,10 @@ fn run(followers: usize, rounds: usize) {
         format!("{:>9}", "n/a")
     };
     println!(
-        "fan-out F={followers:<5} rounds={rounds:<3} to-last p50 {:>8.2?}  p99 {:>8.2?}  deliveries/s {:>9.0}  \
+        "fan-out F={followers:<5} rounds={rounds:<3} to-last p50 {:>7.2} ms  p99 {:>7.2} ms  deliveries/s {:>9.0}  \
          per server CPU-s {per_cpu}  (server CPU {server_cpu:.2}s, driver CPU {driver_cpu:.2}s)",
-        percentile(&sorted, 0.5),
-        percentile(&sorted, 0.99),
+        latency.p50,
+        latency.p99,
         deliveries / wall.as_secs_f64(),
     );
 }

@@ -125,6 +125,19 @@ impl Conn {
         self.stanza("stream features").await
     }
 
+    /// Sends initial presence and waits for the server's echo of it to the
+    /// user's own resource: from then on the session is available.
+    pub async fn available(&mut self) -> Result<(), LoadError> {
+        self.send("<presence/>").await?;
+        loop {
+            if let Frame::Stanza(el) = self.next("presence echo").await? {
+                if el.name() == "presence" {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
     /// Closes the stream and waits, for at most `CLOSE_TIMEOUT`, for the
     /// server to close its side: by then the server has ended the session.
     /// Best effort: the connection is dropped either way.

@@ -16,8 +16,8 @@ use shoal_actors::ns;
 use tokio::sync::{watch, Semaphore};
 
 use super::client::{Conn, LoadError, Target};
-use super::percentile_ms;
 use super::scenarios::{json_num, Meter};
+use super::Spread;
 
 /// Who is whose contact.
 #[derive(Clone, Copy)]
@@ -54,8 +54,7 @@ fn user_index(jid: &str, prefix: &str) -> Option<usize> {
 
 async fn login_available(target: &Target, prefix: &str, i: usize) -> Result<Conn, LoadError> {
     let (mut c, _) = Conn::login(target, i, &format!("{prefix}{i}"), "setup", None).await?;
-    c.send("<presence/>").await?;
-    while !matches!(c.next("presence echo").await?, Frame::Stanza(ref el) if el.name() == "presence") {}
+    c.available().await?;
     Ok(c)
 }
 
@@ -362,26 +361,28 @@ pub async fn storm(
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
     close_all(conns).await?;
-    for v in [&mut to_roster, &mut own, &mut converged] {
-        v.sort();
-    }
+    let (to_roster, own, converged) = (
+        Spread::of(&mut to_roster),
+        Spread::of(&mut own),
+        Spread::of(&mut converged),
+    );
     let deliveries = (users * contacts) as f64;
     println!(
         "roster   N={users:<5} K={contacts:<4} roster p50 {:>7.1} ms  p99 {:>7.1} ms   converged p50 {:>7.1} ms  p99 {:>7.1} ms  (from own login p99 {:>7.1} ms)   all in {wall:.2}s   driver CPU {driver_cpu:.2}s  server CPU {}",
-        percentile_ms(&to_roster, 0.5),
-        percentile_ms(&to_roster, 0.99),
-        percentile_ms(&converged, 0.5),
-        percentile_ms(&converged, 0.99),
-        percentile_ms(&own, 0.99),
+        to_roster.p50,
+        to_roster.p99,
+        converged.p50,
+        converged.p99,
+        own.p99,
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
         "{{\"scenario\":\"roster\",\"users\":{users},\"contacts\":{contacts},\"roster_p50_ms\":{:.3},\"roster_p99_ms\":{:.3},\"converged_p50_ms\":{:.3},\"p99_ms\":{:.3},\"own_p99_ms\":{:.3},\"wall_s\":{wall:.3},\"presence_per_server_cpu_s\":{},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
-        percentile_ms(&to_roster, 0.5),
-        percentile_ms(&to_roster, 0.99),
-        percentile_ms(&converged, 0.5),
-        percentile_ms(&converged, 0.99),
-        percentile_ms(&own, 0.99),
+        to_roster.p50,
+        to_roster.p99,
+        converged.p50,
+        converged.p99,
+        own.p99,
         json_num(server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s)),
         json_num(server_cpu),
     );

@@ -9,7 +9,7 @@ use shoal_actors::codec::Frame;
 use tokio::sync::Semaphore;
 
 use super::client::{Conn, LoadError, Target};
-use super::{cpu_seconds, percentile_ms, rss_kib};
+use super::{cpu_seconds, rss_kib, Spread};
 
 /// What every scenario reports besides its own figures.
 pub struct Meter {
@@ -106,15 +106,7 @@ pub async fn login(
             let _permit = gate.acquire().await;
             let t0 = Instant::now();
             let (mut c, _) = Conn::login(&target, i, &user, "load", salted).await?;
-            c.send("<presence/>").await?;
-            // The server echoes available presence to the user's own resources.
-            loop {
-                if let Frame::Stanza(el) = c.next("presence echo").await? {
-                    if el.name() == "presence" {
-                        break;
-                    }
-                }
-            }
+            c.available().await?;
             Ok::<_, LoadError>((c, t0.elapsed()))
         }));
     }
@@ -126,7 +118,7 @@ pub async fn login(
         latencies.push(d);
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
-    latencies.sort();
+    let latency = Spread::of(&mut latencies);
     let mech = if target.scram {
         super::client::scram_mechanism(target).await?
     } else {
@@ -135,14 +127,14 @@ pub async fn login(
     let rate = wave as f64 / wall;
     println!(
         "login    C={clients:<6} (+{wave} to {held} held) {mech:<13} {rate:>9.0} logins/s   p50 {:>7.1} ms  p99 {:>7.1} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
-        percentile_ms(&latencies, 0.5),
-        percentile_ms(&latencies, 0.99),
+        latency.p50,
+        latency.p99,
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
         "{{\"scenario\":\"login\",\"clients\":{clients},\"held\":{held},\"mechanism\":\"{mech}\",\"logins_per_s\":{rate:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
-        percentile_ms(&latencies, 0.5),
-        percentile_ms(&latencies, 0.99),
+        latency.p50,
+        latency.p99,
         json_num(server_cpu),
     );
     Ok(conns)
@@ -187,11 +179,9 @@ pub async fn messages(
         let (a, b) = (format!("{prefix}{}", 2 * p), format!("{prefix}{}", 2 * p + 1));
         let (mut sa, _) = Conn::login(target, 2 * p, &a, "m", None).await?;
         let (mut sb, _) = Conn::login(target, 2 * p + 1, &b, "m", None).await?;
-        // Available, so that nothing is bounced; read the echoes.
-        for c in [&mut sa, &mut sb] {
-            c.send("<presence/>").await?;
-            while !matches!(c.next("presence echo").await?, Frame::Stanza(ref el) if el.name() == "presence") {}
-        }
+        // Available, so that nothing is bounced.
+        sa.available().await?;
+        sb.available().await?;
         senders.push((sa, format!("{b}@{}/m", target.domain)));
         receivers.push(sb);
     }
@@ -255,7 +245,7 @@ pub async fn messages(
         all.extend(recv.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
-    all.sort();
+    let latency = Spread::of(&mut all);
     let delivered = all.len();
     let rate = delivered as f64 / wall;
     let per_cpu = server_cpu.filter(|s| *s >= 0.3).map(|s| delivered as f64 / s);
@@ -264,17 +254,17 @@ pub async fn messages(
     println!(
         "messages P={pairs:<4} window={window:<3} {rate:>9.0} msgs/s  per server CPU-s {}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  lost {lost}  out of order {disorder}   driver CPU {driver_cpu:.2}s  server CPU {}",
         per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
-        percentile_ms(&all, 0.5),
-        percentile_ms(&all, 0.99),
-        all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        latency.p50,
+        latency.p99,
+        latency.max,
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
         "{{\"scenario\":\"messages\",\"pairs\":{pairs},\"window\":{window},\"delivered\":{delivered},\"msgs_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{lost},\"out_of_order\":{disorder},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
         json_num(per_cpu),
-        percentile_ms(&all, 0.5),
-        percentile_ms(&all, 0.99),
-        all.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        latency.p50,
+        latency.p99,
+        latency.max,
         json_num(server_cpu),
     );
     drop(keep);
@@ -393,7 +383,7 @@ pub async fn fanout(
     for w in watchers {
         w.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
     }
-    to_last.sort();
+    let latency = Spread::of(&mut to_last);
     let deliveries = (followers * rounds) as f64;
     let rate = deliveries / wall;
     // CPU time comes in 10 ms ticks: 0.1 s is the least that says much.
@@ -401,15 +391,15 @@ pub async fn fanout(
     println!(
         "fanout   F={followers:<6} rounds={rounds:<3} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
         per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
-        percentile_ms(&to_last, 0.5),
-        percentile_ms(&to_last, 0.99),
+        latency.p50,
+        latency.p99,
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
         "{{\"scenario\":\"fanout\",\"followers\":{followers},\"rounds\":{rounds},\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
         json_num(per_cpu),
-        percentile_ms(&to_last, 0.5),
-        percentile_ms(&to_last, 0.99),
+        latency.p50,
+        latency.p99,
         json_num(server_cpu),
     );
     Ok(())
