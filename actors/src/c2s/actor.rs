@@ -63,6 +63,13 @@ pub struct C2s {
     pub(super) negotiation_deadline: Option<SpawnHandle>,
 }
 
+/// Everyone who got directed presence, forgotten: they are owed
+/// unavailable presence now.
+#[allow(clippy::box_collection)]
+fn take_directed(directed: &mut Option<Box<HashSet<Jid>>>) -> Vec<Jid> {
+    directed.take().map_or_else(Vec::new, |d| d.into_iter().collect())
+}
+
 pub(super) fn random_id(len: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
@@ -378,7 +385,7 @@ impl C2s {
             PresenceType::Unavailable if self.available => {
                 self.available = false;
                 session.set_unavailable();
-                let directed = self.directed.take().map_or_else(Vec::new, |d| d.into_iter().collect());
+                let directed = take_directed(&mut self.directed);
                 let presence = stanza.into_element();
                 let msg = PresenceMsg::Unavailable {
                     session: session.clone(),
@@ -445,7 +452,7 @@ impl Actor for C2s {
                 let presence = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
                     .with_attr("from", session.jid.as_str());
-                let directed = self.directed.take().map_or_else(Vec::new, |d| d.into_iter().collect());
+                let directed = take_directed(&mut self.directed);
                 PresenceMsg::Unavailable {
                     session: session.clone(),
                     presence,
