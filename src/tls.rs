@@ -62,42 +62,40 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// The configured certificate, or the generated one (made now if missing).
+///
+/// A configured key that other users can read, or a configured certificate
+/// that does not name the domain, is refused: clients would either trust a
+/// key that is not secret or fail to verify. A generated pair with the
+/// same faults (an old one for another domain, a key made readable) is
+/// made again instead.
 pub fn load_or_generate(config: &Config) -> Result<ServerCert, TlsError> {
     if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        if let Some(mode) = loose_mode(key) {
+            return Err(TlsError::Key {
+                path: key.clone(),
+                message: format!("is readable by other users (mode {mode:o}); `chmod 600` it"),
+            });
+        }
+        let chain = read_chain(cert)?;
+        if !names_domain(&chain[0], &config.domain) {
+            return Err(TlsError::Cert {
+                path: cert.clone(),
+                message: format!("does not name the domain {}", config.domain),
+            });
+        }
         return Ok(ServerCert {
-            chain: read_chain(cert)?,
+            chain,
             key: read_key(key)?,
             cert_path: cert.clone(),
             generated: false,
         });
     }
     let (cert_path, key_path) = generated_paths(config);
-    if !cert_path.exists() || !key_path.exists() {
-        let mut names = vec![config.domain.clone()];
-        if config.domain == "localhost" {
-            names.push("127.0.0.1".into());
+    if let Some(why) = stale_generated(&cert_path, &key_path, &config.domain) {
+        if cert_path.exists() || key_path.exists() {
+            log::warn!("{}: {why}; generating a new one", cert_path.display());
         }
-        let generated = self_signed(&config.domain, names).map_err(|e| TlsError::Generate(e.to_string()))?;
-        let write = |path: &Path, pem: String, private: bool| -> Result<(), TlsError> {
-            let io = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            if private {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            #[cfg(not(unix))]
-            let _ = private;
-            std::io::Write::write_all(&mut options.open(path).map_err(io)?, pem.as_bytes()).map_err(io)
-        };
-        write(&key_path, generated.signing_key.serialize_pem(), true)?;
-        write(&cert_path, generated.cert.pem(), false)?;
-        log::warn!(
-            "generated a self-signed certificate for {} at {}",
-            config.domain,
-            cert_path.display()
-        );
+        generate(config, &cert_path, &key_path)?;
     }
     Ok(ServerCert {
         chain: read_chain(&cert_path)?,
@@ -105,6 +103,95 @@ pub fn load_or_generate(config: &Config) -> Result<ServerCert, TlsError> {
         cert_path,
         generated: true,
     })
+}
+
+/// Why the generated pair cannot be used as it is, if it cannot.
+fn stale_generated(cert_path: &Path, key_path: &Path, domain: &str) -> Option<&'static str> {
+    if !cert_path.exists() || !key_path.exists() {
+        return Some("no generated certificate");
+    }
+    if loose_mode(key_path).is_some() {
+        return Some("the generated key is readable by other users");
+    }
+    match read_chain(cert_path) {
+        Ok(chain) if names_domain(&chain[0], domain) => None,
+        Ok(_) => Some("the generated certificate names another domain"),
+        Err(_) => Some("the generated certificate cannot be read"),
+    }
+}
+
+/// The key file's mode when group or other users may read or write it
+/// (group read is allowed: `ssl-cert`-style groups are common).
+#[cfg(unix)]
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o027 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn loose_mode(_: &Path) -> Option<u32> {
+    None
+}
+
+/// True when the certificate's subject alternative names (or, without
+/// any, its common name) cover `domain` (RFC 6125, one wildcard label).
+fn names_domain(leaf: &[u8], domain: &str) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let matches = |name: &str| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match name.strip_prefix("*.") {
+            Some(parent) => domain.split_once('.').is_some_and(|(_, rest)| rest == parent),
+            None => name == domain,
+        }
+    };
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().any(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => matches(d),
+            _ => false,
+        }),
+        _ => cert
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str().is_ok_and(matches)),
+    }
+}
+
+/// Makes a new self-signed pair for the domain: the key owner-only, and
+/// written to a fresh file so no earlier (looser) mode survives.
+fn generate(config: &Config, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let mut names = vec![config.domain.clone()];
+    if config.domain == "localhost" {
+        names.push("127.0.0.1".into());
+    }
+    let generated = self_signed(&config.domain, names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let write = |path: &Path, pem: String, private: bool| -> Result<(), TlsError> {
+        let io = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            _ => {}
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(if private { 0o600 } else { 0o644 });
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        std::io::Write::write_all(&mut options.open(path).map_err(io)?, pem.as_bytes()).map_err(io)
+    };
+    write(key_path, generated.signing_key.serialize_pem(), true)?;
+    write(cert_path, generated.cert.pem(), false)?;
+    log::warn!(
+        "generated a self-signed certificate for {} at {}",
+        config.domain,
+        cert_path.display()
+    );
+    Ok(())
 }
 
 /// A self-signed certificate for the domain, valid for ten years.
@@ -182,4 +269,75 @@ pub fn describe(cert: &ServerCert) -> String {
     out.push_str(&format!("\nSHA-256:     {}", fingerprint(cert)));
     out.push_str(&format!("\nchain:       {} certificate(s)", cert.chain.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config_in(dir: &Path, domain: &str) -> Config {
+        let mut config = Config {
+            domain: domain.to_owned(),
+            ..Config::default()
+        };
+        config.storage.sqlite = dir.join("shoal.db");
+        config
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_generated_key_is_private_and_made_again_when_exposed_or_for_another_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path(), "localhost");
+        let (cert_path, key_path) = generated_paths(&config);
+        let first = load_or_generate(&config).unwrap();
+        assert!(first.generated);
+        assert_eq!(mode(&key_path), 0o600);
+        // Loaded again as it is.
+        assert_eq!(load_or_generate(&config).unwrap().chain, first.chain);
+        // A key someone made readable is not used again.
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let second = load_or_generate(&config).unwrap();
+        assert_ne!(second.chain, first.chain);
+        assert_eq!(mode(&key_path), 0o600);
+        // Nor one made for another domain.
+        let other = config_in(dir.path(), "example.org");
+        let third = load_or_generate(&other).unwrap();
+        assert_ne!(third.chain, second.chain);
+        assert!(names_domain(&third.chain[0], "example.org"));
+        assert!(!names_domain(&third.chain[0], "localhost"));
+        assert!(cert_path.exists());
+    }
+
+    #[test]
+    fn a_configured_key_readable_by_others_or_a_certificate_for_another_domain_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+        let key = dir.path().join("server.key");
+        std::fs::copy(fixtures.join("server.key"), &key).unwrap();
+        let mut config = config_in(dir.path(), "localhost");
+        config.tls.cert = Some(fixtures.join("server.pem"));
+        config.tls.key = Some(key.clone());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_generate(&config).err().unwrap().to_string();
+        assert!(err.contains("readable by other users (mode 644)"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(!load_or_generate(&config).unwrap().generated);
+        config.domain = "example.org".into();
+        let err = load_or_generate(&config).err().unwrap().to_string();
+        assert!(err.contains("does not name the domain example.org"), "{err}");
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        let cert = self_signed("example.org", vec!["*.example.org".into()]).unwrap();
+        let der = cert.cert.der().to_vec();
+        assert!(names_domain(&der, "chat.example.org"));
+        assert!(!names_domain(&der, "example.org"));
+        assert!(!names_domain(&der, "a.b.example.org"));
+    }
 }
