@@ -8,6 +8,12 @@
 //! by the input: bytes between stanzas (keep-alive whitespace) are dropped
 //! as soon as they are read. Structural bytes are all ASCII and never occur
 //! inside a multi-byte UTF-8 sequence, so a split anywhere is harmless.
+//!
+//! Every end tag is checked against its start tag as soon as its `>` is
+//! read (RFC 6120 §11.4): a mismatch that never brings the depth back to a
+//! stanza boundary would otherwise leave the stream waiting for a limit.
+
+use std::borrow::Cow;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
@@ -61,6 +67,29 @@ impl Default for CodecLimits {
     }
 }
 
+/// How nearly every peer names the stream element; kept without allocating.
+const STREAM_QNAME: &[u8] = b"stream:stream";
+
+/// XML's white space (S): unlike `u8::is_ascii_whitespace`, no form feed.
+fn is_xml_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Length of the name at the start of a tag's body (after `<` or `</`).
+fn name_len(body: &[u8]) -> usize {
+    body.iter()
+        .position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')
+        .unwrap_or(body.len())
+}
+
+fn malformed_end_tag() -> StreamError {
+    StreamError::with_text(StreamCondition::NotWellFormed, "malformed end tag")
+}
+
+fn mismatched_end_tag() -> StreamError {
+    StreamError::with_text(StreamCondition::NotWellFormed, "mismatched end tag")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scan {
     /// Character data; `buf[0..pos]` is either part of the current stanza or
@@ -87,6 +116,15 @@ pub struct XmppCodec {
     scan: Scan,
     bindings: NsBindings,
     closed: bool,
+    /// The open elements of the stanza in progress, outermost first, as
+    /// (offset, length) of their names in the buffer: nothing before a
+    /// stanza's start is discarded until the stanza is split off, so the
+    /// names need no copies. Released whenever a stanza is framed, so an
+    /// idle stream holds no capacity; `depth - 1` entries while in a stanza.
+    open: Vec<(u32, u32)>,
+    /// The stream element's name as its header wrote it: `</...>` at depth 1
+    /// must repeat it to close the stream.
+    stream_name: Cow<'static, [u8]>,
 }
 
 impl XmppCodec {
@@ -99,6 +137,8 @@ impl XmppCodec {
             scan: Scan::Content,
             bindings: NsBindings::empty(),
             closed: false,
+            open: Vec::new(),
+            stream_name: Cow::Borrowed(&[]),
         }
     }
 
@@ -131,7 +171,8 @@ impl XmppCodec {
         Ok(())
     }
 
-    /// Drops everything before `upto` when no stanza is in progress.
+    /// Drops everything before `upto` when no stanza is in progress (the
+    /// offsets in `open` would be wrong otherwise).
     fn discard(&mut self, buf: &mut BytesMut, upto: usize) {
         buf.advance(upto);
         self.pos -= upto;
@@ -188,6 +229,13 @@ impl XmppCodec {
             if header.stream_ns != ns::STREAM {
                 return Err(StreamError::new(StreamCondition::InvalidNamespace));
             }
+            if *self.stream_name != *qname {
+                self.stream_name = if qname == STREAM_QNAME {
+                    Cow::Borrowed(STREAM_QNAME)
+                } else {
+                    Cow::Owned(qname.to_vec())
+                };
+            }
             self.depth = 1;
             self.pos = end + 1;
             self.discard(buf, end + 1);
@@ -211,6 +259,7 @@ impl XmppCodec {
                             "elements nested too deeply",
                         ));
                     }
+                    self.push_open(start + 1, name_end - (start + 1))?;
                 }
                 self.pos = end + 1;
                 Ok(None)
@@ -218,7 +267,25 @@ impl XmppCodec {
         }
     }
 
+    /// Remembers an open element's name, `buf[offset..offset + len]`.
+    fn push_open(&mut self, offset: usize, len: usize) -> Result<(), StreamError> {
+        match (u32::try_from(offset), u32::try_from(len)) {
+            (Ok(offset), Ok(len)) => {
+                self.open.push((offset, len));
+                Ok(())
+            }
+            // Only reachable with a stanza limit above 4 GiB.
+            _ => Err(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "stanza too large",
+            )),
+        }
+    }
+
     fn stanza(&mut self, buf: &mut BytesMut, len: usize) -> Result<Frame, StreamError> {
+        // The names point into the bytes split off here; dropping the stack
+        // (not just clearing it) keeps an idle stream's memory at nothing.
+        self.open = Vec::new();
         let bytes: Bytes = buf.split_to(len).freeze();
         self.pos = 0;
         self.markup_start = 0;
@@ -226,26 +293,44 @@ impl XmppCodec {
         Ok(Frame::Stanza(el))
     }
 
+    /// Handles a complete end tag `buf[markup_start..=end]`.
     fn end_tag(&mut self, buf: &mut BytesMut, end: usize) -> Result<Option<Frame>, StreamError> {
         self.pos = end + 1;
+        // `</`, the name, optional white space and `>`: nothing else.
+        let body = &buf[self.markup_start + 2..end];
+        let (name, rest) = body.split_at(name_len(body));
+        if name.is_empty() || !rest.iter().all(|b| is_xml_space(*b)) {
+            return Err(malformed_end_tag());
+        }
         match self.depth {
             0 => Err(StreamError::with_text(
                 StreamCondition::NotWellFormed,
                 "unexpected end tag",
             )),
             1 => {
+                // A stray `</foo>` between stanzas is not a stream close.
+                if *name != *self.stream_name {
+                    return Err(mismatched_end_tag());
+                }
                 self.depth = 0;
                 self.closed = true;
                 self.discard(buf, end + 1);
                 Ok(Some(Frame::StreamClose))
             }
-            2 => {
-                self.depth = 1;
-                self.stanza(buf, end + 1).map(Some)
-            }
             _ => {
+                let open = self
+                    .open
+                    .pop()
+                    .and_then(|(offset, len)| buf.get(offset as usize..)?.get(..len as usize));
+                if open != Some(name) {
+                    return Err(mismatched_end_tag());
+                }
                 self.depth -= 1;
-                Ok(None)
+                if self.depth == 1 {
+                    self.stanza(buf, end + 1).map(Some)
+                } else {
+                    Ok(None)
+                }
             }
         }
     }
@@ -344,6 +429,9 @@ impl XmppCodec {
                 }
                 Scan::Tag { mut quote } => {
                     let s = &buf[..];
+                    // An end tag holds a name and white space only: a quote
+                    // there is an error now, not a value to wait out.
+                    let closing = s.get(self.markup_start + 1) == Some(&b'/');
                     let mut i = self.pos;
                     let mut end = None;
                     while i < s.len() {
@@ -358,6 +446,9 @@ impl XmppCodec {
                                 ));
                             }
                         } else if b == b'"' || b == b'\'' {
+                            if closing {
+                                return Err(malformed_end_tag());
+                            }
                             quote = b;
                         } else if b == b'>' {
                             end = Some(i);
@@ -379,7 +470,7 @@ impl XmppCodec {
                     self.scan = Scan::Content;
                     self.pos = end + 1;
                     self.check_size()?;
-                    let frame = if buf[self.markup_start + 1] == b'/' {
+                    let frame = if closing {
                         self.end_tag(buf, end)?
                     } else {
                         self.start_tag(buf, end)?
@@ -619,5 +710,142 @@ mod tests {
         }
         buf.extend_from_slice(b"<presence/>");
         assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Stanza(_)))));
+    }
+
+    /// Feeds `input` one byte at a time: the index of the byte on whose
+    /// arrival the codec failed, and the error.
+    fn fails_at(input: &str) -> Option<(usize, StreamError)> {
+        let mut codec = XmppCodec::new(CodecLimits::default());
+        let mut buf = BytesMut::new();
+        for (i, b) in input.bytes().enumerate() {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return Some((i, e)),
+                }
+            }
+        }
+        None
+    }
+
+    /// `input` is rejected as not well-formed, with `text`, as soon as its
+    /// last byte arrives: fed whole, and fed one byte at a time.
+    fn rejected_at_last_byte(input: &str, text: &str) {
+        let at_once = whole(input.as_bytes()).unwrap_err();
+        assert_eq!(at_once.condition, StreamCondition::NotWellFormed, "{input}");
+        assert_eq!(at_once.text.as_deref(), Some(text), "{input}");
+        let Some((at, err)) = fails_at(input) else {
+            panic!("accepted byte by byte: {input}");
+        };
+        assert_eq!(at, input.len() - 1, "{input}");
+        assert_eq!(err, at_once, "{input}");
+    }
+
+    #[test]
+    fn mismatched_end_tags_fail_at_once() {
+        // The issue's example: before this, the stream just waited for more.
+        let example = format!("{OPEN}<iq type='get' id='bad1'><query xmlns='jabber:iq:version'></iq>");
+        let mut codec = XmppCodec::new(CodecLimits::default());
+        let mut buf = BytesMut::from(example.as_bytes());
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::StreamOpen(_)))));
+        assert_eq!(
+            codec.decode(&mut buf).unwrap_err().condition,
+            StreamCondition::NotWellFormed
+        );
+        rejected_at_last_byte(&example, "mismatched end tag");
+        for bad in [
+            // The stanza's own end tag (depth 2).
+            "<message></iq>",
+            "<message><body/></messag>",
+            "<message></message >\n<iq></IQ>",
+            // A child's (depth 3) and a grandchild's (depth 4).
+            "<message><body></message>",
+            "<message><body>hi</bodyx>",
+            "<iq type='set'><query xmlns='jabber:iq:roster'><item></query>",
+            "<iq><query><item jid='a@b'><group>g</item>",
+            // Prefixes are part of the name.
+            "<message><x:a xmlns:x='urn:x'></a>",
+            "<message><a:b xmlns:a='urn:x'></b:b>",
+        ] {
+            rejected_at_last_byte(&format!("{OPEN}{bad}"), "mismatched end tag");
+        }
+    }
+
+    #[test]
+    fn matching_end_tags_still_frame() {
+        let input = format!(
+            "{OPEN}<a><a><a/></a></a><x:m xmlns:x='urn:x'><x:b>t</x:b ></x:m\t\r\n><iq><q><i><j/></i></q></iq>"
+        );
+        let frames = whole(input.as_bytes()).unwrap();
+        assert_eq!(frames.len(), 4);
+        assert_eq!(feed(input.as_bytes(), std::iter::repeat(1)).unwrap(), frames);
+        let Frame::Stanza(m) = &frames[2] else { panic!() };
+        assert_eq!(m.get_child("b", "urn:x").unwrap().text(), "t");
+    }
+
+    #[test]
+    fn the_stream_close_must_repeat_the_header_name() {
+        let frames = whole(format!("{OPEN}<presence/></stream:stream \n>").as_bytes()).unwrap();
+        assert_eq!(frames.last(), Some(&Frame::StreamClose));
+        // A stray end tag between stanzas is not a close.
+        for bad in [
+            "</foo>",
+            "<presence/></message>",
+            "</stream>",
+            "</stream:streams>",
+            "</x:stream>",
+        ] {
+            rejected_at_last_byte(&format!("{OPEN}{bad}"), "mismatched end tag");
+        }
+        // Another prefix: the close must use it too.
+        let other = "<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' version='1.0'>";
+        rejected_at_last_byte(&format!("{other}</stream:stream>"), "mismatched end tag");
+        let frames = whole(format!("{other}<presence/></s:stream>").as_bytes()).unwrap();
+        assert_eq!(frames.last(), Some(&Frame::StreamClose));
+        // And a restart may change it.
+        let frames = whole(format!("{OPEN}{other}</s:stream>").as_bytes()).unwrap();
+        assert_eq!(frames.last(), Some(&Frame::StreamClose));
+        rejected_at_last_byte(&format!("{other}{OPEN}</s:stream>"), "mismatched end tag");
+        // Before any header, an end tag is unexpected whatever its name.
+        assert_eq!(first_error("</stream:stream>"), StreamCondition::NotWellFormed);
+    }
+
+    #[test]
+    fn end_tags_hold_a_name_and_white_space_only() {
+        for bad in [
+            "<message></message a>",
+            "<message></message/>",
+            "<message></ message>",
+            "<message></>",
+            "<message></message\u{c}>",
+            "</stream:stream x>",
+            "</ stream:stream>",
+        ] {
+            rejected_at_last_byte(&format!("{OPEN}{bad}"), "malformed end tag");
+        }
+        // A quote cannot start a value here, so it fails where it stands.
+        let quoted = format!("{OPEN}<message></message a='>'>");
+        let (at, err) = fails_at(&quoted).unwrap();
+        assert_eq!(at, quoted.rfind("a='").unwrap() + 2);
+        assert_eq!(err.text.as_deref(), Some("malformed end tag"));
+        assert_eq!(whole(quoted.as_bytes()).unwrap_err(), err);
+    }
+
+    #[test]
+    fn open_names_are_released_between_stanzas() {
+        let mut codec = XmppCodec::new(CodecLimits::default());
+        let mut buf = BytesMut::from(format!("{OPEN}<message><body><b>x").as_bytes());
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::StreamOpen(_)))));
+        assert!(matches!(codec.stream_name, Cow::Borrowed(_)));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        assert_eq!(codec.open.len(), codec.depth - 1);
+        assert_eq!(codec.open.len(), 3);
+        buf.extend_from_slice(b"</b></body></message>");
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Stanza(_)))));
+        assert_eq!(codec.open.capacity(), 0);
+        codec.reset();
+        assert!(codec.stream_name.is_empty());
     }
 }
