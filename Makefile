@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test lint fmt bench bench-peers fuzz interop-deps clean
+.PHONY: run test lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -14,10 +14,18 @@ FUZZ_TARGETS := codec jid stanza
 run:
 	$(CARGO) run --release
 
-test: lint interop-deps
-	SHOAL_PYTHON=$(abspath $(PY)) SHOAL_REQUIRE_INTEROP=1 $(CARGO) test --workspace --all-targets
+# Debian's own slixmpp (1.8.3 on Debian 12) runs under Debian's Python.
+DEBIAN_PY := /usr/bin/python3
 
-interop-deps: $(VENV)/.installed
+test: lint interop-deps
+	SHOAL_PYTHON=$(abspath $(PY)) SHOAL_DEBIAN_PYTHON=$(DEBIAN_PY) SHOAL_REQUIRE_INTEROP=1 \
+	  $(CARGO) test --workspace --all-targets
+
+interop-deps: $(VENV)/.installed debian-slixmpp
+
+debian-slixmpp:
+	$(DEBIAN_PY) -c 'import slixmpp' 2>/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-slixmpp; }
 
 $(VENV)/.installed: tests/interop/requirements.txt
 	python3 -m venv $(VENV)

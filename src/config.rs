@@ -20,6 +20,17 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
+    pub control: ControlConfig,
+}
+
+/// The control channel between the `shoal` command and the running server
+/// (see [`crate::control`]).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// The Unix socket. Unset: the database path with the extension
+    /// `sock`, so that it follows the database; see [`Config::control_socket`].
+    pub socket: Option<PathBuf>,
 }
 
 /// The certificate. Without `cert` and `key`, Shoal generates a
@@ -68,10 +79,18 @@ pub struct LimitsConfig {
     /// then has to answer before `<connection-timeout/>`.
     pub idle_timeout_secs: u64,
     pub ping_timeout_secs: u64,
-    /// Failed logins per account, and per IP address, within the window.
+    /// Failed logins allowed per account from one source network (an IPv4
+    /// /24, an IPv6 /64, a single loopback address), and per source network
+    /// for all accounts (0: not counted). Once a count reaches its allowance,
+    /// each failure makes the next attempt wait: 1 s, then 2 s, 4 s... up to
+    /// `auth_throttle_max_delay_secs`.
     pub auth_failures_per_account: u32,
-    pub auth_failures_per_ip: u32,
+    pub auth_failures_per_network: u32,
+    pub auth_throttle_max_delay_secs: u64,
+    /// Seconds after its wait ends that a quiet count is forgotten.
     pub auth_failure_window_secs: u64,
+    /// Counts kept at most; past it the one touched longest ago goes.
+    pub auth_throttle_entries: usize,
 }
 
 impl Default for LimitsConfig {
@@ -92,8 +111,10 @@ impl Default for LimitsConfig {
             idle_timeout_secs: conn.idle_timeout.as_secs(),
             ping_timeout_secs: conn.ping_timeout.as_secs(),
             auth_failures_per_account: conn.failures_per_account,
-            auth_failures_per_ip: conn.failures_per_ip,
+            auth_failures_per_network: conn.failures_per_network,
+            auth_throttle_max_delay_secs: conn.max_failure_delay.as_secs(),
             auth_failure_window_secs: conn.failure_window.as_secs(),
+            auth_throttle_entries: conn.throttle_entries,
         }
     }
 }
@@ -111,8 +132,10 @@ impl LimitsConfig {
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             ping_timeout: Duration::from_secs(self.ping_timeout_secs),
             failures_per_account: self.auth_failures_per_account,
-            failures_per_ip: self.auth_failures_per_ip,
+            failures_per_network: self.auth_failures_per_network,
+            max_failure_delay: Duration::from_secs(self.auth_throttle_max_delay_secs),
             failure_window: Duration::from_secs(self.auth_failure_window_secs),
+            throttle_entries: self.auth_throttle_entries,
         }
     }
 }
@@ -179,6 +202,7 @@ impl Default for Config {
             sessions: SessionsConfig::default(),
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
+            control: ControlConfig::default(),
         }
     }
 }
@@ -276,8 +300,9 @@ impl Config {
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("ping_timeout_secs", l.ping_timeout_secs),
             ("auth_failures_per_account", l.auth_failures_per_account.into()),
-            ("auth_failures_per_ip", l.auth_failures_per_ip.into()),
+            ("auth_throttle_max_delay_secs", l.auth_throttle_max_delay_secs),
             ("auth_failure_window_secs", l.auth_failure_window_secs),
+            ("auth_throttle_entries", l.auth_throttle_entries as u64),
         ];
         if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return invalid(format!("[limits] {key} must be at least 1"));
@@ -325,6 +350,16 @@ impl Config {
     pub fn allow_plain_without_tls(&self) -> bool {
         self.c2s.allow_plain_without_tls.unwrap_or_else(|| self.loopback_only())
     }
+
+    /// The control socket: as configured, or beside the database
+    /// (`./shoal.sock` for `./shoal.db`), so that the `shoal` command finds
+    /// the server that uses the database it changes.
+    pub fn control_socket(&self) -> PathBuf {
+        self.control
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.storage.sqlite.with_extension("sock"))
+    }
 }
 
 #[cfg(test)]
@@ -348,6 +383,20 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/shoal.example.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.domain, "localhost");
+    }
+
+    #[test]
+    fn the_control_socket_follows_the_database_unless_set() {
+        assert_eq!(Config::default().control_socket(), Path::new("./shoal.sock"));
+        let moved: Config = toml::from_str("[storage]\nsqlite = '/var/lib/shoal/data.db'").unwrap();
+        assert_eq!(moved.control_socket(), Path::new("/var/lib/shoal/data.sock"));
+        let set: Config =
+            toml::from_str("[storage]\nsqlite = 'a.db'\n[control]\nsocket = '/run/shoal/ctl.sock'").unwrap();
+        assert_eq!(set.control_socket(), Path::new("/run/shoal/ctl.sock"));
+        let typo = toml::from_str::<Config>("[control]\nsocked = 'x'")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown field `socked`"), "{typo}");
     }
 
     #[test]

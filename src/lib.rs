@@ -5,6 +5,7 @@
 //! [`shoal_actors`] inside an actix System, with its listeners.
 
 pub mod config;
+pub mod control;
 pub mod load;
 pub mod rlimit;
 pub mod server;

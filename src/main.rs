@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoal::control::{self, ControlCommand, KickReason};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
 use shoal_actors::jid::{normalise_localpart, Jid};
@@ -170,6 +171,7 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
                 return Err(format!("no such user: {name}@{}", config.domain));
             }
             println!("deleted {name}@{}", config.domain);
+            end_sessions(config, &name, KickReason::AccountDeleted);
         }
         UserCommand::Passwd { jid, password: pw } => {
             let name = username(config, &jid)?;
@@ -178,6 +180,7 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
                 return Err(format!("no such user: {name}@{}", config.domain));
             }
             println!("password of {name}@{} changed", config.domain);
+            end_sessions(config, &name, KickReason::PasswordChanged);
         }
         UserCommand::Set { jid, nick, photo_url } => {
             let name = username(config, &jid)?;
@@ -208,4 +211,31 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Has a running server end the account's sessions: a session opened with
+/// the old password, or of a deleted account, must not outlive the change.
+/// The store has changed already, so a failure here is only a warning.
+fn end_sessions(config: &Config, name: &str, reason: KickReason) {
+    let path = config.control_socket();
+    let command = ControlCommand::KickUser {
+        username: name.to_owned(),
+        reason,
+    };
+    match control::request(&path, &command.to_string()) {
+        // No server runs: there are no sessions to end.
+        Ok(None) => {}
+        Ok(Some(lines)) => {
+            let ended = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("sessions ")?.parse::<usize>().ok());
+            if let Some(n) = ended.filter(|n| *n > 0) {
+                println!("ended {n} session(s) on the running server");
+            }
+        }
+        Err(e) => eprintln!(
+            "shoal: warning: the change is stored, but ending the live sessions of {name}@{} failed: {e}",
+            config.domain
+        ),
+    }
 }

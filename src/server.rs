@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, ConfigError, StartTlsMode};
+use crate::control::{self, ControlContext, ControlError, ControlListener, ControlServer};
 use crate::store::{SqliteStorage, StoreError};
 use crate::tls::TlsError;
 
@@ -35,6 +36,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -95,6 +98,7 @@ impl ServerBuilder {
         let config = self.config;
         config.validate()?;
         let domain = config.domain_jid()?;
+        let on_sqlite = self.storage.is_none();
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,
             None => Arc::new(SqliteStorage::start(&config.storage.sqlite, 2)?),
@@ -120,6 +124,15 @@ impl ServerBuilder {
         let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
         let router = Router::new(domain, sessions, handlers, storage, presence);
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
+        // Bound before the listeners, so that a second server on this
+        // database is refused before it takes clients. With an embedder's
+        // own storage there is no database for the `shoal` command to
+        // change: no socket unless one is configured.
+        let control_listener = match config.control.socket.clone() {
+            Some(path) => Some(ControlListener::bind(&path).await?),
+            None if on_sqlite => Some(ControlListener::bind(&config.control_socket()).await?),
+            None => None,
+        };
         let c2s_config = C2sConfig {
             codec: CodecLimits {
                 max_stanza_bytes: config.c2s.max_stanza_bytes,
@@ -140,7 +153,13 @@ impl ServerBuilder {
             max_auth_failures: config.auth.max_failures,
             ..C2sConfig::default()
         };
-        let cx = Arc::new(C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks));
+        let mut cx = C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks);
+        if on_sqlite {
+            let fresh = shoal_actors::sasl::random_secret();
+            let secret = crate::store::SqliteStore::open(&config.storage.sqlite)?.secret("scram-fake-salt", fresh)?;
+            cx = cx.with_secret(secret);
+        }
+        let cx = Arc::new(cx);
 
         let direct = cx.config.tls.as_ref().map(|t| t.acceptor.clone());
         let plain = config.c2s.listen.iter().map(|a| (*a, None));
@@ -171,9 +190,19 @@ impl ServerBuilder {
             cx.router.domain(),
             if registration { "on" } else { "off" }
         );
+        let control = control_listener.map(|listener| {
+            control::serve(
+                listener,
+                ControlContext {
+                    sm: sm.clone(),
+                    router: router.clone(),
+                },
+            )
+        });
         Ok(ServerHandle {
             local_addrs,
             direct_tls_addrs,
+            control,
             sm,
             cx,
             arbiters,
@@ -245,6 +274,9 @@ async fn accept_loop(
 pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
     direct_tls_addrs: Vec<SocketAddr>,
+    /// The control socket (`None` with an embedder's storage and no
+    /// `[control] socket`).
+    control: Option<ControlServer>,
     sm: Addr<SessionManager>,
     cx: Arc<C2sContext>,
     arbiters: Arc<Vec<Arbiter>>,
@@ -270,10 +302,19 @@ impl ServerHandle {
         &self.cx.router
     }
 
+    /// The path of the control socket, if the server has one.
+    pub fn control_socket(&self) -> Option<&std::path::Path> {
+        self.control.as_ref().map(ControlServer::path)
+    }
+
     /// Stops accepting, closes every stream with `<system-shutdown/>` and
     /// waits (up to 10 s) for their last bytes to be written.
     pub async fn shutdown(self) {
         log::info!("shutting down");
+        // First, so that the `shoal` command stops counting on this server.
+        if let Some(control) = self.control {
+            control.stop();
+        }
         self.cx.shutdown.cancel();
         self.cx.tasks.close();
         if tokio::time::timeout(Duration::from_secs(10), self.cx.tasks.wait())

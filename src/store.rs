@@ -61,6 +61,12 @@ const MIGRATIONS: &[&str] = &[
         photo_hash TEXT,
         vcard      TEXT
     ) WITHOUT ROWID;",
+    // 3: secrets the server keeps across restarts (the key of the made-up
+    // SCRAM salts of unknown users).
+    "CREATE TABLE server_secrets (
+        name  TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// Separates group names in one column; control characters cannot occur in
@@ -220,6 +226,19 @@ impl SqliteStore {
     /// Deletes an account and all its data; `false` when there was none.
     pub fn delete_user(&mut self, username: &str) -> Result<bool, StoreError> {
         Ok(self.conn.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
+    }
+
+    /// The secret called `name`, stored as `fresh` the first time.
+    pub fn secret(&mut self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO server_secrets (name, value) VALUES (?1, ?2)",
+            params![name, fresh.as_slice()],
+        )?;
+        let value: Vec<u8> = tx.query_row("SELECT value FROM server_secrets WHERE name = ?1", [name], |r| r.get(0))?;
+        tx.commit()?;
+        // A value of another length was not written by this code: start anew.
+        Ok(value.try_into().unwrap_or(fresh))
     }
 
     pub fn list_users(&self) -> Result<Vec<String>, StoreError> {

@@ -183,7 +183,7 @@ fn cert_shows_the_configured_or_generated_certificate() {
             "[storage]\nsqlite = {:?}\n[tls]\ncert = {:?}\nkey = {:?}\n",
             dir.path().join("a.db"),
             fixtures.join("server.pem"),
-            fixtures.join("server.key")
+            common::fixture_key()
         ),
     )
     .unwrap();
@@ -249,5 +249,116 @@ fn cert_shows_the_configured_or_generated_certificate() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "shoal: invalid configuration: [tls] cert and key go together: give both or neither\n"
+    );
+}
+
+#[test]
+fn passwd_and_del_end_the_accounts_live_sessions() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    let cli = Cli::for_db(&server.db);
+    let mut phone = server.login("alice", "pw", "phone");
+    let mut laptop = server.login("alice", "pw", "laptop");
+    let mut bob = server.login("bob", "pw", "desk");
+
+    // The command returns once the server has queued the stream errors, so
+    // they are read without waiting for anything else.
+    assert_eq!(
+        cli.run(&["user", "passwd", "alice@localhost", "newpw"], None),
+        (
+            true,
+            "password of alice@localhost changed\nended 2 session(s) on the running server\n".into(),
+            String::new()
+        )
+    );
+    for c in [&mut phone, &mut laptop] {
+        assert_eq!(
+            c.expect_stream_error(),
+            ("reset".into(), Some("password changed".into()))
+        );
+    }
+    bob.expect_nothing();
+
+    assert_eq!(
+        cli.run(&["user", "del", "bob"], None),
+        (
+            true,
+            "deleted bob@localhost\nended 1 session(s) on the running server\n".into(),
+            String::new()
+        )
+    );
+    assert_eq!(
+        bob.expect_stream_error(),
+        ("not-authorized".into(), Some("account removed".into()))
+    );
+
+    // The socket sits beside the database, owner-only, and names errors.
+    let socket = server.db.with_extension("sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let err = shoal::control::request(&socket, "reboot").unwrap_err();
+    assert!(err.contains("unknown command \"reboot\""), "{err}");
+    assert_eq!(
+        shoal::control::request(&socket, "kick-user nobody account-deleted"),
+        Ok(Some(vec!["sessions 0".to_owned()]))
+    );
+
+    // Without a running server the commands change the store, quietly.
+    server.stop();
+    assert!(!socket.exists(), "the server removes its socket when it stops");
+    assert_eq!(
+        cli.run(&["user", "passwd", "alice", "again"], None),
+        (true, "password of alice@localhost changed\n".into(), String::new())
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_database_is_refused() {
+    let server = TestServer::start();
+    let socket = server.db.with_extension("sock");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("second.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n", server.db),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must give up at once; a bug would have it serve forever instead.
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a second server on the same database started");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!(
+            "shoal: another Shoal server answers on the control socket {}",
+            socket.display()
+        )),
+        "{stderr}"
+    );
+    // The first server keeps its socket.
+    assert_eq!(
+        shoal::control::request(&socket, "kick-user nobody"),
+        Ok(Some(vec!["sessions 0".to_owned()]))
     );
 }

@@ -100,6 +100,42 @@ fn wrong_password_and_unknown_user_look_the_same() {
     assert_eq!(text.as_deref(), Some("too many failed authentication attempts"));
 }
 
+/// The server-first-message a SCRAM-SHA-256 exchange for `user` gets,
+/// split into its salt and iteration count.
+fn scram_challenge(server: &TestServer, user: &str) -> (String, String) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut c = server.connect();
+    c.open();
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        b64.encode(format!("n,,n={user},r=abcdefghijkl"))
+    ));
+    let challenge = c.recv();
+    assert!(challenge.is("challenge", SASL), "{challenge}");
+    let first = String::from_utf8(b64.decode(challenge.text()).unwrap()).unwrap();
+    let field = |k: &str| first.split(',').find_map(|f| f.strip_prefix(k)).unwrap().to_owned();
+    (field("s="), field("i="))
+}
+
+/// RFC 5802 §9 (and XEP-0438): an unknown user must get what a real one
+/// gets, the configured iteration count and a salt that does not change
+/// when the server restarts.
+#[test]
+fn unknown_users_get_the_configured_iterations_and_the_same_salt_after_a_restart() {
+    let mut server = TestServer::with_config(|c| c.auth.scram_iterations = 5000);
+    shoal::store::SqliteStore::open(&server.db)
+        .unwrap()
+        .create_user("romeo", &shoal_actors::sasl::Credentials::derive("r", 5000))
+        .unwrap();
+    assert_eq!(scram_challenge(&server, "romeo").1, "5000");
+    let (salt, iterations) = scram_challenge(&server, "nobody");
+    assert_eq!(iterations, "5000");
+    assert_eq!(scram_challenge(&server, "nobody").0, salt);
+    server.restart();
+    assert_eq!(scram_challenge(&server, "nobody"), (salt, iterations));
+}
+
 #[test]
 fn sasl_abort_and_unknown_mechanism() {
     let server = TestServer::start();

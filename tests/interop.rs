@@ -31,14 +31,17 @@ fn run_script(script: &str, server: &TestServer) -> String {
 }
 
 fn run_script_with(script: &str, server: &TestServer, extra: &[&str]) -> String {
-    let python = python().expect("checked by the caller");
+    run_script_in(&python().expect("checked by the caller"), script, server.addr, extra)
+}
+
+fn run_script_in(python: &std::path::Path, script: &str, addr: std::net::SocketAddr, extra: &[&str]) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/interop")
         .join(script);
     let out = Command::new(python)
-        .arg(path)
-        .arg(server.addr.ip().to_string())
-        .arg(server.addr.port().to_string())
+        .arg(&path)
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
         .arg("localhost")
         .args(extra)
         .output()
@@ -136,4 +139,51 @@ fn an_independent_scram_implementation_logs_in_with_plus() {
             "SCRAM-SHA-256-PLUS with tls-server-end-point: success, server verified",
         ]
     );
+}
+
+/// Debian's own slixmpp (`apt-get install python3-slixmpp`: 1.8.3 on
+/// Debian 12), which `make test` installs and names in
+/// `SHOAL_DEBIAN_PYTHON`.
+fn debian_python() -> Option<PathBuf> {
+    match std::env::var_os("SHOAL_DEBIAN_PYTHON").map(PathBuf::from) {
+        Some(p) if p.exists() => Some(p),
+        _ if std::env::var_os("SHOAL_REQUIRE_INTEROP").is_some() => {
+            panic!("SHOAL_DEBIAN_PYTHON does not name a Python with Debian's slixmpp; run `make test`")
+        }
+        _ => {
+            eprintln!("SKIPPED: set SHOAL_DEBIAN_PYTHON (or run `make test`) for Debian's slixmpp");
+            None
+        }
+    }
+}
+
+/// Both slixmpps log in with their default mechanism selection over
+/// STARTTLS and Direct TLS. Debian's tries SCRAM-*-PLUS with tls-unique
+/// first (which TLS 1.3 does not have), then falls back with `y`.
+#[test]
+fn debian_and_pypi_slixmpp_log_in_over_starttls_and_direct_tls_by_default() {
+    let (Some(pypi), Some(debian)) = (python(), debian_python()) else {
+        return;
+    };
+    let server = TestServer::with_config(|c| {
+        common::fixture_tls(c);
+        c.c2s.direct_tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+    });
+    server.add_user("alice", "alice-pass");
+    let ca = fixture_ca();
+    for (python, name) in [(&debian, "debian"), (&pypi, "pypi")] {
+        for (mode, addr) in [("starttls", server.addr), ("direct", server.direct_tls_addr())] {
+            let stdout = run_script_in(
+                python,
+                "slixmpp_default_tls.py",
+                addr,
+                &[&ca, mode, "alice", "alice-pass"],
+            );
+            assert_eq!(
+                stdout.lines().collect::<Vec<_>>(),
+                ["TLSv1.3, SCRAM-SHA-256", "OK"],
+                "{name} slixmpp over {mode}"
+            );
+        }
+    }
 }

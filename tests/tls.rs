@@ -145,6 +145,39 @@ fn wrong_or_missing_channel_binding_fails() {
     );
 }
 
+/// Debian 12's slixmpp (1.8.3) binds with `tls-unique` only: both -PLUS
+/// attempts fail, then it falls back with `y`. That `y` is explained by
+/// this stream's own failed attempts, not by a stripped offer, so the
+/// login succeeds; and the refused bindings cost none of the stream's
+/// allowed failures.
+#[test]
+fn a_y_after_a_failed_tls_unique_attempt_on_the_same_stream_logs_in() {
+    let server = server();
+    for versions in [ALL, &[&rustls::version::TLS12][..]] {
+        let mut c = server.connect();
+        c.open();
+        c.starttls(tls_client(versions, &[]));
+        c.open();
+        for (mech, hash) in [
+            ("SCRAM-SHA-256-PLUS", ScramHash::Sha256),
+            ("SCRAM-SHA-1-PLUS", ScramHash::Sha1),
+        ] {
+            let scram = ScramClient::new(hash, "romeo", "r").with_channel_binding("tls-unique", vec![1; 12]);
+            assert_eq!(
+                c.auth_scram_with(mech, scram).to_xml_in(ns::CLIENT),
+                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/>\
+                 <text xml:lang='en'>unsupported channel binding type</text></failure>"
+            );
+        }
+        // A wrong password still counts, and still fails.
+        let wrong = ScramClient::new(ScramHash::Sha256, "romeo", "wrong").claiming_binding_support();
+        assert!(c.auth_scram_with("SCRAM-SHA-256", wrong).is("failure", ns::SASL));
+        let fallback = ScramClient::new(ScramHash::Sha256, "romeo", "r").claiming_binding_support();
+        let out = c.auth_scram_with("SCRAM-SHA-256", fallback);
+        assert!(out.is("success", ns::SASL), "{out}");
+    }
+}
+
 #[test]
 fn required_starttls_is_enforced() {
     let server = TestServer::with_config(|c| {
@@ -194,6 +227,55 @@ fn plain_is_not_offered_in_the_clear_when_so_configured() {
     assert!(mechanisms(&c.open()).contains(&"PLAIN".to_owned()));
     c.auth_plain("romeo", "r");
     assert!(c.recv().is("success", ns::SASL));
+}
+
+/// Where PLAIN is refused in the clear, so are the passwords of in-band
+/// registration and password change (XEP-0077 §13): not offered before
+/// TLS, refused with `<policy-violation/>`, accepted once encrypted.
+#[test]
+fn registration_and_password_change_need_tls_where_plain_does() {
+    let server = TestServer::with_config(|c| {
+        fixture_tls(c);
+        c.c2s.allow_plain_without_tls = Some(false);
+        c.registration.enabled = Some(true);
+    });
+    let register = "<iq type='set' id='reg'><query xmlns='jabber:iq:register'>\
+                    <username>romeo</username><password>r</password></query></iq>";
+    let refused = |id: &str| {
+        format!(
+            "<iq id='{id}' type='error'><query xmlns='jabber:iq:register'><username>romeo</username>\
+             <password>r</password></query><error type='modify'><policy-violation \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>encryption is required</text></error></iq>"
+        )
+    };
+    let mut c = server.connect();
+    let features = c.open();
+    assert!(!features.has_child("register", ns::REGISTER_FEATURE), "{features}");
+    c.send(register);
+    assert_eq!(c.recv_xml(), refused("reg"));
+    c.starttls(tls_client(ALL, &[]));
+    assert!(c.open().has_child("register", ns::REGISTER_FEATURE));
+    c.send(register);
+    assert_eq!(c.recv_xml(), "<iq id='reg' type='result'/>");
+    // Logged in without TLS (SCRAM), a new password is refused too.
+    let mut d = server.connect();
+    d.open();
+    assert!(d.auth_scram(ScramHash::Sha256, "romeo", "r").is("success", ns::SASL));
+    d.open();
+    d.bind(Some("clear"));
+    d.send(
+        "<iq type='set' id='pw' to='localhost'><query xmlns='jabber:iq:register'>\
+         <username>romeo</username><password>new</password></query></iq>",
+    );
+    let reply = d.recv_xml();
+    assert!(reply.contains("<policy-violation"), "{reply}");
+    let mut e = server.connect();
+    e.open();
+    assert!(
+        e.auth_scram(ScramHash::Sha256, "romeo", "r").is("success", ns::SASL),
+        "the password is unchanged"
+    );
 }
 
 #[test]

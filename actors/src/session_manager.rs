@@ -96,21 +96,24 @@ impl Handler<ListSessions> for SessionManager {
     }
 }
 
-/// Closes every session of an account with the given stream error.
+/// Closes every session of an account with the given stream error;
+/// answers how many there were.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "usize")]
 pub struct KickUser {
     pub user: BareJid,
     pub error: StreamError,
 }
 
 impl Handler<KickUser> for SessionManager {
-    type Result = ();
+    type Result = usize;
 
-    fn handle(&mut self, msg: KickUser, _: &mut Context<Self>) {
-        for session in self.table.resources(&msg.user) {
+    fn handle(&mut self, msg: KickUser, _: &mut Context<Self>) -> usize {
+        let sessions = self.table.resources(&msg.user);
+        for session in &sessions {
             session.control(Control::Kick(msg.error.clone()));
         }
+        sessions.len()
     }
 }
 

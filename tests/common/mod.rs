@@ -244,11 +244,21 @@ pub fn tls_client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: 
     Arc::new(config)
 }
 
+/// The fixture key. Git checks it out readable by everyone, which the
+/// server refuses: it is made owner-only first (git records no such
+/// mode, so the tree stays clean).
+pub fn fixture_key() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let key = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    key
+}
+
 /// The fixture certificate and key, for a server that should use them.
 pub fn fixture_tls(config: &mut Config) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
     config.tls.cert = Some(dir.join("server.pem"));
-    config.tls.key = Some(dir.join("server.key"));
+    config.tls.key = Some(fixture_key());
 }
 
 pub struct Client {
@@ -585,4 +595,38 @@ pub fn sorted<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Vec<String
     let mut v: Vec<String> = items.into_iter().map(Into::into).collect();
     v.sort();
     v
+}
+
+impl Client {
+    /// Connects from `local` (127.0.0.2, say), so that the server sees
+    /// another source address than 127.0.0.1. std cannot bind a socket
+    /// before connecting it; tokio's `TcpSocket` can.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = runtime
+            .block_on(async {
+                let socket = match local {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(local, 0))?;
+                socket.connect(addr).await?.into_std()
+            })
+            .expect("connect");
+        // tokio hands it over non-blocking; the client reads with timeouts.
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream: Stream::Plain(stream),
+            codec: XmppCodec::new(CodecLimits::default()),
+            buf: BytesMut::new(),
+            jid: String::new(),
+            header: None,
+            next_id: 0,
+        }
+    }
 }

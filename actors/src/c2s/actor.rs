@@ -47,6 +47,9 @@ pub struct C2s {
     header_sent: bool,
     pub(super) state: State,
     pub(super) auth_failures: u32,
+    /// A -PLUS attempt on this stream asked for a binding type we cannot
+    /// give: its `y` fallback is then no sign of a downgrade.
+    pub(super) plus_refused: bool,
     closing: bool,
     /// The session has sent available presence (and not unavailable since).
     available: bool,
@@ -93,6 +96,7 @@ impl C2s {
             header_sent: false,
             state: State::Start,
             auth_failures: 0,
+            plus_refused: false,
             closing: false,
             available: false,
             directed: None,
@@ -312,6 +316,12 @@ impl C2s {
                 match payload_ns.as_str() {
                     // RFC 3921's session establishment: nothing left to do.
                     ns::SESSION => self.send_stanza(&stanza.iq_result(None)),
+                    // A new password in the clear only where PLAIN is offered.
+                    ns::REGISTER if stanza.kind == Kind::Iq(IqType::Set) && !self.passwords_allowed() => {
+                        if let Some(reply) = stanza.error_reply(&crate::xep::register::encryption_required()) {
+                            self.send_stanza(&reply);
+                        }
+                    }
                     ns::BIND => {
                         if let Some(reply) = stanza.error_reply(&StanzaError::with_text(
                             StanzaCondition::NotAllowed,

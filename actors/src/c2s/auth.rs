@@ -47,6 +47,12 @@ impl C2s {
         }
     }
 
+    /// A password may cross this stream in the clear (registration,
+    /// password change): only where PLAIN would be offered.
+    pub(super) fn passwords_allowed(&self) -> bool {
+        self.mechanism_offered(Mechanism::Plain, self.conn.tls().is_some())
+    }
+
     pub(super) fn pre_auth_features(&self) -> Element {
         let bindings = self.conn.tls();
         let mut features = Element::new("features", ns::STREAM);
@@ -77,7 +83,7 @@ impl C2s {
             }
             features.push_child(cb);
         }
-        if self.cx.config.registration {
+        if self.cx.config.registration && self.passwords_allowed() {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
         features
@@ -115,6 +121,12 @@ impl C2s {
                 Ok(mut iq) => {
                     // Nothing from an unauthenticated client is trusted.
                     iq.set_from(None);
+                    if !self.passwords_allowed() {
+                        if let Some(reply) = iq.error_reply(&register::encryption_required()) {
+                            self.send_stanza(&reply);
+                        }
+                        return;
+                    }
                     self.register(ctx, iq)
                 }
                 Err(e) => self.reject(ctx, e),
@@ -236,6 +248,7 @@ impl C2s {
                     return self.sasl_failure(ctx, f);
                 }
                 let fake_salt = self.fake_salt(&user);
+                let fake_iterations = self.cx.config.scram_iterations;
                 let node = user.node().unwrap_or_default().to_owned();
                 let check = async move {
                     let creds = storage.credentials(&node).await?;
@@ -243,7 +256,7 @@ impl C2s {
                     let ok = crate::sasl::derive_off_loop(move || match creds {
                         Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
                         None => {
-                            ScramHash::Sha256.salted_password(&msg.password, &fake_salt, crate::sasl::MIN_ITERATIONS);
+                            ScramHash::Sha256.salted_password(&msg.password, &fake_salt, fake_iterations);
                             false
                         }
                     })
@@ -266,9 +279,16 @@ impl C2s {
                     Ok(f) => f,
                     Err(f) => return self.sasl_failure(ctx, f),
                 };
-                let binding = match channel_binding(mech, &first.channel_binding, bindings.as_ref()) {
+                let binding = match channel_binding(mech, &first.channel_binding, bindings.as_ref(), self.plus_refused)
+                {
                     Ok(b) => b,
-                    Err(f) => return self.sasl_failure(ctx, f),
+                    Err(Refusal::UnsupportedType(f)) => {
+                        // No password was tried: not a failed login. The
+                        // client may now explain a `y` (see channel_binding).
+                        self.plus_refused = true;
+                        return self.sasl_failure_with(ctx, f, false);
+                    }
+                    Err(Refusal::Other(f)) => return self.sasl_failure(ctx, f),
                 };
                 let user = match self.sasl_user(&first.username, first.authzid.as_deref()) {
                     Ok(u) => u,
@@ -283,8 +303,9 @@ impl C2s {
                     Ok(creds) => {
                         let creds = creds.map(|c| c.for_hash(hash).clone());
                         let fake_salt = act.fake_salt(&user);
+                        let fake_iterations = act.cx.config.scram_iterations;
                         let (server, server_first) =
-                            ScramServer::start(hash, first, creds, &fake_salt, binding.as_deref());
+                            ScramServer::start(hash, first, creds, &fake_salt, fake_iterations, binding.as_deref());
                         act.state = State::PreAuth(Sasl::AwaitScramFinal(Box::new(server), user, mech));
                         act.send_element(&Element::new("challenge", ns::SASL).with_text(B64.encode(server_first)));
                     }
@@ -301,6 +322,10 @@ impl C2s {
             success.push_text(B64.encode(data));
         }
         self.send_element(&success);
+        // The owner is in: their earlier typos from this network are forgiven.
+        self.cx
+            .throttle
+            .succeeded(user.node().unwrap_or_default(), self.peer.ip());
         self.admitted.authenticated();
         self.conn
             .authenticated
@@ -308,8 +333,10 @@ impl C2s {
         self.state = State::AwaitRestart(user);
     }
 
-    /// Refuses at once an account or address that failed too often lately,
-    /// without looking at the password.
+    /// Refuses at once, without looking at the password, an account that
+    /// must still wait after failing from the client's network, or a network
+    /// that must wait after failing for many accounts. Elsewhere the account
+    /// is not slowed down.
     fn not_throttled(&self, user: &BareJid) -> Result<(), SaslFailure> {
         let limits = &self.cx.config.connections;
         let node = user.node().unwrap_or_default();
@@ -327,6 +354,8 @@ impl C2s {
         Ok(())
     }
 
+    /// A wrong password: the account's count from the client's network, and
+    /// the network's, go up (and with them the wait before the next try).
     fn login_failed(&self, user: &BareJid) {
         let node = user.node().unwrap_or_default();
         self.cx.throttle.failed(
@@ -338,11 +367,17 @@ impl C2s {
     }
 
     fn sasl_failure(&mut self, ctx: &mut Context<Self>, failure: SaslFailure) {
+        self.sasl_failure_with(ctx, failure, true)
+    }
+
+    /// Sends a SASL failure; `counted` failures end the stream past
+    /// `max_auth_failures`.
+    fn sasl_failure_with(&mut self, ctx: &mut Context<Self>, failure: SaslFailure, counted: bool) {
         if let State::PreAuth(sasl) = &mut self.state {
             *sasl = Sasl::Idle;
         }
         self.send_element(&failure.to_element());
-        if failure.condition == SaslCondition::Aborted {
+        if failure.condition == SaslCondition::Aborted || !counted {
             return;
         }
         self.auth_failures += 1;
@@ -359,24 +394,48 @@ impl C2s {
     }
 }
 
+/// Why a SCRAM exchange cannot start on its channel-binding request.
+enum Refusal {
+    /// A -PLUS attempt with a binding type this connection cannot give
+    /// (`tls-unique` on TLS 1.3, or from a TLS stack that hides it).
+    UnsupportedType(SaslFailure),
+    Other(SaslFailure),
+}
+
 /// The channel-binding data a SCRAM exchange must carry (RFC 5802 §6), or
-/// why it cannot go on.
+/// why it cannot go on. `plus_refused`: a -PLUS attempt on this stream
+/// already failed on its binding type.
 fn channel_binding(
     mech: Mechanism,
     request: &ChannelBindingRequest,
     bindings: Option<&ChannelBindings>,
-) -> Result<Option<Vec<u8>>, SaslFailure> {
-    let refuse = |text: &'static str| Err(SaslFailure::with_text(SaslCondition::NotAuthorized, text));
+    plus_refused: bool,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let refuse = |text: &'static str| {
+        Err(Refusal::Other(SaslFailure::with_text(
+            SaslCondition::NotAuthorized,
+            text,
+        )))
+    };
     match (mech.is_plus(), request, bindings) {
         (true, ChannelBindingRequest::Type(kind), Some(b)) => match b.get(kind) {
             Some(data) => Ok(Some(data.to_vec())),
-            None => refuse("unsupported channel binding type"),
+            None => Err(Refusal::UnsupportedType(SaslFailure::with_text(
+                SaslCondition::NotAuthorized,
+                "unsupported channel binding type",
+            ))),
         },
         (true, _, _) => refuse("a -PLUS mechanism needs channel binding"),
         (false, ChannelBindingRequest::Type(_), _) => refuse("channel binding needs a -PLUS mechanism"),
-        // The client could bind and thinks we cannot, but we offered it:
-        // someone removed the -PLUS mechanisms on the way (downgrade).
-        (false, ChannelBindingRequest::ClientSupports, Some(_)) => refuse("channel binding was offered"),
+        // RFC 5802 §6: `y` from a client that could bind while we offered
+        // -PLUS means someone removed the offer on the way (a downgrade),
+        // unless this very stream showed that the client's only binding
+        // type is one we cannot do (Debian 12's slixmpp binds with
+        // tls-unique alone, then falls back with `y`). That client did try
+        // to bind, so nothing was stripped.
+        (false, ChannelBindingRequest::ClientSupports, Some(_)) if !plus_refused => {
+            refuse("channel binding was offered")
+        }
         (false, _, _) => Ok(None),
     }
 }

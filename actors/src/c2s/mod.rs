@@ -86,7 +86,9 @@ pub struct C2sContext {
     pub shutdown: CancellationToken,
     /// The transport tasks, to wait for their last bytes at shutdown.
     pub tasks: TaskTracker,
-    /// Keys the made-up SCRAM salts of unknown users.
+    /// Keys the made-up SCRAM salts of unknown users. Random per process
+    /// unless the host keeps one ([`C2sContext::with_secret`]): a salt that
+    /// changed at each restart would tell an unknown user from a real one.
     pub(crate) secret: [u8; 32],
     pub admission: Arc<Admission>,
     pub throttle: AuthThrottle,
@@ -101,9 +103,6 @@ impl C2sContext {
         config: C2sConfig,
         hooks: Arc<dyn ConnectionHandler>,
     ) -> C2sContext {
-        use rand::RngCore;
-        let mut secret = [0u8; 32];
-        rand::rng().fill_bytes(&mut secret);
         C2sContext {
             router,
             sm,
@@ -111,11 +110,17 @@ impl C2sContext {
             hooks,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
-            secret,
+            secret: crate::sasl::random_secret(),
             admission: Arc::new(Admission::default()),
             throttle: AuthThrottle::default(),
             connections: sweep::Connections::default(),
         }
+    }
+
+    /// Uses a secret kept across restarts for the made-up salts.
+    pub fn with_secret(mut self, secret: [u8; 32]) -> C2sContext {
+        self.secret = secret;
+        self
     }
 }
 

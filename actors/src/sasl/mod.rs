@@ -7,6 +7,14 @@ pub mod scram;
 
 pub use scram::{ScramClient, ScramCredentials, ScramHash, ScramServer};
 
+/// 32 random bytes from the OS-seeded generator: server secrets.
+pub fn random_secret() -> [u8; 32] {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    secret
+}
+
 /// The mechanisms, in order of preference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {

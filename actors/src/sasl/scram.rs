@@ -224,19 +224,21 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// Starts the exchange; returns the server-first-message. `creds` is
-    /// `None` for an unknown user, and `fake_salt` then stands in.
+    /// `None` for an unknown user, and `fake_salt` with `fake_iterations`
+    /// (the count new accounts get) then stand in.
     /// `binding` is the channel-binding data the client asked for, if any.
     pub fn start(
         hash: ScramHash,
         first: ClientFirst,
         creds: Option<ScramCredentials>,
         fake_salt: &[u8],
+        fake_iterations: u32,
         binding: Option<&[u8]>,
     ) -> (ScramServer, Vec<u8>) {
         let known = creds.is_some();
         let creds = creds.unwrap_or_else(|| ScramCredentials {
             salt: fake_salt.to_vec(),
-            iterations: super::MIN_ITERATIONS,
+            iterations: fake_iterations,
             stored_key: hash.h(fake_salt),
             server_key: hash.h(fake_salt),
         });
@@ -411,7 +413,7 @@ mod tests {
             4096,
         );
         let first = ClientFirst::parse(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO").unwrap();
-        let (mut server, _) = ScramServer::start(ScramHash::Sha256, first, Some(creds), b"", None);
+        let (mut server, _) = ScramServer::start(ScramHash::Sha256, first, Some(creds), b"", 4096, None);
         // Pin the server nonce to the RFC's to reproduce its messages.
         server.nonce = "rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into();
         server.server_first = format!("r={},s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", server.nonce);
@@ -430,7 +432,7 @@ mod tests {
             4096,
         );
         let first = ClientFirst::parse(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL").unwrap();
-        let (mut server, _) = ScramServer::start(ScramHash::Sha1, first, Some(creds), b"", None);
+        let (mut server, _) = ScramServer::start(ScramHash::Sha1, first, Some(creds), b"", 4096, None);
         server.nonce = "fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j".into();
         server.server_first = format!("r={},s=QSXCR+Q6sek8bf92,i=4096", server.nonce);
         let out = server
@@ -444,7 +446,7 @@ mod tests {
         let mut client = ScramClient::new(hash, "juliet", client_pw);
         let first = ClientFirst::parse(client.client_first().as_bytes())?;
         assert_eq!(first.username, "juliet");
-        let (server, server_first) = ScramServer::start(hash, first, known.then_some(creds), b"fake-salt", None);
+        let (server, server_first) = ScramServer::start(hash, first, known.then_some(creds), b"fake-salt", 4096, None);
         let (client_final, _) = client.client_final(std::str::from_utf8(&server_first).unwrap())?;
         let server_final = server.finish(client_final.as_bytes())?;
         assert!(client.verify_server_final(std::str::from_utf8(&server_final).unwrap()));

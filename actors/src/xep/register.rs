@@ -43,6 +43,12 @@ fn not_acceptable(text: &'static str) -> StanzaError {
     StanzaError::with_text(StanzaCondition::NotAcceptable, text)
 }
 
+/// A password sent where it would cross the network in the clear (as
+/// Prosody answers it).
+pub fn encryption_required() -> StanzaError {
+    StanzaError::with_text(StanzaCondition::PolicyViolation, "encryption is required")
+}
+
 /// Derives SCRAM keys from a password on the blocking pool: PBKDF2 must
 /// never run on an event loop.
 pub async fn derive_credentials(password: String, iterations: u32) -> Result<Credentials, StanzaError> {
@@ -62,16 +68,22 @@ pub async fn register_account(
     };
     let username = normalise_localpart(&username)
         .map_err(|_| StanzaError::with_text(StanzaCondition::JidMalformed, "invalid username"))?;
+    // Checked before the key derivation: a taken name costs no PBKDF2.
+    // (create_user still refuses a name taken meanwhile.)
+    if storage.credentials(&username).await?.is_some() {
+        return Err(taken());
+    }
     let credentials = derive_credentials(password, iterations).await?;
     if storage.create_user(&username, credentials).await? {
         log::info!("registered account {username}");
         Ok(username)
     } else {
-        Err(StanzaError::with_text(
-            StanzaCondition::Conflict,
-            "the username is taken",
-        ))
+        Err(taken())
     }
+}
+
+fn taken() -> StanzaError {
+    StanzaError::with_text(StanzaCondition::Conflict, "the username is taken")
 }
 
 /// Password change and cancellation for a logged-in user (§3.2, §3.3).

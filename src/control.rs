@@ -1,0 +1,664 @@
+//! The control channel between the `shoal` command and a running server:
+//! a Unix socket, owner-only, beside the database by default
+//! ([`Config::control_socket`](crate::Config::control_socket)). Account
+//! changes made in the store by `shoal user del|passwd` reach the live
+//! sessions through it.
+//!
+//! The protocol is line-based. A client connects, sends one request line
+//! (UTF-8, at most [`MAX_REQUEST_BYTES`], within [`TIMEOUT`]); the server
+//! answers with zero or more lines, then `ok` or `error: <message>`, and
+//! closes the connection. Requests are [`ControlCommand`]s:
+//!
+//! ```text
+//! kick-user <username> [password-changed|account-deleted|admin]
+//!     -> sessions <n>
+//!     -> ok
+//! ```
+//!
+//! Unix only, like the rest of the server (see `rlimit`).
+
+use std::fmt;
+use std::future::Future;
+use std::io::{BufRead, ErrorKind, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::Addr;
+use shoal_actors::error::{StreamCondition, StreamError};
+use shoal_actors::jid::{normalise_localpart, BareJid};
+use shoal_actors::router::Router;
+use shoal_actors::session_manager::{KickUser, SessionManager};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// Longest request line, without its line end.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+
+/// Time allowed for a request to arrive, and for an answer to be read or
+/// written, on both sides.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a kicked account's sessions end: the stream error they get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KickReason {
+    PasswordChanged,
+    AccountDeleted,
+    /// No reason given: the administrator ended the sessions.
+    Admin,
+}
+
+impl KickReason {
+    const ALL: [KickReason; 3] = [
+        KickReason::PasswordChanged,
+        KickReason::AccountDeleted,
+        KickReason::Admin,
+    ];
+
+    /// The reason's word in a request line.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            KickReason::PasswordChanged => "password-changed",
+            KickReason::AccountDeleted => "account-deleted",
+            KickReason::Admin => "admin",
+        }
+    }
+
+    fn from_keyword(word: &str) -> Option<KickReason> {
+        KickReason::ALL.into_iter().find(|r| r.keyword() == word)
+    }
+
+    /// The stream error the sessions are closed with.
+    pub fn stream_error(self) -> StreamError {
+        match self {
+            // RFC 6120 §4.9.3.16: the stream's security context is void and
+            // authentication must be negotiated again. A client that knows
+            // the new password reconnects; a stolen session cannot.
+            KickReason::PasswordChanged => StreamError::with_text(StreamCondition::Reset, "password changed"),
+            // What an account cancelled in-band (XEP-0077) gets too.
+            KickReason::AccountDeleted => StreamError::with_text(StreamCondition::NotAuthorized, "account removed"),
+            KickReason::Admin => {
+                StreamError::with_text(StreamCondition::PolicyViolation, "session ended by the administrator")
+            }
+        }
+    }
+}
+
+/// A request on the control socket. A new command is a new variant, a
+/// case in [`ControlCommand::from_str`](std::str::FromStr), one in
+/// [`fmt::Display`] and one in [`ControlCommand::execute`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// `kick-user <username> [reason]`: closes every session of the
+    /// account; answers `sessions <n>`, the number closed.
+    KickUser { username: String, reason: KickReason },
+}
+
+impl std::str::FromStr for ControlCommand {
+    type Err = String;
+
+    fn from_str(line: &str) -> Result<ControlCommand, String> {
+        let mut words = line.split_ascii_whitespace();
+        let name = words.next().ok_or("empty request")?;
+        let args: Vec<&str> = words.collect();
+        match name {
+            "kick-user" => {
+                let (user, reason) = match args.as_slice() {
+                    [user] => (*user, KickReason::Admin),
+                    [user, word] => {
+                        let reason = KickReason::from_keyword(word).ok_or_else(|| {
+                            let known: Vec<&str> = KickReason::ALL.iter().map(|r| r.keyword()).collect();
+                            format!("unknown reason {word:?}; expected one of {}", known.join(", "))
+                        })?;
+                        (*user, reason)
+                    }
+                    _ => return Err("usage: kick-user <username> [password-changed|account-deleted|admin]".into()),
+                };
+                let username = normalise_localpart(user).map_err(|e| format!("invalid username {user:?}: {e}"))?;
+                Ok(ControlCommand::KickUser { username, reason })
+            }
+            other => Err(format!("unknown command {other:?}")),
+        }
+    }
+}
+
+impl fmt::Display for ControlCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlCommand::KickUser { username, reason } => write!(f, "kick-user {username} {}", reason.keyword()),
+        }
+    }
+}
+
+/// What commands act on: the running server's actors.
+pub struct ControlContext {
+    pub sm: Addr<SessionManager>,
+    pub router: Router,
+}
+
+impl ControlContext {
+    /// The domain served (a bare JID without node).
+    pub fn domain(&self) -> &BareJid {
+        self.router.domain()
+    }
+}
+
+impl ControlCommand {
+    /// Runs the command; returns the answer's lines before `ok`, or the
+    /// message of the `error:` line.
+    pub async fn execute(self, cx: &ControlContext) -> Result<Vec<String>, String> {
+        match self {
+            ControlCommand::KickUser { username, reason } => {
+                let user = BareJid::new(&username, cx.domain().domain())
+                    .map_err(|e| format!("invalid username {username:?}: {e}"))?;
+                let kick = KickUser {
+                    user: user.clone(),
+                    error: reason.stream_error(),
+                };
+                let ended = cx
+                    .sm
+                    .send(kick)
+                    .await
+                    .map_err(|e| format!("the session manager did not answer: {e}"))?;
+                log::info!("{user}: {ended} session(s) ended ({})", reason.keyword());
+                Ok(vec![format!("sessions {ended}")])
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(
+        "another Shoal server answers on the control socket {0} (it likely uses the same database); \
+         stop it first, or set [control] socket"
+    )]
+    InUse(PathBuf),
+    #[error("the control socket path {0} exists and is not a socket; remove it or set [control] socket")]
+    NotASocket(PathBuf),
+    #[error("the control socket's directory {dir} does not exist (socket {path})")]
+    NoDirectory { path: PathBuf, dir: PathBuf },
+    #[error("control socket {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The socket file as bound, told apart from a later file at the same
+/// path: only ours is ever removed.
+#[derive(Clone, Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn remove(&self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                log::warn!("cannot remove the control socket {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// A bound control socket, not serving yet. Dropped unserved (the server
+/// failed to start), it removes its file.
+pub struct ControlListener {
+    listener: UnixListener,
+    file: SocketFile,
+    armed: bool,
+}
+
+impl ControlListener {
+    /// Binds `path`, owner-only. A socket file left by a server that did
+    /// not stop cleanly is replaced; one a server still answers on is an
+    /// error, since two servers on one database would not see each
+    /// other's sessions.
+    pub async fn bind(path: &Path) -> Result<ControlListener, ControlError> {
+        let io = |source: std::io::Error| ControlError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if !meta.file_type().is_socket() => return Err(ControlError::NotASocket(path.to_owned())),
+            Ok(_) => {
+                if answers(path).await.map_err(io)? {
+                    return Err(ControlError::InUse(path.to_owned()));
+                }
+                log::info!("removing the stale control socket {}", path.display());
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    // Another server starting at the same moment was first.
+                    Err(e) if e.kind() == ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(e)),
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(ControlError::NoDirectory {
+                path: path.to_owned(),
+                dir: dir.to_owned(),
+            });
+        }
+        let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
+            // Another server bound it since the check above.
+            ErrorKind::AddrInUse => ControlError::InUse(path.to_owned()),
+            _ => io(e),
+        })?;
+        // Until this, the mode follows the umask; peer credentials are
+        // checked on every connection as well, which covers that moment.
+        let owner_only = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::symlink_metadata(path));
+        let meta = match owner_only {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = std::fs::remove_file(path);
+                return Err(io(e));
+            }
+        };
+        log::info!("control socket {}", path.display());
+        Ok(ControlListener {
+            listener,
+            file: SocketFile {
+                path: path.to_owned(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            armed: true,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        if self.armed {
+            self.file.remove();
+        }
+    }
+}
+
+/// Whether a server accepts connections on the socket at `path`: `false`
+/// for a stale file (connection refused).
+async fn answers(path: &Path) -> std::io::Result<bool> {
+    match tokio::time::timeout(Duration::from_secs(1), UnixStream::connect(path)).await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(e)) if e.kind() == ErrorKind::ConnectionRefused => Ok(false),
+        Ok(Err(e)) => Err(e),
+        // A full accept queue: a server is there, just busy.
+        Err(_) => Ok(true),
+    }
+}
+
+/// A serving control socket.
+pub struct ControlServer {
+    shutdown: CancellationToken,
+    file: SocketFile,
+}
+
+impl ControlServer {
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Stops accepting and removes the socket file, so that the `shoal`
+    /// command sees no server running. Requests being answered finish.
+    pub fn stop(self) {
+        self.shutdown.cancel();
+        self.file.remove();
+    }
+}
+
+/// Serves commands against the server's actors. Must be called inside
+/// the actix System (the connections are local tasks).
+pub fn serve(listener: ControlListener, cx: ControlContext) -> ControlServer {
+    let cx = Rc::new(cx);
+    serve_with(listener, move |command: ControlCommand| {
+        let cx = cx.clone();
+        async move { command.execute(&cx).await }
+    })
+}
+
+/// [`serve`] with any way of running a command (the tests use a fake).
+fn serve_with<H, F>(mut listener: ControlListener, handler: H) -> ControlServer
+where
+    H: Fn(ControlCommand) -> F + Clone + 'static,
+    F: Future<Output = Result<Vec<String>, String>> + 'static,
+{
+    // From here the file is the ControlServer's to remove.
+    listener.armed = false;
+    let server = ControlServer {
+        shutdown: CancellationToken::new(),
+        file: listener.file.clone(),
+    };
+    let shutdown = server.shutdown.clone();
+    actix_rt::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.listener.accept() => r,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    actix_rt::spawn(answer(stream, handler.clone()));
+                }
+                Err(e) => {
+                    // Out of file descriptors, typically: back off rather than spin.
+                    log::warn!("control socket {}: accept failed: {e}", listener.file.path.display());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    server
+}
+
+/// The effective user id of this process.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Reads one request, runs it, writes the answer.
+async fn answer<H, F>(mut stream: UnixStream, handler: H)
+where
+    H: Fn(ControlCommand) -> F,
+    F: Future<Output = Result<Vec<String>, String>>,
+{
+    // Only this server's user (or root, who could act on the process
+    // anyway) may give commands, whatever the file's mode.
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == euid() || cred.uid() == 0 => {}
+        Ok(cred) => {
+            log::warn!("control socket: refused a connection from uid {}", cred.uid());
+            return;
+        }
+        Err(e) => {
+            log::warn!("control socket: cannot tell who connected: {e}");
+            return;
+        }
+    }
+    let result = match tokio::time::timeout(TIMEOUT, read_request(&mut stream)).await {
+        Err(_) => Err(format!("no request within {} s", TIMEOUT.as_secs())),
+        // Connected and left: a starting server checking for this one.
+        Ok(Ok(None)) => return,
+        Ok(Ok(Some(line))) => match line.parse::<ControlCommand>() {
+            Ok(command) => {
+                log::debug!("control: {command}");
+                handler(command).await
+            }
+            Err(e) => Err(e),
+        },
+        Ok(Err(e)) => Err(e),
+    };
+    let reply = match result {
+        Ok(lines) => {
+            let mut reply = String::new();
+            for line in lines {
+                reply.push_str(&one_line(&line));
+                reply.push('\n');
+            }
+            reply.push_str("ok\n");
+            reply
+        }
+        Err(e) => {
+            log::warn!("control: {e}");
+            format!("error: {}\n", one_line(&e))
+        }
+    };
+    match tokio::time::timeout(TIMEOUT, stream.write_all(reply.as_bytes())).await {
+        Ok(Ok(())) => {
+            let _ = stream.shutdown().await;
+        }
+        Ok(Err(e)) => log::debug!("control: writing the answer: {e}"),
+        Err(_) => log::debug!("control: the client did not read the answer"),
+    }
+}
+
+/// Keeps a line of the answer on one line.
+fn one_line(s: &str) -> String {
+    s.replace(['\r', '\n'], " ")
+}
+
+/// The request line without its line end; `None` if the client closed
+/// without sending anything.
+async fn read_request<R: AsyncRead + Unpin>(reader: R) -> Result<Option<String>, String> {
+    let mut buf = Vec::new();
+    // One byte past the limit tells a line at the limit from a longer one.
+    let mut limited = tokio::io::BufReader::new(reader.take(MAX_REQUEST_BYTES as u64 + 1));
+    limited
+        .read_until(b'\n', &mut buf)
+        .await
+        .map_err(|e| format!("reading the request: {e}"))?;
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > MAX_REQUEST_BYTES {
+        return Err(format!("request longer than {MAX_REQUEST_BYTES} bytes"));
+    } else if buf.is_empty() {
+        return Ok(None);
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| "the request is not UTF-8".to_owned())
+}
+
+/// Sends one request to the server running at `path` and returns the
+/// lines of its answer before `ok`. `Ok(None)`: no server runs there (no
+/// socket, or a stale one). Blocking; for the `shoal` command.
+pub fn request(path: &Path, line: &str) -> Result<Option<Vec<String>>, String> {
+    if line.contains(['\r', '\n']) || line.len() > MAX_REQUEST_BYTES {
+        return Err(format!("a request is one line of at most {MAX_REQUEST_BYTES} bytes"));
+    }
+    let stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => return Ok(None),
+        Err(e) => return Err(format!("cannot connect to the control socket {}: {e}", path.display())),
+    };
+    let fail = |e: std::io::Error| match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
+            "control socket {}: no answer within {} s",
+            path.display(),
+            TIMEOUT.as_secs()
+        ),
+        _ => format!("control socket {}: {e}", path.display()),
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
+    (&stream).write_all(format!("{line}\n").as_bytes()).map_err(fail)?;
+    let mut lines = Vec::new();
+    for answer in std::io::BufReader::new(&stream).lines() {
+        let answer = answer.map_err(fail)?;
+        if answer == "ok" {
+            return Ok(Some(lines));
+        }
+        if let Some(message) = answer.strip_prefix("error: ") {
+            return Err(format!("the running server refused {line:?}: {message}"));
+        }
+        lines.push(answer);
+    }
+    Err(format!(
+        "control socket {}: the server closed the connection without finishing its answer",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_print_back() {
+        let kick = |username: &str, reason| ControlCommand::KickUser {
+            username: username.into(),
+            reason,
+        };
+        assert_eq!(
+            "kick-user Alice password-changed".parse::<ControlCommand>(),
+            Ok(kick("alice", KickReason::PasswordChanged))
+        );
+        assert_eq!(
+            "  kick-user bob   account-deleted ".parse::<ControlCommand>(),
+            Ok(kick("bob", KickReason::AccountDeleted))
+        );
+        assert_eq!(
+            "kick-user carol".parse::<ControlCommand>(),
+            Ok(kick("carol", KickReason::Admin))
+        );
+        for reason in KickReason::ALL {
+            let command = kick("alice", reason);
+            assert_eq!(command.to_string().parse::<ControlCommand>(), Ok(command));
+        }
+    }
+
+    #[test]
+    fn bad_commands_are_refused_with_the_reason() {
+        let err = |line: &str| line.parse::<ControlCommand>().unwrap_err();
+        assert_eq!(err(""), "empty request");
+        assert_eq!(err("   "), "empty request");
+        assert_eq!(err("reboot now"), "unknown command \"reboot\"");
+        assert!(err("kick-user").starts_with("usage: kick-user"));
+        assert!(err("kick-user a b c").starts_with("usage: kick-user"));
+        assert!(err("kick-user alice sideways").starts_with("unknown reason \"sideways\""));
+        assert!(err("kick-user alice@localhost").starts_with("invalid username \"alice@localhost\""));
+    }
+
+    #[tokio::test]
+    async fn requests_are_one_bounded_utf8_line() {
+        let read = |bytes: Vec<u8>| async move { read_request(&bytes[..]).await };
+        assert_eq!(
+            read(b"kick-user alice\n".to_vec()).await,
+            Ok(Some("kick-user alice".into()))
+        );
+        assert_eq!(
+            read(b"kick-user alice\r\nmore".to_vec()).await,
+            Ok(Some("kick-user alice".into()))
+        );
+        // The client may half-close instead of ending the line.
+        assert_eq!(
+            read(b"kick-user alice".to_vec()).await,
+            Ok(Some("kick-user alice".into()))
+        );
+        assert_eq!(read(Vec::new()).await, Ok(None));
+        let mut at_limit = vec![b'a'; MAX_REQUEST_BYTES];
+        at_limit.push(b'\n');
+        assert_eq!(
+            read(at_limit).await.map(|l| l.map(|l| l.len())),
+            Ok(Some(MAX_REQUEST_BYTES))
+        );
+        let mut over = vec![b'a'; MAX_REQUEST_BYTES + 1];
+        over.push(b'\n');
+        assert_eq!(read(over).await, Err("request longer than 4096 bytes".into()));
+        assert_eq!(
+            read(b"kick-user \xff\n".to_vec()).await,
+            Err("the request is not UTF-8".into())
+        );
+    }
+
+    /// Runs the blocking client off the runtime's only thread.
+    async fn ask(path: &Path, line: &str) -> Result<Option<Vec<String>>, String> {
+        let (path, line) = (path.to_owned(), line.to_owned());
+        tokio::task::spawn_blocking(move || request(&path, &line))
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn serves_owner_only_refuses_a_second_server_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.sock");
+        actix_rt::System::new().block_on(async {
+            let listener = ControlListener::bind(&path).await.unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+            let server = serve_with(listener, |command: ControlCommand| async move {
+                Ok::<_, String>(vec![format!("ran {command}"), "second line".into()])
+            });
+
+            assert_eq!(
+                ask(&path, "kick-user Alice").await,
+                Ok(Some(vec!["ran kick-user alice admin".into(), "second line".into()]))
+            );
+            assert_eq!(
+                ask(&path, "reboot").await,
+                Err("the running server refused \"reboot\": unknown command \"reboot\"".into())
+            );
+            assert!(ask(&path, &"a".repeat(MAX_REQUEST_BYTES + 1)).await.is_err());
+
+            // A client that ignores the limit is told so.
+            let p = path.clone();
+            let raw = tokio::task::spawn_blocking(move || {
+                let mut s = std::os::unix::net::UnixStream::connect(&p).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut long = vec![b'a'; MAX_REQUEST_BYTES * 2];
+                long.push(b'\n');
+                s.write_all(&long).unwrap();
+                let mut answer = String::new();
+                std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+                answer
+            })
+            .await
+            .unwrap();
+            assert_eq!(raw, "error: request longer than 4096 bytes\n");
+
+            // A second server on the same path is refused, and leaves the
+            // first one's socket alone.
+            let second = ControlListener::bind(&path).await.err().unwrap();
+            assert!(matches!(second, ControlError::InUse(_)), "{second}");
+            assert!(second.to_string().contains("shoal.sock"), "{second}");
+            assert!(ask(&path, "kick-user alice").await.unwrap().is_some());
+
+            server.stop();
+            assert!(!path.exists());
+            assert_eq!(ask(&path, "kick-user alice").await, Ok(None));
+        });
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_other_files_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.sock");
+        // What a server that was killed leaves behind.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert_eq!(
+            request(&path, "kick-user alice"),
+            Ok(None),
+            "a stale socket means no server"
+        );
+        actix_rt::System::new().block_on(async {
+            let listener = ControlListener::bind(&path).await.unwrap();
+            assert_eq!(listener.path(), path.as_path());
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+            // Never served (the server failed to start): the file goes too.
+            drop(listener);
+            assert!(!path.exists());
+
+            std::fs::write(&path, "data").unwrap();
+            let err = ControlListener::bind(&path).await.err().unwrap();
+            assert!(err.to_string().contains("exists and is not a socket"), "{err}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), "data");
+
+            let err = ControlListener::bind(&dir.path().join("missing/shoal.sock"))
+                .await
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("does not exist"), "{err}");
+        });
+    }
+}
