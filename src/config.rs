@@ -79,6 +79,10 @@ pub struct LimitsConfig {
     /// then has to answer before `<connection-timeout/>`.
     pub idle_timeout_secs: u64,
     pub ping_timeout_secs: u64,
+    /// Seconds one write to a client may take. A client that stops reading
+    /// fills the socket's buffers; past this its connection is closed, and
+    /// its place in the connection counts given back.
+    pub write_timeout_secs: u64,
     /// Failed logins allowed per account from one source network (an IPv4
     /// /24, an IPv6 /64, a single loopback address), and per source network
     /// for all accounts (0: not counted). Once a count reaches its allowance,
@@ -91,12 +95,19 @@ pub struct LimitsConfig {
     pub auth_failure_window_secs: u64,
     /// Counts kept at most; past it the one touched longest ago goes.
     pub auth_throttle_entries: usize,
+    /// Items in one roster (0: no limit). A roster set adding one more
+    /// gets `<not-allowed/>`.
+    pub max_roster_items: usize,
+    /// Subscription requests waiting from contacts not in the roster
+    /// (0: no limit). More are dropped unanswered.
+    pub max_pending_requests: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let parse = shoal_actors::xml::ParseLimits::default();
         let conn = shoal_actors::c2s::limits::ConnectionLimits::default();
+        let roster = shoal_actors::roster::RosterLimits::default();
         LimitsConfig {
             max_depth: parse.max_depth,
             max_attributes: parse.max_attrs,
@@ -110,16 +121,27 @@ impl Default for LimitsConfig {
             max_unauthenticated: conn.max_unauthenticated,
             idle_timeout_secs: conn.idle_timeout.as_secs(),
             ping_timeout_secs: conn.ping_timeout.as_secs(),
+            write_timeout_secs: conn.write_timeout.as_secs(),
             auth_failures_per_account: conn.failures_per_account,
             auth_failures_per_network: conn.failures_per_network,
             auth_throttle_max_delay_secs: conn.max_failure_delay.as_secs(),
             auth_failure_window_secs: conn.failure_window.as_secs(),
             auth_throttle_entries: conn.throttle_entries,
+            max_roster_items: roster.max_items,
+            max_pending_requests: roster.max_pending,
         }
     }
 }
 
 impl LimitsConfig {
+    /// The caps the store enforces on each roster.
+    pub fn roster_limits(&self) -> shoal_actors::roster::RosterLimits {
+        shoal_actors::roster::RosterLimits {
+            max_items: self.max_roster_items,
+            max_pending: self.max_pending_requests,
+        }
+    }
+
     pub fn connection_limits(&self) -> shoal_actors::c2s::limits::ConnectionLimits {
         use std::time::Duration;
         shoal_actors::c2s::limits::ConnectionLimits {
@@ -131,6 +153,7 @@ impl LimitsConfig {
             max_unauthenticated: self.max_unauthenticated,
             idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             ping_timeout: Duration::from_secs(self.ping_timeout_secs),
+            write_timeout: Duration::from_secs(self.write_timeout_secs),
             failures_per_account: self.auth_failures_per_account,
             failures_per_network: self.auth_failures_per_network,
             max_failure_delay: Duration::from_secs(self.auth_throttle_max_delay_secs),
@@ -167,12 +190,25 @@ pub struct C2sConfig {
     pub allow_plain_without_tls: Option<bool>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrationConfig {
     /// XEP-0077 in-band registration. Unset: on only when every listener
     /// is a loopback address.
     pub enabled: Option<bool>,
+    /// Accounts one source network may register before each further
+    /// registration waits (1 s, 2 s, 4 s, ... as for failed logins); 0: no
+    /// limit.
+    pub max_per_network: u32,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            enabled: None,
+            max_per_network: 5,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -299,6 +335,7 @@ impl Config {
             ("preauth_burst_bytes", l.preauth_burst_bytes.into()),
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("ping_timeout_secs", l.ping_timeout_secs),
+            ("write_timeout_secs", l.write_timeout_secs),
             ("auth_failures_per_account", l.auth_failures_per_account.into()),
             ("auth_throttle_max_delay_secs", l.auth_throttle_max_delay_secs),
             ("auth_failure_window_secs", l.auth_failure_window_secs),

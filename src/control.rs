@@ -30,6 +30,7 @@ use shoal_actors::error::{StreamCondition, StreamError};
 use shoal_actors::jid::{normalise_localpart, BareJid};
 use shoal_actors::router::Router;
 use shoal_actors::session_manager::{KickUser, SessionManager};
+use shoal_actors::xep::register;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -76,9 +77,9 @@ impl KickReason {
             // RFC 6120 §4.9.3.16: the stream's security context is void and
             // authentication must be negotiated again. A client that knows
             // the new password reconnects; a stolen session cannot.
-            KickReason::PasswordChanged => StreamError::with_text(StreamCondition::Reset, "password changed"),
+            KickReason::PasswordChanged => register::password_changed(),
             // What an account cancelled in-band (XEP-0077) gets too.
-            KickReason::AccountDeleted => StreamError::with_text(StreamCondition::NotAuthorized, "account removed"),
+            KickReason::AccountDeleted => register::account_removed(),
             KickReason::Admin => {
                 StreamError::with_text(StreamCondition::PolicyViolation, "session ended by the administrator")
             }
@@ -94,6 +95,14 @@ pub enum ControlCommand {
     /// `kick-user <username> [reason]`: closes every session of the
     /// account; answers `sessions <n>`, the number closed.
     KickUser { username: String, reason: KickReason },
+    /// `delete-user <username>`: ends every subscription of the account
+    /// (its contacts are told), deletes it, and closes its sessions;
+    /// answers `removed <true|false>` and `sessions <n>`.
+    DeleteUser { username: String },
+}
+
+fn username_arg(user: &str) -> Result<String, String> {
+    normalise_localpart(user).map_err(|e| format!("invalid username {user:?}: {e}"))
 }
 
 impl std::str::FromStr for ControlCommand {
@@ -116,9 +125,17 @@ impl std::str::FromStr for ControlCommand {
                     }
                     _ => return Err("usage: kick-user <username> [password-changed|account-deleted|admin]".into()),
                 };
-                let username = normalise_localpart(user).map_err(|e| format!("invalid username {user:?}: {e}"))?;
-                Ok(ControlCommand::KickUser { username, reason })
+                Ok(ControlCommand::KickUser {
+                    username: username_arg(user)?,
+                    reason,
+                })
             }
+            "delete-user" => match args.as_slice() {
+                [user] => Ok(ControlCommand::DeleteUser {
+                    username: username_arg(user)?,
+                }),
+                _ => Err("usage: delete-user <username>".into()),
+            },
             other => Err(format!("unknown command {other:?}")),
         }
     }
@@ -128,6 +145,7 @@ impl fmt::Display for ControlCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ControlCommand::KickUser { username, reason } => write!(f, "kick-user {username} {}", reason.keyword()),
+            ControlCommand::DeleteUser { username } => write!(f, "delete-user {username}"),
         }
     }
 }
@@ -164,6 +182,15 @@ impl ControlCommand {
                     .map_err(|e| format!("the session manager did not answer: {e}"))?;
                 log::info!("{user}: {ended} session(s) ended ({})", reason.keyword());
                 Ok(vec![format!("sessions {ended}")])
+            }
+            ControlCommand::DeleteUser { username } => {
+                let user = BareJid::new(&username, cx.domain().domain())
+                    .map_err(|e| format!("invalid username {username:?}: {e}"))?;
+                let removed = shoal_actors::roster::account::remove_account(cx.router.clone(), user.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let ended = register::end_sessions(&cx.router, &user, register::account_removed());
+                Ok(vec![format!("removed {removed}"), format!("sessions {ended}")])
             }
         }
     }

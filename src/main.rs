@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use shoal::control::{self, ControlCommand, KickReason};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
-use shoal_actors::jid::{normalise_localpart, Jid};
+use shoal_actors::jid::{normalise_localpart, BareJid, Jid};
 use shoal_actors::sasl::Credentials;
 
 #[derive(Parser)]
@@ -167,11 +167,29 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
         }
         UserCommand::Del { jid } => {
             let name = username(config, &jid)?;
-            if !store.delete_user(&name).map_err(|e| e.to_string())? {
+            let command = ControlCommand::DeleteUser { username: name.clone() };
+            let (removed, answer) = match control::request(&config.control_socket(), &command.to_string()) {
+                // A running server tells the contacts and ends the sessions.
+                Ok(Some(lines)) => (lines.iter().any(|l| l == "removed true"), lines),
+                Ok(None) => {
+                    let jid = BareJid::new(&name, &config.domain).map_err(|e| e.to_string())?;
+                    (
+                        store.delete_account(&name, &jid).map_err(|e| e.to_string())?,
+                        Vec::new(),
+                    )
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the running server could not delete {name}@{}: {e}",
+                        config.domain
+                    ))
+                }
+            };
+            if !removed {
                 return Err(format!("no such user: {name}@{}", config.domain));
             }
             println!("deleted {name}@{}", config.domain);
-            end_sessions(config, &name, KickReason::AccountDeleted);
+            report_ended(&answer);
         }
         UserCommand::Passwd { jid, password: pw } => {
             let name = username(config, &jid)?;
@@ -225,17 +243,20 @@ fn end_sessions(config: &Config, name: &str, reason: KickReason) {
     match control::request(&path, &command.to_string()) {
         // No server runs: there are no sessions to end.
         Ok(None) => {}
-        Ok(Some(lines)) => {
-            let ended = lines
-                .iter()
-                .find_map(|l| l.strip_prefix("sessions ")?.parse::<usize>().ok());
-            if let Some(n) = ended.filter(|n| *n > 0) {
-                println!("ended {n} session(s) on the running server");
-            }
-        }
+        Ok(Some(lines)) => report_ended(&lines),
         Err(e) => eprintln!(
             "shoal: warning: the change is stored, but ending the live sessions of {name}@{} failed: {e}",
             config.domain
         ),
+    }
+}
+
+/// Says how many sessions a running server ended, if any.
+fn report_ended(lines: &[String]) {
+    let ended = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("sessions ")?.parse::<usize>().ok());
+    if let Some(n) = ended.filter(|n| *n > 0) {
+        println!("ended {n} session(s) on the running server");
     }
 }

@@ -101,7 +101,11 @@ impl ServerBuilder {
         let on_sqlite = self.storage.is_none();
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,
-            None => Arc::new(SqliteStorage::start(&config.storage.sqlite, 2)?),
+            None => Arc::new(SqliteStorage::start(
+                &config.storage.sqlite,
+                2,
+                config.limits.roster_limits(),
+            )?),
         };
         let registration = config.registration_enabled();
         let mut handlers = xep::standard_iq_handlers(&ServerFeatures {
@@ -147,6 +151,7 @@ impl ServerBuilder {
             tls: tls_settings(&config)?,
             allow_plain_without_tls: config.allow_plain_without_tls(),
             registration,
+            registrations_per_network: config.registration.max_per_network,
             scram_iterations: config.auth.scram_iterations,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
             negotiation_timeout: Duration::from_secs(config.c2s.negotiation_timeout_secs),

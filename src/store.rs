@@ -5,13 +5,16 @@
 //! an actor's event loop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use shoal_actors::jid::BareJid;
-use shoal_actors::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterUpdate, SubState, Subscription};
+use shoal_actors::roster::{
+    ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
+};
 use shoal_actors::sasl::{Credentials, ScramCredentials};
-use shoal_actors::storage::{Profile, RosterFn, Storage, StorageError, StorageFuture};
+use shoal_actors::storage::{PairFn, Profile, RosterFn, Storage, StorageError, StorageFuture};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -67,13 +70,16 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY,
         value BLOB NOT NULL
     ) WITHOUT ROWID;",
+    // 4: subscription pre-approvals (RFC 6121 §3.4).
+    "ALTER TABLE roster_items ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Separates group names in one column; control characters cannot occur in
 /// XML text, so no group name contains it.
 const GROUP_SEPARATOR: char = '\u{1f}';
 
-const ITEM_COLUMNS: &str = "contact, name, groups, subscription, pending_out, pending_in, in_roster, pending_request";
+const ITEM_COLUMNS: &str =
+    "contact, name, groups, subscription, pending_out, pending_in, in_roster, pending_request, approved";
 
 fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RosterItem>> {
     let contact: String = r.get(0)?;
@@ -94,6 +100,7 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RosterItem>> 
             subscription: Subscription::parse(&subscription).unwrap_or_default(),
             pending_out: r.get(4)?,
             pending_in: r.get(5)?,
+            approved: r.get(8)?,
         },
         in_roster: r.get(6)?,
         pending_request: r.get(7)?,
@@ -116,8 +123,22 @@ impl From<StoreError> for StorageError {
     }
 }
 
+/// Removal records kept per user for XEP-0237 (see
+/// [`SqliteStore::prune_removals`]). A client further behind gets the whole
+/// roster, which costs about what that many removals would.
+const KEPT_REMOVALS: usize = 1000;
+
+/// The `roster_removals` row (an empty contact, which no JID has) holding the
+/// newest version among a user's pruned removal records: a client at an
+/// older version may have missed one of them.
+const PRUNED_MARK: &str = "";
+
 pub struct SqliteStore {
     conn: Connection,
+    /// Caps checked in every roster update; none unless set (the CLI and
+    /// tools are not limited, the server sets the configured ones).
+    limits: RosterLimits,
+    kept_removals: usize,
 }
 
 impl SqliteStore {
@@ -151,7 +172,16 @@ impl SqliteStore {
                 .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
         }
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            limits: RosterLimits::UNLIMITED,
+            kept_removals: KEPT_REMOVALS,
+        })
+    }
+
+    /// Caps rosters at `limits` from now on.
+    pub fn set_roster_limits(&mut self, limits: RosterLimits) {
+        self.limits = limits;
     }
 
     /// A write transaction. IMMEDIATE takes the write lock at once and waits
@@ -228,6 +258,47 @@ impl SqliteStore {
         Ok(self.conn.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
     }
 
+    /// Deletes an account while no server runs (`shoal user del`): in the
+    /// same transaction every other user's record of it loses its
+    /// subscription and pending state (a record the user kept stays, as
+    /// after an unsubscription; a bare request goes), with a new roster
+    /// version, so an account later registered under the name inherits
+    /// nobody. A running server does this through its actors instead, so
+    /// that the contacts online are told.
+    pub fn delete_account(&mut self, username: &str, jid: &BareJid) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let holders: Vec<String> = {
+            // Only records with something to end: a second run changes nothing.
+            let mut stmt = tx.prepare(
+                "SELECT username FROM roster_items WHERE contact = ?1
+                 AND (subscription != 'none' OR pending_out OR pending_in OR approved OR NOT in_roster)",
+            )?;
+            let rows = stmt.query_map([jid.as_str()], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for holder in holders {
+            let version = Self::roster_version(&tx, &holder)? + 1;
+            tx.execute(
+                "INSERT INTO roster_versions (username, version) VALUES (?1, ?2)
+                 ON CONFLICT (username) DO UPDATE SET version = excluded.version",
+                params![holder, version as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM roster_items WHERE username = ?1 AND contact = ?2 AND NOT in_roster",
+                params![holder, jid.as_str()],
+            )?;
+            tx.execute(
+                "UPDATE roster_items SET subscription = 'none', pending_out = 0, pending_in = 0,
+                     approved = 0, pending_request = NULL, ver = ?3
+                 WHERE username = ?1 AND contact = ?2",
+                params![holder, jid.as_str(), version as i64],
+            )?;
+        }
+        let existed = tx.execute("DELETE FROM users WHERE username = ?1", [username])? > 0;
+        tx.commit()?;
+        Ok(existed)
+    }
+
     /// The secret called `name`, stored as `fresh` the first time.
     pub fn secret(&mut self, name: &str, fresh: [u8; 32]) -> Result<[u8; 32], StoreError> {
         let tx = self.write()?;
@@ -265,7 +336,9 @@ impl SqliteStore {
             "SELECT {ITEM_COLUMNS}, ver FROM roster_items WHERE username = ?1 AND {filter} ORDER BY ver, contact"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![username, arg], |r| Ok((item_from_row(r)?, r.get::<_, i64>(8)?)))?;
+        let rows = stmt.query_map(params![username, arg], |r| {
+            Ok((item_from_row(r)?, r.get::<_, i64>("ver")?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             if let (Some(item), ver) = row? {
@@ -289,8 +362,19 @@ impl SqliteStore {
     }
 
     pub fn roster_changes(&self, username: &str, since: u64) -> Result<Option<(u64, Vec<RosterChange>)>, StoreError> {
+        // One read transaction: a snapshot, so that pruning in between
+        // cannot take removals this diff needs after the mark was read.
+        let _snapshot = self.conn.unchecked_transaction()?;
         let version = Self::roster_version(&self.conn, username)?;
-        if since > version {
+        let pruned: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT ver FROM roster_removals WHERE username = ?1 AND contact = ?2",
+                params![username, PRUNED_MARK],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if since > version || pruned.is_some_and(|p| (since as i64) < p) {
             return Ok(None);
         }
         let mut changes: Vec<(i64, RosterChange)> = self
@@ -298,10 +382,10 @@ impl SqliteStore {
             .into_iter()
             .map(|(item, ver)| (ver, RosterChange::Updated(item)))
             .collect();
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT contact, ver FROM roster_removals WHERE username = ?1 AND ver > ?2")?;
-        let removed = stmt.query_map(params![username, since as i64], |r| {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT contact, ver FROM roster_removals WHERE username = ?1 AND ver > ?2 AND contact <> ?3",
+        )?;
+        let removed = stmt.query_map(params![username, since as i64, PRUNED_MARK], |r| {
             Ok((r.get::<_, String>(0)?, r.get(1)?))
         })?;
         for row in removed {
@@ -332,7 +416,41 @@ impl SqliteStore {
         contact: &BareJid,
         change: RosterFn,
     ) -> Result<RosterUpdate, StoreError> {
+        let (limits, kept) = (self.limits, self.kept_removals);
         let tx = self.write()?;
+        let update = Self::update_in(&tx, username, contact, &limits, kept, change)?;
+        tx.commit()?;
+        Ok(update)
+    }
+
+    /// Both records of a local pair in one transaction; see
+    /// [`Storage::update_roster_pair`].
+    pub fn update_roster_pair(
+        &mut self,
+        user: &BareJid,
+        contact: &BareJid,
+        change_user: RosterFn,
+        change_contact: PairFn,
+    ) -> Result<(RosterUpdate, RosterUpdate), StoreError> {
+        let (limits, kept) = (self.limits, self.kept_removals);
+        let (un, cn) = (user.node().unwrap_or_default(), contact.node().unwrap_or_default());
+        let tx = self.write()?;
+        let first = Self::update_in(&tx, un, contact, &limits, kept, change_user)?;
+        let second = Self::update_in(&tx, cn, user, &limits, kept, |item| change_contact(&first, item))?;
+        // An error above drops `tx` uncommitted: neither side changes.
+        tx.commit()?;
+        Ok((first, second))
+    }
+
+    /// One record change inside the caller's transaction.
+    fn update_in(
+        tx: &rusqlite::Transaction<'_>,
+        username: &str,
+        contact: &BareJid,
+        limits: &RosterLimits,
+        kept_removals: usize,
+        change: impl FnOnce(Option<RosterItem>) -> ItemChange,
+    ) -> Result<RosterUpdate, StoreError> {
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
             .optional()?;
@@ -341,6 +459,7 @@ impl SqliteStore {
                 before: None,
                 after: None,
                 version: 0,
+                refused: None,
             });
         }
         let sql = format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE username = ?1 AND contact = ?2");
@@ -353,10 +472,20 @@ impl SqliteStore {
             ItemChange::Put(item) => Some(item),
             ItemChange::Delete => None,
         };
+        let count = |limit: RosterLimit| -> Result<usize, StoreError> {
+            let sql = match limit {
+                RosterLimit::Items => "SELECT count(*) FROM roster_items WHERE username = ?1 AND in_roster",
+                RosterLimit::Pending => "SELECT count(*) FROM roster_items WHERE username = ?1 AND NOT in_roster",
+            };
+            let n: i64 = tx.query_row(sql, [username], |r| r.get(0))?;
+            Ok(n as usize)
+        };
+        let refused = limits.exceeded(&before, &after, count)?;
         let mut update = RosterUpdate {
+            after: if refused.is_some() { before.clone() } else { after },
             before,
-            after,
-            version: Self::roster_version(&tx, username)?,
+            version: Self::roster_version(tx, username)?,
+            refused,
         };
         if update.after == update.before {
             return Ok(update);
@@ -375,8 +504,8 @@ impl SqliteStore {
                 let groups: Vec<&str> = item.groups.iter().map(String::as_str).collect();
                 tx.execute(
                     "INSERT OR REPLACE INTO roster_items (username, contact, name, groups, subscription,
-                         pending_out, pending_in, in_roster, pending_request, ver)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                         pending_out, pending_in, in_roster, pending_request, ver, approved)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                     params![
                         username,
                         contact.as_str(),
@@ -388,6 +517,7 @@ impl SqliteStore {
                         item.in_roster,
                         item.pending_request,
                         update.version as i64,
+                        item.state.approved,
                     ],
                 )?;
                 if item.in_roster {
@@ -409,9 +539,36 @@ impl SqliteStore {
                 "INSERT OR REPLACE INTO roster_removals (username, contact, ver) VALUES (?1, ?2, ?3)",
                 params![username, contact.as_str(), update.version as i64],
             )?;
+            Self::prune_removals(tx, username, kept_removals)?;
         }
-        tx.commit()?;
         Ok(update)
+    }
+
+    /// Keeps a user's newest `kept` removal records: without this they
+    /// pile up forever, one per contact ever removed. The newest version
+    /// among those dropped goes into the [`PRUNED_MARK`] row, so that
+    /// [`SqliteStore::roster_changes`] sends the whole roster to a client
+    /// older than that instead of a diff missing removals.
+    fn prune_removals(tx: &rusqlite::Transaction<'_>, username: &str, kept: usize) -> Result<(), StoreError> {
+        let cut: Option<i64> = tx
+            .query_row(
+                "SELECT ver FROM roster_removals WHERE username = ?1 AND contact <> ?2
+                 ORDER BY ver DESC LIMIT 1 OFFSET ?3",
+                params![username, PRUNED_MARK, kept as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(cut) = cut else { return Ok(()) };
+        tx.execute(
+            "DELETE FROM roster_removals WHERE username = ?1 AND contact <> ?2 AND ver <= ?3",
+            params![username, PRUNED_MARK, cut],
+        )?;
+        tx.execute(
+            "INSERT INTO roster_removals (username, contact, ver) VALUES (?1, ?2, ?3)
+             ON CONFLICT (username, contact) DO UPDATE SET ver = max(ver, excluded.ver)",
+            params![username, PRUNED_MARK, cut],
+        )?;
+        Ok(())
     }
 
     pub fn pending_requests(&self, username: &str) -> Result<Vec<RosterItem>, StoreError> {
@@ -507,30 +664,48 @@ impl<R: Send + 'static> Handler<Query<R>> for StoreActor {
 #[derive(Clone)]
 pub struct SqliteStorage {
     addr: Addr<StoreActor>,
+    /// Jobs queued or running: the store threads' mailbox is unbounded,
+    /// so callers wait here for a place instead of piling jobs up.
+    queue: Arc<tokio::sync::Semaphore>,
 }
 
+/// Most jobs queued for the store threads at once.
+pub const STORE_QUEUE: usize = 1024;
+
 impl SqliteStorage {
-    /// Opens the database (migrating it) and starts `threads` store threads.
-    /// Must run inside an actix System.
-    pub fn start(path: &Path, threads: usize) -> Result<SqliteStorage, StoreError> {
+    /// Opens the database (migrating it) and starts `threads` store threads,
+    /// which cap rosters at `limits`. Must run inside an actix System.
+    pub fn start(path: &Path, threads: usize, limits: RosterLimits) -> Result<SqliteStorage, StoreError> {
         SqliteStore::open(path)?;
         let path = path.to_owned();
         let addr = SyncArbiter::start(threads.max(1), move || {
+            let store = SqliteStore::open(&path).map(|mut s| {
+                s.set_roster_limits(limits);
+                s
+            });
             StoreActor(
-                SqliteStore::open(&path)
+                store
                     .map_err(|e| log::error!("store thread cannot open the database: {e}"))
                     .ok(),
             )
         });
-        Ok(SqliteStorage { addr })
+        Ok(SqliteStorage {
+            addr,
+            queue: Arc::new(tokio::sync::Semaphore::new(STORE_QUEUE)),
+        })
     }
 
     fn query<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut SqliteStore) -> Result<R, StoreError> + Send + 'static,
     ) -> StorageFuture<R> {
-        let sent = self.addr.send(Query(Box::new(f)));
-        Box::pin(async move { sent.await.map_err(|_| StorageError::Unavailable)? })
+        let (addr, queue) = (self.addr.clone(), self.queue.clone());
+        Box::pin(async move {
+            let _place = queue.acquire().await.map_err(|_| StorageError::Unavailable)?;
+            addr.send(Query(Box::new(f)))
+                .await
+                .map_err(|_| StorageError::Unavailable)?
+        })
     }
 }
 
@@ -579,6 +754,17 @@ impl Storage for SqliteStorage {
         self.query(move |s| s.update_roster_item(&u, &c, change))
     }
 
+    fn update_roster_pair(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        change_user: RosterFn,
+        change_contact: PairFn,
+    ) -> StorageFuture<(RosterUpdate, RosterUpdate)> {
+        let (u, c) = (user.clone(), contact.clone());
+        self.query(move |s| s.update_roster_pair(&u, &c, change_user, change_contact))
+    }
+
     fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>> {
         let u = username.to_owned();
         self.query(move |s| s.pending_requests(&u))
@@ -608,6 +794,165 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jid(node: &str) -> BareJid {
+        BareJid::new(node, "localhost").unwrap()
+    }
+
+    fn put(item: RosterItem) -> RosterFn {
+        Box::new(move |_| ItemChange::Put(item))
+    }
+
+    fn visible(node: &str) -> RosterItem {
+        RosterItem {
+            in_roster: true,
+            ..RosterItem::new(jid(node))
+        }
+    }
+
+    fn hidden_request(node: &str) -> RosterItem {
+        RosterItem {
+            state: SubState {
+                pending_in: true,
+                ..SubState::default()
+            },
+            ..RosterItem::new(jid(node))
+        }
+    }
+
+    fn store_with(users: &[&str]) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        for u in users {
+            s.create_user(u, &Credentials::derive("pw", 4096)).unwrap();
+        }
+        (dir, s)
+    }
+
+    #[test]
+    fn a_local_pair_changes_together_or_not_at_all() {
+        let (dir, mut s) = store_with(&["a", "b"]);
+        let (a, b) = (jid("a"), jid("b"));
+        let (ua, ub) = s
+            .update_roster_pair(
+                &a,
+                &b,
+                put(visible("b")),
+                Box::new(|first: &RosterUpdate, _| {
+                    assert_eq!(first.after.as_ref().map(|i| i.in_roster), Some(true));
+                    ItemChange::Put(hidden_request("a"))
+                }),
+            )
+            .unwrap();
+        assert_eq!((ua.version, ub.version), (1, 0));
+        assert!(s.roster_item("a", &b).unwrap().is_some());
+        assert_eq!(s.roster_item("b", &a).unwrap(), Some(hidden_request("a")));
+
+        // The second change fails: the first is rolled back with it.
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.update_roster_pair(
+                &a,
+                &jid("b"),
+                Box::new(|_| ItemChange::Delete),
+                Box::new(|_, _| panic!("the contact's side fails")),
+            )
+        }));
+        assert!(failed.is_err());
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        assert!(s.roster_item("a", &b).unwrap().is_some(), "a's side is unchanged");
+        assert_eq!(s.roster("a").unwrap().version, 1);
+        // And the store still works.
+        let (ua, _) = s
+            .update_roster_pair(
+                &a,
+                &b,
+                Box::new(|_| ItemChange::Delete),
+                Box::new(|_, _| ItemChange::Delete),
+            )
+            .unwrap();
+        assert_eq!(ua.version, 2);
+        assert_eq!(s.roster_item("b", &a).unwrap(), None);
+    }
+
+    #[test]
+    fn roster_limits_refuse_new_records_only() {
+        let (_dir, mut s) = store_with(&["u"]);
+        s.set_roster_limits(RosterLimits {
+            max_items: 2,
+            max_pending: 1,
+        });
+        for c in ["c1", "c2"] {
+            assert_eq!(
+                s.update_roster_item("u", &jid(c), put(visible(c))).unwrap().refused,
+                None
+            );
+        }
+        let full = s.update_roster_item("u", &jid("c3"), put(visible("c3"))).unwrap();
+        assert_eq!(full.refused, Some(RosterLimit::Items));
+        assert_eq!((full.before, full.after, full.version), (None, None, 2));
+        assert_eq!(s.roster_item("u", &jid("c3")).unwrap(), None);
+        // Changing an item already there is not adding one.
+        let renamed = RosterItem {
+            name: Some("One".into()),
+            ..visible("c1")
+        };
+        assert_eq!(
+            s.update_roster_item("u", &jid("c1"), put(renamed)).unwrap().refused,
+            None
+        );
+        // Hidden requests count apart from the roster.
+        assert_eq!(
+            s.update_roster_item("u", &jid("r1"), put(hidden_request("r1")))
+                .unwrap()
+                .refused,
+            None
+        );
+        let r2 = s
+            .update_roster_item("u", &jid("r2"), put(hidden_request("r2")))
+            .unwrap();
+        assert_eq!(r2.refused, Some(RosterLimit::Pending));
+        // A hidden request turned into an item needs room in the roster.
+        let accepted = s.update_roster_item("u", &jid("r1"), put(visible("r1"))).unwrap();
+        assert_eq!(accepted.refused, Some(RosterLimit::Items));
+        assert_eq!(s.roster_item("u", &jid("r1")).unwrap(), Some(hidden_request("r1")));
+    }
+
+    #[test]
+    fn old_removal_records_are_pruned_and_older_versions_get_the_whole_roster() {
+        let (_dir, mut s) = store_with(&["u"]);
+        s.kept_removals = 2;
+        for c in ["x1", "x2", "x3", "x4"] {
+            s.update_roster_item("u", &jid(c), put(visible(c))).unwrap();
+        }
+        for c in ["x1", "x2", "x3", "x4"] {
+            s.update_roster_item("u", &jid(c), Box::new(|_| ItemChange::Delete))
+                .unwrap();
+        }
+        // Removals at versions 5..8; those at 5 and 6 are gone.
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM roster_removals WHERE username = 'u'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rows, 3, "two removals and the mark");
+        assert_eq!(s.roster_changes("u", 4).unwrap(), None);
+        assert_eq!(s.roster_changes("u", 5).unwrap(), None, "the removal at 6 is gone");
+        assert_eq!(
+            s.roster_changes("u", 6).unwrap(),
+            Some((
+                8,
+                vec![RosterChange::Removed(jid("x3")), RosterChange::Removed(jid("x4"))]
+            ))
+        );
+        assert_eq!(s.roster_changes("u", 8).unwrap(), Some((8, vec![])));
+        // Re-adding a contact whose removal was pruned is an ordinary update.
+        s.update_roster_item("u", &jid("x1"), put(visible("x1"))).unwrap();
+        assert_eq!(
+            s.roster_changes("u", 8).unwrap(),
+            Some((9, vec![RosterChange::Updated(visible("x1"))]))
+        );
+    }
 
     /// Found by the load driver: concurrent roster updates from two store
     /// threads failed with "database is locked" and lost a subscription.
@@ -642,6 +987,44 @@ mod tests {
         }
         let roster = SqliteStore::open(&path).unwrap().roster("pub").unwrap();
         assert_eq!((roster.items.len(), roster.version), (200, 200));
+    }
+
+    /// `shoal user del` with no server running: the contacts' records of
+    /// the account lose every subscription (the request-only one goes),
+    /// with a new roster version, in the same transaction.
+    #[test]
+    fn deleting_an_account_offline_ends_the_contacts_subscriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
+        let creds = Credentials::derive("pw", 4096);
+        for u in ["romeo", "juliet", "nurse"] {
+            s.create_user(u, &creds).unwrap();
+        }
+        let romeo = BareJid::new("romeo", "localhost").unwrap();
+        let state = |subscription, pending_in| SubState {
+            subscription,
+            pending_in,
+            ..SubState::default()
+        };
+        for (holder, st, in_roster) in [
+            ("juliet", state(Subscription::Both, false), true),
+            ("nurse", state(Subscription::None, true), false),
+        ] {
+            let item = RosterItem {
+                state: st,
+                in_roster,
+                ..RosterItem::new(romeo.clone())
+            };
+            s.update_roster_item(holder, &romeo, Box::new(move |_| ItemChange::Put(item)))
+                .unwrap();
+        }
+        assert!(s.delete_account("romeo", &romeo).unwrap());
+        assert!(!s.delete_account("romeo", &romeo).unwrap());
+        let juliet = s.roster_item("juliet", &romeo).unwrap().unwrap();
+        assert_eq!((juliet.state, juliet.in_roster), (SubState::default(), true));
+        assert_eq!(s.roster("juliet").unwrap().version, 2);
+        assert_eq!(s.roster_item("nurse", &romeo).unwrap(), None);
+        assert!(s.pending_requests("nurse").unwrap().is_empty());
     }
 
     #[test]

@@ -61,7 +61,8 @@ fn register_in_band_then_log_in_with_every_mechanism() {
         features.to_xml_in(ns::CLIENT),
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
          <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
-         <ver xmlns='urn:xmpp:features:rosterver'/><extval xmlns='urn:xmpp:shoal:bind-extval:0'/></stream:features>"
+         <ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/>\
+         <extval xmlns='urn:xmpp:shoal:bind-extval:0'/></stream:features>"
     );
     assert_eq!(c.bind(Some("balcony")), "juliet@localhost/balcony");
 
@@ -312,7 +313,8 @@ fn server_iqs_disco_ping_version() {
         "<iq id='d1' type='result' from='localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Shoal'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='jabber:iq:register'/><feature var='jabber:iq:version'/><feature var='urn:xmpp:ping'/></query></iq>"
+         <feature var='jabber:iq:last'/><feature var='jabber:iq:register'/><feature var='jabber:iq:version'/>\
+         <feature var='urn:xmpp:ping'/></query></iq>"
     );
     c.send("<iq type='get' id='d2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
     assert_eq!(
@@ -352,6 +354,21 @@ fn server_iqs_disco_ping_version() {
             "<iq id='v1' type='result' from='localhost' to='romeo@localhost/orchard'><query xmlns='jabber:iq:version'>\
              <name>Shoal</name><version>{}</version></query></iq>",
             env!("CARGO_PKG_VERSION")
+        )
+    );
+    // XEP-0012 §5: the server's uptime.
+    c.send("<iq type='get' id='l1' to='localhost'><query xmlns='jabber:iq:last'/></iq>");
+    let last = c.recv();
+    let seconds: u64 = last
+        .get_child("query", "jabber:iq:last")
+        .and_then(|q| q.attr("seconds"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime in seconds: {last}"));
+    assert_eq!(
+        last.to_xml_in(ns::CLIENT),
+        format!(
+            "<iq id='l1' type='result' from='localhost' to='romeo@localhost/orchard'>\
+             <query xmlns='jabber:iq:last' seconds='{seconds}'/></iq>"
         )
     );
     c.send("<iq type='get' id='u1' to='localhost'><query xmlns='urn:example:unknown'/></iq>");
@@ -493,10 +510,16 @@ fn password_change_and_account_removal_in_band() {
     let server = TestServer::start();
     server.add_user("romeo", "old");
     let mut c = server.login("romeo", "old", "orchard");
+    let mut other = server.login("romeo", "old", "stolen");
     c.send("<iq type='set' id='pw' to='localhost'><query xmlns='jabber:iq:register'><username>romeo</username><password>new</password></query></iq>");
     assert_eq!(
         c.recv_xml(),
         "<iq id='pw' type='result' from='localhost' to='romeo@localhost/orchard'/>"
+    );
+    // Any other session of the account must authenticate again.
+    assert_eq!(
+        other.expect_stream_error(),
+        ("reset".to_owned(), Some("password changed".to_owned()))
     );
     let mut fresh = server.connect();
     fresh.open();
@@ -516,6 +539,36 @@ fn password_change_and_account_removal_in_band() {
     gone.open();
     gone.auth_plain("romeo", "new");
     assert!(gone.recv().is("failure", SASL));
+}
+
+/// In-band registration is rate-limited per source network: a few
+/// accounts, then `<resource-constraint/>`; another network is not slowed.
+#[test]
+fn registrations_are_limited_per_source_network() {
+    let server = TestServer::with_config(|c| c.registration.max_per_network = 2);
+    let register = |c: &mut Client, user: &str| {
+        c.send(&format!(
+            "<iq type='set' id='r-{user}'><query xmlns='jabber:iq:register'>\
+             <username>{user}</username><password>pw</password></query></iq>"
+        ));
+        c.recv()
+    };
+    let mut c = server.connect();
+    c.open();
+    for user in ["one", "two"] {
+        assert_eq!(register(&mut c, user).attr("type"), Some("result"));
+    }
+    let refused = register(&mut c, "three");
+    assert_eq!(refused.attr("type"), Some("error"), "{refused}");
+    assert!(
+        refused
+            .to_xml_in(ns::CLIENT)
+            .contains("<error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+        "{refused}"
+    );
+    let mut elsewhere = Client::connect_from(server.addr, "127.0.0.2".parse().unwrap());
+    elsewhere.open();
+    assert_eq!(register(&mut elsewhere, "three").attr("type"), Some("result"));
 }
 
 #[test]

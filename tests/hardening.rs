@@ -204,11 +204,13 @@ fn a_client_that_stops_reading_is_disconnected_not_buffered() {
     });
     let mut by = Bystanders::new(&server);
     server.add_user("slow", "s");
-    server.add_user("flood", "f");
     let mut slow = server.login("slow", "s", "r");
-    let mut flood = server.login("flood", "f", "r");
-    // Headlines to a full JID that is gone are dropped, so the flooder
-    // gets no errors back while the slow reader is being cut off.
+    // The flood comes from the account's own other resource: that is the
+    // user's own traffic, which is not refused but overflows (another
+    // account's is refused instead: see the next test). Headlines to a
+    // full JID that is gone are dropped, so the flooder gets no errors
+    // back while the slow reader is being cut off.
+    let mut flood = server.login("slow", "s", "flood");
     let body = "x".repeat(8 * 1024);
     let stanza = format!("<message to='slow@localhost/r' type='headline'><body>{body}</body></message>");
     let mut sent = 0;
@@ -235,6 +237,77 @@ fn a_client_that_stops_reading_is_disconnected_not_buffered() {
     assert!(
         delivered * stanza.len() < sent / 2,
         "most of the flood was not queued: {delivered} delivered"
+    );
+    by.check();
+}
+
+#[test]
+fn a_full_socket_is_closed_after_the_write_timeout_and_its_place_freed() {
+    // Unlike the test above, the queue never overflows: the kernel's
+    // buffers fill first, and the server's write to the socket waits.
+    let server = TestServer::with_config(|c| {
+        c.limits.write_timeout_secs = 1;
+        // The bystanders, the stuck client and the flooder.
+        c.limits.max_connections_per_ip = 4;
+        c.c2s.max_outbound_bytes = 64 * 1024 * 1024;
+        c.limits.rate_bytes_per_sec = 1 << 30;
+        c.limits.burst_bytes = 1 << 30;
+    });
+    let mut by = Bystanders::new(&server);
+    server.add_user("stuck", "s");
+    server.add_user("flood", "f");
+    // A receive window of a few KiB: the server's send buffer (4 MiB at most
+    // by default on Linux) is all that the kernels hold for it.
+    let mut stuck = Client::connect_with_recv_buffer(server.addr, 4096);
+    stuck.open();
+    stuck.auth_plain("stuck", "s");
+    assert!(stuck.recv().is("success", ns::SASL));
+    stuck.open();
+    stuck.bind(Some("r"));
+    let mut flood = server.login("flood", "f", "r");
+    let (condition, _) = server.connect().expect_stream_error();
+    assert_eq!(condition, "policy-violation", "the four places are taken");
+    // Headlines to a full JID that is gone are dropped: no errors come back
+    // to the flooder once the stuck client is cut off.
+    let body = "x".repeat(16 * 1024);
+    let stanza = format!("<message to='stuck@localhost/r' type='headline'><body>{body}</body></message>");
+    let mut sent = 0;
+    // Several times what the socket buffers hold, a quarter of the queue's limit.
+    while sent < 16 * 1024 * 1024 {
+        flood.send(&stanza);
+        sent += stanza.len();
+    }
+    flood.sync();
+    // The stuck client never reads. Its socket is closed once a write has
+    // waited a second, and only then is its place given back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    let mut c = loop {
+        let mut c = server.connect();
+        c.send(common::OPEN);
+        match c.next_frame() {
+            Some(shoal_actors::codec::Frame::StreamOpen(h)) if h.id.as_deref() != Some("refused") => break c,
+            _ => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the stuck connection still holds its place"
+                );
+                // The polling interval, not a synchronisation.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    };
+    assert!(c.recv().is("features", ns::STREAM));
+    // What the buffers held, then the end.
+    let mut delivered = 0;
+    while let Some(frame) = stuck.next_frame() {
+        match frame {
+            shoal_actors::codec::Frame::Stanza(el) if el.name() == "message" => delivered += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        delivered * stanza.len() < sent / 2,
+        "most of the flood never reached the socket: {delivered} delivered"
     );
     by.check();
 }
@@ -280,4 +353,135 @@ fn hundreds_of_silent_sockets_do_not_delay_a_login() {
     assert_eq!(answering_pings(&mut by.romeo).attr("id"), Some("q"));
     by.check();
     drop(silent);
+}
+
+#[test]
+fn a_flood_to_a_slow_reader_is_refused_to_the_flooder_and_the_reader_stays() {
+    let server = TestServer::with_config(|c| {
+        c.c2s.max_stanza_bytes = 16 * 1024;
+        // Each sender may have 8 KiB (or one stanza) queued for a session,
+        // and others' traffic all together 48 KiB.
+        c.c2s.max_outbound_bytes = 64 * 1024;
+        c.limits.rate_bytes_per_sec = 1 << 30;
+        c.limits.burst_bytes = 1 << 30;
+    });
+    let mut by = Bystanders::new(&server);
+    for user in ["slow", "flood", "friend"] {
+        server.add_user(user, "p");
+    }
+    // A receive window of a few KiB: once the server's send buffer is full
+    // too, the slow reader's queue backs up.
+    let mut slow = Client::connect_with_recv_buffer(server.addr, 4096);
+    slow.open();
+    slow.auth_plain("slow", "p");
+    assert!(slow.recv().is("success", ns::SASL));
+    slow.open();
+    slow.bind(Some("r"));
+    let mut flood = server.login("flood", "p", "r");
+    let mut friend = server.login("friend", "p", "r");
+    let body = "x".repeat(8 * 1024);
+    let mut sent = 0;
+    let mut refused = Vec::new();
+    // In rounds, reading the errors in between (a flooder that never reads
+    // would fill its own socket with them), until a whole round is
+    // refused: the slow reader's socket is full and its queue behind.
+    loop {
+        assert!(sent < 4096, "the flood was not refused after {sent} messages");
+        for _ in 0..32 {
+            flood.send(&format!(
+                "<message to='slow@localhost/r' id='f{sent}'><body>{body}</body></message>"
+            ));
+            sent += 1;
+        }
+        let errors = flood.sync();
+        let whole = errors.len() == 32;
+        refused.extend(errors);
+        if whole {
+            break;
+        }
+    }
+    let mut bounced = Vec::new();
+    for el in &refused {
+        let id = el.attr("id").unwrap_or_default().to_owned();
+        assert_eq!(
+            el.to_xml_in(ns::CLIENT),
+            format!(
+                "<message id='{id}' type='error' from='slow@localhost/r' to='flood@localhost/r'>\
+                 <error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+                 </error></message>"
+            )
+        );
+        bounced.push(id);
+    }
+    // Another sender still has its share: its message is not refused.
+    friend.send("<message to='slow@localhost/r' id='during'><body>hello</body></message>");
+    friend.expect_nothing();
+    by.check();
+    // The slow reader was not disconnected: it reads what was queued for
+    // it, in order, the friend's message last.
+    let mut received = Vec::new();
+    loop {
+        let el = answering_pings(&mut slow);
+        assert_eq!(el.name(), "message", "{el}");
+        if el.attr("from") == Some("friend@localhost/r") {
+            assert_eq!(el.attr("id"), Some("during"));
+            break;
+        }
+        assert_eq!(el.attr("from"), Some("flood@localhost/r"));
+        received.push(el.attr("id").unwrap_or_default().to_owned());
+    }
+    slow.expect_nothing();
+    // Every message was either delivered or refused, and both kinds were
+    // the flooder's first ones: the head of the flood got through.
+    let number = |id: &String| id[1..].parse::<usize>().unwrap();
+    assert!(!received.is_empty(), "the first messages are delivered");
+    assert!(received.windows(2).all(|w| number(&w[0]) < number(&w[1])), "in order");
+    let mut all: Vec<usize> = received.iter().chain(&bounced).map(number).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..sent).collect::<Vec<_>>(), "each delivered or refused, once");
+    assert_eq!(number(&received[0]), 0);
+    // Drained, the session takes others' messages again, the flooder's too.
+    friend.send("<message to='slow@localhost/r' id='later'><body>still there?</body></message>");
+    assert_eq!(answering_pings(&mut slow).attr("id"), Some("later"));
+    flood.send("<message to='slow@localhost/r' id='again'><body>sorry</body></message>");
+    assert_eq!(answering_pings(&mut slow).attr("id"), Some("again"));
+    flood.expect_nothing();
+    by.check();
+}
+
+/// A client pipelining requests it does not wait for: at most
+/// `MAX_IQS_IN_FLIGHT` are worked on at once, the excess is answered
+/// `<resource-constraint/>` at once, and every request gets exactly one
+/// answer while others log in as usual.
+#[test]
+fn pipelined_iqs_are_capped_per_session_and_each_answered_once() {
+    let server = TestServer::start();
+    let mut by = Bystanders::new(&server);
+    server.add_user("greedy", "g");
+    let mut greedy = server.login("greedy", "g", "r");
+    const N: usize = 2000;
+    let burst: String = (0..N)
+        .map(|i| format!("<iq type='get' id='q{i}'><query xmlns='jabber:iq:roster'/></iq>"))
+        .collect();
+    greedy.send(&burst);
+    by.check();
+    let mut answered = std::collections::HashSet::new();
+    let (mut results, mut refused) = (0, 0);
+    while answered.len() < N {
+        let el = greedy.recv();
+        let id = el.attr("id").unwrap_or_default().to_owned();
+        match el.attr("type") {
+            Some("result") => results += 1,
+            Some("error") => {
+                let xml = el.to_xml_in(ns::CLIENT);
+                assert!(xml.contains("<error type='wait'><resource-constraint"), "{xml}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}: {el}"),
+        }
+        assert!(answered.insert(id.clone()), "{id} answered twice");
+    }
+    assert!(results > 0 && refused > 0, "{results} results, {refused} refused");
+    greedy.expect_nothing();
+    by.check();
 }

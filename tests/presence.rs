@@ -227,3 +227,156 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
         "{bind}"
     );
 }
+
+/// RFC 6121 §4.3.2: the server answers a client's probe, to a bare or a
+/// full JID, and the probed user never sees it. A follower gets the
+/// presence of each available resource (or unavailable when there is
+/// none); anyone else gets `unsubscribed`, and no presence.
+#[test]
+fn probes_are_answered_by_the_server_and_reveal_presence_only_to_followers() {
+    let server = server_with(&["juliet", "romeo", "tybalt"]);
+    let (mut romeo, mut juliet) = friends_online(&server);
+    let mut tybalt = server.login("tybalt", "tybalt", "street");
+    romeo.send("<presence type='probe' to='juliet@localhost'/>");
+    assert_eq!(
+        romeo.recv_xml(),
+        "<presence to='romeo@localhost/orchard' from='juliet@localhost/balcony'/>"
+    );
+    romeo.send("<presence type='probe' to='juliet@localhost/balcony'/>");
+    assert_eq!(
+        romeo.recv_xml(),
+        "<presence to='romeo@localhost/orchard' from='juliet@localhost/balcony'/>"
+    );
+    for to in ["juliet@localhost", "juliet@localhost/balcony", "nobody@localhost"] {
+        tybalt.send(&format!("<presence type='probe' to='{to}'/>"));
+        let bare = &to[..to.find('/').unwrap_or(to.len())];
+        assert_eq!(
+            tybalt.recv_xml(),
+            format!("<presence to='tybalt@localhost/street' type='unsubscribed' from='{bare}'/>")
+        );
+    }
+    juliet.expect_nothing();
+    drop(juliet);
+    romeo.recv_until(|e| e.attr("type") == Some("unavailable"));
+    romeo.send("<presence type='probe' to='juliet@localhost'/>");
+    assert_eq!(
+        romeo.recv_xml(),
+        "<presence to='romeo@localhost/orchard' type='unavailable' from='juliet@localhost'/>"
+    );
+}
+
+/// RFC 6121 §2.1.6: only the account itself pushes roster changes; a
+/// roster set from another account never reaches the client.
+#[test]
+fn a_roster_set_from_another_account_is_refused_not_delivered() {
+    let server = server_with(&["juliet", "tybalt"]);
+    let mut juliet = server.login("juliet", "juliet", "balcony");
+    let mut tybalt = server.login("tybalt", "tybalt", "street");
+    tybalt.send(
+        "<iq type='set' id='evil' to='juliet@localhost/balcony'><query xmlns='jabber:iq:roster'>\
+         <item jid='tybalt@localhost' name='Romeo'/></query></iq>",
+    );
+    let reply = tybalt.recv();
+    assert_eq!(reply.attr("type"), Some("error"), "{reply}");
+    assert!(
+        reply
+            .to_xml_in(shoal_actors::ns::CLIENT)
+            .contains("<service-unavailable"),
+        "{reply}"
+    );
+    juliet.expect_nothing();
+}
+
+/// Directed presence to nobody's session is not remembered; what reached
+/// a session is, and is followed by unavailable.
+#[test]
+fn only_directed_presence_that_arrived_is_owed_unavailable() {
+    let server = server_with(&["juliet", "friar"]);
+    let mut friar = available(&server, "friar", "cell", "<presence/>");
+    let mut juliet = available(&server, "juliet", "balcony", "<presence/>");
+    // More than a session may remember, all to sessions that do not exist.
+    let ghosts: String = (0..1100)
+        .map(|i| format!("<presence to='ghost{i}@localhost/x'/>"))
+        .collect();
+    juliet.send(&ghosts);
+    juliet.send("<presence to='friar@localhost/cell'/>");
+    assert_eq!(
+        friar.recv_xml(),
+        "<presence to='friar@localhost/cell' from='juliet@localhost/balcony'/>"
+    );
+    juliet.expect_nothing();
+    juliet.send("<presence type='unavailable'/>");
+    assert_eq!(
+        friar.recv_xml(),
+        "<presence to='friar@localhost/cell' type='unavailable' from='juliet@localhost/balcony'/>"
+    );
+}
+
+/// A session replaced by a new one with the same resource must never show
+/// the newcomer offline: its unavailable may come before the newcomer's
+/// presence, never after it.
+#[test]
+fn a_replaced_session_never_shows_its_successor_offline() {
+    let server = server_with(&["juliet", "romeo"]);
+    let (mut old, mut juliet) = friends_online(&server);
+    let mut new = server.authenticated("romeo", "romeo");
+    // Bind and initial presence in one write: the new presence races the
+    // old session's unavailable.
+    new.send(
+        "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>orchard</resource></bind></iq>\
+         <presence/>",
+    );
+    assert_eq!(old.expect_stream_error().0, "conflict");
+    new.recv_until(|e| e.attr("id") == Some("bind"));
+    new.send("<presence><show>away</show></presence>");
+    let mut seen = Vec::new();
+    loop {
+        let p = juliet.recv();
+        assert_eq!(p.attr("from"), Some("romeo@localhost/orchard"), "{p}");
+        let away = p.get_child("show", shoal_actors::ns::CLIENT).is_some();
+        seen.push(p.attr("type").unwrap_or("available").to_owned());
+        if away {
+            break;
+        }
+    }
+    let first_available = seen.iter().position(|t| t == "available").unwrap();
+    assert!(
+        !seen[first_available..].iter().any(|t| t == "unavailable"),
+        "juliet saw romeo go offline after his new session came online: {seen:?}"
+    );
+    juliet.expect_nothing();
+}
+
+/// RFC 6121 §4.5.2: unavailable presence that a session sends reaches the
+/// user's other available resources and the session itself, as available
+/// presence does.
+#[test]
+fn sent_unavailable_reaches_the_sender_and_its_other_resources() {
+    let server = server_with(&["romeo"]);
+    let mut orchard = available(&server, "romeo", "orchard", "<presence/>");
+    let mut hall = available(&server, "romeo", "hall", "<presence/>");
+    assert_eq!(
+        orchard.recv_xml(),
+        "<presence to='romeo@localhost' from='romeo@localhost/hall'/>"
+    );
+    assert_eq!(
+        hall.recv_xml(),
+        "<presence to='romeo@localhost/hall' from='romeo@localhost/orchard'/>"
+    );
+
+    hall.send("<presence type='unavailable'><status>to bed</status></presence>");
+    let gone = "<presence to='romeo@localhost' type='unavailable' from='romeo@localhost/hall'>\
+                <status>to bed</status></presence>";
+    assert_eq!(hall.recv_xml(), gone);
+    assert_eq!(orchard.recv_xml(), gone);
+    hall.expect_nothing();
+    orchard.expect_nothing();
+
+    // Unavailable now, it no longer gets its resources' presence.
+    orchard.send("<presence><show>away</show></presence>");
+    assert_eq!(
+        orchard.recv_xml(),
+        "<presence to='romeo@localhost' from='romeo@localhost/orchard'><show>away</show></presence>"
+    );
+    hall.expect_nothing();
+}

@@ -34,18 +34,19 @@ fn online(server: &TestServer, user: &str, resource: &str) -> Client {
     c
 }
 
-/// Romeo's orchard sets `item`: orchard gets the push and the result, his
-/// hall the push, at version `ver`.
+/// Romeo's orchard sets `item`: orchard gets the result, then the push (as
+/// Prosody and ejabberd send them), his hall the push, at version `ver`.
 fn roster_set(orchard: &mut Client, hall: &mut Client, id: &str, item: &str, ver: u32, pushed: &str) {
     orchard.send(&format!(
         "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
     ));
     assert_eq!(
-        orchard.recv_set(2),
-        common::sorted([
-            push("romeo@localhost/orchard", ver, pushed),
-            format!("<iq id='{id}' type='result' to='romeo@localhost/orchard'/>")
-        ])
+        orchard.recv_xml(),
+        format!("<iq id='{id}' type='result' to='romeo@localhost/orchard'/>")
+    );
+    assert_eq!(
+        common::normalise(orchard.recv_xml()),
+        push("romeo@localhost/orchard", ver, pushed)
     );
     assert_eq!(hall.recv_set(1), [push("romeo@localhost/hall", ver, pushed)]);
 }
@@ -344,16 +345,18 @@ fn mutual_subscription_dialogue_with_presence() {
     juliet.recv_set(1);
     nurse.recv_set(3);
     juliet.send("<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='nurse@localhost' subscription='remove'/></query></iq>");
+    // The result first, then the push.
     assert_eq!(
-        juliet.recv_set(2),
-        common::sorted([
-            "<iq id='rm' type='result' to='juliet@localhost/balcony'/>".to_owned(),
-            push(
-                "juliet@localhost/balcony",
-                7,
-                "<item jid='nurse@localhost' subscription='remove'/>"
-            ),
-        ])
+        juliet.recv_xml(),
+        "<iq id='rm' type='result' to='juliet@localhost/balcony'/>"
+    );
+    assert_eq!(
+        common::normalise(juliet.recv_xml()),
+        push(
+            "juliet@localhost/balcony",
+            7,
+            "<item jid='nurse@localhost' subscription='remove'/>"
+        )
     );
     assert_eq!(
         nurse.recv_set(3),
@@ -439,7 +442,10 @@ fn subscription_state_table_over_tcp() {
         subscription: sub,
         pending_out,
         pending_in,
+        approved: false,
     };
+    // The user has pre-approved the contact (RFC 6121 §3.4).
+    let pre = |s: SubState| SubState { approved: true, ..s };
     use Subscription::*;
     // (user's state, contact's state): the two views of one relationship.
     let pairs = [
@@ -452,6 +458,9 @@ fn subscription_state_table_over_tcp() {
         (st(From, false, false), st(To, false, false)),
         (st(From, true, false), st(To, false, true)),
         (st(Both, false, false), st(Both, false, false)),
+        (pre(st(None, false, false)), st(None, false, false)),
+        (pre(st(None, true, false)), st(None, false, true)),
+        (pre(st(To, false, false)), st(From, false, false)),
     ];
     let kinds = [
         PresenceType::Subscribe,
@@ -551,4 +560,313 @@ fn subscription_state_table_over_tcp() {
             assert_eq!(auto.len(), usize::from(approved), "auto-approval: {label}");
         }
     }
+}
+
+/// RFC 6121 §3.4, subscription pre-approval, advertised in the stream
+/// features: Alice approves Bob before he asks, her roster shows it and he
+/// is told nothing; his request is then approved by her server without
+/// her seeing it, with pushes on both sides. A pre-approval she cancels
+/// leaves the next request for her to answer.
+#[test]
+fn subscription_pre_approval_dialogue() {
+    let server = TestServer::start();
+    for u in ["alice", "bob", "carol"] {
+        server.add_user(u, u);
+    }
+    let mut c = server.connect();
+    c.open();
+    c.auth_plain("alice", "alice");
+    assert!(c.recv().is("success", ns::SASL));
+    let features = c.open();
+    assert!(features.has_child("sub", ns::PRE_APPROVAL_FEATURE), "{features}");
+    drop(c);
+
+    let mut alice = online(&server, "alice", "home");
+    let mut bob = online(&server, "bob", "work");
+    let mut carol = online(&server, "carol", "garden");
+
+    alice.send("<presence to='bob@localhost' type='subscribed'/>");
+    assert_eq!(
+        common::normalise(alice.recv_xml()),
+        push(
+            "alice@localhost/home",
+            1,
+            "<item jid='bob@localhost' subscription='none' approved='true'/>"
+        )
+    );
+    assert_eq!(
+        alice.roster(),
+        "<query xmlns='jabber:iq:roster' ver='1'><item jid='bob@localhost' subscription='none' approved='true'/></query>"
+    );
+    bob.expect_nothing();
+
+    bob.send("<presence to='alice@localhost' type='subscribe'/>");
+    assert_eq!(
+        bob.recv_set(4),
+        common::sorted([
+            push(
+                "bob@localhost/work",
+                1,
+                "<item jid='alice@localhost' subscription='none' ask='subscribe'/>"
+            ),
+            push(
+                "bob@localhost/work",
+                2,
+                "<item jid='alice@localhost' subscription='to'/>"
+            ),
+            "<presence to='bob@localhost' type='subscribed' from='alice@localhost'/>".into(),
+            "<presence to='bob@localhost' from='alice@localhost/home'/>".into(),
+        ])
+    );
+    // The approval is used up: 'from' now, and no request reached her.
+    assert_eq!(
+        common::normalise(alice.recv_xml()),
+        push(
+            "alice@localhost/home",
+            2,
+            "<item jid='bob@localhost' subscription='from'/>"
+        )
+    );
+    alice.expect_nothing();
+    bob.expect_nothing();
+
+    // Cancelled with 'unsubscribed' (the contact never knew of it).
+    alice.send("<presence to='carol@localhost' type='subscribed'/>");
+    assert_eq!(
+        common::normalise(alice.recv_xml()),
+        push(
+            "alice@localhost/home",
+            3,
+            "<item jid='carol@localhost' subscription='none' approved='true'/>"
+        )
+    );
+    alice.send("<presence to='carol@localhost' type='unsubscribed'/>");
+    assert_eq!(
+        common::normalise(alice.recv_xml()),
+        push(
+            "alice@localhost/home",
+            4,
+            "<item jid='carol@localhost' subscription='none'/>"
+        )
+    );
+    carol.expect_nothing();
+    carol.send("<presence to='alice@localhost' type='subscribe'/>");
+    assert_eq!(
+        carol.recv_set(1),
+        [push(
+            "carol@localhost/garden",
+            1,
+            "<item jid='alice@localhost' subscription='none' ask='subscribe'/>"
+        )]
+    );
+    assert_eq!(
+        alice.recv_xml(),
+        "<presence to='alice@localhost' type='subscribe' from='carol@localhost'/>"
+    );
+}
+
+/// A subscription request waiting for an offline user is stored stripped:
+/// who, the status (cut at 1024 bytes, on a character boundary) and the
+/// XEP-0172 nickname; nothing else the 200 KiB stanza carried.
+#[test]
+fn a_stored_request_is_stripped() {
+    let server = TestServer::start();
+    for u in ["romeo", "juliet"] {
+        server.add_user(u, u);
+    }
+    let mut romeo = server.login("romeo", "romeo", "orchard");
+    let status = format!("x{}", "é".repeat(100_000));
+    romeo.send(&format!(
+        "<presence to='juliet@localhost' type='subscribe' id='big'><status>{status}</status>\
+         <nick xmlns='http://jabber.org/protocol/nick'>Romeo</nick>\
+         <x xmlns='urn:example:junk'>{}</x></presence>",
+        "j".repeat(4096)
+    ));
+    romeo.sync();
+
+    let mut juliet = server.login("juliet", "juliet", "balcony");
+    juliet.send("<presence/>");
+    let kept = format!("x{}", "é".repeat(511));
+    assert_eq!(
+        juliet.recv_set(2),
+        common::sorted([
+            "<presence to='juliet@localhost' from='juliet@localhost/balcony'/>".to_owned(),
+            format!(
+                "<presence to='juliet@localhost' type='subscribe' from='romeo@localhost'><status>{kept}</status>\
+                 <nick xmlns='http://jabber.org/protocol/nick'>Romeo</nick></presence>"
+            ),
+        ])
+    );
+    juliet.expect_nothing();
+}
+
+/// Past `[limits] max_pending_requests`, a request from a new contact is
+/// neither stored nor delivered.
+#[test]
+fn pending_requests_are_capped() {
+    let server = TestServer::with_config(|c| c.limits.max_pending_requests = 2);
+    for u in ["victim", "s1", "s2", "s3"] {
+        server.add_user(u, u);
+    }
+    for s in ["s1", "s2", "s3"] {
+        let mut c = server.login(s, s, "r");
+        c.send("<presence to='victim@localhost' type='subscribe'/>");
+        c.sync();
+    }
+    let mut victim = server.login("victim", "victim", "r");
+    victim.send("<presence/>");
+    assert_eq!(
+        victim.recv_set(3),
+        common::sorted([
+            "<presence to='victim@localhost' from='victim@localhost/r'/>",
+            "<presence to='victim@localhost' type='subscribe' from='s1@localhost'/>",
+            "<presence to='victim@localhost' type='subscribe' from='s2@localhost'/>",
+        ])
+    );
+    victim.expect_nothing();
+    // Online, the third one is dropped as well: it was never stored.
+    let mut s3 = server.login("s3", "s3", "r");
+    s3.send("<presence to='victim@localhost' type='subscribe'/>");
+    s3.sync();
+    victim.expect_nothing();
+}
+
+/// Many stored requests reach the user at login without overflowing a
+/// small outbound queue: they are sent only while it has room.
+#[test]
+fn pending_requests_are_paced_at_login() {
+    use shoal::store::SqliteStore;
+    use shoal_actors::jid::BareJid;
+    use shoal_actors::roster::{ItemChange, RosterItem, SubState};
+
+    let server = TestServer::with_config(|c| {
+        c.c2s.max_stanza_bytes = 10_000;
+        c.c2s.max_outbound_bytes = 10_000;
+    });
+    server.add_user("victim", "victim");
+    let status = "s".repeat(1000);
+    let mut expected = vec!["<presence to='victim@localhost' from='victim@localhost/r'/>".to_owned()];
+    let mut store = SqliteStore::open(&server.db).unwrap();
+    for i in 0..60 {
+        let jid = BareJid::new(&format!("f{i}"), "localhost").unwrap();
+        let request = format!(
+            "<presence to='victim@localhost' type='subscribe' from='{jid}'><status>{status}</status></presence>"
+        );
+        expected.push(request.clone());
+        let item = RosterItem {
+            state: SubState {
+                pending_in: true,
+                ..SubState::default()
+            },
+            pending_request: Some(request),
+            ..RosterItem::new(jid.clone())
+        };
+        store
+            .update_roster_item("victim", &jid, Box::new(move |_| ItemChange::Put(item)))
+            .unwrap();
+    }
+    // 60 KB of requests; sent at once they would overflow the 10 KB queue.
+    let mut victim = server.login("victim", "victim", "r");
+    victim.send("<presence/>");
+    assert_eq!(victim.recv_set(61), common::sorted(expected));
+    victim.expect_nothing();
+}
+
+/// `[limits] max_roster_items`: a roster set adding one more item gets
+/// `<not-allowed/>`; changing an item already there still works.
+#[test]
+fn rosters_are_capped() {
+    let server = TestServer::with_config(|c| c.limits.max_roster_items = 3);
+    server.add_user("romeo", "romeo");
+    let mut orchard = server.login("romeo", "romeo", "orchard");
+    orchard.roster();
+    let set = |c: &mut Client, id: &str, item: &str| {
+        c.send(&format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
+        ))
+    };
+    for (ver, name) in [(1, "a"), (2, "b"), (3, "c")] {
+        let item = format!("<item jid='{name}@localhost'/>");
+        set(&mut orchard, name, &item);
+        assert_eq!(
+            orchard.recv_set(2),
+            common::sorted([
+                push(
+                    "romeo@localhost/orchard",
+                    ver,
+                    &format!("<item jid='{name}@localhost' subscription='none'/>")
+                ),
+                format!("<iq id='{name}' type='result' to='romeo@localhost/orchard'/>"),
+            ])
+        );
+    }
+    set(&mut orchard, "d", "<item jid='d@localhost'/>");
+    assert_eq!(
+        orchard.recv_xml(),
+        "<iq id='d' type='error' to='romeo@localhost/orchard'>\
+         <query xmlns='jabber:iq:roster'><item jid='d@localhost'/></query>\
+         <error type='cancel'><not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>the roster is full</text></error></iq>"
+    );
+    set(&mut orchard, "b2", "<item jid='b@localhost' name='Bee'/>");
+    assert_eq!(
+        orchard.recv_set(2),
+        common::sorted([
+            push(
+                "romeo@localhost/orchard",
+                4,
+                "<item jid='b@localhost' subscription='none' name='Bee'/>"
+            ),
+            "<iq id='b2' type='result' to='romeo@localhost/orchard'/>".to_owned(),
+        ])
+    );
+    orchard.expect_nothing();
+}
+
+/// Removing an account ends its subscriptions as RFC 6121 §2.5.2 would:
+/// the contacts get `unsubscribe` and `unsubscribed` and their pushes, and
+/// an account registered later under the same name inherits nobody. In
+/// band (XEP-0077 §3.3) here; `shoal user del` goes the same way.
+#[test]
+fn a_removed_account_leaves_no_subscriptions_behind() {
+    let server = TestServer::start();
+    for u in ["romeo", "juliet"] {
+        server.add_user(u, u);
+    }
+    server.befriend("romeo", "juliet");
+    let mut juliet = online(&server, "juliet", "balcony");
+    let mut romeo = online(&server, "romeo", "orchard");
+    juliet.recv_until(|e| e.attr("from") == Some("romeo@localhost/orchard"));
+    romeo.send("<iq type='set' id='rm' to='localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>");
+    romeo.recv_until(|e| e.attr("id") == Some("rm"));
+    assert_eq!(romeo.expect_stream_error().0, "not-authorized");
+    assert_eq!(
+        juliet.recv_set(5),
+        common::sorted([
+            "<presence to='juliet@localhost' type='unsubscribe' from='romeo@localhost'/>".to_owned(),
+            "<presence to='juliet@localhost' type='unsubscribed' from='romeo@localhost'/>".to_owned(),
+            "<presence to='juliet@localhost' type='unavailable' from='romeo@localhost/orchard'/>".to_owned(),
+            push(
+                "juliet@localhost/balcony",
+                2,
+                "<item jid='romeo@localhost' subscription='to'/>"
+            ),
+            push(
+                "juliet@localhost/balcony",
+                3,
+                "<item jid='romeo@localhost' subscription='none'/>"
+            ),
+        ])
+    );
+    // A new Romeo is a stranger.
+    server.add_user("romeo", "again");
+    let mut newcomer = server.login("romeo", "again", "orchard");
+    assert_eq!(newcomer.roster(), "<query xmlns='jabber:iq:roster' ver='0'/>");
+    newcomer.send("<presence/>");
+    newcomer.recv_until(|e| e.name() == "presence");
+    juliet.expect_nothing();
+    assert_eq!(
+        juliet.roster(),
+        "<query xmlns='jabber:iq:roster' ver='3'><item jid='romeo@localhost' subscription='none'/></query>"
+    );
 }

@@ -16,9 +16,13 @@ pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 pub const PING: &str = "urn:xmpp:ping";
 pub const VERSION: &str = "jabber:iq:version";
+/// XEP-0012: Last Activity.
+pub const LAST: &str = "jabber:iq:last";
 pub const REGISTER: &str = "jabber:iq:register";
 pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const ROSTERVER_FEATURE: &str = "urn:xmpp:features:rosterver";
+/// RFC 6121 §3.4: subscription pre-approval.
+pub const PRE_APPROVAL_FEATURE: &str = "urn:xmpp:features:pre-approval";
 /// Shoal's bind extension: nickname and photo URL in the bind result.
 pub const BIND_EXTVAL: &str = "urn:xmpp:shoal:bind-extval:0";
 pub const NICK: &str = "http://jabber.org/protocol/nick";

@@ -30,7 +30,7 @@ use crate::error::StanzaError;
 use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::roster::SubState;
-use crate::session::{Session, SessionTable};
+use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
 use crate::xml::Element;
 
@@ -197,9 +197,12 @@ fn template_of(presence: &Element) -> Bytes {
     Bytes::from(out)
 }
 
-/// Queues `bytes` for every available resource of `user`, serialising
-/// nothing when there is none.
-fn to_available(sessions: &SessionTable, user: &BareJid, bytes: impl FnOnce() -> Bytes) {
+/// Queues `bytes` from `origin` for every available resource of `user`,
+/// serialising nothing when there is none. A session too far behind drops
+/// it ([`Session::deliver_from`]): under backpressure a contact's presence
+/// may be lost, which the next change repairs, but it never disconnects
+/// the follower nor errors back to the sender.
+fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, bytes: impl FnOnce() -> Bytes) {
     sessions.with_resources(user, |all| {
         let mut available = all.iter().filter(|s| s.priority().is_some()).peekable();
         if available.peek().is_none() {
@@ -210,10 +213,10 @@ fn to_available(sessions: &SessionTable, user: &BareJid, bytes: impl FnOnce() ->
             if available.peek().is_none() {
                 // The last (usually the only) one takes the bytes: a clone
                 // would allocate a shared header.
-                s.deliver(bytes);
+                let _ = s.deliver_from(origin, bytes);
                 return;
             }
-            s.deliver(bytes.clone());
+            let _ = s.deliver_from(origin, bytes.clone());
         }
     })
 }
@@ -227,20 +230,30 @@ pub struct PresenceEvent<'a> {
     pub followees: &'a HashSet<BareJid>,
     /// Those who got directed presence from this session (for unavailable).
     pub directed: &'a [Jid],
+    /// The session sent this unavailable itself: it gets it too, though no
+    /// longer available (RFC 6121 §4.5.2).
+    reflect: bool,
     template: Bytes,
     sessions: &'a SessionTable,
+    /// The session's account, hashed once for the whole fan-out.
+    origin: Origin<'a>,
 }
 
 impl PresenceEvent<'_> {
     /// Sends the presence to every available resource of every follower,
-    /// to the user's own available resources (RFC 6121 §4.2.2, §4.4.2), and
-    /// to those that got directed presence.
+    /// to the user's own available resources and the sender (RFC 6121
+    /// §4.2.2, §4.4.2, §4.5.2), and to those that got directed presence.
     pub fn broadcast(&self) {
         let user = self.session.jid.to_bare();
         for follower in self.followers {
             self.send_to(follower);
         }
         self.send_to(&user);
+        // An available sender got it above; one that sent unavailable is
+        // no longer among the available resources.
+        if self.reflect && self.session.priority().is_none() {
+            self.session.deliver(addressed(&self.template, user.as_str()));
+        }
         for jid in self.directed {
             let bare = jid.to_bare();
             if bare == user || self.followers.contains(&bare) {
@@ -249,7 +262,7 @@ impl PresenceEvent<'_> {
             match jid.clone().try_into_full() {
                 Ok(full) => {
                     if let Some(s) = self.sessions.get(&full) {
-                        s.deliver(addressed(&self.template, full.as_str()));
+                        let _ = s.deliver_from(self.origin, addressed(&self.template, full.as_str()));
                     }
                 }
                 Err(_) => self.send_to(&bare),
@@ -259,7 +272,9 @@ impl PresenceEvent<'_> {
 
     /// Sends the presence to the available resources of one contact.
     pub fn send_to(&self, contact: &BareJid) {
-        to_available(self.sessions, contact, || addressed(&self.template, contact.as_str()));
+        to_available(self.sessions, contact, self.origin, || {
+            addressed(&self.template, contact.as_str())
+        });
     }
 
     /// Delivers to this session the last presence of every available
@@ -295,6 +310,9 @@ pub enum PresenceMsg {
         session: Arc<Session>,
         presence: Element,
         directed: Vec<Jid>,
+        /// The session sent it (and gets it back); false when its
+        /// connection ended.
+        sent: bool,
     },
     /// A session ended without ever being available.
     Silent { session: Arc<Session> },
@@ -307,6 +325,8 @@ pub enum PresenceMsg {
     },
     /// `user`'s vCard photo changed (XEP-0153).
     PhotoHash { user: BareJid, hash: Option<String> },
+    /// `from` probes `contact`'s presence (RFC 6121 §4.3.2).
+    Probe { from: Jid, contact: BareJid },
 }
 
 impl PresenceMsg {
@@ -316,6 +336,7 @@ impl PresenceMsg {
             | PresenceMsg::Unavailable { session, .. }
             | PresenceMsg::Silent { session } => session.jid.to_bare(),
             PresenceMsg::Relation { user, .. } | PresenceMsg::PhotoHash { user, .. } => user.clone(),
+            PresenceMsg::Probe { contact, .. } => contact.clone(),
         }
     }
 }
@@ -404,8 +425,10 @@ impl PresenceActor {
                     followers: &state.followers,
                     followees: &state.followees,
                     directed: &[],
+                    reflect: false,
                     template,
                     sessions: &self.sessions,
+                    origin: Origin::of(Some(session.jid.as_jid())),
                 };
                 if initial {
                     self.hooks.on_initial_presence(&event);
@@ -417,6 +440,7 @@ impl PresenceActor {
                 session,
                 presence,
                 directed,
+                sent,
             } => {
                 let event = PresenceEvent {
                     session: &session,
@@ -424,10 +448,22 @@ impl PresenceActor {
                     followers: &state.followers,
                     followees: &state.followees,
                     directed: &directed,
+                    reflect: sent,
                     template: template_of(&presence),
                     sessions: &self.sessions,
+                    origin: Origin::of(Some(session.jid.as_jid())),
                 };
-                self.hooks.on_unavailable_presence(&event);
+                // A session replaced by a newer one with the same full JID
+                // (RFC 6120 §7.7.2.2) says nothing once the newcomer is
+                // available: its unavailable may be processed after the
+                // newcomer's presence, and would show it offline.
+                let replaced = self
+                    .sessions
+                    .get(&session.jid)
+                    .is_some_and(|s| s.id != session.id && s.priority().is_some());
+                if !replaced {
+                    self.hooks.on_unavailable_presence(&event);
+                }
                 let online = self.sessions.resources(user).iter().any(|s| s.priority().is_some());
                 if !online {
                     self.users.remove(user);
@@ -470,7 +506,10 @@ impl PresenceActor {
                             .with_attr("from", s.jid.as_str());
                         template_of(&unavailable)
                     };
-                    to_available(&self.sessions, &contact, || addressed(&template, contact.as_str()));
+                    let origin = Origin::of(Some(s.jid.as_jid()));
+                    to_available(&self.sessions, &contact, origin, || {
+                        addressed(&template, contact.as_str())
+                    });
                 }
             }
             PresenceMsg::PhotoHash { hash, .. } => {
@@ -478,7 +517,51 @@ impl PresenceActor {
                     state.photo_hash = hash;
                 }
             }
+            PresenceMsg::Probe { from, contact } => {
+                let follows = from.to_bare() == contact || state.followers.contains(&from.to_bare());
+                answer_probe(&self.sessions, &from, &contact, follows);
+            }
         }
+    }
+
+    /// A probe for a user whose followers are not cached here (nobody of
+    /// theirs is online): asks the source once, without caching.
+    fn probe_offline(&mut self, from: Jid, contact: BareJid, ctx: &mut Context<Self>) {
+        let relations = self.source.relations(&contact);
+        ctx.spawn(relations.into_actor(self).map(move |relations, act, _| {
+            let follows =
+                from.to_bare() == contact || relations.is_ok_and(|r| r.followers.iter().any(|f| *f == from.to_bare()));
+            answer_probe(&act.sessions, &from, &contact, follows);
+        }));
+    }
+}
+
+/// Answers a probe from a local session (RFC 6121 §4.3.2): a follower gets
+/// the last presence of each available resource, or unavailable when
+/// there is none; anyone else learns nothing but `unsubscribed`, whether
+/// or not the account exists (as Prosody answers).
+fn answer_probe(sessions: &SessionTable, from: &Jid, contact: &BareJid, follows: bool) {
+    let Some(prober) = from.clone().try_into_full().ok().and_then(|f| sessions.get(&f)) else {
+        return;
+    };
+    let to = prober.jid.as_str();
+    let mut answered = false;
+    if follows {
+        for s in sessions.resources(contact) {
+            if s.priority().is_none() || s.id == prober.id {
+                continue;
+            }
+            if let Some(template) = s.last_presence() {
+                answered |= prober.deliver(addressed(&template, to));
+            }
+        }
+    }
+    if !answered {
+        let kind = if follows { "unavailable" } else { "unsubscribed" };
+        let reply = Element::new("presence", ns::CLIENT)
+            .with_attr("type", kind)
+            .with_attr("from", contact.as_str());
+        prober.deliver(addressed(&template_of(&reply), to));
     }
 }
 
@@ -492,6 +575,7 @@ impl Handler<PresenceMsg> for PresenceActor {
             Some(Entry::Ready(_)) => self.apply(&user, msg),
             None => match msg {
                 PresenceMsg::Available { .. } | PresenceMsg::Unavailable { .. } => self.load(user, msg, ctx),
+                PresenceMsg::Probe { from, contact } => self.probe_offline(from, contact, ctx),
                 other => self.apply(&user, other),
             },
         }

@@ -2,7 +2,10 @@
 //! `from` (ejabberd_router → ejabberd_local / ejabberd_sm). It runs in the
 //! caller's context and reads the session table directly, so one message
 //! costs no actor hop: it is serialised once and queued on the recipient's
-//! socket. Addressing rules follow RFC 6121 §8.5.
+//! socket. Addressing rules follow RFC 6121 §8.5. A session that is far
+//! behind refuses others' stanzas rather than be disconnected by them
+//! ([`Session::deliver_from`]): messages and IQ requests go back to their
+//! sender with `<resource-constraint/>`, presence is dropped.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -12,8 +15,9 @@ use futures_util::FutureExt;
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{IqHandlerTable, IqRequest, IqScope};
 use crate::jid::{BareJid, FullJid, Jid};
-use crate::presence::PresenceHub;
-use crate::session::{Session, SessionTable};
+use crate::ns;
+use crate::presence::{PresenceHub, PresenceMsg};
+use crate::session::{Origin, Refused, Session, SessionTable};
 use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
 
@@ -121,14 +125,20 @@ impl Router {
                 actix_rt::spawn(crate::roster::presence::inbound(self.clone(), stanza));
             }
             // Probes are the server's business (RFC 6121 §4.3), answered
-            // by the PresenceActor; errors to a bare JID go nowhere.
-            Kind::Presence(PresenceType::Probe | PresenceType::Error) => {}
+            // by the contact's PresenceActor shard.
+            Kind::Presence(PresenceType::Probe) => self.probe(user, stanza),
+            // Errors to a bare JID go nowhere.
+            Kind::Presence(PresenceType::Error) => {}
             Kind::Presence(_) => {
                 // Presence to a bare JID reaches every available resource.
                 let sessions = self.inner.sessions.resources(user);
                 let bytes = stanza.to_bytes();
+                let origin = Origin::of(stanza.from());
                 for s in sessions.iter().filter(|s| s.priority().is_some()) {
-                    s.deliver(bytes.clone());
+                    // Presence a busy session refuses is dropped: it is
+                    // never answered with an error, and the next one
+                    // supersedes it.
+                    let _ = s.deliver_from(origin, bytes.clone());
                 }
             }
         }
@@ -154,21 +164,49 @@ impl Router {
             (_, Some(top)) => sessions.iter().filter(|s| s.priority() == Some(top)).collect(),
         };
         let bytes = stanza.to_bytes();
-        let delivered = targets.iter().filter(|s| s.deliver(bytes.clone())).count();
+        let origin = Origin::of(stanza.from());
+        let (mut delivered, mut busy) = (0, false);
+        for s in targets {
+            match s.deliver_from(origin, bytes.clone()) {
+                Ok(()) => delivered += 1,
+                Err(Refused::Busy) => busy = true,
+                Err(Refused::Gone) => {}
+            }
+        }
         if delivered == 0 && kind != MessageType::Headline {
-            // Offline: no offline storage yet, so the sender learns of it.
-            self.bounce(&stanza, StanzaCondition::ServiceUnavailable);
+            // Offline (no offline storage yet) or too far behind: the
+            // sender learns of it.
+            let condition = if busy {
+                StanzaCondition::ResourceConstraint
+            } else {
+                StanzaCondition::ServiceUnavailable
+            };
+            self.bounce(&stanza, condition);
         }
     }
 
     fn to_full(&self, jid: &FullJid, stanza: Stanza) {
-        if matches!(stanza.kind, Kind::Presence(t) if t.is_subscription()) {
-            // Subscriptions are between accounts (RFC 6121 §3.1.3).
-            return self.to_bare(&jid.to_bare(), stanza);
+        match stanza.kind {
+            // Subscriptions are between accounts (RFC 6121 §3.1.3), and
+            // probes are answered by the server (§4.3), whatever resource
+            // they name.
+            Kind::Presence(t) if t.is_subscription() || t == PresenceType::Probe => {
+                return self.to_bare(&jid.to_bare(), stanza)
+            }
+            // Roster pushes come from the account itself (RFC 6121 §2.1.6):
+            // one from anyone else would rewrite the client's roster.
+            Kind::Iq(IqType::Set)
+                if !self.is_same_account(&stanza, jid) && stanza.payload().is_some_and(|p| p.ns() == ns::ROSTER) =>
+            {
+                return self.bounce(&stanza, StanzaCondition::ServiceUnavailable)
+            }
+            _ => {}
         }
         if let Some(session) = self.inner.sessions.get(jid) {
-            if session.deliver(stanza.to_bytes()) {
-                return;
+            match session.deliver_from(Origin::of(stanza.from()), stanza.to_bytes()) {
+                Ok(()) => return,
+                Err(Refused::Busy) => return self.refused(&stanza),
+                Err(Refused::Gone) => {}
             }
         }
         // RFC 6121 §8.5.3.2: no such session.
@@ -183,6 +221,69 @@ impl Router {
         }
     }
 
+    /// A session too far behind refused `stanza` from its sender: the
+    /// sender learns to wait (RFC 6120 §8.3.3.18) rather than the
+    /// recipient being disconnected. Presence, results and errors are
+    /// dropped, as they are never answered with an error; headlines too,
+    /// as when undeliverable (RFC 6121 §8.5.3.2.1), so that a flood of
+    /// them brings the flooder nothing back.
+    fn refused(&self, stanza: &Stanza) {
+        match stanza.kind {
+            Kind::Message(MessageType::Headline) => {}
+            Kind::Message(_) | Kind::Iq(IqType::Get | IqType::Set) => {
+                self.bounce(stanza, StanzaCondition::ResourceConstraint)
+            }
+            _ => {}
+        }
+    }
+
+    fn is_same_account(&self, stanza: &Stanza, to: &FullJid) -> bool {
+        stanza
+            .from()
+            .is_some_and(|f| f.node().is_some() && f.to_bare() == to.to_bare())
+    }
+
+    /// A presence probe for `contact` (RFC 6121 §4.3.2): the contact's
+    /// shard answers with the contact's presence if the prober may see it.
+    fn probe(&self, contact: &BareJid, stanza: Stanza) {
+        if let Some(from) = stanza.from().cloned() {
+            self.inner.presence.send(PresenceMsg::Probe {
+                from,
+                contact: contact.clone(),
+            });
+        }
+    }
+
+    /// Routes directed presence (RFC 6121 §4.6); true when some session
+    /// received it: only those are owed the sender's unavailable later.
+    pub fn route_directed_presence(&self, stanza: Stanza) -> bool {
+        let Some(to) = stanza.to().cloned() else { return false };
+        if to.domain() != self.inner.domain.domain() || to.node().is_none() {
+            self.route(stanza);
+            return false;
+        }
+        let bytes = stanza.to_bytes();
+        // Dropped by a busy session, as any presence (see `to_bare`).
+        let origin = Origin::of(stanza.from());
+        match to.clone().try_into_full() {
+            Ok(full) => self
+                .inner
+                .sessions
+                .get(&full)
+                .is_some_and(|s| s.deliver_from(origin, bytes).is_ok()),
+            Err(_) => {
+                let user = to.to_bare();
+                let sessions = self.inner.sessions.resources(&user);
+                let available = sessions.iter().filter(|s| s.priority().is_some());
+                // Every available resource gets it: count, don't stop at the first.
+                available
+                    .filter(|s| s.deliver_from(origin, bytes.clone()).is_ok())
+                    .count()
+                    > 0
+            }
+        }
+    }
+
     fn dispatch_iq(&self, scope: IqScope, target: BareJid, stanza: Stanza) {
         let Some(from) = stanza.from().cloned() else {
             return;
@@ -192,6 +293,21 @@ impl Router {
             return self.bounce(&stanza, StanzaCondition::ServiceUnavailable);
         };
         let router = self.clone();
+        // Each session has at most MAX_IQS_IN_FLIGHT requests being
+        // answered: a client pipelining requests it never reads cannot
+        // queue work (and storage jobs) without limit.
+        let in_flight = match from
+            .clone()
+            .try_into_full()
+            .ok()
+            .and_then(|f| self.inner.sessions.get(&f))
+        {
+            Some(session) => match InFlight::take(session) {
+                Some(slot) => Some(slot),
+                None => return self.bounce(&stanza, StanzaCondition::ResourceConstraint),
+            },
+            None => None,
+        };
         // Stanzas from clients are checked on parsing; the host program's
         // (RouteStanza) may lack the payload.
         let Some(request) = IqRequest::new(stanza.clone(), from, target) else {
@@ -199,6 +315,7 @@ impl Router {
         };
         let future = AssertUnwindSafe(handler.handle(self, request)).catch_unwind();
         actix_rt::spawn(async move {
+            let _in_flight = in_flight;
             let reply = match future.await {
                 Ok(Ok(payload)) => Some(stanza.iq_result(payload)),
                 Ok(Err(err)) => stanza.error_reply(&err),
@@ -211,5 +328,24 @@ impl Router {
                 router.route(reply);
             }
         });
+    }
+}
+
+/// Requests one session may have in flight to the server's IQ handlers.
+pub const MAX_IQS_IN_FLIGHT: u32 = 64;
+
+/// One request's place among its session's requests in flight; given
+/// back when dropped.
+struct InFlight(Arc<Session>);
+
+impl InFlight {
+    fn take(session: Arc<Session>) -> Option<InFlight> {
+        session.take_iq_slot(MAX_IQS_IN_FLIGHT).then(|| InFlight(session))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.release_iq_slot();
     }
 }

@@ -3,17 +3,25 @@
 //! the table's changes; routing reads it from any thread (ejabberd's
 //! session table is an ETS table for the same reason: delivery must not
 //! queue behind one process).
+//!
+//! Delivery is of two kinds. What the user caused (replies to its own
+//! requests, roster pushes, answers to its probes) goes through
+//! [`Session::deliver`], and a user that does not read it is disconnected.
+//! What another entity routes here goes through [`Session::deliver_from`],
+//! which refuses a sender's excess instead ([`Refused::Busy`]): a flood
+//! costs the flooder its stanzas, never the recipient its connection.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
 use dashmap::DashMap;
 
-use crate::c2s::Outbound;
+use crate::c2s::{Outbound, SendError};
 use crate::error::StreamError;
-use crate::jid::{BareJid, FullJid};
+use crate::jid::{BareJid, FullJid, Jid};
 
 /// Orders to a connection from outside it.
 #[derive(Debug, Message)]
@@ -28,6 +36,38 @@ const UNAVAILABLE: i32 = i32::MIN;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Seeded at random per process, so that nobody can pick a JID whose key
+/// collides with another sender's and spend that sender's share.
+static SENDER_KEYS: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+
+/// Where a stanza on its way to sessions comes from, hashed once however
+/// many sessions it goes to.
+#[derive(Clone, Copy)]
+pub struct Origin<'a> {
+    /// `None`: the server itself.
+    jid: Option<&'a Jid>,
+    /// The sender's account (bare JID): its resources share one share.
+    key: u64,
+}
+
+impl<'a> Origin<'a> {
+    /// The sender of a stanza: its `from`, `None` for the server.
+    pub fn of(from: Option<&'a Jid>) -> Origin<'a> {
+        let key = from.map_or(0, |jid| SENDER_KEYS.hash_one((jid.node(), jid.domain())));
+        Origin { jid: from, key }
+    }
+}
+
+/// Why [`Session::deliver_from`] did not queue a stanza.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The session is gone or being closed.
+    Gone,
+    /// The session is behind, and this sender has its share of the queue
+    /// (or routed traffic all of its share): try later. The session stays.
+    Busy,
+}
+
 pub struct Session {
     /// Tells this session apart from a later one with the same full JID.
     pub id: u64,
@@ -41,6 +81,8 @@ pub struct Session {
     presence: Mutex<Option<Bytes>>,
     /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
     interested: AtomicBool,
+    /// IQ requests to the server being answered (see the router).
+    iqs_in_flight: AtomicU32,
 }
 
 impl Session {
@@ -53,13 +95,47 @@ impl Session {
             priority: AtomicI32::new(UNAVAILABLE),
             presence: Mutex::new(None),
             interested: AtomicBool::new(false),
+            iqs_in_flight: AtomicU32::new(0),
         }
     }
 
-    /// Queues serialised stanzas for this session's socket. False when the
-    /// session is gone or its queue is over its limit (it is being closed).
+    /// Counts one more request in flight, unless `max` are already.
+    pub(crate) fn take_iq_slot(&self, max: u32) -> bool {
+        self.iqs_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub(crate) fn release_iq_slot(&self) {
+        self.iqs_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Queues serialised stanzas the user caused for this session's
+    /// socket. False when the session is gone or its queue is over its
+    /// limit (it is being closed).
     pub fn deliver(&self, bytes: Bytes) -> bool {
         self.out.send(bytes).is_ok()
+    }
+
+    /// Queues a stanza from `origin`. From the user's own account or the
+    /// server it is the user's own traffic ([`Session::deliver`]); from
+    /// anyone else (including the server's answer on another account's
+    /// behalf, such as a contact's vCard) it is refused rather than let
+    /// overflow the queue.
+    pub fn deliver_from(&self, origin: Origin<'_>, bytes: Bytes) -> Result<(), Refused> {
+        let own = origin.jid.is_none_or(|from| {
+            from.domain() == self.jid.domain() && (from.node().is_none() || from.node() == self.jid.node())
+        });
+        let sent = if own {
+            self.out.send(bytes)
+        } else {
+            self.out.send_routed(origin.key, bytes)
+        };
+        match sent {
+            Ok(()) => Ok(()),
+            Err(SendError::Busy) => Err(Refused::Busy),
+            Err(SendError::Closed | SendError::Overflow) => Err(Refused::Gone),
+        }
     }
 
     pub fn control(&self, msg: Control) {

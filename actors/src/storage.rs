@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 pub use crate::error::StorageError;
 use crate::jid::BareJid;
-use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterUpdate};
+use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate};
 use crate::sasl::Credentials;
 
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
@@ -17,6 +17,10 @@ pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>>
 /// Decides a roster record's change from its current value; runs inside
 /// the storage transaction, so the read and the write are one step.
 pub type RosterFn = Box<dyn FnOnce(Option<RosterItem>) -> ItemChange + Send>;
+
+/// The second change of [`Storage::update_roster_pair`]: it sees the first
+/// update (to do nothing when that one changed nothing, or was refused).
+pub type PairFn = Box<dyn FnOnce(&RosterUpdate, Option<RosterItem>) -> ItemChange + Send>;
 
 /// What a user shows of themselves: set by `shoal user set` and from the vCard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,7 +61,22 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Changes one record in one transaction, bumping the roster version
     /// when what the user sees changes. For an unknown user nothing changes.
+    /// A change that would take the user past the store's [`RosterLimits`]
+    /// changes nothing and comes back with `refused` set.
     fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate>;
+
+    /// Two local users' records for each other, in one transaction: first
+    /// `user`'s record for `contact`, then `contact`'s record for `user`.
+    /// Both commit or neither does, so that a crash cannot leave one side
+    /// of a subscription changed and the other not. Limits as in
+    /// [`Storage::update_roster_item`], for each side.
+    fn update_roster_pair(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        change_user: RosterFn,
+        change_contact: PairFn,
+    ) -> StorageFuture<(RosterUpdate, RosterUpdate)>;
 
     /// Records with an inbound request waiting for the user's answer.
     fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>>;
@@ -77,10 +96,12 @@ pub trait Storage: Send + Sync + 'static {
 
 /// Everything in memory: for tests and for embedders that keep nothing.
 /// Roster changes are not journalled: a versioned roster get that is out
-/// of date gets the whole roster.
+/// of date gets the whole roster. Rosters are capped by
+/// [`RosterLimits::default`] unless set otherwise.
 #[derive(Default)]
 pub struct MemoryStorage {
     users: Mutex<BTreeMap<String, MemoryUser>>,
+    limits: RosterLimits,
 }
 
 struct MemoryUser {
@@ -91,7 +112,71 @@ struct MemoryUser {
     profile: Profile,
 }
 
+/// One record change against a user held in memory.
+fn update_memory_item(
+    user: Option<&mut MemoryUser>,
+    contact: &BareJid,
+    limits: &RosterLimits,
+    change: impl FnOnce(Option<RosterItem>) -> ItemChange,
+) -> RosterUpdate {
+    let Some(user) = user else {
+        return RosterUpdate {
+            before: None,
+            after: None,
+            version: 0,
+            refused: None,
+        };
+    };
+    let before = user.roster.get(contact).cloned();
+    let after = match change(before.clone()) {
+        ItemChange::Keep => before.clone(),
+        ItemChange::Put(item) => Some(item),
+        ItemChange::Delete => None,
+    };
+    let count = |limit: RosterLimit| -> Result<usize, ()> {
+        let hidden = match limit {
+            RosterLimit::Items => false,
+            RosterLimit::Pending => true,
+        };
+        Ok(user.roster.values().filter(|i| i.in_roster != hidden).count())
+    };
+    let refused = limits.exceeded(&before, &after, count).unwrap_or(None);
+    if refused.is_some() {
+        return RosterUpdate {
+            after: before.clone(),
+            before,
+            version: user.roster_version,
+            refused,
+        };
+    }
+    match &after {
+        Some(item) => {
+            user.roster.insert(contact.clone(), item.clone());
+        }
+        None => {
+            user.roster.remove(contact);
+        }
+    }
+    let mut update = RosterUpdate {
+        before,
+        after,
+        version: user.roster_version,
+        refused: None,
+    };
+    if update.visible_change().is_some() {
+        user.roster_version += 1;
+        update.version = user.roster_version;
+    }
+    update
+}
+
 impl MemoryStorage {
+    /// Caps rosters at `limits` instead of the defaults.
+    pub fn with_roster_limits(mut self, limits: RosterLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut BTreeMap<String, MemoryUser>) -> T) -> StorageFuture<T> {
         let out = match self.users.lock() {
             Ok(mut users) => Ok(f(&mut users)),
@@ -173,37 +258,24 @@ impl Storage for MemoryStorage {
     }
 
     fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
-        let (username, contact) = (username.to_owned(), contact.clone());
+        let (username, contact, limits) = (username.to_owned(), contact.clone(), self.limits);
+        self.with(move |u| update_memory_item(u.get_mut(&username), &contact, &limits, change))
+    }
+
+    fn update_roster_pair(
+        &self,
+        user: &BareJid,
+        contact: &BareJid,
+        change_user: RosterFn,
+        change_contact: PairFn,
+    ) -> StorageFuture<(RosterUpdate, RosterUpdate)> {
+        let (user, contact, limits) = (user.clone(), contact.clone(), self.limits);
+        // One lock held for both: nobody sees one side changed alone.
         self.with(move |u| {
-            let Some(user) = u.get_mut(&username) else {
-                return RosterUpdate {
-                    before: None,
-                    after: None,
-                    version: 0,
-                };
-            };
-            let before = user.roster.get(&contact).cloned();
-            let after = match change(before.clone()) {
-                ItemChange::Keep => before.clone(),
-                ItemChange::Put(item) => {
-                    user.roster.insert(contact.clone(), item.clone());
-                    Some(item)
-                }
-                ItemChange::Delete => {
-                    user.roster.remove(&contact);
-                    None
-                }
-            };
-            let mut update = RosterUpdate {
-                before,
-                after,
-                version: user.roster_version,
-            };
-            if update.visible_change().is_some() {
-                user.roster_version += 1;
-                update.version = user.roster_version;
-            }
-            update
+            let (un, cn) = (user.node().unwrap_or_default(), contact.node().unwrap_or_default());
+            let first = update_memory_item(u.get_mut(un), &contact, &limits, change_user);
+            let second = update_memory_item(u.get_mut(cn), &user, &limits, |item| change_contact(&first, item));
+            (first, second)
         })
     }
 

@@ -630,3 +630,38 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// Connects with a receive buffer of about `bytes` (the kernel doubles
+    /// it), so that a client that stops reading soon fills its socket. Set
+    /// before connecting: the window is agreed in the handshake. std has no
+    /// setter; tokio's `TcpSocket` has.
+    pub fn connect_with_recv_buffer(addr: SocketAddr, bytes: u32) -> Client {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let stream = runtime
+            .block_on(async {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.set_recv_buffer_size(bytes)?;
+                socket.connect(addr).await?.into_std()
+            })
+            .expect("connect");
+        // tokio hands it over non-blocking; the client reads with timeouts.
+        stream.set_nonblocking(false).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream: Stream::Plain(stream),
+            codec: XmppCodec::new(CodecLimits::default()),
+            buf: BytesMut::new(),
+            jid: String::new(),
+            header: None,
+            next_id: 0,
+        }
+    }
+}

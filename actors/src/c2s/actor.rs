@@ -14,7 +14,7 @@ use rand::distr::Alphanumeric;
 use rand::Rng;
 
 use super::auth::Sasl;
-use super::limits::{Admitted, ConnState};
+use super::limits::ConnState;
 use super::outbound::Outbound;
 use super::transport::FrameResult;
 use super::C2sContext;
@@ -58,7 +58,6 @@ pub struct C2s {
     #[allow(clippy::box_collection)]
     directed: Option<Box<HashSet<Jid>>>,
     pub(super) conn: Arc<ConnState>,
-    pub(super) admitted: Admitted,
     /// When the server pinged a silent client, and the read count then:
     /// any later read answers it.
     ping_sent: Option<(Instant, u64)>,
@@ -73,6 +72,9 @@ fn take_directed(directed: &mut Option<Box<HashSet<Jid>>>) -> Vec<Jid> {
     directed.take().map_or_else(Vec::new, |d| d.into_iter().collect())
 }
 
+/// Most JIDs one session remembers having sent directed presence to.
+pub const MAX_DIRECTED: usize = 1000;
+
 pub(super) fn random_id(len: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
@@ -82,13 +84,7 @@ pub(super) fn random_id(len: usize) -> String {
 }
 
 impl C2s {
-    pub(super) fn new(
-        cx: Arc<C2sContext>,
-        out: Outbound,
-        peer: SocketAddr,
-        conn: Arc<ConnState>,
-        admitted: Admitted,
-    ) -> C2s {
+    pub(super) fn new(cx: Arc<C2sContext>, out: Outbound, peer: SocketAddr, conn: Arc<ConnState>) -> C2s {
         C2s {
             cx,
             out,
@@ -101,7 +97,6 @@ impl C2s {
             available: false,
             directed: None,
             conn,
-            admitted,
             ping_sent: None,
             negotiation_deadline: None,
         }
@@ -218,6 +213,7 @@ impl C2s {
                     .with_child(Element::new("bind", ns::BIND))
                     .with_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)))
                     .with_child(Element::new("ver", ns::ROSTERVER_FEATURE))
+                    .with_child(Element::new("sub", ns::PRE_APPROVAL_FEATURE))
                     .with_child(Element::new("extval", ns::BIND_EXTVAL))
             }
         };
@@ -339,13 +335,10 @@ impl C2s {
                 let outbound = crate::roster::presence::outbound(self.cx.router.clone(), session.jid.clone(), stanza);
                 ctx.wait(outbound.into_actor(self));
             }
-            Kind::Presence(t @ (PresenceType::Available | PresenceType::Unavailable)) => {
-                if let Some(to) = stanza.to().cloned() {
-                    if t == PresenceType::Available {
-                        self.directed.get_or_insert_default().insert(to);
-                    } else if let Some(directed) = &mut self.directed {
-                        directed.remove(&to);
-                    }
+            Kind::Presence(PresenceType::Available) => self.directed_presence(stanza),
+            Kind::Presence(PresenceType::Unavailable) => {
+                if let (Some(to), Some(directed)) = (stanza.to(), &mut self.directed) {
+                    directed.remove(to);
                 }
                 self.cx.router.route(stanza);
             }
@@ -355,6 +348,27 @@ impl C2s {
                 self.cx.router.route(stanza);
             }
             _ => self.cx.router.route(stanza),
+        }
+    }
+
+    /// Directed available presence (RFC 6121 §4.6): whoever received it
+    /// is owed this session's unavailable later, so is remembered, up to
+    /// [`MAX_DIRECTED`] of them.
+    fn directed_presence(&mut self, stanza: Stanza) {
+        let Some(to) = stanza.to().cloned() else { return };
+        let directed = self.directed.get_or_insert_default();
+        if directed.len() >= MAX_DIRECTED && !directed.contains(&to) {
+            let err = StanzaError::with_text(StanzaCondition::ResourceConstraint, "too many directed presences");
+            if let Some(reply) = stanza.error_reply(&err) {
+                self.send_stanza(&reply);
+            }
+            return;
+        }
+        if self.cx.router.route_directed_presence(stanza) {
+            directed.insert(to);
+        }
+        if directed.is_empty() {
+            self.directed = None;
         }
     }
 
@@ -401,6 +415,7 @@ impl C2s {
                     session: session.clone(),
                     presence,
                     directed,
+                    sent: true,
                 };
                 self.publish(ctx, msg);
             }
@@ -417,19 +432,46 @@ impl C2s {
         ctx.wait(request.into_actor(self).map(|_, _, _| ()));
     }
 
-    /// Subscription requests that waited for the user (RFC 6121 §3.1.3).
+    /// Subscription requests that waited for the user (RFC 6121 §3.1.3),
+    /// paced: each waits until the client's outbound queue is under half
+    /// its limit (or empty, for one bigger than that), so that many stored
+    /// requests cannot get the client they are for disconnected at every
+    /// login. Stops when the session ends.
     fn deliver_pending_requests(&self, session: &Arc<Session>) {
+        /// Requests queued between two yields to the connection.
+        const BATCH: usize = 10;
+        const PAUSE: Duration = Duration::from_millis(50);
         let storage = self.cx.router.storage().clone();
+        let sessions = self.cx.router.sessions().clone();
+        let out = self.out.clone();
+        let room = self.cx.config.max_outbound_bytes / 2;
         let session = session.clone();
         let node = session.jid.node().unwrap_or_default().to_owned();
         actix_rt::spawn(async move {
-            match storage.pending_requests(&node).await {
-                Ok(items) => {
-                    for request in items.into_iter().filter_map(|i| i.pending_request) {
-                        session.deliver(Bytes::from(request));
+            let items = match storage.pending_requests(&node).await {
+                Ok(items) => items,
+                Err(e) => return log::error!("{}: pending requests: {e}", session.jid),
+            };
+            let live = || sessions.get(&session.jid).is_some_and(|s| s.id == session.id);
+            let requests = items.into_iter().filter_map(|i| i.pending_request);
+            for (n, request) in requests.enumerate() {
+                loop {
+                    if !live() {
+                        return;
                     }
+                    let queued = out.queued();
+                    if queued == 0 || queued + request.len() <= room {
+                        break;
+                    }
+                    actix_rt::time::sleep(PAUSE).await;
                 }
-                Err(e) => log::error!("{}: pending requests: {e}", session.jid),
+                if !session.deliver(Bytes::from(request)) {
+                    return;
+                }
+                if (n + 1) % BATCH == 0 {
+                    // Lets the connection write (it may share this thread).
+                    actix_rt::task::yield_now().await;
+                }
             }
         });
     }
@@ -463,10 +505,12 @@ impl Actor for C2s {
                     .with_attr("type", "unavailable")
                     .with_attr("from", session.jid.as_str());
                 let directed = take_directed(&mut self.directed);
+                // Nobody is left to read it on this socket.
                 PresenceMsg::Unavailable {
                     session: session.clone(),
                     presence,
                     directed,
+                    sent: false,
                 }
             } else {
                 PresenceMsg::Silent {

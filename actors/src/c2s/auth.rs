@@ -9,7 +9,10 @@ use base64::Engine;
 
 use super::actor::{C2s, State};
 use super::io::{ChannelBindings, StartTls};
-use crate::error::{SaslCondition, SaslFailure, StreamCondition, StreamError};
+use std::time::Instant;
+
+use super::limits::ConnectionLimits;
+use crate::error::{SaslCondition, SaslFailure, StanzaCondition, StanzaError, StreamCondition, StreamError};
 use crate::jid::{normalise_localpart, BareJid};
 use crate::ns;
 use crate::sasl::scram::{ChannelBindingRequest, ClientFirst};
@@ -17,6 +20,10 @@ use crate::sasl::{plain, Mechanism, ScramHash, ScramServer};
 use crate::stanza::{IqType, Kind, Stanza};
 use crate::xep::register;
 use crate::xml::Element;
+
+/// The registrations' key in their throttle: not a username (it has a
+/// character no localpart may hold).
+const REGISTERING: &str = "\u{0}register";
 
 /// Where a SASL exchange stands.
 pub(crate) enum Sasl {
@@ -143,6 +150,24 @@ impl C2s {
         match iq.kind {
             Kind::Iq(IqType::Get) => self.send_stanza(&iq.iq_result(Some(register::form(None)))),
             Kind::Iq(IqType::Set) => {
+                // Registrations count as failures do for logins: a few per
+                // source network, then waits that double.
+                let limits = ConnectionLimits {
+                    failures_per_account: self.cx.config.registrations_per_network,
+                    failures_per_network: 0,
+                    ..self.cx.config.connections.clone()
+                };
+                let ip = self.peer.ip();
+                if self.cx.registrations.blocked(REGISTERING, ip, &limits, Instant::now()) {
+                    let err = StanzaError::with_text(
+                        StanzaCondition::ResourceConstraint,
+                        "too many registrations from your network; try again later",
+                    );
+                    if let Some(reply) = iq.error_reply(&err) {
+                        self.send_stanza(&reply);
+                    }
+                    return;
+                }
                 let storage = self.cx.router.storage().clone();
                 let query = iq
                     .payload()
@@ -152,7 +177,10 @@ impl C2s {
                 let fut = register::register_account(storage, query, iterations);
                 ctx.wait(fut.into_actor(self).map(move |res, act, _| {
                     let reply = match res {
-                        Ok(_) => Some(iq.iq_result(None)),
+                        Ok(_) => {
+                            act.cx.registrations.failed(REGISTERING, ip, &limits, Instant::now());
+                            Some(iq.iq_result(None))
+                        }
                         Err(e) => iq.error_reply(&e),
                     };
                     if let Some(reply) = reply {
@@ -326,7 +354,7 @@ impl C2s {
         self.cx
             .throttle
             .succeeded(user.node().unwrap_or_default(), self.peer.ip());
-        self.admitted.authenticated();
+        self.conn.admitted.authenticated();
         self.conn
             .authenticated
             .store(true, std::sync::atomic::Ordering::Relaxed);

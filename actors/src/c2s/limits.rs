@@ -32,6 +32,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// ...and how long the client then has to say anything.
     pub ping_timeout: Duration,
+    /// Time one write (or flush, or shutdown) to a client may take: a client
+    /// that stops reading cannot hold its socket longer.
+    pub write_timeout: Duration,
     /// Failed logins allowed per account from one source network, and per
     /// source network for all accounts (0: not counted). Once a count reaches
     /// its allowance, each failure makes the next attempt wait (see
@@ -57,6 +60,7 @@ impl Default for ConnectionLimits {
             max_unauthenticated: 1024,
             idle_timeout: Duration::from_secs(300),
             ping_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             failures_per_account: 5,
             failures_per_network: 20,
             max_failure_delay: Duration::from_secs(300),
@@ -69,6 +73,10 @@ impl Default for ConnectionLimits {
 /// What the transport task and the actor of one connection share.
 #[derive(Debug)]
 pub struct ConnState {
+    /// The connection's place in the admission counts. Here, so that it is
+    /// given back only once both the actor and the task that owns the socket
+    /// are gone: a socket still open still counts.
+    pub(crate) admitted: Admitted,
     pub(crate) authenticated: AtomicBool,
     /// Set by the transport once TLS is up.
     /// Boxed: most connections of a busy server are idle, and most
@@ -82,8 +90,9 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new() -> ConnState {
+    pub(crate) fn new(admitted: Admitted) -> ConnState {
         ConnState {
+            admitted,
             authenticated: AtomicBool::new(false),
             tls: Mutex::new(None),
             last_read: AtomicU64::new(0),

@@ -42,6 +42,9 @@ pub struct C2sConfig {
     pub connections: ConnectionLimits,
     /// XEP-0077 registration before authentication.
     pub registration: bool,
+    /// Accounts one source network may register before each further one
+    /// waits, twice as long each time, like failed logins (0: no limit).
+    pub registrations_per_network: u32,
     /// PBKDF2 iterations for accounts created in-band.
     pub scram_iterations: u32,
     /// Bytes queued for a client that is not reading before it is dropped.
@@ -64,6 +67,7 @@ impl Default for C2sConfig {
             codec: CodecLimits::default(),
             connections: ConnectionLimits::default(),
             registration: false,
+            registrations_per_network: 5,
             scram_iterations: crate::sasl::MIN_ITERATIONS,
             max_outbound_bytes: 1024 * 1024,
             negotiation_timeout: Duration::from_secs(30),
@@ -92,6 +96,8 @@ pub struct C2sContext {
     pub(crate) secret: [u8; 32],
     pub admission: Arc<Admission>,
     pub throttle: AuthThrottle,
+    /// In-band registrations per source network.
+    pub registrations: AuthThrottle,
     /// Every live connection, for the liveness sweep and shutdown.
     pub connections: sweep::Connections,
 }
@@ -113,6 +119,7 @@ impl C2sContext {
             secret: crate::sasl::random_secret(),
             admission: Arc::new(Admission::default()),
             throttle: AuthThrottle::default(),
+            registrations: AuthThrottle::default(),
             connections: sweep::Connections::default(),
         }
     }
@@ -175,7 +182,7 @@ pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) 
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, frames_rx) = frames::pipe();
     let codec = XmppCodec::new(cx.config.codec);
-    let conn = Arc::new(ConnState::new());
+    let conn = Arc::new(ConnState::new(admitted));
     let transport = transport::Transport {
         codec,
         frames: Some(frames_tx),
@@ -187,6 +194,6 @@ pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) 
     actix_rt::spawn(cx.tasks.track_future(transport));
     C2s::create(move |ctx| {
         ctx.add_stream(frames_rx.map(|b| *b));
-        C2s::new(cx, out, peer, conn, admitted)
+        C2s::new(cx, out, peer, conn)
     })
 }

@@ -1,8 +1,21 @@
 //! A connection's outbound queue, bounded in bytes. Anyone may queue
 //! serialised stanzas (the c2s actor itself, or the router delivering from
-//! another session) without waiting; a peer that stops reading fills the
-//! queue, and the first send past the limit closes the connection with
-//! `<policy-violation/>` instead of growing memory.
+//! another session) without waiting.
+//!
+//! What the user caused (replies to its own requests, its roster pushes,
+//! server pings) goes in with [`Outbound::send`]: a peer that stops
+//! reading fills the queue, and the first send past the limit closes the
+//! connection with `<policy-violation/>` instead of growing memory.
+//!
+//! What others route to the user goes in with [`Outbound::send_routed`],
+//! which never closes the connection: it refuses (`Busy`) once the queue
+//! is past [`ROUTED_PERCENT`] of the limit, or once that sender has its
+//! share ([`SHARES`]) queued. Otherwise anyone could disconnect anyone by
+//! flooding them over a slow link; this way the flooder's excess comes
+//! back to it, and a third party's stanzas still fit. Bytes per sender are
+//! counted only while the queue holds more than one share: below that no
+//! sender can be over its share, so an ordinary queue never allocates for
+//! the counting.
 //!
 //! The queue is a plain deque under a lock rather than a tokio channel:
 //! a channel allocates about 1.8 KB per connection before anything is
@@ -18,6 +31,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
+/// Routed traffic may fill this percentage of the queue: the rest is
+/// headroom for the user's own traffic.
+pub(crate) const ROUTED_PERCENT: usize = 75;
+/// One sender may have `limit / SHARES` bytes queued for a session, or one
+/// stanza of any size when it has nothing queued (so that a maximal stanza
+/// always fits an idle queue).
+pub(crate) const SHARES: usize = 8;
+
 pub(crate) enum Out {
     Data(Bytes),
     /// Flush, close our side, and give the peer `linger` to close theirs.
@@ -28,11 +49,49 @@ pub(crate) enum Out {
     StartTls,
 }
 
+/// What the queue holds: routed data carries its sender for the counting.
+enum Queued {
+    Own(Out),
+    Routed { data: Bytes, sender: u64 },
+}
+
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Out>,
+    items: VecDeque<Queued>,
     /// The transport is gone: nothing more will be written.
     receiver_gone: bool,
+    /// Bytes queued per routed sender, exact whenever it is not empty.
+    /// Empty (and not allocated) until the queue holds more than one
+    /// share; emptied again once the last routed item is taken.
+    senders: Vec<(u64, usize)>,
+}
+
+impl Queue {
+    /// Starts counting per sender, from what is queued.
+    fn count_senders(&mut self) {
+        for item in &self.items {
+            if let Queued::Routed { data, sender } = item {
+                match self.senders.iter_mut().find(|(k, _)| k == sender) {
+                    Some((_, bytes)) => *bytes += data.len(),
+                    None => self.senders.push((*sender, data.len())),
+                }
+            }
+        }
+    }
+
+    /// A routed item was taken for writing. Counted off here rather than
+    /// once written: the bytes still count against the whole queue until
+    /// then, which bounds what a sender can have in flight to its share
+    /// plus one write batch.
+    fn taken(&mut self, sender: u64, len: usize) {
+        if let Some(i) = self.senders.iter().position(|(k, _)| *k == sender) {
+            let bytes = &mut self.senders[i].1;
+            *bytes = bytes.saturating_sub(len);
+            if *bytes == 0 {
+                self.senders.swap_remove(i);
+            }
+        }
+    }
 }
 
 /// What the transport takes from the queue next.
@@ -69,6 +128,10 @@ pub enum SendError {
     Closed,
     /// The queue is over its limit: the connection is being closed.
     Overflow,
+    /// Routed traffic refused for now: the queue is past its share for
+    /// routed traffic, or this sender has its share queued. Nothing was
+    /// queued, and the connection stays.
+    Busy,
 }
 
 /// The sending side; cheap to clone. The receiver sees the end of the
@@ -114,7 +177,7 @@ impl Outbound {
             if queue.receiver_gone {
                 return Err(SendError::Closed);
             }
-            queue.items.push_back(item);
+            queue.items.push_back(Queued::Own(item));
         }
         self.shared.transport.wake();
         Ok(())
@@ -133,6 +196,48 @@ impl Outbound {
             return Err(SendError::Overflow);
         }
         self.push(Out::Data(data))
+    }
+
+    /// Queues a stanza that `sender` (a hash of the sending entity) routed
+    /// here, or refuses it with [`SendError::Busy`] (see the module docs).
+    /// Never overflows: a flood of others' traffic does not close the
+    /// connection.
+    pub fn send_routed(&self, sender: u64, data: Bytes) -> Result<(), SendError> {
+        if self.shared.overflowed.load(Ordering::Relaxed) {
+            return Err(SendError::Overflow);
+        }
+        let len = data.len();
+        let limit = self.shared.limit;
+        {
+            // Checked and counted under the lock, so that concurrent routed
+            // sends cannot both take the last room. Own sends do not take
+            // the lock to count: they may still overflow what routed
+            // traffic left, as they always could.
+            let mut queue = self.shared.queue();
+            if queue.receiver_gone {
+                return Err(SendError::Closed);
+            }
+            let queued = self.shared.queued.load(Ordering::Acquire);
+            let soft = limit / 100 * ROUTED_PERCENT;
+            if queued + len > limit || (queued > 0 && queued + len > soft) {
+                return Err(SendError::Busy);
+            }
+            let share = limit / SHARES;
+            if !queue.senders.is_empty() || queued + len > share {
+                if queue.senders.is_empty() {
+                    queue.count_senders();
+                }
+                match queue.senders.iter_mut().find(|(k, _)| *k == sender) {
+                    Some((_, bytes)) if *bytes + len > share => return Err(SendError::Busy),
+                    Some((_, bytes)) => *bytes += len,
+                    None => queue.senders.push((sender, len)),
+                }
+            }
+            self.shared.queued.fetch_add(len, Ordering::AcqRel);
+            queue.items.push_back(Queued::Routed { data, sender });
+        }
+        self.shared.transport.wake();
+        Ok(())
     }
 
     /// Closes the connection once what is queued has been written.
@@ -206,14 +311,28 @@ impl OutboundRx {
     }
 
     pub(crate) fn try_recv(&self) -> Option<Out> {
-        self.shared.queue().items.pop_front()
+        let mut queue = self.shared.queue();
+        match queue.items.pop_front()? {
+            Queued::Own(out) => Some(out),
+            Queued::Routed { data, sender } => {
+                if !queue.senders.is_empty() {
+                    queue.taken(sender, data.len());
+                }
+                Some(Out::Data(data))
+            }
+        }
     }
 
     /// Gives the queue's memory back once it is empty.
     pub(crate) fn release(&self) {
         let mut queue = self.shared.queue();
-        if queue.items.is_empty() && queue.items.capacity() > 0 {
-            queue.items = VecDeque::new();
+        if queue.items.is_empty() {
+            if queue.items.capacity() > 0 {
+                queue.items = VecDeque::new();
+            }
+            if queue.senders.capacity() > 0 {
+                queue.senders = Vec::new();
+            }
         }
     }
 }
@@ -254,6 +373,7 @@ impl Drop for OutboundRx {
         let mut queue = self.shared.queue();
         queue.receiver_gone = true;
         queue.items = VecDeque::new();
+        queue.senders = Vec::new();
     }
 }
 
@@ -312,6 +432,63 @@ mod tests {
         assert_eq!(tx.queued(), 0);
         tx.close(Duration::ZERO);
         assert!(reader.recv().await.is_none());
+    }
+
+    fn take(rx: &OutboundRx) -> usize {
+        match rx.try_recv() {
+            Some(Out::Data(b)) => {
+                rx.shared.queued.fetch_sub(b.len(), Ordering::AcqRel);
+                b.len()
+            }
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn a_sender_past_its_share_is_refused_and_others_still_fit() {
+        // Shares of 100 bytes; routed traffic up to 600.
+        let (tx, rx) = Outbound::new(800);
+        let chunk = Bytes::from(vec![b'x'; 40]);
+        assert_eq!(tx.send_routed(1, chunk.clone()), Ok(()));
+        assert_eq!(tx.send_routed(1, chunk.clone()), Ok(()));
+        // Now counted per sender: the first two fit, the third does not.
+        assert_eq!(tx.send_routed(1, chunk.clone()), Err(SendError::Busy));
+        assert_eq!(tx.send_routed(2, chunk.clone()), Ok(()));
+        assert!(!rx.shared.overflowed.load(Ordering::Relaxed));
+        // Writing frees the sender's share.
+        assert_eq!(take(&rx), 40);
+        assert_eq!(tx.send_routed(1, chunk.clone()), Ok(()));
+        // A sender with nothing queued may send one large stanza.
+        assert_eq!(tx.send_routed(3, Bytes::from(vec![b'x'; 300])), Ok(()));
+        assert_eq!(tx.send_routed(3, chunk.clone()), Err(SendError::Busy));
+        while take(&rx) > 0 {}
+        rx.release();
+        assert_eq!(rx.shared.queue().senders.capacity(), 0);
+    }
+
+    #[test]
+    fn routed_traffic_leaves_room_for_own_traffic_and_never_overflows() {
+        let (tx, rx) = Outbound::new(800);
+        for sender in 0..6 {
+            assert_eq!(tx.send_routed(sender, Bytes::from(vec![b'x'; 100])), Ok(()));
+        }
+        // 600 of 800 routed: the next one is refused whoever sends it.
+        assert_eq!(tx.send_routed(99, Bytes::from(vec![b'x'; 10])), Err(SendError::Busy));
+        assert!(!rx.shared.overflowed.load(Ordering::Relaxed));
+        // Own traffic still fits, up to the limit, and past it overflows.
+        assert_eq!(tx.send(Bytes::from(vec![b'x'; 200])), Ok(()));
+        assert_eq!(tx.send(Bytes::from(vec![b'x'; 1])), Err(SendError::Overflow));
+        assert_eq!(tx.send_routed(99, Bytes::from(vec![b'x'; 1])), Err(SendError::Overflow));
+    }
+
+    #[test]
+    fn an_ordinary_queue_does_not_count_senders() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        for sender in 0..100 {
+            tx.send_routed(sender, Bytes::from_static(b"<message/>")).unwrap();
+        }
+        assert_eq!(rx.shared.queue().senders.capacity(), 0);
+        while take(&rx) > 0 {}
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! buffering), writes the outbound queue in batches, and runs the TLS
 //! handshake, first for Direct TLS or on STARTTLS.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -130,7 +132,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                             }
                             let written = wbuf.len();
                             let ok = tokio::select! {
-                                r = io.write_all(&wbuf) => r.is_ok(),
+                                ok = within(limits.write_timeout, write_all(&mut io, &wbuf)) => ok,
                                 _ = out.overflowed() => { Box::pin(overflow(&mut io)).await; return; }
                             };
                             // Nothing is kept for a connection that is quiet.
@@ -144,7 +146,8 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                     }
                     if start_tls {
                         let Some(settings) = &tls else { return };
-                        if io.flush().await.is_err() || !rbuf.is_empty() {
+                        let flushed = within(limits.write_timeout, |cx| Pin::new(&mut io).poll_flush(cx)).await;
+                        if !flushed || !rbuf.is_empty() {
                             // Nothing may follow <starttls/> before <proceed/>.
                             return;
                         }
@@ -157,7 +160,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                         need_read = true;
                     }
                     if let Some(linger) = close {
-                        Box::pin(close_gracefully(&mut io, linger, peer_done)).await;
+                        Box::pin(close_gracefully(&mut io, linger, peer_done, limits.write_timeout)).await;
                         return;
                     }
                 }
@@ -233,12 +236,53 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
     }
 }
 
+/// Drives a write, flush or shutdown (`op`, a poll function) for `limit`
+/// at most; true if it succeeded in time. A peer that stops reading fills
+/// the socket's buffers, and would otherwise hold the socket (and its
+/// admission slot) for as long as it likes; on false the caller ends the
+/// task, which closes it. Most writes complete at once: the timer is only
+/// made once the socket is full, and boxed, as every rarely taken path
+/// here. A poll function, not a future: a wrapper around tokio's
+/// `write_all` kept that future twice in this task's.
+fn within<'a>(
+    limit: Duration,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<()>> + 'a,
+) -> impl Future<Output = bool> + 'a {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(move |cx| match op(cx) {
+        Poll::Ready(result) => Poll::Ready(result.is_ok()),
+        Poll::Pending => {
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+            timer.as_mut().poll(cx).map(|()| false)
+        }
+    })
+}
+
+/// `write_all`, as a poll function for [`within`].
+fn write_all<'a>(io: &'a mut Io, buf: &'a [u8]) -> impl FnMut(&mut Context<'_>) -> Poll<std::io::Result<()>> + 'a {
+    let mut written = 0;
+    move |cx| {
+        while written < buf.len() {
+            match std::task::ready!(Pin::new(&mut *io).poll_write(cx, &buf[written..])) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// Flushes, closes our side, and gives the peer `linger` to close its own,
 /// reading only a little meanwhile: a peer that keeps sending is not
-/// closing, and is not owed our reading.
-async fn close_gracefully(io: &mut Io, linger: Duration, peer_done: bool) {
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
+/// closing, and is not owed our reading. Each write waits `write_timeout`
+/// at most.
+async fn close_gracefully(io: &mut Io, linger: Duration, peer_done: bool, write_timeout: Duration) {
+    let flushed = within(write_timeout, |cx| Pin::new(&mut *io).poll_flush(cx)).await;
+    if !flushed || !within(write_timeout, |cx| Pin::new(&mut *io).poll_shutdown(cx)).await {
+        // Not written in time, or broken: there is no close to wait for.
+        return;
+    }
     if peer_done || linger.is_zero() {
         return;
     }

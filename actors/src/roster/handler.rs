@@ -1,11 +1,11 @@
 //! `jabber:iq:roster` (RFC 6121 §2, XEP-0237 versioning): get, set and
-//! remove, each answered after its storage transaction commits, with a
-//! push to every interested resource.
+//! remove, each answered after its storage transaction commits, then
+//! pushed to every interested resource.
 
 use std::collections::HashSet;
 
-use super::presence::{after_update, push_to};
-use super::{ItemChange, RosterItem};
+use super::presence::{push, push_to, relation_changed};
+use super::{ItemChange, RosterItem, RosterUpdate};
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest};
 use crate::jid::{BareJid, Jid};
@@ -18,6 +18,18 @@ use crate::xml::Element;
 const MAX_TEXT: usize = 1023;
 
 pub struct RosterHandler;
+
+/// Pushes a roster set's change after the set's result, as Prosody and
+/// ejabberd do, so the requesting resource sees its answer first. The
+/// router routes the result as soon as the handler's future completes, on
+/// this same single-threaded arbiter (`Router::dispatch_iq`): a task
+/// spawned just before completing runs after the result is queued.
+fn push_after_result(router: &Router, user: &BareJid, update: &RosterUpdate) {
+    if let Some(change) = update.visible_change() {
+        let (router, user, version) = (router.clone(), user.clone(), update.version);
+        actix_rt::spawn(async move { push(&router, &user, &change, version) });
+    }
+}
 
 fn bad(condition: StanzaCondition, text: &'static str) -> StanzaError {
     StanzaError::with_text(condition, text)
@@ -140,7 +152,16 @@ impl IqHandler for RosterHandler {
                         ItemChange::Put(item)
                     });
                     let update = storage.update_roster_item(&node, &jid, change).await?;
-                    after_update(&router, &user, &jid, &update);
+                    if update.refused.is_some() {
+                        // RFC 6121 §2.3.3 leaves the roster's size to the
+                        // server and names no condition for it: <not-allowed/>
+                        // (cancel), as for other things the server's policy
+                        // forbids; not <resource-constraint/>, whose type
+                        // (wait) tells the client to retry.
+                        return Err(bad(StanzaCondition::NotAllowed, "the roster is full"));
+                    }
+                    relation_changed(&router, &user, &jid, &update);
+                    push_after_result(&router, &user, &update);
                     Ok(None)
                 }
                 RosterSet::Remove(jid) => {
@@ -152,7 +173,7 @@ impl IqHandler for RosterHandler {
                     let Some(before) = update.before.clone().filter(|i| i.in_roster || i.state.pending_in) else {
                         return Err(StanzaError::new(StanzaCondition::ItemNotFound));
                     };
-                    after_update(&router, &user, &jid, &update);
+                    relation_changed(&router, &user, &jid, &update);
                     // RFC 6121 §2.5.2: the contact learns the subscriptions ended.
                     let s = before.state;
                     let mut notices = Vec::new();
@@ -172,6 +193,9 @@ impl IqHandler for RosterHandler {
                         );
                         super::presence::forward(router.clone(), notice).await;
                     }
+                    // Last: the notices above await, and the pushes must
+                    // not run before the result.
+                    push_after_result(&router, &user, &update);
                     Ok(None)
                 }
             }

@@ -3,6 +3,7 @@
 //! ([`handler`]), and the processing of subscription presence
 //! ([`presence`]).
 
+pub mod account;
 pub mod handler;
 pub mod presence;
 pub mod subscription;
@@ -51,6 +52,10 @@ impl RosterItem {
         if self.state.pending_out {
             item.set_attr("ask", "subscribe");
         }
+        // RFC 6121 §2.1.2.1: a pre-approval means nothing once the contact follows.
+        if self.state.approved && !self.state.subscription.has_from() {
+            item.set_attr("approved", "true");
+        }
         for g in &self.groups {
             item.push_child(Element::new("group", ns::ROSTER).with_text(g.as_str()));
         }
@@ -88,6 +93,73 @@ pub struct RosterUpdate {
     pub after: Option<RosterItem>,
     /// The roster version after the update.
     pub version: u64,
+    /// Set when the change was refused because it would take the user past
+    /// a [`RosterLimits`] cap; nothing changed then (`after == before`).
+    pub refused: Option<RosterLimit>,
+}
+
+/// Which cap of [`RosterLimits`] a change ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RosterLimit {
+    /// The roster the user sees is full.
+    Items,
+    /// Too many requests wait from contacts not in the roster.
+    Pending,
+}
+
+/// Caps on one user's roster records, checked by the store inside the
+/// transaction that would exceed them. Together they bound what one account
+/// stores and what it is sent at login: `max_items` visible items, plus
+/// `max_pending` hidden records (a request from someone not in the roster).
+/// 0 means no limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RosterLimits {
+    pub max_items: usize,
+    pub max_pending: usize,
+}
+
+impl Default for RosterLimits {
+    fn default() -> Self {
+        // Generous: real rosters rarely pass a few hundred items; ejabberd
+        // and Prosody set no cap, which is what lets one account grow
+        // without bound.
+        RosterLimits {
+            max_items: 2000,
+            max_pending: 100,
+        }
+    }
+}
+
+impl RosterLimits {
+    pub const UNLIMITED: RosterLimits = RosterLimits {
+        max_items: 0,
+        max_pending: 0,
+    };
+
+    /// Whether turning `before` into `after` takes the user past a cap.
+    /// `count` counts the user's current records of that kind (visible
+    /// items, or hidden requests); it is only called when a new one would
+    /// be created.
+    pub fn exceeded<E>(
+        &self,
+        before: &Option<RosterItem>,
+        after: &Option<RosterItem>,
+        mut count: impl FnMut(RosterLimit) -> Result<usize, E>,
+    ) -> Result<Option<RosterLimit>, E> {
+        let Some(after) = after else { return Ok(None) };
+        let was_visible = before.as_ref().is_some_and(|b| b.in_roster);
+        let check = if after.in_roster && !was_visible {
+            Some((RosterLimit::Items, self.max_items))
+        } else if !after.in_roster && before.is_none() {
+            Some((RosterLimit::Pending, self.max_pending))
+        } else {
+            None
+        };
+        match check {
+            Some((limit, max)) if max > 0 && count(limit)? >= max => Ok(Some(limit)),
+            _ => Ok(None),
+        }
+    }
 }
 
 impl RosterUpdate {

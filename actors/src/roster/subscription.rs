@@ -63,6 +63,10 @@ pub struct SubState {
     pub pending_out: bool,
     /// The contact asked to subscribe and waits for our answer.
     pub pending_in: bool,
+    /// The user pre-approved the contact's subscription (RFC 6121 §3.4):
+    /// a later request from the contact is approved without asking. Only
+    /// set while the contact does not follow the user and has not asked.
+    pub approved: bool,
 }
 
 /// Which way a subscription stanza travels, seen from the user whose
@@ -80,8 +84,8 @@ pub struct Transition {
     pub state: SubState,
     /// Route the stanza on (outbound) or deliver it to the user (inbound).
     pub forward: bool,
-    /// Inbound `subscribe` from a contact already approved: answer
-    /// `subscribed` on the user's behalf instead of delivering.
+    /// Inbound `subscribe` from a contact already approved or pre-approved:
+    /// answer `subscribed` on the user's behalf instead of delivering.
     pub auto_approve: bool,
 }
 
@@ -103,13 +107,14 @@ impl SubState {
                 next.pending_out = false;
                 forward = true;
             }
-            // Without a pending request there is nothing to approve
-            // (pre-approval is not supported): the stanza is dropped.
             (Outbound, PresenceType::Subscribed) if self.pending_in => {
                 next.subscription = Subscription::with(to, true);
                 next.pending_in = false;
                 forward = true;
             }
+            // Without a pending request it is a pre-approval (§3.4.2),
+            // kept and pushed but not routed: the contact asked nothing.
+            (Outbound, PresenceType::Subscribed) if !from => next.approved = true,
             // The contact stops following the user (or is refused).
             (Outbound, PresenceType::Unsubscribed) | (Inbound, PresenceType::Unsubscribe)
                 if self.pending_in || from =>
@@ -118,7 +123,16 @@ impl SubState {
                 next.pending_in = false;
                 forward = true;
             }
+            // Cancels a pre-approval (§3.4), which the contact never knew of.
+            (Outbound, PresenceType::Unsubscribed) => next.approved = false,
             (Inbound, PresenceType::Subscribe) if from => auto_approve = true,
+            // Pre-approved (§3.4.3): the approval is used up on this request.
+            (Inbound, PresenceType::Subscribe) if self.approved => {
+                next.subscription = Subscription::with(to, true);
+                next.pending_in = false;
+                next.approved = false;
+                auto_approve = true;
+            }
             (Inbound, PresenceType::Subscribe) if !self.pending_in => {
                 next.pending_in = true;
                 forward = true;
@@ -149,13 +163,15 @@ mod tests {
     use Direction::*;
     use PresenceType::*;
 
-    /// The states of RFC 6121 Appendix A by their names there.
+    /// The states of RFC 6121 Appendix A by their names there, with
+    /// "Approved" for a pre-approval (§3.4).
     fn st(name: &str) -> SubState {
         let (sub, rest) = name.split_once('+').map_or((name, ""), |(a, b)| (a, b));
         SubState {
             subscription: Subscription::parse(&sub.trim().to_lowercase()).unwrap(),
             pending_out: rest.contains("Out"),
             pending_in: rest.contains("In"),
+            approved: rest.contains("Approved"),
         }
     }
 
@@ -169,6 +185,14 @@ mod tests {
         ("To + Pending In", Subscribe, Outbound, "To + Pending In", true),
         ("From", Subscribe, Outbound, "From + Pending Out", true),
         ("Both", Subscribe, Outbound, "Both", true),
+        (
+            "None + Approved",
+            Subscribe,
+            Outbound,
+            "None + Pending Out Approved",
+            true,
+        ),
+        ("To + Approved", Subscribe, Outbound, "To + Approved", true),
         // A.2.2 outbound unsubscribe
         ("None + Pending Out", Unsubscribe, Outbound, "None", true),
         (
@@ -182,8 +206,26 @@ mod tests {
         ("To + Pending In", Unsubscribe, Outbound, "None + Pending In", true),
         ("From + Pending Out", Unsubscribe, Outbound, "From", true),
         ("Both", Unsubscribe, Outbound, "From", true),
-        // A.2.3 outbound subscribed
-        ("None", Subscribed, Outbound, "None", false),
+        (
+            "None + Pending Out Approved",
+            Unsubscribe,
+            Outbound,
+            "None + Approved",
+            true,
+        ),
+        ("To + Approved", Unsubscribe, Outbound, "None + Approved", true),
+        // A.2.3 outbound subscribed; without a request, a pre-approval
+        // (§3.4.2), stored but not routed
+        ("None", Subscribed, Outbound, "None + Approved", false),
+        (
+            "None + Pending Out",
+            Subscribed,
+            Outbound,
+            "None + Pending Out Approved",
+            false,
+        ),
+        ("To", Subscribed, Outbound, "To + Approved", false),
+        ("None + Approved", Subscribed, Outbound, "None + Approved", false),
         ("None + Pending In", Subscribed, Outbound, "From", true),
         (
             "None + Pending Out In",
@@ -194,9 +236,19 @@ mod tests {
         ),
         ("To + Pending In", Subscribed, Outbound, "Both", true),
         ("From", Subscribed, Outbound, "From", false),
+        ("From + Pending Out", Subscribed, Outbound, "From + Pending Out", false),
         ("Both", Subscribed, Outbound, "Both", false),
-        // A.2.4 outbound unsubscribed
+        // A.2.4 outbound unsubscribed; it also cancels a pre-approval (§3.4)
         ("None", Unsubscribed, Outbound, "None", false),
+        ("None + Approved", Unsubscribed, Outbound, "None", false),
+        (
+            "None + Pending Out Approved",
+            Unsubscribed,
+            Outbound,
+            "None + Pending Out",
+            false,
+        ),
+        ("To + Approved", Unsubscribed, Outbound, "To", false),
         ("None + Pending In", Unsubscribed, Outbound, "None", true),
         (
             "None + Pending Out In",
@@ -216,6 +268,16 @@ mod tests {
         ("To", Subscribe, Inbound, "To + Pending In", true),
         ("From", Subscribe, Inbound, "From", false),
         ("Both", Subscribe, Inbound, "Both", false),
+        // ...pre-approved: approved at once, the approval used up (§3.4.3)
+        ("None + Approved", Subscribe, Inbound, "From", false),
+        (
+            "None + Pending Out Approved",
+            Subscribe,
+            Inbound,
+            "From + Pending Out",
+            false,
+        ),
+        ("To + Approved", Subscribe, Inbound, "Both", false),
         // A.3.2 inbound unsubscribe
         ("None", Unsubscribe, Inbound, "None", false),
         ("None + Pending In", Unsubscribe, Inbound, "None", true),
@@ -230,11 +292,19 @@ mod tests {
         ("From", Unsubscribe, Inbound, "None", true),
         ("From + Pending Out", Unsubscribe, Inbound, "None + Pending Out", true),
         ("Both", Unsubscribe, Inbound, "To", true),
+        ("None + Approved", Unsubscribe, Inbound, "None + Approved", false),
         // A.3.3 inbound subscribed
         ("None", Subscribed, Inbound, "None", false),
         ("None + Pending Out", Subscribed, Inbound, "To", true),
         ("None + Pending Out In", Subscribed, Inbound, "To + Pending In", true),
         ("From + Pending Out", Subscribed, Inbound, "Both", true),
+        (
+            "None + Pending Out Approved",
+            Subscribed,
+            Inbound,
+            "To + Approved",
+            true,
+        ),
         ("To", Subscribed, Inbound, "To", false),
         ("Both", Subscribed, Inbound, "Both", false),
         // A.3.4 inbound unsubscribed
@@ -252,6 +322,7 @@ mod tests {
         ("From + Pending Out", Unsubscribed, Inbound, "From", true),
         ("Both", Unsubscribed, Inbound, "From", true),
         ("From", Unsubscribed, Inbound, "From", false),
+        ("To + Approved", Unsubscribed, Inbound, "None + Approved", true),
     ];
 
     #[test]
@@ -265,9 +336,18 @@ mod tests {
 
     #[test]
     fn approved_contacts_are_answered_automatically() {
-        for s in ["From", "From + Pending Out", "Both"] {
+        for s in [
+            "From",
+            "From + Pending Out",
+            "Both",
+            "None + Approved",
+            "None + Pending Out Approved",
+            "To + Approved",
+        ] {
             assert!(st(s).transition(Inbound, Subscribe).auto_approve, "{s}");
         }
-        assert!(!st("To").transition(Inbound, Subscribe).auto_approve);
+        for s in ["None", "None + Pending Out", "To"] {
+            assert!(!st(s).transition(Inbound, Subscribe).auto_approve, "{s}");
+        }
     }
 }

@@ -8,6 +8,7 @@ use crate::iq_handler::{IqHandlerTable, IqScope};
 use crate::ns;
 
 pub mod disco;
+pub mod last;
 pub mod ping;
 pub mod register;
 pub mod vcard;
@@ -39,6 +40,7 @@ pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
     // As ejabberd does: the server answers a ping to an account for it.
     table.register(IqScope::Account, ns::PING, Arc::new(ping::Ping));
     table.register(IqScope::Server, ns::VERSION, Arc::new(version::Version));
+    table.register(IqScope::Server, ns::LAST, Arc::new(last::Last::new()));
     if features.registration {
         table.register(
             IqScope::Server,

@@ -86,6 +86,26 @@ fn taken() -> StanzaError {
     StanzaError::with_text(StanzaCondition::Conflict, "the username is taken")
 }
 
+/// The stream error of a session whose account was removed.
+pub fn account_removed() -> StreamError {
+    StreamError::with_text(StreamCondition::NotAuthorized, "account removed")
+}
+
+/// The stream error of a session whose account's password changed
+/// elsewhere (RFC 6120 §4.9.3.16: authenticate again).
+pub fn password_changed() -> StreamError {
+    StreamError::with_text(StreamCondition::Reset, "password changed")
+}
+
+/// Closes every session of `account` with `error`; how many there were.
+pub fn end_sessions(router: &Router, account: &crate::jid::BareJid, error: StreamError) -> usize {
+    let sessions = router.sessions().resources(account);
+    for s in &sessions {
+        s.control(Control::Kick(error.clone()));
+    }
+    sessions.len()
+}
+
 /// Password change and cancellation for a logged-in user (§3.2, §3.3).
 pub struct Register {
     pub iterations: u32,
@@ -102,23 +122,17 @@ impl IqHandler for Register {
         let query = req.payload().clone();
         let storage = router.storage().clone();
         if query.has_child("remove", ns::REGISTER) {
-            let sessions = router.sessions().resources(&req.from.to_bare());
+            let router = router.clone();
+            let account = req.from.to_bare();
             return Box::pin(async move {
-                storage.delete_user(&user).await?;
-                log::info!("account {user} cancelled");
+                crate::roster::account::remove_account(router.clone(), account.clone()).await?;
                 // The result is queued before the kick, so it arrives first.
-                actix_rt::spawn(async move {
-                    for s in sessions {
-                        s.control(Control::Kick(StreamError::with_text(
-                            StreamCondition::NotAuthorized,
-                            "account removed",
-                        )));
-                    }
-                });
+                actix_rt::spawn(async move { end_sessions(&router, &account, account_removed()) });
                 Ok(None)
             });
         }
         let iterations = self.iterations;
+        let (router, from) = (router.clone(), req.from.clone());
         Box::pin(async move {
             let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password")) else {
                 return Err(not_acceptable("username and password are required"));
@@ -129,6 +143,16 @@ impl IqHandler for Register {
             let credentials = derive_credentials(password, iterations).await?;
             storage.set_credentials(&user, credentials).await?;
             log::info!("password of {user} changed");
+            // Whoever else holds a session of this account (a stolen one,
+            // say) must log in again with the new password.
+            let (account, asking) = (from.to_bare(), from.clone());
+            actix_rt::spawn(async move {
+                for s in router.sessions().resources(&account) {
+                    if *s.jid.as_jid() != asking {
+                        s.control(Control::Kick(password_changed()));
+                    }
+                }
+            });
             Ok(None)
         })
     }
