@@ -275,7 +275,11 @@ pub const OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' versi
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Client::over(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client on a connected socket.
+    fn over(stream: TcpStream) -> Client {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Client {
@@ -599,44 +603,21 @@ pub fn sorted<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Vec<String
 
 impl Client {
     /// Connects from `local` (127.0.0.2, say), so that the server sees
-    /// another source address than 127.0.0.1. std cannot bind a socket
-    /// before connecting it; tokio's `TcpSocket` can.
+    /// another source address than 127.0.0.1.
     pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Client {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .unwrap();
-        let stream = runtime
-            .block_on(async {
-                let socket = match local {
-                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-                };
-                socket.bind(SocketAddr::new(local, 0))?;
-                socket.connect(addr).await?.into_std()
-            })
-            .expect("connect");
-        // tokio hands it over non-blocking; the client reads with timeouts.
-        stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream: Stream::Plain(stream),
-            codec: XmppCodec::new(CodecLimits::default()),
-            buf: BytesMut::new(),
-            jid: String::new(),
-            header: None,
-            next_id: 0,
-        }
+        Client::connect_with(addr, |socket| socket.bind(SocketAddr::new(local, 0)))
     }
-}
 
-impl Client {
     /// Connects with a receive buffer of about `bytes` (the kernel doubles
     /// it), so that a client that stops reading soon fills its socket. Set
-    /// before connecting: the window is agreed in the handshake. std has no
-    /// setter; tokio's `TcpSocket` has.
+    /// before connecting: the window is agreed in the handshake.
     pub fn connect_with_recv_buffer(addr: SocketAddr, bytes: u32) -> Client {
+        Client::connect_with(addr, |socket| socket.set_recv_buffer_size(bytes))
+    }
+
+    /// Connects a socket set up by `configure` first: std cannot set a
+    /// socket up before connecting it; tokio's `TcpSocket` can.
+    fn connect_with(addr: SocketAddr, configure: impl FnOnce(&tokio::net::TcpSocket) -> std::io::Result<()>) -> Client {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -647,21 +628,12 @@ impl Client {
                     SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                     SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
                 };
-                socket.set_recv_buffer_size(bytes)?;
+                configure(&socket)?;
                 socket.connect(addr).await?.into_std()
             })
             .expect("connect");
         // tokio hands it over non-blocking; the client reads with timeouts.
         stream.set_nonblocking(false).unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream: Stream::Plain(stream),
-            codec: XmppCodec::new(CodecLimits::default()),
-            buf: BytesMut::new(),
-            jid: String::new(),
-            header: None,
-            next_id: 0,
-        }
+        Client::over(stream)
     }
 }
