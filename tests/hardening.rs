@@ -194,14 +194,20 @@ fn password_guessing_is_throttled_per_account() {
     by.check();
 }
 
-#[test]
-fn a_client_that_stops_reading_is_disconnected_not_buffered() {
-    let server = TestServer::with_config(|c| {
+/// A server with 64 KiB outbound queues and reads that never pause, for
+/// floods.
+fn small_queues() -> TestServer {
+    TestServer::with_config(|c| {
         c.c2s.max_stanza_bytes = 16 * 1024;
         c.c2s.max_outbound_bytes = 64 * 1024;
         c.limits.rate_bytes_per_sec = 1 << 30;
         c.limits.burst_bytes = 1 << 30;
-    });
+    })
+}
+
+#[test]
+fn a_client_that_stops_reading_is_disconnected_not_buffered() {
+    let server = small_queues();
     let mut by = Bystanders::new(&server);
     server.add_user("slow", "s");
     let mut slow = server.login("slow", "s", "r");
@@ -357,14 +363,9 @@ fn hundreds_of_silent_sockets_do_not_delay_a_login() {
 
 #[test]
 fn a_flood_to_a_slow_reader_is_refused_to_the_flooder_and_the_reader_stays() {
-    let server = TestServer::with_config(|c| {
-        c.c2s.max_stanza_bytes = 16 * 1024;
-        // Each sender may have 8 KiB (or one stanza) queued for a session,
-        // and others' traffic all together 48 KiB.
-        c.c2s.max_outbound_bytes = 64 * 1024;
-        c.limits.rate_bytes_per_sec = 1 << 30;
-        c.limits.burst_bytes = 1 << 30;
-    });
+    // Each sender may have 8 KiB (or one stanza) queued for a session,
+    // and others' traffic all together 48 KiB.
+    let server = small_queues();
     let mut by = Bystanders::new(&server);
     for user in ["slow", "flood", "friend"] {
         server.add_user(user, "p");

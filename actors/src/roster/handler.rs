@@ -11,7 +11,6 @@ use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest};
 use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::router::Router;
-use crate::stanza::{Kind, PresenceType, Stanza};
 use crate::xml::Element;
 
 /// Longest name or group accepted (RFC 6121 §2.3.3 lets the server choose).
@@ -175,24 +174,7 @@ impl IqHandler for RosterHandler {
                     };
                     relation_changed(&router, &user, &jid, &update);
                     // RFC 6121 §2.5.2: the contact learns the subscriptions ended.
-                    let s = before.state;
-                    let mut notices = Vec::new();
-                    if s.subscription.has_to() || s.pending_out {
-                        notices.push(PresenceType::Unsubscribe);
-                    }
-                    if s.subscription.has_from() || s.pending_in {
-                        notices.push(PresenceType::Unsubscribed);
-                    }
-                    for t in notices {
-                        let el = Element::new("presence", ns::CLIENT);
-                        let notice = Stanza::new(
-                            Kind::Presence(t),
-                            Some(user.clone().into()),
-                            Some(jid.clone().into()),
-                            el,
-                        );
-                        super::presence::forward(router.clone(), notice).await;
-                    }
+                    super::account::end_subscriptions(&router, &user, &jid, before.state).await;
                     // Last: the notices above await, and the pushes must
                     // not run before the result.
                     push_after_result(&router, &user, &update);
