@@ -21,6 +21,84 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub tls: TlsConfig,
     pub control: ControlConfig,
+    pub components: ComponentsConfig,
+}
+
+/// External components (XEP-0114); see the README's "Components".
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentsConfig {
+    /// Addresses to accept component connections on; bound only when at
+    /// least one service is configured.
+    pub listen: Vec<SocketAddr>,
+    /// A second connection for a connected component: who gets `<conflict/>`.
+    pub conflict: ComponentConflict,
+    /// Seconds a component has to answer a request before the requester
+    /// gets `<remote-server-timeout/>`.
+    pub iq_timeout_secs: u64,
+    /// Component domains left out of the server's disco#items listing.
+    pub hidden: Vec<String>,
+    /// Requests waiting for one component's answers, in all and from one
+    /// requester; one more gets `<resource-constraint/>`.
+    pub max_pending: usize,
+    pub max_pending_per_requester: usize,
+    /// `[[components.service]]`: the components that may connect.
+    #[serde(rename = "service")]
+    pub services: Vec<ComponentServiceConfig>,
+}
+
+impl Default for ComponentsConfig {
+    fn default() -> Self {
+        ComponentsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
+            conflict: ComponentConflict::KickOld,
+            iq_timeout_secs: 30,
+            hidden: Vec::new(),
+            max_pending: 1000,
+            max_pending_per_requester: 100,
+            services: Vec::new(),
+        }
+    }
+}
+
+/// Which connection stays when a component's domain connects twice.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentConflict {
+    /// The new one; the old one gets `<conflict/>`.
+    KickOld,
+    /// The old one; the new one gets `<conflict/>`.
+    KickNew,
+}
+
+/// One component: its domain and secret, and its own limits (unset: the
+/// clients').
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentServiceConfig {
+    pub domain: String,
+    pub secret: String,
+    /// A name for the listing of services.
+    pub name: Option<String>,
+    pub max_stanza_bytes: Option<usize>,
+    pub max_outbound_bytes: Option<usize>,
+    pub rate_bytes_per_sec: Option<u32>,
+    pub burst_bytes: Option<u32>,
+}
+
+/// Everything but the secret: configurations get logged.
+impl std::fmt::Debug for ComponentServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentServiceConfig")
+            .field("domain", &self.domain)
+            .field("secret", &"<hidden>")
+            .field("name", &self.name)
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("max_outbound_bytes", &self.max_outbound_bytes)
+            .field("rate_bytes_per_sec", &self.rate_bytes_per_sec)
+            .field("burst_bytes", &self.burst_bytes)
+            .finish()
+    }
 }
 
 /// The control channel between the `shoal` command and the running server
@@ -239,6 +317,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             tls: TlsConfig::default(),
             control: ControlConfig::default(),
+            components: ComponentsConfig::default(),
         }
     }
 }
@@ -353,6 +432,65 @@ impl Config {
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
             return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());
         }
+        self.validate_components()
+    }
+
+    fn validate_components(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let c = &self.components;
+        if c.iq_timeout_secs == 0 || c.max_pending == 0 || c.max_pending_per_requester == 0 {
+            return invalid(
+                "[components] iq_timeout_secs, max_pending and max_pending_per_requester must be at least 1".into(),
+            );
+        }
+        if !c.services.is_empty() && c.listen.is_empty() {
+            return invalid("[components] listen needs an address when services are configured".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for s in &c.services {
+            let d = &s.domain;
+            match BareJid::domain_jid(d) {
+                Ok(j) if j.as_str() == d => {}
+                Ok(j) => {
+                    return invalid(format!(
+                        "[[components.service]] domain {d:?} should be written {:?}",
+                        j.as_str()
+                    ))
+                }
+                Err(e) => return invalid(format!("[[components.service]] domain {d:?}: {e}")),
+            }
+            if *d == self.domain {
+                return invalid(format!("[[components.service]] {d:?} is the server's own domain"));
+            }
+            if !seen.insert(d.as_str()) {
+                return invalid(format!("[[components.service]] {d:?} is configured twice"));
+            }
+            // The secret is never shown, even here.
+            if s.secret.is_empty() {
+                return invalid(format!("[[components.service]] {d:?} needs a secret"));
+            }
+            let stanza = s.max_stanza_bytes.unwrap_or(self.c2s.max_stanza_bytes);
+            if stanza < 10_000 {
+                return invalid(format!(
+                    "[[components.service]] {d:?}: max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)"
+                ));
+            }
+            if s.max_outbound_bytes.unwrap_or(self.c2s.max_outbound_bytes) < stanza {
+                return invalid(format!(
+                    "[[components.service]] {d:?}: max_outbound_bytes must be at least max_stanza_bytes"
+                ));
+            }
+            if s.rate_bytes_per_sec == Some(0) || s.burst_bytes == Some(0) {
+                return invalid(format!(
+                    "[[components.service]] {d:?}: rate_bytes_per_sec and burst_bytes must be at least 1"
+                ));
+            }
+        }
+        if let Some(h) = c.hidden.iter().find(|h| !seen.contains(h.as_str())) {
+            return invalid(format!(
+                "[components] hidden names {h:?}, which is not a configured service"
+            ));
+        }
         Ok(())
     }
 
@@ -434,6 +572,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(typo.contains("unknown field `socked`"), "{typo}");
+    }
+
+    #[test]
+    fn components_are_checked_and_their_secrets_never_shown() {
+        let ok: Config = toml::from_str(
+            "[components]\nconflict = 'kick_new'\nhidden = ['bot.localhost']\n\
+             [[components.service]]\ndomain = 'bot.localhost'\nsecret = 'sausages'\nmax_stanza_bytes = 20000\n",
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!(ok.components.conflict, ComponentConflict::KickNew);
+        assert_eq!(ok.components.listen, [SocketAddr::from(([127, 0, 0, 1], 5347))]);
+        assert!(!format!("{ok:?}").contains("sausages"));
+        for (bad, problem) in [
+            ("domain = 'localhost'\nsecret = 's'", "own domain"),
+            ("domain = 'Bot.localhost'\nsecret = 's'", "should be written"),
+            ("domain = 'bot.localhost'\nsecret = ''", "needs a secret"),
+            (
+                "domain = 'bot.localhost'\nsecret = 's'\nmax_stanza_bytes = 10",
+                "max_stanza_bytes",
+            ),
+        ] {
+            let c: Config = toml::from_str(&format!("[[components.service]]\n{bad}")).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
+        }
+        let twice = "[[components.service]]\ndomain = 'a.localhost'\nsecret = 's'\n\
+                     [[components.service]]\ndomain = 'a.localhost'\nsecret = 't'\n";
+        let c: Config = toml::from_str(twice).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        let hidden: Config = toml::from_str("[components]\nhidden = ['x.localhost']").unwrap();
+        assert!(hidden.validate().unwrap_err().to_string().contains("hidden"));
+        let typo = toml::from_str::<Config>("[[components.service]]\ndomain = 'a.localhost'\nsecrte = 's'")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown field `secrte`"), "{typo}");
     }
 
     #[test]

@@ -13,6 +13,13 @@
 //! kick-user <username> [password-changed|account-deleted|admin]
 //!     -> sessions <n>
 //!     -> ok
+//! delete-user <username>
+//!     -> removed <true|false>
+//!     -> sessions <n>
+//!     -> ok
+//! list-services
+//!     -> service <domain> <kind> <listed|hidden> <since> <in flight> [name]
+//!     -> ok
 //! ```
 //!
 //! Unix only, like the rest of the server (see `rlimit`).
@@ -29,6 +36,7 @@ use actix::Addr;
 use shoal_actors::error::{StreamCondition, StreamError};
 use shoal_actors::jid::{normalise_localpart, BareJid};
 use shoal_actors::router::Router;
+use shoal_actors::services::ServiceSummary;
 use shoal_actors::session_manager::{KickUser, SessionManager};
 use shoal_actors::xep::register;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -99,6 +107,9 @@ pub enum ControlCommand {
     /// (its contacts are told), deletes it, and closes its sessions;
     /// answers `removed <true|false>` and `sessions <n>`.
     DeleteUser { username: String },
+    /// `list-services`: what is published, one line each:
+    /// `service <domain> <kind> <listed|hidden> <since, Unix seconds> <requests in flight> [name]`.
+    ListServices,
 }
 
 fn username_arg(user: &str) -> Result<String, String> {
@@ -130,6 +141,7 @@ impl std::str::FromStr for ControlCommand {
                     reason,
                 })
             }
+            "list-services" if args.is_empty() => Ok(ControlCommand::ListServices),
             "delete-user" => match args.as_slice() {
                 [user] => Ok(ControlCommand::DeleteUser {
                     username: username_arg(user)?,
@@ -146,6 +158,7 @@ impl fmt::Display for ControlCommand {
         match self {
             ControlCommand::KickUser { username, reason } => write!(f, "kick-user {username} {}", reason.keyword()),
             ControlCommand::DeleteUser { username } => write!(f, "delete-user {username}"),
+            ControlCommand::ListServices => write!(f, "list-services"),
         }
     }
 }
@@ -166,6 +179,15 @@ impl ControlContext {
 impl ControlCommand {
     /// Runs the command; returns the answer's lines before `ok`, or the
     /// message of the `error:` line.
+    /// How long the client waits for the answer: removing an account tells
+    /// each of its contacts first, which can take a while.
+    pub fn answer_within(&self) -> Duration {
+        match self {
+            ControlCommand::DeleteUser { .. } => Duration::from_secs(600),
+            ControlCommand::KickUser { .. } | ControlCommand::ListServices => TIMEOUT,
+        }
+    }
+
     pub async fn execute(self, cx: &ControlContext) -> Result<Vec<String>, String> {
         match self {
             ControlCommand::KickUser { username, reason } => {
@@ -189,11 +211,24 @@ impl ControlCommand {
                 let removed = shoal_actors::roster::account::remove_account(cx.router.clone(), user.clone())
                     .await
                     .map_err(|e| e.to_string())?;
-                let ended = register::end_sessions(&cx.router, &user, register::account_removed());
+                let ended = cx.router.sessions().kick(&user, &register::account_removed(), None);
                 Ok(vec![format!("removed {removed}"), format!("sessions {ended}")])
             }
+            ControlCommand::ListServices => Ok(cx.router.services().list().iter().map(service_line).collect()),
         }
     }
+}
+
+/// One published service as `list-services` answers it.
+fn service_line(s: &ServiceSummary) -> String {
+    let since = s.since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let listed = if s.hidden { "hidden" } else { "listed" };
+    let mut line = format!("service {} {} {listed} {since} {}", s.domain, s.kind, s.in_flight);
+    if let Some(name) = &s.name {
+        line.push(' ');
+        line.push_str(name);
+    }
+    line
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -496,15 +531,16 @@ pub fn request(path: &Path, line: &str) -> Result<Option<Vec<String>>, String> {
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => return Ok(None),
         Err(e) => return Err(format!("cannot connect to the control socket {}: {e}", path.display())),
     };
+    let wait = line.parse::<ControlCommand>().map_or(TIMEOUT, |c| c.answer_within());
     let fail = |e: std::io::Error| match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => format!(
             "control socket {}: no answer within {} s",
             path.display(),
-            TIMEOUT.as_secs()
+            wait.as_secs()
         ),
         _ => format!("control socket {}: {e}", path.display()),
     };
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(fail)?;
+    stream.set_read_timeout(Some(wait)).map_err(fail)?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(fail)?;
     (&stream).write_all(format!("{line}\n").as_bytes()).map_err(fail)?;
     let mut lines = Vec::new();

@@ -31,6 +31,18 @@ enum Command {
     /// Print the TLS certificate in use (generating the self-signed one if
     /// there is none yet), its expiry and fingerprint, then its PEM
     Cert,
+    /// Published services of the running server
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// What is published (components, in-process services), since when,
+    /// and how many requests each has in flight
+    List,
 }
 
 #[derive(Subcommand)]
@@ -62,6 +74,7 @@ fn main() -> ExitCode {
         None => serve(config),
         Some(Command::User { command }) => user(&config, command),
         Some(Command::Cert) => cert(&config),
+        Some(Command::Service { command }) => service(&config, command),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -259,4 +272,37 @@ fn report_ended(lines: &[String]) {
     if let Some(n) = ended.filter(|n| *n > 0) {
         println!("ended {n} session(s) on the running server");
     }
+}
+
+fn service(config: &Config, command: ServiceCommand) -> Result<(), String> {
+    match command {
+        ServiceCommand::List => {
+            let path = config.control_socket();
+            let lines = control::request(&path, &ControlCommand::ListServices.to_string())?
+                .ok_or_else(|| format!("no server is running (no answer on {})", path.display()))?;
+            println!(
+                "{:<32} {:<10} {:<7} {:<20} {:>9}  name",
+                "domain", "kind", "listing", "since (UTC)", "in flight"
+            );
+            for line in lines {
+                let fields: Vec<&str> = line.splitn(7, ' ').collect();
+                if let ["service", domain, kind, listing, since, in_flight, rest @ ..] = fields.as_slice() {
+                    let since = since.parse::<u64>().map_or_else(|_| since.to_string(), utc);
+                    let name = rest.first().copied().unwrap_or("");
+                    println!("{domain:<32} {kind:<10} {listing:<7} {since:<20} {in_flight:>9}  {name}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc(secs: u64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| secs.to_string())
 }

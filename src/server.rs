@@ -12,9 +12,11 @@ use actix::{Actor, Addr, Arbiter};
 use shoal_actors::c2s::io::{Io, StartTls};
 use shoal_actors::c2s::{self, C2sConfig, C2sContext};
 use shoal_actors::codec::CodecLimits;
+use shoal_actors::component::{self, ComponentConfig, ComponentContext, ComponentService};
 use shoal_actors::iq_handler::{IqHandler, IqScope};
 use shoal_actors::presence::{ConnectionHandler, FollowerSource, PresenceHub, RosterFollowers, StandardHandler};
 use shoal_actors::router::Router;
+use shoal_actors::services::ConflictPolicy;
 use shoal_actors::session::SessionTable;
 use shoal_actors::session_manager::SessionManager;
 use shoal_actors::storage::Storage;
@@ -22,8 +24,9 @@ use shoal_actors::xep::{self, ServerFeatures};
 use shoal_actors::xml::ParseLimits;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, StartTlsMode};
+use crate::config::{ComponentConflict, Config, ConfigError, StartTlsMode};
 use crate::control::{self, ControlContext, ControlError, ControlListener, ControlServer};
 use crate::store::{SqliteStorage, StoreError};
 use crate::tls::TlsError;
@@ -105,6 +108,7 @@ impl ServerBuilder {
                 &config.storage.sqlite,
                 2,
                 config.limits.roster_limits(),
+                &config.domain,
             )?),
         };
         let registration = config.registration_enabled();
@@ -177,6 +181,19 @@ impl ServerBuilder {
                 .map_err(|source| StartError::Listen { addr, source })?;
             listeners.push((listener, local, tls));
         }
+        // External components (XEP-0114): a listener only if any is
+        // configured. Bound with the others, so that a failure leaves
+        // nothing running.
+        let mut component_listeners = Vec::new();
+        if !config.components.services.is_empty() {
+            for &addr in &config.components.listen {
+                let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|source| StartError::Listen { addr, source })?;
+                component_listeners.push((listener, local));
+            }
+        }
         let next = Arc::new(AtomicUsize::new(0));
         let mut local_addrs = Vec::new();
         let mut direct_tls_addrs = Vec::new();
@@ -188,7 +205,46 @@ impl ServerBuilder {
                 log::info!("listening for clients on {local}");
                 local_addrs.push(local);
             }
-            actix_rt::spawn(accept_loop(listener, tls, cx.clone(), arbiters.clone(), next.clone()));
+            let accept = {
+                let cx = cx.clone();
+                move |io: Io, peer: SocketAddr| c2s::accept(cx.clone(), io, peer)
+            };
+            actix_rt::spawn(accept_loop(
+                listener,
+                tls,
+                cx.shutdown.clone(),
+                arbiters.clone(),
+                next.clone(),
+                accept,
+            ));
+        }
+        // Configured domains are known from the start: a stanza to one
+        // that is not connected gets <remote-server-timeout/>.
+        for service in &config.components.services {
+            router.services().expect(&service.domain);
+        }
+        let mut component_addrs = Vec::new();
+        if !component_listeners.is_empty() {
+            // One shutdown and one set of tasks for clients and components.
+            let ccx = ComponentContext::new(router.clone(), component_config(&config, &cx.config))
+                .with_shutdown(cx.shutdown.clone(), cx.tasks.clone());
+            let ccx = Arc::new(ccx);
+            for (listener, local) in component_listeners {
+                log::info!("listening for components on {local}");
+                component_addrs.push(local);
+                let accept = {
+                    let ccx = ccx.clone();
+                    move |io: Io, peer: SocketAddr| component::accept(ccx.clone(), io, peer)
+                };
+                actix_rt::spawn(accept_loop(
+                    listener,
+                    None,
+                    cx.shutdown.clone(),
+                    arbiters.clone(),
+                    next.clone(),
+                    accept,
+                ));
+            }
         }
         log::info!(
             "serving {} (registration {})",
@@ -207,6 +263,7 @@ impl ServerBuilder {
         Ok(ServerHandle {
             local_addrs,
             direct_tls_addrs,
+            component_addrs,
             control,
             sm,
             cx,
@@ -229,17 +286,19 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Accepts connections and hands each to a worker arbiter, round robin.
+/// Accepts connections and hands each to a worker arbiter, round robin,
+/// where `accept` takes it (a client's or a component's).
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    cx: Arc<C2sContext>,
+    shutdown: CancellationToken,
     arbiters: Arc<Vec<Arbiter>>,
     next: Arc<AtomicUsize>,
+    accept: impl Fn(Io, SocketAddr) + Clone + Send + 'static,
 ) {
     loop {
         let accepted = tokio::select! {
-            _ = cx.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
         let (stream, peer) = match accepted {
@@ -257,7 +316,7 @@ async fn accept_loop(
             continue;
         };
         let arbiter = &arbiters[next.fetch_add(1, Ordering::Relaxed) % arbiters.len()];
-        let cx = cx.clone();
+        let accept = accept.clone();
         let tls = tls.clone();
         arbiter.spawn(async move {
             match tokio::net::TcpStream::from_std(std_stream) {
@@ -267,7 +326,7 @@ async fn accept_loop(
                         Some(acceptor) => Io::TlsPending(stream, acceptor),
                         None => Io::Tcp(stream),
                     };
-                    c2s::accept(cx, io, peer);
+                    accept(io, peer);
                 }
                 Err(e) => log::warn!("{peer}: {e}"),
             }
@@ -279,6 +338,7 @@ async fn accept_loop(
 pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
     direct_tls_addrs: Vec<SocketAddr>,
+    component_addrs: Vec<SocketAddr>,
     /// The control socket (`None` with an embedder's storage and no
     /// `[control] socket`).
     control: Option<ControlServer>,
@@ -298,6 +358,12 @@ impl ServerHandle {
         &self.direct_tls_addrs
     }
 
+    /// The component listeners' addresses (XEP-0114); none unless a
+    /// component is configured.
+    pub fn component_addrs(&self) -> &[SocketAddr] {
+        &self.component_addrs
+    }
+
     /// The session manager: list sessions, route a stanza to a user.
     pub fn session_manager(&self) -> &Addr<SessionManager> {
         &self.sm
@@ -312,8 +378,9 @@ impl ServerHandle {
         self.control.as_ref().map(ControlServer::path)
     }
 
-    /// Stops accepting, closes every stream with `<system-shutdown/>` and
-    /// waits (up to 10 s) for their last bytes to be written.
+    /// Stops accepting, closes every stream (clients' and components')
+    /// with `<system-shutdown/>` and waits (up to 10 s) for their last
+    /// bytes to be written.
     pub async fn shutdown(self) {
         log::info!("shutting down");
         // First, so that the `shoal` command stops counting on this server.
@@ -331,6 +398,41 @@ impl ServerHandle {
         for arbiter in self.arbiters.iter() {
             arbiter.stop();
         }
+    }
+}
+
+/// Component settings as configured, with the clients' limits as the
+/// defaults of each component's own.
+fn component_config(config: &Config, clients: &C2sConfig) -> ComponentConfig {
+    let c = &config.components;
+    let services = c
+        .services
+        .iter()
+        .map(|s| ComponentService {
+            domain: s.domain.clone(),
+            secret: s.secret.clone(),
+            name: s.name.clone(),
+            max_stanza_bytes: s.max_stanza_bytes,
+            max_outbound_bytes: s.max_outbound_bytes,
+            rate_bytes_per_sec: s.rate_bytes_per_sec,
+            burst_bytes: s.burst_bytes,
+        })
+        .collect();
+    ComponentConfig {
+        services,
+        conflict: match c.conflict {
+            ComponentConflict::KickOld => ConflictPolicy::KickOld,
+            ComponentConflict::KickNew => ConflictPolicy::KickNew,
+        },
+        iq_timeout: Duration::from_secs(c.iq_timeout_secs),
+        hidden: c.hidden.clone(),
+        max_pending: c.max_pending,
+        max_pending_per_requester: c.max_pending_per_requester,
+        codec: clients.codec,
+        connections: clients.connections.clone(),
+        max_outbound_bytes: clients.max_outbound_bytes,
+        negotiation_timeout: clients.negotiation_timeout,
+        close_linger: clients.close_linger,
     }
 }
 

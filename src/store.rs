@@ -667,6 +667,9 @@ pub struct SqliteStorage {
     /// Jobs queued or running: the store threads' mailbox is unbounded,
     /// so callers wait here for a place instead of piling jobs up.
     queue: Arc<tokio::sync::Semaphore>,
+    /// The domain served: an account's JID, to clear its contacts'
+    /// records of it when it is deleted.
+    domain: Arc<str>,
 }
 
 /// Most jobs queued for the store threads at once.
@@ -675,7 +678,7 @@ pub const STORE_QUEUE: usize = 1024;
 impl SqliteStorage {
     /// Opens the database (migrating it) and starts `threads` store threads,
     /// which cap rosters at `limits`. Must run inside an actix System.
-    pub fn start(path: &Path, threads: usize, limits: RosterLimits) -> Result<SqliteStorage, StoreError> {
+    pub fn start(path: &Path, threads: usize, limits: RosterLimits, domain: &str) -> Result<SqliteStorage, StoreError> {
         SqliteStore::open(path)?;
         let path = path.to_owned();
         let addr = SyncArbiter::start(threads.max(1), move || {
@@ -692,6 +695,7 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             addr,
             queue: Arc::new(tokio::sync::Semaphore::new(STORE_QUEUE)),
+            domain: domain.into(),
         })
     }
 
@@ -725,9 +729,14 @@ impl Storage for SqliteStorage {
         self.query(move |s| s.set_credentials(&u, &credentials))
     }
 
+    /// Also clears what contacts still hold of the account (a pre-approval,
+    /// say) that the running server's unsubscriptions did not end.
     fn delete_user(&self, username: &str) -> StorageFuture<bool> {
         let u = username.to_owned();
-        self.query(move |s| s.delete_user(&u))
+        match BareJid::new(&u, &self.domain) {
+            Ok(jid) => self.query(move |s| s.delete_account(&u, &jid)),
+            Err(_) => self.query(move |s| s.delete_user(&u)),
+        }
     }
 
     fn list_users(&self) -> StorageFuture<Vec<String>> {

@@ -187,3 +187,42 @@ fn debian_and_pypi_slixmpp_log_in_over_starttls_and_direct_tls_by_default() {
         }
     }
 }
+
+/// A slixmpp `ComponentXMPP` (Debian's and PyPI's) connects as an external
+/// component (XEP-0114), shows up in a slixmpp client's disco#items of the
+/// server, answers its disco#info and ping, and echoes its message.
+#[test]
+fn a_slixmpp_component_is_listed_answers_and_echoes_through_shoal() {
+    let (Some(pypi), Some(debian)) = (python(), debian_python()) else {
+        return;
+    };
+    for (python, name) in [(&debian, "debian"), (&pypi, "pypi")] {
+        let server = TestServer::with_config(|c| {
+            c.components.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            c.components.services = vec![shoal::config::ComponentServiceConfig {
+                domain: "bot.localhost".into(),
+                secret: "s3cret".into(),
+                ..Default::default()
+            }];
+        });
+        server.add_user("alice", "alice-pass");
+        let port = server.component_addr().port().to_string();
+        let stdout = run_script_in(
+            python,
+            "slixmpp_component.py",
+            server.addr,
+            &[&port, "bot.localhost", "s3cret", "alice", "alice-pass"],
+        );
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [
+                "items: bot.localhost",
+                "info: automation/bot Bot",
+                "ping: ok",
+                "user got: 'echo: hello' from echo@bot.localhost",
+                "OK",
+            ],
+            "{name} slixmpp"
+        );
+    }
+}

@@ -116,6 +116,11 @@ pub struct XmppCodec {
     scan: Scan,
     bindings: NsBindings,
     closed: bool,
+    /// An external component's stream (XEP-0114): its content namespace,
+    /// `jabber:component:accept`, is read as `jabber:client`, so that its
+    /// stanzas are ordinary ones. A flag, not the namespace: it sits in
+    /// padding, and every connection holds a codec.
+    component: bool,
     /// The open elements of the stanza in progress, outermost first, as
     /// (offset, length) of their names in the buffer: nothing before a
     /// stanza's start is discarded until the stanza is split off, so the
@@ -137,15 +142,33 @@ impl XmppCodec {
             scan: Scan::Content,
             bindings: NsBindings::empty(),
             closed: false,
+            component: false,
             open: Vec::new(),
             stream_name: Cow::Borrowed(&[]),
         }
     }
 
+    /// A codec for a component's stream: when the header's default
+    /// namespace is `jabber:component:accept`, stanzas are parsed as if it
+    /// were `jabber:client`. The header itself is reported as sent.
+    pub fn for_component(mut self) -> Self {
+        self.component = true;
+        self
+    }
+
     /// Forgets all parser state, as RFC 6120 requires after STARTTLS and SASL
     /// success: the next thing expected is a new stream header.
     pub fn reset(&mut self) {
-        *self = XmppCodec::new(self.limits);
+        *self = XmppCodec {
+            component: self.component,
+            ..XmppCodec::new(self.limits)
+        };
+    }
+
+    /// Changes the limits from the next byte on (a component's own, once
+    /// it has shaken hands).
+    pub(crate) fn set_limits(&mut self, limits: CodecLimits) {
+        self.limits = limits;
     }
 
     fn in_stanza(&self) -> bool {
@@ -208,6 +231,10 @@ impl XmppCodec {
             version: el.attr("version").map(str::to_owned),
             lang: el.attr("xml:lang").map(str::to_owned),
         };
+        if self.component && header.default_ns.as_deref() == Some(ns::COMPONENT_ACCEPT) {
+            // Later bindings win: stanzas inherit jabber:client.
+            bindings.bind(None, ns::CLIENT);
+        }
         bindings.shrink_to_fit();
         self.bindings = bindings;
         Ok(header)
@@ -217,10 +244,7 @@ impl XmppCodec {
     fn start_tag(&mut self, buf: &mut BytesMut, end: usize) -> Result<Option<Frame>, StreamError> {
         let start = self.markup_start;
         let empty = end > start + 1 && buf[end - 1] == b'/';
-        let name_end = buf[start + 1..end]
-            .iter()
-            .position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>')
-            .map_or(end, |i| start + 1 + i);
+        let name_end = start + 1 + name_len(&buf[start + 1..end]);
         let qname = &buf[start + 1..name_end];
         let local = qname.rsplit(|b| *b == b':').next().unwrap_or(qname);
         let opens_stream = self.depth <= 1 && local == b"stream" && !empty;
@@ -831,6 +855,28 @@ mod tests {
         assert_eq!(at, quoted.rfind("a='").unwrap() + 2);
         assert_eq!(err.text.as_deref(), Some("malformed end tag"));
         assert_eq!(whole(quoted.as_bytes()).unwrap_err(), err);
+    }
+
+    #[test]
+    fn a_component_stream_reads_as_a_client_stream() {
+        let open = "<stream:stream xmlns='jabber:component:accept' \
+            xmlns:stream='http://etherx.jabber.org/streams' to='bot.localhost'>";
+        let input = format!("{open}<message to='a@localhost'><body>x</body></message>");
+        let mut codec = XmppCodec::new(CodecLimits::default()).for_component();
+        let mut buf = BytesMut::from(input.as_bytes());
+        let Ok(Some(Frame::StreamOpen(h))) = codec.decode(&mut buf) else {
+            panic!()
+        };
+        assert_eq!(h.default_ns.as_deref(), Some(ns::COMPONENT_ACCEPT));
+        let Ok(Some(Frame::Stanza(m))) = codec.decode(&mut buf) else {
+            panic!()
+        };
+        assert!(m.is("message", ns::CLIENT));
+        assert_eq!(m.get_child("body", ns::CLIENT).unwrap().text(), "x");
+        // Without the flag, the namespace stays what it is.
+        let frames = whole(input.as_bytes()).unwrap();
+        let Frame::Stanza(m) = &frames[1] else { panic!() };
+        assert!(m.is("message", ns::COMPONENT_ACCEPT));
     }
 
     #[test]

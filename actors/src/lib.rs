@@ -12,14 +12,17 @@
 
 pub mod c2s;
 pub mod codec;
+pub mod component;
 pub mod error;
 pub mod iq_handler;
 pub mod jid;
 pub mod ns;
+pub mod outbound;
 pub mod presence;
 pub mod roster;
 pub mod router;
 pub mod sasl;
+pub mod services;
 pub mod session;
 pub mod session_manager;
 pub mod stanza;

@@ -2,6 +2,8 @@
 
 pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
+/// XEP-0114: the content namespace of an external component's stream.
+pub const COMPONENT_ACCEPT: &str = "jabber:component:accept";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 pub const STREAMS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";

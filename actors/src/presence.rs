@@ -325,7 +325,9 @@ pub enum PresenceMsg {
     },
     /// `user`'s vCard photo changed (XEP-0153).
     PhotoHash { user: BareJid, hash: Option<String> },
-    /// `from` probes `contact`'s presence (RFC 6121 §4.3.2).
+    /// `from` probes `contact`'s presence (RFC 6121 §4.3.2). Handled by
+    /// the prober's shard, where the prober's followees are cached (and
+    /// loaded once if not).
     Probe { from: Jid, contact: BareJid },
 }
 
@@ -336,7 +338,7 @@ impl PresenceMsg {
             | PresenceMsg::Unavailable { session, .. }
             | PresenceMsg::Silent { session } => session.jid.to_bare(),
             PresenceMsg::Relation { user, .. } | PresenceMsg::PhotoHash { user, .. } => user.clone(),
-            PresenceMsg::Probe { contact, .. } => contact.clone(),
+            PresenceMsg::Probe { from, .. } => from.to_bare(),
         }
     }
 }
@@ -464,12 +466,12 @@ impl PresenceActor {
                 if !replaced {
                     self.hooks.on_unavailable_presence(&event);
                 }
-                let online = self.sessions.resources(user).iter().any(|s| s.priority().is_some());
-                if !online {
-                    self.users.remove(user);
-                }
+                self.forget_if_offline(user);
             }
-            PresenceMsg::Silent { session } => self.hooks.on_silent_disconnection(&session),
+            PresenceMsg::Silent { session } => {
+                self.hooks.on_silent_disconnection(&session);
+                self.forget_if_offline(user);
+            }
             PresenceMsg::Relation {
                 user,
                 contact,
@@ -518,21 +520,19 @@ impl PresenceActor {
                 }
             }
             PresenceMsg::Probe { from, contact } => {
-                let follows = from.to_bare() == contact || state.followers.contains(&from.to_bare());
+                let follows = *user == contact || state.followees.contains(&contact);
                 answer_probe(&self.sessions, &from, &contact, follows);
+                self.forget_if_offline(user);
             }
         }
     }
 
-    /// A probe for a user whose followers are not cached here (nobody of
-    /// theirs is online): asks the source once, without caching.
-    fn probe_offline(&mut self, from: Jid, contact: BareJid, ctx: &mut Context<Self>) {
-        let relations = self.source.relations(&contact);
-        ctx.spawn(relations.into_actor(self).map(move |relations, act, _| {
-            let follows =
-                from.to_bare() == contact || relations.is_ok_and(|r| r.followers.iter().any(|f| *f == from.to_bare()));
-            answer_probe(&act.sessions, &from, &contact, follows);
-        }));
+    /// Drops a user's cached relations once none of their sessions is
+    /// available (a prober that never sent presence loaded them).
+    fn forget_if_offline(&mut self, user: &BareJid) {
+        if !self.sessions.resources(user).iter().any(|s| s.priority().is_some()) {
+            self.users.remove(user);
+        }
     }
 }
 
@@ -545,18 +545,19 @@ fn answer_probe(sessions: &SessionTable, from: &Jid, contact: &BareJid, follows:
         return;
     };
     let to = prober.jid.as_str();
-    let mut answered = false;
+    let mut available = false;
     if follows {
         for s in sessions.resources(contact) {
             if s.priority().is_none() || s.id == prober.id {
                 continue;
             }
             if let Some(template) = s.last_presence() {
-                answered |= prober.deliver(addressed(&template, to));
+                available = true;
+                prober.deliver(addressed(&template, to));
             }
         }
     }
-    if !answered {
+    if !available {
         let kind = if follows { "unavailable" } else { "unsubscribed" };
         let reply = Element::new("presence", ns::CLIENT)
             .with_attr("type", kind)
@@ -574,8 +575,9 @@ impl Handler<PresenceMsg> for PresenceActor {
             Some(Entry::Loading(queue)) => queue.push(msg),
             Some(Entry::Ready(_)) => self.apply(&user, msg),
             None => match msg {
-                PresenceMsg::Available { .. } | PresenceMsg::Unavailable { .. } => self.load(user, msg, ctx),
-                PresenceMsg::Probe { from, contact } => self.probe_offline(from, contact, ctx),
+                PresenceMsg::Available { .. } | PresenceMsg::Unavailable { .. } | PresenceMsg::Probe { .. } => {
+                    self.load(user, msg, ctx)
+                }
                 other => self.apply(&user, other),
             },
         }

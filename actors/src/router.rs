@@ -16,7 +16,8 @@ use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{IqHandlerTable, IqRequest, IqScope};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::ns;
-use crate::presence::{PresenceHub, PresenceMsg};
+use crate::presence::PresenceHub;
+use crate::services::Services;
 use crate::session::{Origin, Refused, Session, SessionTable};
 use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
@@ -32,6 +33,8 @@ struct Inner {
     iq_handlers: IqHandlerTable,
     storage: Arc<dyn Storage>,
     presence: PresenceHub,
+    /// The route table's other domains: published services.
+    services: Services,
 }
 
 impl Router {
@@ -49,8 +52,14 @@ impl Router {
                 iq_handlers,
                 storage,
                 presence,
+                services: Services::default(),
             }),
         }
+    }
+
+    /// Published services by domain (components, in-process services).
+    pub fn services(&self) -> &Services {
+        &self.inner.services
     }
 
     pub fn presence(&self) -> &PresenceHub {
@@ -88,6 +97,9 @@ impl Router {
             (None, _) => return log::debug!("dropping a stanza with no addresses"),
         };
         if to.domain() != self.inner.domain.domain() {
+            let Some(stanza) = self.to_service(to.domain(), stanza) else {
+                return;
+            };
             // No server-to-server links yet.
             return self.bounce(&stanza, StanzaCondition::RemoteServerNotFound);
         }
@@ -124,11 +136,10 @@ impl Router {
             Kind::Presence(t) if t.is_subscription() => {
                 actix_rt::spawn(crate::roster::presence::inbound(self.clone(), stanza));
             }
-            // Probes are the server's business (RFC 6121 §4.3), answered
-            // by the contact's PresenceActor shard.
-            Kind::Presence(PresenceType::Probe) => self.probe(user, stanza),
-            // Errors to a bare JID go nowhere.
-            Kind::Presence(PresenceType::Error) => {}
+            // Probes are the server's business (RFC 6121 §4.3): a local
+            // client's are answered from its c2s stream (through its
+            // PresenceActor shard); errors to a bare JID go nowhere.
+            Kind::Presence(PresenceType::Probe | PresenceType::Error) => {}
             Kind::Presence(_) => {
                 // Presence to a bare JID reaches every available resource.
                 let sessions = self.inner.sessions.resources(user);
@@ -196,7 +207,7 @@ impl Router {
             // Roster pushes come from the account itself (RFC 6121 §2.1.6):
             // one from anyone else would rewrite the client's roster.
             Kind::Iq(IqType::Set)
-                if !self.is_same_account(&stanza, jid) && stanza.payload().is_some_and(|p| p.ns() == ns::ROSTER) =>
+                if stanza.payload().is_some_and(|p| p.ns() == ns::ROSTER) && !is_same_account(&stanza, jid) =>
             {
                 return self.bounce(&stanza, StanzaCondition::ServiceUnavailable)
             }
@@ -234,23 +245,6 @@ impl Router {
                 self.bounce(stanza, StanzaCondition::ResourceConstraint)
             }
             _ => {}
-        }
-    }
-
-    fn is_same_account(&self, stanza: &Stanza, to: &FullJid) -> bool {
-        stanza
-            .from()
-            .is_some_and(|f| f.node().is_some() && f.to_bare() == to.to_bare())
-    }
-
-    /// A presence probe for `contact` (RFC 6121 §4.3.2): the contact's
-    /// shard answers with the contact's presence if the prober may see it.
-    fn probe(&self, contact: &BareJid, stanza: Stanza) {
-        if let Some(from) = stanza.from().cloned() {
-            self.inner.presence.send(PresenceMsg::Probe {
-                from,
-                contact: contact.clone(),
-            });
         }
     }
 
@@ -329,6 +323,13 @@ impl Router {
             }
         });
     }
+}
+
+/// True when `stanza` comes from the account `to` belongs to.
+fn is_same_account(stanza: &Stanza, to: &FullJid) -> bool {
+    stanza
+        .from()
+        .is_some_and(|f| f.node().is_some() && f.node() == to.node() && f.domain() == to.domain())
 }
 
 /// Requests one session may have in flight to the server's IQ handlers.

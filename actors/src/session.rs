@@ -252,6 +252,15 @@ impl SessionTable {
         removed
     }
 
+    /// Closes every session of `user` but `except` (a session id) with
+    /// `error`; how many were told.
+    pub fn kick(&self, user: &BareJid, error: &StreamError, except: Option<u64>) -> usize {
+        self.with_resources(user, |sessions| {
+            let closing = sessions.iter().filter(|s| Some(s.id) != except);
+            closing.map(|s| s.control(Control::Kick(error.clone()))).count()
+        })
+    }
+
     pub(crate) fn count_for(&self, user: &BareJid) -> usize {
         self.users.get(user).map_or(0, |s| s.len())
     }

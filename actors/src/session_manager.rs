@@ -109,11 +109,7 @@ impl Handler<KickUser> for SessionManager {
     type Result = usize;
 
     fn handle(&mut self, msg: KickUser, _: &mut Context<Self>) -> usize {
-        let sessions = self.table.resources(&msg.user);
-        for session in &sessions {
-            session.control(Control::Kick(msg.error.clone()));
-        }
-        sessions.len()
+        self.table.kick(&msg.user, &msg.error, None)
     }
 }
 

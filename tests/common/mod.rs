@@ -26,6 +26,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     direct_tls: Option<SocketAddr>,
+    component: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
     _dir: tempfile::TempDir,
@@ -46,10 +47,11 @@ impl TestServer {
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         edit(&mut config);
-        let ((addr, direct_tls), stop, thread) = Self::spawn(config.clone());
+        let ((addr, direct_tls, component), stop, thread) = Self::spawn(config.clone());
         TestServer {
             addr,
             direct_tls,
+            component,
             db,
             config,
             _dir: dir,
@@ -62,7 +64,7 @@ impl TestServer {
     fn spawn(
         config: Config,
     ) -> (
-        (SocketAddr, Option<SocketAddr>),
+        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
         tokio::sync::oneshot::Sender<()>,
         JoinHandle<()>,
     ) {
@@ -77,6 +79,7 @@ impl TestServer {
                 let _ = addr_tx.send(Ok((
                     server.local_addrs()[0],
                     server.direct_tls_addrs().first().copied(),
+                    server.component_addrs().first().copied(),
                 )));
                 let _ = stop_rx.await;
                 server.shutdown().await;
@@ -93,9 +96,10 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let ((addr, direct_tls), stop, thread) = Self::spawn(self.config.clone());
+        let ((addr, direct_tls, component), stop, thread) = Self::spawn(self.config.clone());
         self.addr = addr;
         self.direct_tls = direct_tls;
+        self.component = component;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -112,6 +116,12 @@ impl TestServer {
     /// The first Direct TLS listener, if the test configured one.
     pub fn direct_tls_addr(&self) -> SocketAddr {
         self.direct_tls.expect("no Direct TLS listener configured")
+    }
+
+    /// The first component listener (XEP-0114), if the test configured a
+    /// component.
+    pub fn component_addr(&self) -> SocketAddr {
+        self.component.expect("no component configured")
     }
 
     pub fn add_user(&self, name: &str, password: &str) {

@@ -75,7 +75,7 @@ fn take_directed(directed: &mut Option<Box<HashSet<Jid>>>) -> Vec<Jid> {
 /// Most JIDs one session remembers having sent directed presence to.
 pub const MAX_DIRECTED: usize = 1000;
 
-pub(super) fn random_id(len: usize) -> String {
+pub(crate) fn random_id(len: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)
         .take(len)
@@ -313,7 +313,11 @@ impl C2s {
                     // RFC 3921's session establishment: nothing left to do.
                     ns::SESSION => self.send_stanza(&stanza.iq_result(None)),
                     // A new password in the clear only where PLAIN is offered.
-                    ns::REGISTER if stanza.kind == Kind::Iq(IqType::Set) && !self.passwords_allowed() => {
+                    ns::REGISTER
+                        if stanza.kind == Kind::Iq(IqType::Set)
+                            && stanza.payload().is_some_and(|q| q.has_child("password", ns::REGISTER))
+                            && !self.passwords_allowed() =>
+                    {
                         if let Some(reply) = stanza.error_reply(&crate::xep::register::encryption_required()) {
                             self.send_stanza(&reply);
                         }
@@ -336,6 +340,14 @@ impl C2s {
                 ctx.wait(outbound.into_actor(self));
             }
             Kind::Presence(PresenceType::Available) => self.directed_presence(stanza),
+            // RFC 6121 §4.3.2: a local contact's presence is the server's to
+            // give. One probe at a time: the stream waits for the shard.
+            Kind::Presence(PresenceType::Probe) if stanza.to().is_some_and(|t| self.cx.router.is_local_user(t)) => {
+                if let Some(contact) = stanza.to().map(|t| t.to_bare()) {
+                    let from = session.jid.clone().into();
+                    self.publish(ctx, PresenceMsg::Probe { from, contact });
+                }
+            }
             Kind::Presence(PresenceType::Unavailable) => {
                 if let (Some(to), Some(directed)) = (stanza.to(), &mut self.directed) {
                     directed.remove(to);

@@ -157,8 +157,8 @@ impl C2s {
                     failures_per_network: 0,
                     ..self.cx.config.connections.clone()
                 };
-                let ip = self.peer.ip();
-                if self.cx.registrations.blocked(REGISTERING, ip, &limits, Instant::now()) {
+                let (ip, now) = (self.peer.ip(), Instant::now());
+                if self.cx.registrations.blocked(REGISTERING, ip, &limits, now) {
                     let err = StanzaError::with_text(
                         StanzaCondition::ResourceConstraint,
                         "too many registrations from your network; try again later",
@@ -168,6 +168,9 @@ impl C2s {
                     }
                     return;
                 }
+                // Every attempt counts, taken or not, and before the work:
+                // parallel streams cannot all slip past the check.
+                self.cx.registrations.failed(REGISTERING, ip, &limits, now);
                 let storage = self.cx.router.storage().clone();
                 let query = iq
                     .payload()
@@ -177,10 +180,7 @@ impl C2s {
                 let fut = register::register_account(storage, query, iterations);
                 ctx.wait(fut.into_actor(self).map(move |res, act, _| {
                     let reply = match res {
-                        Ok(_) => {
-                            act.cx.registrations.failed(REGISTERING, ip, &limits, Instant::now());
-                            Some(iq.iq_result(None))
-                        }
+                        Ok(_) => Some(iq.iq_result(None)),
                         Err(e) => iq.error_reply(&e),
                     };
                     if let Some(reply) = reply {

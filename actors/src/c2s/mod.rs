@@ -6,12 +6,12 @@
 mod actor;
 mod auth;
 mod bind;
-mod frames;
+pub(crate) mod frames;
 pub mod io;
 pub mod limits;
-mod outbound;
+pub(crate) mod outbound;
 mod sweep;
-mod transport;
+pub(crate) mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use actor::random_id;
 pub use actor::C2s;
 pub use outbound::{Outbound, OutboundReader, SendError};
 

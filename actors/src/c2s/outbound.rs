@@ -106,7 +106,9 @@ pub(crate) enum Next {
 
 pub(crate) struct Shared {
     pub(crate) queued: AtomicUsize,
-    limit: usize,
+    /// Atomic only so that a component's can be set once it has said which
+    /// component it is ([`Outbound::set_limit`]).
+    limit: AtomicUsize,
     overflowed: AtomicBool,
     queue: Mutex<Queue>,
     /// The transport, woken when something is queued, on overflow, and
@@ -155,7 +157,7 @@ impl Outbound {
     pub(crate) fn new(limit: usize) -> (Outbound, OutboundRx) {
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
-            limit,
+            limit: AtomicUsize::new(limit),
             overflowed: AtomicBool::new(false),
             queue: Mutex::default(),
             transport: AtomicWaker::new(),
@@ -189,7 +191,7 @@ impl Outbound {
         }
         let len = data.len();
         let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.shared.limit {
+        if queued > self.shared.limit.load(Ordering::Relaxed) {
             if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
                 self.shared.transport.wake();
             }
@@ -207,7 +209,7 @@ impl Outbound {
             return Err(SendError::Overflow);
         }
         let len = data.len();
-        let limit = self.shared.limit;
+        let limit = self.shared.limit.load(Ordering::Relaxed);
         {
             // Checked and counted under the lock, so that concurrent routed
             // sends cannot both take the last room. Own sends do not take
@@ -218,7 +220,7 @@ impl Outbound {
                 return Err(SendError::Closed);
             }
             let queued = self.shared.queued.load(Ordering::Acquire);
-            let soft = limit / 100 * ROUTED_PERCENT;
+            let soft = limit * ROUTED_PERCENT / 100;
             if queued + len > limit || (queued > 0 && queued + len > soft) {
                 return Err(SendError::Busy);
             }
@@ -243,6 +245,11 @@ impl Outbound {
     /// Closes the connection once what is queued has been written.
     pub fn close(&self, linger: Duration) {
         let _ = self.push(Out::Close { linger });
+    }
+
+    /// Changes the limit for what is queued from now on.
+    pub(crate) fn set_limit(&self, limit: usize) {
+        self.shared.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Upgrades to TLS once what is queued has been written.

@@ -2,7 +2,9 @@
 //! peer's bytes, hands frames to the c2s actor through a bounded channel
 //! (reading pauses while the actor is behind: backpressure, not
 //! buffering), writes the outbound queue in batches, and runs the TLS
-//! handshake, first for Direct TLS or on STARTTLS.
+//! handshake, first for Direct TLS or on STARTTLS. The same task serves
+//! client and component streams: what it needs of its server is in
+//! [`StreamSettings`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,10 +19,10 @@ use tokio_util::codec::Decoder;
 
 use super::frames::FrameSender;
 use super::io::{Io, TlsSettings};
-use super::limits::{ConnState, Shaper};
+use super::limits::{ConnState, ConnectionLimits, Shaper};
 use super::outbound::{Next, Out, OutboundRx};
 use super::C2sContext;
-use crate::codec::{Frame, XmppCodec};
+use crate::codec::{CodecLimits, Frame, XmppCodec};
 use crate::error::{StreamCondition, StreamError};
 
 /// Most bytes gathered into one write.
@@ -41,15 +43,39 @@ pub(crate) type FrameResult = Result<Frame, StreamError>;
 /// blocks of 32 per connection, and a frame is about 180 bytes.
 pub(crate) type BoxedFrame = Box<FrameResult>;
 
-pub(crate) struct Transport {
+/// What a transport task reads of its server: read rates and write
+/// timeout, TLS. Read through a shared `Arc` at each use: copies would sit
+/// in every connection's task. A type parameter, not a trait object, so
+/// that a client connection's task is what it was (a thin pointer, calls
+/// resolved at compile time).
+pub(crate) trait StreamSettings: Send + Sync + 'static {
+    fn limits(&self) -> &ConnectionLimits;
+    fn tls(&self) -> Option<&TlsSettings>;
+    /// Codec limits for the peer once it has authenticated, when they are
+    /// not those it started with (a component's own, known only once it
+    /// has said which component it is).
+    fn authenticated_codec(&self) -> Option<CodecLimits> {
+        None
+    }
+}
+
+impl StreamSettings for C2sContext {
+    fn limits(&self) -> &ConnectionLimits {
+        &self.config.connections
+    }
+
+    fn tls(&self) -> Option<&TlsSettings> {
+        self.config.tls.as_ref()
+    }
+}
+
+pub(crate) struct Transport<S: StreamSettings> {
     pub(crate) codec: XmppCodec,
     /// `None` once the peer has nothing more to say (EOF, error, close).
     pub(crate) frames: Option<FrameSender>,
     pub(crate) out: OutboundRx,
     pub(crate) conn: Arc<ConnState>,
-    /// Limits and TLS settings are read from here: copies would sit in
-    /// every connection's task.
-    pub(crate) cx: Arc<C2sContext>,
+    pub(crate) cx: Arc<S>,
 }
 
 /// Runs the TLS handshake; on success records the channel bindings.
@@ -72,7 +98,7 @@ async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState) -> Option<Io> {
 // Not an async fn: an async fn's future keeps its arguments twice (as
 // arguments and as moved-in locals); an async block captures them once.
 #[allow(clippy::manual_async_fn)]
-pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Output = ()> {
+pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl std::future::Future<Output = ()> {
     async move {
         // By reference: moving the fields out would store them twice in this
         // future, which every connection holds for its whole life.
@@ -83,8 +109,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
             conn,
             cx,
         } = &mut t;
-        let (limits, tls) = (&cx.config.connections, &cx.config.tls);
-        if let (Io::TlsPending(..), Some(settings)) = (&io, tls.as_ref()) {
+        if let (Io::TlsPending(..), Some(settings)) = (&io, cx.tls()) {
             // Boxed, as every rarely taken path here: the task's future is
             // allocated per connection, and sized by its largest state.
             match Box::pin(handshake(io, settings, conn)).await {
@@ -100,7 +125,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
         let mut peer_done = false;
         // After <starttls/>, nothing is read until the handshake.
         let mut awaiting_tls = false;
-        let mut shaper = Shaper::new(tokio::time::Instant::now().into_std(), limits.preauth_burst);
+        let mut shaper = Shaper::new(tokio::time::Instant::now().into_std(), cx.limits().preauth_burst);
         // Reading waits for this when the bucket has run dry (boxed: rare).
         let mut resume: Option<Pin<Box<tokio::time::Sleep>>> = None;
         conn.touch();
@@ -132,7 +157,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                             }
                             let written = wbuf.len();
                             let ok = tokio::select! {
-                                ok = within(limits.write_timeout, write_all(&mut io, &wbuf)) => ok,
+                                ok = within(cx.limits().write_timeout, write_all(&mut io, &wbuf)) => ok,
                                 _ = out.overflowed() => { Box::pin(overflow(&mut io)).await; return; }
                             };
                             // Nothing is kept for a connection that is quiet.
@@ -145,8 +170,9 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                         }
                     }
                     if start_tls {
-                        let Some(settings) = &tls else { return };
-                        let flushed = within(limits.write_timeout, |cx| Pin::new(&mut io).poll_flush(cx)).await;
+                        let Some(settings) = cx.tls() else { return };
+                        let write_timeout = cx.limits().write_timeout;
+                        let flushed = within(write_timeout, |cx| Pin::new(&mut io).poll_flush(cx)).await;
                         if !flushed || !rbuf.is_empty() {
                             // Nothing may follow <starttls/> before <proceed/>.
                             return;
@@ -160,7 +186,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                         need_read = true;
                     }
                     if let Some(linger) = close {
-                        Box::pin(close_gracefully(&mut io, linger, peer_done, limits.write_timeout)).await;
+                        Box::pin(close_gracefully(&mut io, linger, peer_done, cx.limits().write_timeout)).await;
                         return;
                     }
                 }
@@ -177,7 +203,7 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                             Ok(Some(frame)) => {
                                 let closed = frame == Frame::StreamClose;
                                 if let Frame::Stanza(el) = &frame {
-                                    awaiting_tls = el.is("starttls", crate::ns::TLS) && tls.is_some() && !io.is_tls();
+                                    awaiting_tls = el.is("starttls", crate::ns::TLS) && cx.tls().is_some() && !io.is_tls();
                                 }
                                 if let Some(tx) = frames.as_ref() {
                                     tx.send(Box::new(Ok(frame)));
@@ -215,7 +241,14 @@ pub(crate) fn run(mut io: Io, mut t: Transport) -> impl std::future::Future<Outp
                             conn.touch();
                             // A read that filled the space asks for more next time.
                             chunk = if n >= chunk { (chunk * 2).min(READ_CHUNK_MAX) } else { READ_CHUNK_MIN };
-                            let (rate, burst) = if conn.authenticated.load(Ordering::Relaxed) {
+                            let limits = cx.limits();
+                            let authenticated = conn.authenticated.load(Ordering::Relaxed);
+                            if authenticated {
+                                if let Some(codec_limits) = cx.authenticated_codec() {
+                                    codec.set_limits(codec_limits);
+                                }
+                            }
+                            let (rate, burst) = if authenticated {
                                 (limits.rate, limits.burst)
                             } else {
                                 (limits.preauth_rate, limits.preauth_burst)

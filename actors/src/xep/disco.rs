@@ -57,14 +57,26 @@ impl IqHandler for DiscoInfo {
 }
 
 impl IqHandler for DiscoItems {
-    fn handle(&self, _: &Router, req: IqRequest) -> IqFuture {
+    fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
         if req.is_set() {
             return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
         }
         if req.payload().attr("node").is_some() {
             return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
         }
-        // No components or published services yet.
-        ready(Ok(Some(Element::new("query", ns::DISCO_ITEMS))))
+        let mut query = Element::new("query", ns::DISCO_ITEMS);
+        // The server lists what is published on it (ejabberd's
+        // get_vh_services, Prosody's subdomains); each service describes
+        // itself when asked (disco#info to its domain).
+        if req.target.node().is_none() {
+            for service in router.services().list().into_iter().filter(|s| !s.hidden) {
+                let mut item = Element::new("item", ns::DISCO_ITEMS).with_attr("jid", service.domain);
+                if let Some(name) = service.name {
+                    item.set_attr("name", name);
+                }
+                query.push_child(item);
+            }
+        }
+        ready(Ok(Some(query)))
     }
 }

@@ -11,7 +11,6 @@ use crate::jid::normalise_localpart;
 use crate::ns;
 use crate::router::Router;
 use crate::sasl::Credentials;
-use crate::session::Control;
 use crate::storage::Storage;
 use crate::xml::Element;
 
@@ -97,15 +96,6 @@ pub fn password_changed() -> StreamError {
     StreamError::with_text(StreamCondition::Reset, "password changed")
 }
 
-/// Closes every session of `account` with `error`; how many there were.
-pub fn end_sessions(router: &Router, account: &crate::jid::BareJid, error: StreamError) -> usize {
-    let sessions = router.sessions().resources(account);
-    for s in &sessions {
-        s.control(Control::Kick(error.clone()));
-    }
-    sessions.len()
-}
-
 /// Password change and cancellation for a logged-in user (§3.2, §3.3).
 pub struct Register {
     pub iterations: u32,
@@ -127,7 +117,9 @@ impl IqHandler for Register {
             return Box::pin(async move {
                 crate::roster::account::remove_account(router.clone(), account.clone()).await?;
                 // The result is queued before the kick, so it arrives first.
-                actix_rt::spawn(async move { end_sessions(&router, &account, account_removed()) });
+                actix_rt::spawn(async move {
+                    router.sessions().kick(&account, &account_removed(), None);
+                });
                 Ok(None)
             });
         }
@@ -145,14 +137,14 @@ impl IqHandler for Register {
             log::info!("password of {user} changed");
             // Whoever else holds a session of this account (a stolen one,
             // say) must log in again with the new password.
-            let (account, asking) = (from.to_bare(), from.clone());
-            actix_rt::spawn(async move {
-                for s in router.sessions().resources(&account) {
-                    if *s.jid.as_jid() != asking {
-                        s.control(Control::Kick(password_changed()));
-                    }
-                }
-            });
+            let asking = from
+                .clone()
+                .try_into_full()
+                .ok()
+                .and_then(|f| router.sessions().get(&f));
+            router
+                .sessions()
+                .kick(&from.to_bare(), &password_changed(), asking.map(|s| s.id));
             Ok(None)
         })
     }

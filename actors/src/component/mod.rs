@@ -1,0 +1,304 @@
+//! External components (XEP-0114, Jabber Component Protocol), the server
+//! side. A component connects, names the domain it serves in its stream
+//! header, and proves it knows that domain's secret with `<handshake>`
+//! (the hex SHA-1 of the stream id and the secret). Then it is published
+//! ([`crate::services`]): stanzas for its domain go to it, and it sends
+//! stanzas from its domain. Disconnecting rescinds it.
+//!
+//! A component's connection runs on the client machinery ([`crate::c2s`]'s
+//! transport task, outbound queue, frames and codec): the same limits on
+//! stanza size, read rate and slow readers, each settable per component.
+
+mod actor;
+/// The other side: a component connecting to a server.
+pub mod client;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix::{Actor, Addr, AsyncContext};
+use futures_util::StreamExt;
+use sha1::{Digest, Sha1};
+use tokio::io::AsyncWrite;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use actor::Component;
+
+use crate::c2s::io::{Io, TlsSettings};
+use crate::c2s::limits::{Admission, Admitted, ConnState, ConnectionLimits};
+use crate::c2s::outbound::Outbound;
+use crate::c2s::transport::{self, StreamSettings, Transport};
+use crate::c2s::{frames, C2sConfig};
+use crate::codec::{CodecLimits, XmppCodec};
+use crate::error::StreamError;
+use crate::router::Router;
+use crate::services::ConflictPolicy;
+
+/// One configured component: its domain, its secret, and its own limits
+/// (`None`: the clients').
+#[derive(Clone, Default)]
+pub struct ComponentService {
+    pub domain: String,
+    pub secret: String,
+    /// A name for the server's listing of services.
+    pub name: Option<String>,
+    pub max_stanza_bytes: Option<usize>,
+    pub max_outbound_bytes: Option<usize>,
+    pub rate_bytes_per_sec: Option<u32>,
+    pub burst_bytes: Option<u32>,
+}
+
+/// Everything but the secret: configurations get logged.
+impl fmt::Debug for ComponentService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComponentService")
+            .field("domain", &self.domain)
+            .field("secret", &"<hidden>")
+            .field("name", &self.name)
+            .field("max_stanza_bytes", &self.max_stanza_bytes)
+            .field("max_outbound_bytes", &self.max_outbound_bytes)
+            .field("rate_bytes_per_sec", &self.rate_bytes_per_sec)
+            .field("burst_bytes", &self.burst_bytes)
+            .finish()
+    }
+}
+
+/// Settings of component connections.
+#[derive(Clone, Debug)]
+pub struct ComponentConfig {
+    pub services: Vec<ComponentService>,
+    /// A second connection for a connected component's domain: which one
+    /// stays (the other gets `<conflict/>`).
+    pub conflict: ConflictPolicy,
+    /// Time a component has to answer a request.
+    pub iq_timeout: Duration,
+    /// Domains left out of the server's disco#items listing.
+    pub hidden: Vec<String>,
+    /// Requests waiting for one component, in all and from one requester.
+    pub max_pending: usize,
+    pub max_pending_per_requester: usize,
+    /// The clients' limits: those of a connection until it has shaken
+    /// hands, and the defaults of each component's own.
+    pub codec: CodecLimits,
+    pub connections: ConnectionLimits,
+    pub max_outbound_bytes: usize,
+    /// Time from connecting to a successful handshake.
+    pub negotiation_timeout: Duration,
+    /// After the server closes a stream, how long the component has to
+    /// close its side.
+    pub close_linger: Duration,
+}
+
+impl Default for ComponentConfig {
+    fn default() -> Self {
+        let clients = C2sConfig::default();
+        ComponentConfig {
+            services: Vec::new(),
+            conflict: ConflictPolicy::KickOld,
+            iq_timeout: Duration::from_secs(30),
+            hidden: Vec::new(),
+            max_pending: 1000,
+            max_pending_per_requester: 100,
+            codec: clients.codec,
+            connections: clients.connections,
+            max_outbound_bytes: clients.max_outbound_bytes,
+            negotiation_timeout: clients.negotiation_timeout,
+            close_linger: clients.close_linger,
+        }
+    }
+}
+
+/// A configured component with its limits resolved.
+pub(crate) struct Service {
+    pub(crate) config: ComponentService,
+    pub(crate) codec: CodecLimits,
+    pub(crate) connections: ConnectionLimits,
+    pub(crate) max_outbound_bytes: usize,
+}
+
+/// What every component connection of a server shares.
+pub struct ComponentContext {
+    pub router: Router,
+    pub config: ComponentConfig,
+    /// The configured components by domain.
+    services: HashMap<String, Arc<Service>>,
+    /// Cancelled at shutdown: every stream is closed with `<system-shutdown/>`.
+    pub shutdown: CancellationToken,
+    /// The transport tasks, to wait for their last bytes at shutdown.
+    pub tasks: TaskTracker,
+    /// Connections per IP and those that have not shaken hands yet, with
+    /// the clients' limits on both.
+    pub admission: Arc<Admission>,
+}
+
+impl ComponentContext {
+    pub fn new(router: Router, config: ComponentConfig) -> ComponentContext {
+        let services = config
+            .services
+            .iter()
+            .map(|s| {
+                let mut codec = config.codec;
+                codec.max_stanza_bytes = s.max_stanza_bytes.unwrap_or(codec.max_stanza_bytes);
+                let mut connections = config.connections.clone();
+                connections.rate = s.rate_bytes_per_sec.unwrap_or(connections.rate);
+                connections.burst = s.burst_bytes.unwrap_or(connections.burst);
+                let service = Service {
+                    config: s.clone(),
+                    codec,
+                    connections,
+                    max_outbound_bytes: s.max_outbound_bytes.unwrap_or(config.max_outbound_bytes),
+                };
+                (s.domain.clone(), Arc::new(service))
+            })
+            .collect();
+        ComponentContext {
+            router,
+            config,
+            services,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            admission: Arc::new(Admission::default()),
+        }
+    }
+
+    /// Shares another context's shutdown and task tracking (the client
+    /// connections'), so that one shutdown closes and waits for both.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken, tasks: TaskTracker) -> ComponentContext {
+        self.shutdown = shutdown;
+        self.tasks = tasks;
+        self
+    }
+
+    pub(crate) fn service(&self, domain: &str) -> Option<&Arc<Service>> {
+        self.services.get(domain)
+    }
+}
+
+/// What `<handshake>` must hold for stream `stream_id` and `secret`:
+/// the lowercase hex SHA-1 of the two concatenated (XEP-0114 §3).
+pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
+    let mut sha = Sha1::new();
+    sha.update(stream_id.as_bytes());
+    sha.update(secret.as_bytes());
+    sha.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A component connection's settings for its transport task: the clients'
+/// until it has shaken hands, then its component's own.
+pub(crate) struct StreamLimits {
+    cx: Arc<ComponentContext>,
+    service: OnceLock<Arc<Service>>,
+}
+
+impl StreamLimits {
+    /// From now on, `service`'s limits (set once: a stream serves one
+    /// component).
+    pub(crate) fn set(&self, service: Arc<Service>) {
+        let _ = self.service.set(service);
+    }
+}
+
+impl StreamSettings for StreamLimits {
+    fn limits(&self) -> &ConnectionLimits {
+        self.service
+            .get()
+            .map_or(&self.cx.config.connections, |s| &s.connections)
+    }
+
+    /// XEP-0114 has no TLS: components connect over loopback or a trusted
+    /// network.
+    fn tls(&self) -> Option<&TlsSettings> {
+        None
+    }
+
+    fn authenticated_codec(&self) -> Option<CodecLimits> {
+        self.service.get().map(|s| s.codec)
+    }
+}
+
+/// Takes a new component connection on the current arbiter: admits it
+/// (per-IP and not-yet-shaken-hands limits) and starts it, or refuses it
+/// with a stream error.
+pub fn accept(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr) {
+    match cx.admission.admit(peer.ip(), &cx.config.connections) {
+        Ok(admitted) => {
+            spawn(cx, io, peer, admitted);
+        }
+        Err(err) => {
+            log::info!("{peer}: component connection refused: {err}");
+            let domain = cx.router.domain().to_string();
+            actix_rt::spawn(refuse(io, domain, err));
+        }
+    }
+}
+
+/// Writes a stream header and the error, then hangs up, within a second.
+async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamError) {
+    use tokio::io::AsyncWriteExt;
+    let mut bytes = actor::header(&domain, "refused").into_bytes();
+    err.to_element().write_to(&mut bytes, crate::ns::CLIENT);
+    bytes.extend_from_slice(b"</stream:stream>");
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = io.write_all(&bytes).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+/// Starts an admitted component connection on the current arbiter: its
+/// transport task and its actor.
+pub fn spawn(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr, admitted: Admitted) -> Addr<Component> {
+    // The component's own limit is set once it has said which it is.
+    let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
+    let (frames_tx, frames_rx) = frames::pipe();
+    let codec = XmppCodec::new(cx.config.codec).for_component();
+    let conn = Arc::new(ConnState::new(admitted));
+    let settings = Arc::new(StreamLimits {
+        cx: cx.clone(),
+        service: OnceLock::new(),
+    });
+    let transport = Transport {
+        codec,
+        frames: Some(frames_tx),
+        out: out_rx,
+        conn: conn.clone(),
+        cx: settings.clone(),
+    };
+    actix_rt::spawn(cx.tasks.track_future(transport::run(io, transport)));
+    Component::create(move |ctx| {
+        ctx.add_stream(frames_rx.map(|b| *b));
+        Component::new(cx, settings, out, peer, conn)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_digest_is_the_hex_sha1_of_id_and_secret() {
+        // Computed elsewhere (Python's hashlib) for "3BF96D32" + "sausages".
+        assert_eq!(
+            handshake_digest("3BF96D32", "sausages"),
+            "fa2d3cda0bc6c8337f6e910ce7bde26a5f49eb18"
+        );
+    }
+
+    #[test]
+    fn the_secret_is_not_shown() {
+        let s = ComponentService {
+            domain: "bot.localhost".into(),
+            secret: "sausages".into(),
+            ..ComponentService::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("bot.localhost") && !shown.contains("sausages"),
+            "{shown}"
+        );
+    }
+}
