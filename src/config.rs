@@ -22,6 +22,22 @@ pub struct Config {
     pub tls: TlsConfig,
     pub control: ControlConfig,
     pub components: ComponentsConfig,
+    pub offline: OfflineConfig,
+}
+
+/// Messages kept for users who are offline (XEP-0160).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OfflineConfig {
+    /// Messages one user may have waiting; past it the sender gets
+    /// `<service-unavailable/>`. 0: no limit.
+    pub max_messages: usize,
+}
+
+impl Default for OfflineConfig {
+    fn default() -> Self {
+        OfflineConfig { max_messages: 1000 }
+    }
 }
 
 /// External components (XEP-0114); see the README's "Components".
@@ -318,6 +334,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             control: ControlConfig::default(),
             components: ComponentsConfig::default(),
+            offline: OfflineConfig::default(),
         }
     }
 }

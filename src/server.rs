@@ -130,7 +130,8 @@ impl ServerBuilder {
             .unwrap_or_else(|| Arc::new(RosterFollowers(storage.clone())));
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
-        let router = Router::new(domain, sessions, handlers, storage, presence);
+        let router =
+            Router::new(domain, sessions, handlers, storage, presence).with_offline_quota(config.offline.max_messages);
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         // Bound before the listeners, so that a second server on this
         // database is refused before it takes clients. With an embedder's

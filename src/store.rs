@@ -72,6 +72,13 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 4: subscription pre-approvals (RFC 6121 §3.4).
     "ALTER TABLE roster_items ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;",
+    // 5: offline messages (XEP-0160), in arrival order per user.
+    "CREATE TABLE offline_messages (
+        seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        stanza   TEXT NOT NULL
+    );
+    CREATE INDEX offline_messages_by_user ON offline_messages (username, seq);",
 ];
 
 /// Separates group names in one column; control characters cannot occur in
@@ -618,6 +625,48 @@ impl SqliteStore {
         Ok(p.unwrap_or_default())
     }
 
+    /// Stores a message for an offline user; `false` when there is no such
+    /// user or `max` are stored (0: no limit). One transaction: the count
+    /// and the insert cannot be split by another writer.
+    pub fn store_offline(&mut self, username: &str, message: &str, max: usize) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let exists = tx
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let stored: i64 = tx.query_row(
+            "SELECT count(*) FROM offline_messages WHERE username = ?1",
+            [username],
+            |r| r.get(0),
+        )?;
+        if !exists || (max > 0 && stored as usize >= max) {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO offline_messages (username, stanza) VALUES (?1, ?2)",
+            params![username, message],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// The user's offline messages, oldest first.
+    pub fn offline_messages(&self, username: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, stanza FROM offline_messages WHERE username = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([username], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_offline(&mut self, username: &str, upto: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM offline_messages WHERE username = ?1 AND seq <= ?2",
+            params![username, upto],
+        )?;
+        Ok(())
+    }
+
     /// Sets nickname and photo URL; `false` when there is no such user.
     pub fn set_profile(
         &mut self,
@@ -797,6 +846,21 @@ impl Storage for SqliteStorage {
     fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
         let u = username.to_owned();
         self.query(move |s| s.set_profile(&u, nick.as_deref(), photo_url.as_deref()))
+    }
+
+    fn store_offline(&self, username: &str, message: String, max: usize) -> StorageFuture<bool> {
+        let u = username.to_owned();
+        self.query(move |s| s.store_offline(&u, &message, max))
+    }
+
+    fn offline_messages(&self, username: &str) -> StorageFuture<Vec<(i64, String)>> {
+        let u = username.to_owned();
+        self.query(move |s| s.offline_messages(&u))
+    }
+
+    fn delete_offline(&self, username: &str, upto: i64) -> StorageFuture<()> {
+        let u = username.to_owned();
+        self.query(move |s| s.delete_offline(&u, upto))
     }
 }
 

@@ -35,6 +35,10 @@ struct Inner {
     presence: PresenceHub,
     /// The route table's other domains: published services.
     services: Services,
+    /// Offline messages one user may have stored (0: no limit).
+    offline_quota: usize,
+    /// Offline messages are stored one at a time, in order.
+    offline_order: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Router {
@@ -53,8 +57,27 @@ impl Router {
                 storage,
                 presence,
                 services: Services::default(),
+                offline_quota: 1000,
+                offline_order: Arc::default(),
             }),
         }
+    }
+
+    /// Sets how many offline messages one user may have stored (0: no
+    /// limit). Only while the router is being built.
+    pub fn with_offline_quota(mut self, quota: usize) -> Router {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.offline_quota = quota;
+        }
+        self
+    }
+
+    pub(crate) fn offline_quota(&self) -> usize {
+        self.inner.offline_quota
+    }
+
+    pub(crate) fn offline_order(&self) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.offline_order.clone()
     }
 
     /// Published services by domain (components, in-process services).
@@ -176,7 +199,7 @@ impl Router {
         };
         let bytes = stanza.to_bytes();
         let origin = Origin::of(stanza.from());
-        let (mut delivered, mut busy) = (0, false);
+        let (mut delivered, mut busy) = (0usize, false);
         for s in targets {
             match s.deliver_from(origin, bytes.clone()) {
                 Ok(()) => delivered += 1,
@@ -184,15 +207,12 @@ impl Router {
                 Err(Refused::Gone) => {}
             }
         }
-        if delivered == 0 && kind != MessageType::Headline {
-            // Offline (no offline storage yet) or too far behind: the
-            // sender learns of it.
-            let condition = if busy {
-                StanzaCondition::ResourceConstraint
-            } else {
-                StanzaCondition::ServiceUnavailable
-            };
-            self.bounce(&stanza, condition);
+        match (delivered, busy, kind) {
+            (0, _, MessageType::Headline) | (1.., _, _) => {}
+            // Online but too far behind: the sender learns to wait.
+            (0, true, _) => self.bounce(&stanza, StanzaCondition::ResourceConstraint),
+            // Offline (RFC 6121 §8.5.2.2.1): kept for the next login.
+            (0, false, _) => crate::xep::offline::store(self, user, stanza),
         }
     }
 

@@ -92,6 +92,26 @@ pub trait Storage: Send + Sync + 'static {
     /// Sets nickname and photo URL (the photo hash comes from the vCard);
     /// `false` when there is no such user.
     fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool>;
+
+    /// Stores a message for a user who is offline (XEP-0160), after those
+    /// stored before; `false` when there is no such user or `max` are
+    /// stored already (0: no limit). A storage without offline messages
+    /// keeps nothing, and the sender gets an error.
+    fn store_offline(&self, _username: &str, _message: String, _max: usize) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// The user's stored messages, oldest first, each with its sequence
+    /// number.
+    fn offline_messages(&self, _username: &str) -> StorageFuture<Vec<(i64, String)>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Forgets the user's stored messages up to sequence number `upto`
+    /// (delivered).
+    fn delete_offline(&self, _username: &str, _upto: i64) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Everything in memory: for tests and for embedders that keep nothing.
@@ -110,6 +130,9 @@ struct MemoryUser {
     roster: HashMap<BareJid, RosterItem>,
     vcard: Option<String>,
     profile: Profile,
+    /// Offline messages with their sequence numbers, oldest first.
+    offline: std::collections::VecDeque<(i64, String)>,
+    next_offline: i64,
 }
 
 /// One record change against a user held in memory.
@@ -203,6 +226,8 @@ impl Storage for MemoryStorage {
                     roster: HashMap::new(),
                     vcard: None,
                     profile: Profile::default(),
+                    offline: Default::default(),
+                    next_offline: 1,
                 });
                 true
             }
@@ -317,6 +342,36 @@ impl Storage for MemoryStorage {
                 true
             }
             None => false,
+        })
+    }
+
+    fn store_offline(&self, username: &str, message: String, max: usize) -> StorageFuture<bool> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get_mut(&username) {
+            Some(user) if max == 0 || user.offline.len() < max => {
+                user.offline.push_back((user.next_offline, message));
+                user.next_offline += 1;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    fn offline_messages(&self, username: &str) -> StorageFuture<Vec<(i64, String)>> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            u.get(&username)
+                .map(|u| u.offline.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn delete_offline(&self, username: &str, upto: i64) -> StorageFuture<()> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            if let Some(user) = u.get_mut(&username) {
+                user.offline.retain(|(seq, _)| *seq > upto);
+            }
         })
     }
 }

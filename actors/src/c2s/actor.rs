@@ -415,7 +415,7 @@ impl C2s {
                 };
                 self.publish(ctx, msg);
                 if initial {
-                    self.deliver_pending_requests(session);
+                    self.deliver_waiting(session);
                 }
             }
             PresenceType::Unavailable if self.available => {
@@ -444,48 +444,87 @@ impl C2s {
         ctx.wait(request.into_actor(self).map(|_, _, _| ()));
     }
 
-    /// Subscription requests that waited for the user (RFC 6121 §3.1.3),
-    /// paced: each waits until the client's outbound queue is under half
-    /// its limit (or empty, for one bigger than that), so that many stored
-    /// requests cannot get the client they are for disconnected at every
-    /// login. Stops when the session ends.
-    fn deliver_pending_requests(&self, session: &Arc<Session>) {
-        /// Requests queued between two yields to the connection.
-        const BATCH: usize = 10;
-        const PAUSE: Duration = Duration::from_millis(50);
-        let storage = self.cx.router.storage().clone();
-        let sessions = self.cx.router.sessions().clone();
-        let out = self.out.clone();
-        let room = self.cx.config.max_outbound_bytes / 2;
-        let session = session.clone();
-        let node = session.jid.node().unwrap_or_default().to_owned();
+    /// What waited for the user, at initial presence: subscription
+    /// requests (RFC 6121 §3.1.3), then offline messages (XEP-0160), in
+    /// order. Offline messages are forgotten once queued for the client.
+    fn deliver_waiting(&self, session: &Arc<Session>) {
+        let router = self.cx.router.clone();
+        let paced = Paced {
+            sessions: router.sessions().clone(),
+            out: self.out.clone(),
+            room: self.cx.config.max_outbound_bytes / 2,
+            session: session.clone(),
+        };
         actix_rt::spawn(async move {
-            let items = match storage.pending_requests(&node).await {
-                Ok(items) => items,
-                Err(e) => return log::error!("{}: pending requests: {e}", session.jid),
+            let user = paced.session.jid.to_bare();
+            let node = user.node().unwrap_or_default().to_owned();
+            let requests = match router.storage().pending_requests(&node).await {
+                Ok(items) => items
+                    .into_iter()
+                    .filter_map(|i| i.pending_request)
+                    .map(Bytes::from)
+                    .collect(),
+                Err(e) => {
+                    log::error!("{user}: pending requests: {e}");
+                    Vec::new()
+                }
             };
-            let live = || sessions.get(&session.jid).is_some_and(|s| s.id == session.id);
-            let requests = items.into_iter().filter_map(|i| i.pending_request);
-            for (n, request) in requests.enumerate() {
-                loop {
-                    if !live() {
-                        return;
-                    }
-                    let queued = out.queued();
-                    if queued == 0 || queued + request.len() <= room {
-                        break;
-                    }
-                    actix_rt::time::sleep(PAUSE).await;
-                }
-                if !session.deliver(Bytes::from(request)) {
-                    return;
-                }
-                if (n + 1) % BATCH == 0 {
-                    // Lets the connection write (it may share this thread).
-                    actix_rt::task::yield_now().await;
+            paced.deliver(requests).await;
+            let (seqs, messages): (Vec<i64>, Vec<Bytes>) =
+                crate::xep::offline::waiting(&router, &user).await.into_iter().unzip();
+            let delivered = paced.deliver(messages).await;
+            if let Some(upto) = delivered.checked_sub(1).and_then(|last| seqs.get(last)) {
+                if let Err(e) = router.storage().delete_offline(&node, *upto).await {
+                    log::error!("{user}: cannot forget delivered offline messages: {e}");
                 }
             }
         });
+    }
+}
+
+/// Delivery of what waited for a user, paced: each stanza waits until the
+/// client's outbound queue is under half its limit (or empty, for one
+/// bigger than that), so that much stored traffic cannot get the client
+/// disconnected at every login. Stops when the session ends.
+struct Paced {
+    sessions: crate::session::SessionTable,
+    out: Outbound,
+    room: usize,
+    session: Arc<Session>,
+}
+
+impl Paced {
+    /// Queues `items` in order; how many were queued.
+    async fn deliver(&self, items: Vec<Bytes>) -> usize {
+        let total = items.len();
+        /// Stanzas queued between two yields to the connection.
+        const BATCH: usize = 10;
+        const PAUSE: Duration = Duration::from_millis(50);
+        let live = || {
+            self.sessions
+                .get(&self.session.jid)
+                .is_some_and(|s| s.id == self.session.id)
+        };
+        for (n, item) in items.into_iter().enumerate() {
+            loop {
+                if !live() {
+                    return n;
+                }
+                let queued = self.out.queued();
+                if queued == 0 || queued + item.len() <= self.room {
+                    break;
+                }
+                actix_rt::time::sleep(PAUSE).await;
+            }
+            if !self.session.deliver(item) {
+                return n;
+            }
+            if (n + 1) % BATCH == 0 {
+                // Lets the connection write (it may share this thread).
+                actix_rt::task::yield_now().await;
+            }
+        }
+        total
     }
 }
 

@@ -9,6 +9,7 @@ use crate::ns;
 
 pub mod disco;
 pub mod last;
+pub mod offline;
 pub mod ping;
 pub mod register;
 pub mod vcard;
