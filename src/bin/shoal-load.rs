@@ -4,6 +4,7 @@
 //!     shoal-load --register login --clients 1000
 //!     shoal-load --server-pid $(pidof shoal) messages --pairs 100 --window 8 --count 1000
 //!     shoal-load --prefix r --register roster --users 500 --contacts 100
+//!     shoal-load --prefix c --register components --component-port 5347 --component-secret SECRET --pairs 100
 //!
 //! Accounts are PREFIX0..PREFIXn with one password; --register creates
 //! them first by XEP-0077 (not timed).
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal::load::client::{LoadError, Target};
+use shoal::load::components::{self, ComponentTarget, Mode, Requests};
 use shoal::load::{raise_open_files, roster_storm, rss_kib, scenarios};
 
 #[derive(Parser)]
@@ -92,6 +94,30 @@ enum Scenario {
         #[arg(long, default_value_t = 100)]
         contacts: usize,
     },
+    /// P clients send IQ pings (--messages: chat messages) to
+    /// echo@DOMAIN, W in flight each, COUNT each. The driver is the
+    /// component (XEP-0114) serving DOMAIN: it answers every IQ with an
+    /// empty result and echoes every message.
+    Components {
+        /// The server's port for external components.
+        #[arg(long, default_value_t = 5347)]
+        component_port: u16,
+        #[arg(long, default_value = "bench.localhost")]
+        component_domain: String,
+        /// The handshake's shared secret, as configured on the server.
+        #[arg(long, default_value = "bench-secret")]
+        component_secret: String,
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Requests per client.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Chat messages, echoed back, instead of IQs.
+        #[arg(long)]
+        messages: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +156,8 @@ fn main() -> ExitCode {
             // Fan-out accounts are named PREFIXpub and PREFIXf0...: registered below.
             Scenario::Fanout { followers, .. } => followers + 1,
             Scenario::Roster { users, .. } => users,
+            // One account per client; the component needs none.
+            Scenario::Components { pairs, .. } => pairs,
             Scenario::Provision { accounts } => accounts,
         };
         if accounts + 64 > files as usize {
@@ -173,6 +201,29 @@ fn main() -> ExitCode {
             }
             Scenario::Roster { users, contacts } => {
                 roster_storm::storm(&target, &cli.prefix, users, contacts, cli.server_pid).await
+            }
+            Scenario::Components {
+                component_port,
+                component_domain,
+                component_secret,
+                pairs,
+                window,
+                count,
+                messages,
+            } => {
+                let component = ComponentTarget {
+                    addr: SocketAddr::new(target.addr.ip(), component_port),
+                    domain: component_domain,
+                    secret: component_secret,
+                };
+                let mode = if messages { Mode::Message } else { Mode::Iq };
+                let requests = Requests {
+                    mode,
+                    pairs,
+                    window,
+                    count,
+                };
+                components::components(&target, &component, &cli.prefix, requests, cli.parallel, cli.server_pid).await
             }
             Scenario::Provision { .. } if !cli.register => {
                 Err(LoadError::Unexpected("provision needs --register".into()))

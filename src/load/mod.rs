@@ -4,6 +4,7 @@
 //! limit.
 
 pub mod client;
+pub mod components;
 pub mod roster_storm;
 pub mod scenarios;
 
