@@ -51,13 +51,17 @@ pub enum Track {
 
 type Key = (Jid, String);
 
+/// Hashed with foldhash (seeded per process), as the session table: this
+/// map is touched twice per request to a service.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Delivered {
-    waiting: HashMap<Key, Waiting>,
+    waiting: Map<Key, Waiting>,
     /// Deadlines in the order they were set (one timeout per service, so
     /// also in time order); answered entries are skipped when met.
     deadlines: VecDeque<(Key, u64, Instant)>,
-    per_requester: HashMap<BareJid, usize>,
+    per_requester: Map<BareJid, usize>,
     next_seq: u64,
 }
 
