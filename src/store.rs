@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use shoal_actors::jid::BareJid;
+use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::roster::{
     ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
 };
@@ -79,6 +79,12 @@ const MIGRATIONS: &[&str] = &[
         stanza   TEXT NOT NULL
     );
     CREATE INDEX offline_messages_by_user ON offline_messages (username, seq);",
+    // 6: blocklists (XEP-0191), normalised JIDs.
+    "CREATE TABLE blocklist (
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        jid      TEXT NOT NULL,
+        PRIMARY KEY (username, jid)
+    ) WITHOUT ROWID;",
 ];
 
 /// Separates group names in one column; control characters cannot occur in
@@ -667,6 +673,68 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The JIDs the user blocked (XEP-0191), sorted.
+    pub fn blocklist(&self, username: &str) -> Result<Vec<Jid>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT jid FROM blocklist WHERE username = ?1 ORDER BY jid")?;
+        let rows = stmt.query_map([username], |r| r.get::<_, String>(0))?;
+        let jids: Vec<String> = rows.collect::<Result<_, _>>()?;
+        // Stored normalised by this code: a row that no longer parses is skipped.
+        Ok(jids.iter().filter_map(|j| Jid::parse(j).ok()).collect())
+    }
+
+    /// Adds JIDs to the user's blocklist; `false` when there is no such user.
+    pub fn block(&mut self, username: &str, jids: &[Jid]) -> Result<bool, StoreError> {
+        let tx = self.write()?;
+        let exists = tx
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Ok(false);
+        }
+        for jid in jids {
+            tx.execute(
+                "INSERT OR IGNORE INTO blocklist (username, jid) VALUES (?1, ?2)",
+                params![username, jid.as_str()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes JIDs from the user's blocklist (`None`: all); those removed.
+    pub fn unblock(&mut self, username: &str, jids: Option<&[Jid]>) -> Result<Vec<Jid>, StoreError> {
+        let tx = self.write()?;
+        let removed = match jids {
+            None => {
+                let all: Vec<String> = {
+                    let mut stmt = tx.prepare("SELECT jid FROM blocklist WHERE username = ?1")?;
+                    let rows = stmt.query_map([username], |r| r.get(0))?;
+                    rows.collect::<Result<_, _>>()?
+                };
+                tx.execute("DELETE FROM blocklist WHERE username = ?1", [username])?;
+                all.iter().filter_map(|j| Jid::parse(j).ok()).collect()
+            }
+            Some(jids) => {
+                let mut removed = Vec::new();
+                for jid in jids {
+                    let n = tx.execute(
+                        "DELETE FROM blocklist WHERE username = ?1 AND jid = ?2",
+                        params![username, jid.as_str()],
+                    )?;
+                    if n > 0 {
+                        removed.push(jid.clone());
+                    }
+                }
+                removed
+            }
+        };
+        tx.commit()?;
+        Ok(removed)
+    }
+
     /// Sets nickname and photo URL; `false` when there is no such user.
     pub fn set_profile(
         &mut self,
@@ -861,6 +929,21 @@ impl Storage for SqliteStorage {
     fn delete_offline(&self, username: &str, upto: i64) -> StorageFuture<()> {
         let u = username.to_owned();
         self.query(move |s| s.delete_offline(&u, upto))
+    }
+
+    fn blocklist(&self, username: &str) -> StorageFuture<Vec<Jid>> {
+        let u = username.to_owned();
+        self.query(move |s| s.blocklist(&u))
+    }
+
+    fn block(&self, username: &str, jids: Vec<Jid>) -> StorageFuture<bool> {
+        let u = username.to_owned();
+        self.query(move |s| s.block(&u, &jids))
+    }
+
+    fn unblock(&self, username: &str, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+        let u = username.to_owned();
+        self.query(move |s| s.unblock(&u, jids.as_deref()))
     }
 }
 
@@ -1126,5 +1209,33 @@ mod tests {
             .query_row("SELECT count(*) FROM scram_credentials", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 2, "credentials of deleted users are deleted with them");
+    }
+
+    #[test]
+    fn blocklists_round_trip_and_go_with_their_user() {
+        let (_dir, mut s) = store_with(&["juliet"]);
+        let j = |s: &str| Jid::parse(s).unwrap();
+        assert!(s.block("juliet", &[j("romeo@montague.lit"), j("capulet.lit")]).unwrap());
+        // Blocking twice changes nothing.
+        assert!(s.block("juliet", &[j("romeo@montague.lit")]).unwrap());
+        assert!(!s.block("nobody", &[j("romeo@montague.lit")]).unwrap());
+        assert_eq!(
+            s.blocklist("juliet").unwrap(),
+            [j("capulet.lit"), j("romeo@montague.lit")]
+        );
+        let removed = s
+            .unblock("juliet", Some(&[j("capulet.lit"), j("tybalt@capulet.lit")]))
+            .unwrap();
+        assert_eq!(removed, [j("capulet.lit")], "only what was there");
+        assert!(s.block("juliet", &[j("nurse@capulet.lit")]).unwrap());
+        assert_eq!(s.unblock("juliet", None).unwrap().len(), 2);
+        assert!(s.blocklist("juliet").unwrap().is_empty());
+        assert!(s.block("juliet", &[j("romeo@montague.lit")]).unwrap());
+        assert!(s.delete_user("juliet").unwrap());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM blocklist", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
     }
 }

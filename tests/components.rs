@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use bytes::BytesMut;
-use common::{Client, TestServer, TIMEOUT};
+use common::{unsid, Client, TestServer, TIMEOUT};
 use shoal::config::{ComponentConflict, ComponentServiceConfig, ComponentsConfig};
 use shoal_actors::codec::{CodecLimits, Frame, StreamHeader, XmppCodec};
 use shoal_actors::component::handshake_digest;
@@ -259,7 +259,14 @@ fn messages_go_both_ways() {
     let reply = "<message from='echo@bot.localhost' to='alice@localhost/phone' id='r1' type='chat'>\
                  <body>hi yourself</body></message>";
     bot.send(reply);
-    assert_eq!(alice.recv_xml(), reply);
+    // With the id the server gives every chat it delivers (XEP-0359).
+    assert_eq!(
+        unsid(alice.recv_xml()),
+        reply.replace(
+            "</body>",
+            "</body><stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='alice@localhost'/>"
+        )
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Client, TestServer, OPEN};
+use common::{unsid, Client, TestServer, OPEN};
 use shoal_actors::ns;
 use shoal_actors::sasl::ScramHash;
 
@@ -188,8 +188,9 @@ fn resource_conflict_the_new_session_wins() {
     assert_eq!(condition, "conflict");
     new.send("<message to='romeo@localhost/orchard' id='m'><body>me</body></message>");
     assert_eq!(
-        new.recv_xml(),
-        "<message to='romeo@localhost/orchard' id='m' from='romeo@localhost/orchard'><body>me</body></message>"
+        unsid(new.recv_xml()),
+        "<message to='romeo@localhost/orchard' id='m' from='romeo@localhost/orchard'><body>me</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='romeo@localhost'/></message>"
     );
 }
 
@@ -201,18 +202,20 @@ fn message_round_trip_with_from_stamped() {
     let mut romeo = server.login("romeo", "r", "orchard");
     let mut juliet = server.login("juliet", "j", "balcony");
     romeo.send("<message to='juliet@localhost/balcony' type='chat' id='m1'><body>Arise, fair sun</body></message>");
+    // With the id the server gives every chat it delivers (XEP-0359).
     assert_eq!(
-        juliet.recv_xml(),
+        unsid(juliet.recv_xml()),
         "<message to='juliet@localhost/balcony' type='chat' id='m1' from='romeo@localhost/orchard'>\
-         <body>Arise, fair sun</body></message>"
+         <body>Arise, fair sun</body><stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='juliet@localhost'/></message>"
     );
     // A from naming the sender's own bare JID is replaced by the full JID.
     juliet.send(
         "<message from='juliet@localhost' to='romeo@localhost/orchard' type='chat'><body>Ay me!</body></message>",
     );
     assert_eq!(
-        romeo.recv_xml(),
-        "<message from='juliet@localhost/balcony' to='romeo@localhost/orchard' type='chat'><body>Ay me!</body></message>"
+        unsid(romeo.recv_xml()),
+        "<message from='juliet@localhost/balcony' to='romeo@localhost/orchard' type='chat'><body>Ay me!</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='romeo@localhost'/></message>"
     );
 }
 
@@ -235,8 +238,9 @@ fn bare_jid_messages_go_to_the_highest_priority() {
     }
     romeo.send("<message to='juliet@localhost' type='chat' id='a'><body>1</body></message>");
     assert_eq!(
-        high.recv_xml(),
-        "<message to='juliet@localhost' type='chat' id='a' from='romeo@localhost/orchard'><body>1</body></message>"
+        unsid(high.recv_xml()),
+        "<message to='juliet@localhost' type='chat' id='a' from='romeo@localhost/orchard'><body>1</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='juliet@localhost'/></message>"
     );
     romeo.sync();
     low.expect_no_messages();
@@ -311,7 +315,7 @@ fn server_iqs_disco_ping_version() {
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='server' type='im' name='Shoal'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
          <feature var='jabber:iq:last'/><feature var='jabber:iq:register'/><feature var='jabber:iq:version'/>\
-         <feature var='urn:xmpp:ping'/></query></iq>"
+         <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/></query></iq>"
     );
     c.send("<iq type='get' id='d2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
     assert_eq!(
@@ -325,7 +329,8 @@ fn server_iqs_disco_ping_version() {
         "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='urn:xmpp:ping'/><feature var='vcard-temp'/></query></iq>"
+         <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/>\
+         <feature var='vcard-temp'/></query></iq>"
     );
     c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(

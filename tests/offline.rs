@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Client, TestServer};
+use common::{unsid, Client, TestServer};
 use shoal_actors::ns;
 
 fn server(edit: impl FnOnce(&mut shoal::Config)) -> TestServer {
@@ -16,9 +16,10 @@ fn server(edit: impl FnOnce(&mut shoal::Config)) -> TestServer {
 }
 
 /// The next message delivered (the client's own presence may come before
-/// or between), with its delay stamp replaced by STAMP.
+/// or between), with its delay stamp replaced by STAMP and its stanza id
+/// (XEP-0359) by SID.
 fn unstamped(c: &mut Client) -> String {
-    let xml = c.recv_until(|e| e.name() == "message").to_xml_in(ns::CLIENT);
+    let xml = unsid(c.recv_until(|e| e.name() == "message").to_xml_in(ns::CLIENT));
     let Some(at) = xml.find("stamp='") else { return xml };
     let end = xml[at + 7..].find('\'').unwrap() + at + 7;
     let stamp = &xml[at + 7..end];
@@ -56,7 +57,8 @@ fn messages_for_an_offline_user_wait_and_arrive_in_order_stamped() {
             unstamped(&mut juliet),
             format!(
                 "<message to='juliet@localhost' type='{kind}' id='m{i}' from='romeo@localhost/orchard'>\
-                 <body>{i}</body><delay xmlns='urn:xmpp:delay' from='localhost' stamp='STAMP'/></message>"
+                 <body>{i}</body><stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='juliet@localhost'/>\
+                 <delay xmlns='urn:xmpp:delay' from='localhost' stamp='STAMP'/></message>"
             )
         );
     }
@@ -96,12 +98,20 @@ fn stored_messages_survive_a_restart() {
     romeo.send("<message to='juliet@localhost' type='chat' id='r'><body>wait for me</body></message>");
     romeo.expect_nothing();
     drop(romeo);
+    // Stored without a word to the sender: wait until the database has it.
+    let store = shoal::store::SqliteStore::open(&server.db).unwrap();
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while store.offline_messages("juliet").unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the message was never stored");
+        std::thread::yield_now();
+    }
     server.restart();
     let mut juliet = server.login("juliet", "juliet", "balcony");
     juliet.send("<presence/>");
     assert_eq!(
         unstamped(&mut juliet),
         "<message to='juliet@localhost' type='chat' id='r' from='romeo@localhost/orchard'>\
-         <body>wait for me</body><delay xmlns='urn:xmpp:delay' from='localhost' stamp='STAMP'/></message>"
+         <body>wait for me</body><stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='juliet@localhost'/>\
+         <delay xmlns='urn:xmpp:delay' from='localhost' stamp='STAMP'/></message>"
     );
 }

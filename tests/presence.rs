@@ -317,8 +317,15 @@ fn only_directed_presence_that_arrived_is_owed_unavailable() {
 /// presence, never after it.
 #[test]
 fn a_replaced_session_never_shows_its_successor_offline() {
-    let server = server_with(&["juliet", "romeo"]);
+    let server = server_with(&["juliet", "romeo", "friar"]);
     let (mut old, mut juliet) = friends_online(&server);
+    // Someone the old session alone sent presence to is told it went.
+    let mut friar = available(&server, "friar", "cell", "<presence/>");
+    old.send("<presence to='friar@localhost/cell'/>");
+    assert_eq!(
+        friar.recv_xml(),
+        "<presence to='friar@localhost/cell' from='romeo@localhost/orchard'/>"
+    );
     let mut new = server.authenticated("romeo", "romeo");
     // Bind and initial presence in one write: the new presence races the
     // old session's unavailable.
@@ -345,6 +352,10 @@ fn a_replaced_session_never_shows_its_successor_offline() {
         "juliet saw romeo go offline after his new session came online: {seen:?}"
     );
     juliet.expect_nothing();
+    assert_eq!(
+        friar.recv_xml(),
+        "<presence to='friar@localhost/cell' type='unavailable' from='romeo@localhost/orchard'/>"
+    );
 }
 
 /// RFC 6121 §4.5.2: unavailable presence that a session sends reaches the

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{fixture_tls, tls_client, Client, TestServer};
+use common::{fixture_tls, tls_client, unsid, Client, TestServer};
 use shoal_actors::ns;
 use shoal_actors::sasl::{ScramClient, ScramHash};
 
@@ -298,7 +298,8 @@ fn direct_tls_with_alpn() {
     c.bind(Some("secure"));
     c.send("<message to='juliet@localhost/balcony' id='s'><body>over TLS</body></message>");
     assert_eq!(
-        juliet.recv_xml(),
-        "<message to='juliet@localhost/balcony' id='s' from='romeo@localhost/secure'><body>over TLS</body></message>"
+        unsid(juliet.recv_xml()),
+        "<message to='juliet@localhost/balcony' id='s' from='romeo@localhost/secure'><body>over TLS</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='juliet@localhost'/></message>"
     );
 }

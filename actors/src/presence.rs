@@ -32,6 +32,7 @@ use crate::ns;
 use crate::roster::SubState;
 use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
+use crate::xep::blocking::Blocklist;
 use crate::xml::Element;
 
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
@@ -204,6 +205,10 @@ fn template_of(presence: &Element) -> Bytes {
 /// the follower nor errors back to the sender.
 fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, bytes: impl FnOnce() -> Bytes) {
     sessions.with_resources(user, |all| {
+        // XEP-0191: not from someone the user blocked (a flag read, if anyone online blocks).
+        if sessions.blocklists().blocks_inbound(user, all, origin.jid()) {
+            return;
+        }
         let mut available = all.iter().filter(|s| s.priority().is_some()).peekable();
         if available.peek().is_none() {
             return;
@@ -233,6 +238,10 @@ pub struct PresenceEvent<'a> {
     /// The session sent this unavailable itself: it gets it too, though no
     /// longer available (RFC 6121 §4.5.2).
     reflect: bool,
+    /// A newer session with the same full JID is available: followers and
+    /// the user's own resources see the newcomer, so only those who got
+    /// directed presence from this one are told it is gone.
+    replaced: bool,
     template: Bytes,
     sessions: &'a SessionTable,
     /// The session's account, hashed once for the whole fan-out.
@@ -245,14 +254,16 @@ impl PresenceEvent<'_> {
     /// §4.2.2, §4.4.2, §4.5.2), and to those that got directed presence.
     pub fn broadcast(&self) {
         let user = self.session.jid.to_bare();
-        for follower in self.followers {
-            self.send_to(follower);
-        }
-        self.send_to(&user);
-        // An available sender got it above; one that sent unavailable is
-        // no longer among the available resources.
-        if self.reflect && self.session.priority().is_none() {
-            self.session.deliver(addressed(&self.template, user.as_str()));
+        if !self.replaced {
+            for follower in self.followers {
+                self.send_to(follower);
+            }
+            self.send_to(&user);
+            // An available sender got it above; one that sent unavailable
+            // is no longer among the available resources.
+            if self.reflect && self.session.priority().is_none() {
+                self.session.deliver(addressed(&self.template, user.as_str()));
+            }
         }
         for jid in self.directed {
             let bare = jid.to_bare();
@@ -261,7 +272,14 @@ impl PresenceEvent<'_> {
             }
             match jid.clone().try_into_full() {
                 Ok(full) => {
+                    let lists = self.sessions.blocklists();
                     if let Some(s) = self.sessions.get(&full) {
+                        let me = self.session.jid.as_jid();
+                        if lists.blocks_outbound(me, full.as_jid())
+                            || lists.blocks_inbound(&bare, std::slice::from_ref(&s), Some(me))
+                        {
+                            continue;
+                        }
                         let _ = s.deliver_from(self.origin, addressed(&self.template, full.as_str()));
                     }
                 }
@@ -272,6 +290,11 @@ impl PresenceEvent<'_> {
 
     /// Sends the presence to the available resources of one contact.
     pub fn send_to(&self, contact: &BareJid) {
+        // XEP-0191 §3.3: never to someone the user blocked.
+        let lists = self.sessions.blocklists();
+        if self.session.is_blocking() && lists.blocks_outbound(self.session.jid.as_jid(), contact.as_jid()) {
+            return;
+        }
         to_available(self.sessions, contact, self.origin, || {
             addressed(&self.template, contact.as_str())
         });
@@ -282,9 +305,16 @@ impl PresenceEvent<'_> {
     pub fn probe_followees(&self) {
         let me = &self.session.jid;
         let own = me.to_bare();
+        let lists = self.sessions.blocklists();
         for followee in self.followees.iter().chain(std::iter::once(&own)) {
             for s in self.sessions.resources(followee) {
                 if s.id == self.session.id || s.priority().is_none() {
+                    continue;
+                }
+                // XEP-0191: nothing between the user and whom either blocked.
+                if lists.blocks_inbound(&own, std::slice::from_ref(self.session), Some(s.jid.as_jid()))
+                    || lists.blocks_inbound(followee, std::slice::from_ref(&s), Some(me.as_jid()))
+                {
                     continue;
                 }
                 if let Some(t) = s.last_presence() {
@@ -329,6 +359,13 @@ pub enum PresenceMsg {
     /// the prober's shard, where the prober's followees are cached (and
     /// loaded once if not).
     Probe { from: Jid, contact: BareJid },
+    /// `user` blocked (or unblocked) `jids` (XEP-0191), stored and cached
+    /// already: whoever among them follows the user is told.
+    Blocked {
+        user: BareJid,
+        jids: Vec<Jid>,
+        blocked: bool,
+    },
 }
 
 impl PresenceMsg {
@@ -337,7 +374,9 @@ impl PresenceMsg {
             PresenceMsg::Available { session, .. }
             | PresenceMsg::Unavailable { session, .. }
             | PresenceMsg::Silent { session } => session.jid.to_bare(),
-            PresenceMsg::Relation { user, .. } | PresenceMsg::PhotoHash { user, .. } => user.clone(),
+            PresenceMsg::Relation { user, .. }
+            | PresenceMsg::PhotoHash { user, .. }
+            | PresenceMsg::Blocked { user, .. } => user.clone(),
             PresenceMsg::Probe { from, .. } => from.to_bare(),
         }
     }
@@ -428,6 +467,7 @@ impl PresenceActor {
                     followees: &state.followees,
                     directed: &[],
                     reflect: false,
+                    replaced: false,
                     template,
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
@@ -444,6 +484,14 @@ impl PresenceActor {
                 directed,
                 sent,
             } => {
+                // A session replaced by a newer one with the same full JID
+                // (RFC 6120 §7.7.2.2) must not show the newcomer offline
+                // once it is available: its unavailable may be processed
+                // after the newcomer's presence.
+                let replaced = self
+                    .sessions
+                    .get(&session.jid)
+                    .is_some_and(|s| s.id != session.id && s.priority().is_some());
                 let event = PresenceEvent {
                     session: &session,
                     presence: &presence,
@@ -451,21 +499,12 @@ impl PresenceActor {
                     followees: &state.followees,
                     directed: &directed,
                     reflect: sent,
+                    replaced,
                     template: template_of(&presence),
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
                 };
-                // A session replaced by a newer one with the same full JID
-                // (RFC 6120 §7.7.2.2) says nothing once the newcomer is
-                // available: its unavailable may be processed after the
-                // newcomer's presence, and would show it offline.
-                let replaced = self
-                    .sessions
-                    .get(&session.jid)
-                    .is_some_and(|s| s.id != session.id && s.priority().is_some());
-                if !replaced {
-                    self.hooks.on_unavailable_presence(&event);
-                }
+                self.hooks.on_unavailable_presence(&event);
                 self.forget_if_offline(user);
             }
             PresenceMsg::Silent { session } => {
@@ -508,6 +547,10 @@ impl PresenceActor {
                             .with_attr("from", s.jid.as_str());
                         template_of(&unavailable)
                     };
+                    let lists = self.sessions.blocklists();
+                    if is && lists.blocks_outbound(s.jid.as_jid(), contact.as_jid()) {
+                        continue;
+                    }
                     let origin = Origin::of(Some(s.jid.as_jid()));
                     to_available(&self.sessions, &contact, origin, || {
                         addressed(&template, contact.as_str())
@@ -524,6 +567,10 @@ impl PresenceActor {
                 answer_probe(&self.sessions, &from, &contact, follows);
                 self.forget_if_offline(user);
             }
+            PresenceMsg::Blocked { user, jids, blocked } => {
+                let changed = crate::xep::blocking::Blocklist::new(jids);
+                blocking_changed(&self.sessions, &user, state, &changed, blocked);
+            }
         }
     }
 
@@ -536,6 +583,67 @@ impl PresenceActor {
     }
 }
 
+/// XEP-0191 §3.3, §3.4: the user's followers among the JIDs `changed`
+/// get unavailable from each available resource once blocked, and its
+/// current presence once unblocked (if nothing else still blocks it
+/// either way); once unblocked, the user gets theirs too.
+fn blocking_changed(sessions: &SessionTable, user: &BareJid, state: &UserState, changed: &Blocklist, blocked: bool) {
+    let lists = sessions.blocklists();
+    let mine: Vec<Arc<Session>> = sessions
+        .resources(user)
+        .into_iter()
+        .filter(|s| s.priority().is_some())
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    for follower in &state.followers {
+        for t in sessions.resources(follower).iter().filter(|t| t.priority().is_some()) {
+            if !changed.blocks(t.jid.as_jid()) {
+                continue;
+            }
+            if !blocked
+                && (lists.blocks_outbound(user.as_jid(), t.jid.as_jid())
+                    || lists.blocks_inbound(follower, std::slice::from_ref(t), Some(user.as_jid())))
+            {
+                continue;
+            }
+            for s in &mine {
+                let template = if blocked {
+                    let unavailable = Element::new("presence", ns::CLIENT)
+                        .with_attr("type", "unavailable")
+                        .with_attr("from", s.jid.as_str());
+                    template_of(&unavailable)
+                } else {
+                    match s.last_presence() {
+                        Some(t) => t,
+                        None => continue,
+                    }
+                };
+                let _ = t.deliver_from(Origin::of(Some(s.jid.as_jid())), addressed(&template, t.jid.as_str()));
+            }
+        }
+    }
+    if blocked {
+        return;
+    }
+    for followee in &state.followees {
+        for t in sessions.resources(followee).iter().filter(|t| t.priority().is_some()) {
+            if !changed.blocks(t.jid.as_jid())
+                || lists.blocks_outbound(user.as_jid(), t.jid.as_jid())
+                || lists.blocks_inbound(followee, std::slice::from_ref(t), Some(user.as_jid()))
+            {
+                continue;
+            }
+            if let Some(template) = t.last_presence() {
+                for s in &mine {
+                    let _ = s.deliver_from(Origin::of(Some(t.jid.as_jid())), addressed(&template, s.jid.as_str()));
+                }
+            }
+        }
+    }
+}
+
 /// Answers a probe from a local session (RFC 6121 §4.3.2): a follower gets
 /// the last presence of each available resource, or unavailable when
 /// there is none; anyone else learns nothing but `unsubscribed`, whether
@@ -544,6 +652,15 @@ fn answer_probe(sessions: &SessionTable, from: &Jid, contact: &BareJid, follows:
     let Some(prober) = from.clone().try_into_full().ok().and_then(|f| sessions.get(&f)) else {
         return;
     };
+    // XEP-0191 §3.3: a probe between the user and whom either blocked is
+    // not answered (for a contact offline, as usual: they look offline anyway).
+    let lists = sessions.blocklists();
+    if lists.any()
+        && (lists.blocks_inbound(&from.to_bare(), std::slice::from_ref(&prober), Some(contact.as_jid()))
+            || sessions.with_resources(contact, |s| lists.blocks_inbound(contact, s, Some(from))))
+    {
+        return;
+    }
     let to = prober.jid.as_str();
     let mut available = false;
     if follows {

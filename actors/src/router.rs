@@ -21,6 +21,7 @@ use crate::services::Services;
 use crate::session::{Origin, Refused, Session, SessionTable};
 use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
+use crate::xep::blocking::{self, Blocklists};
 
 #[derive(Clone)]
 pub struct Router {
@@ -106,6 +107,11 @@ impl Router {
         &self.inner.iq_handlers
     }
 
+    /// The blocklists (XEP-0191) of users with a bound session.
+    pub fn blocklists(&self) -> &Blocklists {
+        self.inner.sessions.blocklists()
+    }
+
     /// True when `jid` is an account of this server.
     pub fn is_local_user(&self, jid: &Jid) -> bool {
         jid.node().is_some() && jid.domain() == self.inner.domain.domain()
@@ -119,6 +125,12 @@ impl Router {
             (None, Some(from)) if self.is_local_user(from) => from.to_bare().into(),
             (None, _) => return log::debug!("dropping a stanza with no addresses"),
         };
+        // XEP-0191 §3.3: nothing a user sends reaches a JID they blocked.
+        let lists = self.blocklists();
+        let blocker = |f: &Jid| lists.blocks_outbound(f, &to) && self.is_local_user(f);
+        if stanza.from().is_some_and(blocker) {
+            return blocking::refuse_outbound(self, &stanza);
+        }
         if to.domain() != self.inner.domain.domain() {
             let Some(stanza) = self.to_service(to.domain(), stanza) else {
                 return;
@@ -128,10 +140,16 @@ impl Router {
         }
         match to.node() {
             None => self.to_server(stanza),
-            Some(_) => match to.clone().try_into_full() {
-                Ok(full) => self.to_full(&full, stanza),
-                Err(_) => self.to_bare(&to.to_bare(), stanza),
-            },
+            Some(_) => {
+                // XEP-0359, once: the delivered message, its copies and the
+                // stored one carry the same id.
+                let mut stanza = stanza;
+                crate::xep::sid::stamp(&mut stanza, &to);
+                match to.clone().try_into_full() {
+                    Ok(full) => self.to_full(&full, stanza),
+                    Err(_) => self.to_bare(&to.to_bare(), stanza),
+                }
+            }
         }
     }
 
@@ -152,7 +170,23 @@ impl Router {
     }
 
     fn to_bare(&self, user: &BareJid, stanza: Stanza) {
+        if self.blocked_inbound(user, &stanza) {
+            return blocking::refuse_inbound(self, &stanza);
+        }
         match stanza.kind {
+            Kind::Iq(IqType::Get | IqType::Set) if self.blocklists().get(user).is_none() => {
+                // Answered for an account with no session: its blocklist
+                // is in storage (those of online users were checked above).
+                let (router, user) = (self.clone(), user.clone());
+                actix_rt::spawn(async move {
+                    match stanza.from() {
+                        Some(from) if blocking::blocks(&router, &user, from).await => {
+                            blocking::refuse_inbound(&router, &stanza)
+                        }
+                        _ => router.dispatch_iq(IqScope::Account, user, stanza),
+                    }
+                });
+            }
             Kind::Iq(IqType::Get | IqType::Set) => self.dispatch_iq(IqScope::Account, user.clone(), stanza),
             Kind::Iq(_) => {}
             Kind::Message(t) => self.message_to_bare(user, t, stanza),
@@ -197,15 +231,21 @@ impl Router {
                 .collect(),
             (_, Some(top)) => sessions.iter().filter(|s| s.priority() == Some(top)).collect(),
         };
-        let bytes = stanza.to_bytes();
+        let bytes = crate::xep::carbons::delivered(&stanza);
         let origin = Origin::of(stanza.from());
         let (mut delivered, mut busy) = (0usize, false);
-        for s in targets {
+        for s in &targets {
             match s.deliver_from(origin, bytes.clone()) {
                 Ok(()) => delivered += 1,
                 Err(Refused::Busy) => busy = true,
                 Err(Refused::Gone) => {}
             }
+        }
+        // XEP-0280: the other resources get copies, unless the sender is
+        // told to wait.
+        if (delivered > 0 || !busy) && sessions.len() > targets.len() && crate::xep::carbons::eligible(&stanza) {
+            let got = |s: &Session| targets.iter().any(|t| t.id == s.id);
+            crate::xep::carbons::received(&sessions, user, &stanza, &bytes, got);
         }
         match (delivered, busy, kind) {
             (0, _, MessageType::Headline) | (1.., _, _) => {}
@@ -233,9 +273,20 @@ impl Router {
             }
             _ => {}
         }
-        if let Some(session) = self.inner.sessions.get(jid) {
-            match session.deliver_from(Origin::of(stanza.from()), stanza.to_bytes()) {
-                Ok(()) => return,
+        if self.blocklists().any() && self.blocked_inbound(&jid.to_bare(), &stanza) {
+            return blocking::refuse_inbound(self, &stanza);
+        }
+        let (session, copies) = crate::xep::carbons::addressed(&self.inner.sessions, jid, &stanza);
+        if let Some(session) = session {
+            let bytes = crate::xep::carbons::delivered(&stanza);
+            let original = copies.then(|| bytes.clone());
+            match session.deliver_from(Origin::of(stanza.from()), bytes) {
+                Ok(()) => {
+                    if let Some(original) = original {
+                        crate::xep::carbons::received_by(&self.inner.sessions, &session, &stanza, &original);
+                    }
+                    return;
+                }
                 Err(Refused::Busy) => return self.refused(&stanza),
                 Err(Refused::Gone) => {}
             }
@@ -272,6 +323,12 @@ impl Router {
     /// received it: only those are owed the sender's unavailable later.
     pub fn route_directed_presence(&self, stanza: Stanza) -> bool {
         let Some(to) = stanza.to().cloned() else { return false };
+        // XEP-0191: dropped both ways, with no error.
+        if stanza.from().is_some_and(|f| self.blocklists().blocks_outbound(f, &to))
+            || (self.blocklists().any() && self.is_local_user(&to) && self.blocked_inbound(&to.to_bare(), &stanza))
+        {
+            return false;
+        }
         if to.domain() != self.inner.domain.domain() || to.node().is_none() {
             self.route(stanza);
             return false;
@@ -342,6 +399,17 @@ impl Router {
                 router.route(reply);
             }
         });
+    }
+}
+
+impl Router {
+    /// XEP-0191: `user`, who has a bound session, blocked the sender of
+    /// `stanza`. Free while nobody online blocks anyone, then a flag read
+    /// unless `user` does.
+    fn blocked_inbound(&self, user: &BareJid, stanza: &Stanza) -> bool {
+        let lists = self.blocklists();
+        let sessions = &self.inner.sessions;
+        lists.any() && sessions.with_resources(user, |s| lists.blocks_inbound(user, s, stanza.from()))
     }
 }
 

@@ -56,6 +56,11 @@ impl<'a> Origin<'a> {
         let key = from.map_or(0, |jid| SENDER_KEYS.hash_one((jid.node(), jid.domain())));
         Origin { jid: from, key }
     }
+
+    /// The sender, `None` for the server.
+    pub fn jid(&self) -> Option<&'a Jid> {
+        self.jid
+    }
 }
 
 /// Why [`Session::deliver_from`] did not queue a stanza.
@@ -81,8 +86,16 @@ pub struct Session {
     presence: Mutex<Option<Bytes>>,
     /// Asked for the roster: gets roster pushes (RFC 6121 §2.1.6).
     interested: AtomicBool,
+    /// Enabled Message Carbons (XEP-0280): gets copies of the account's
+    /// chats with its other resources.
+    carbons: AtomicBool,
     /// IQ requests to the server being answered (see the router).
     iqs_in_flight: AtomicU32,
+    /// The account's blocklist (XEP-0191) is not empty: only then does
+    /// delivery to this session look it up.
+    blocking: AtomicBool,
+    /// Asked for the blocklist: gets its pushes (XEP-0191 §3.3).
+    wants_blocklist: AtomicBool,
 }
 
 impl Session {
@@ -95,7 +108,10 @@ impl Session {
             priority: AtomicI32::new(UNAVAILABLE),
             presence: Mutex::new(None),
             interested: AtomicBool::new(false),
+            carbons: AtomicBool::new(false),
             iqs_in_flight: AtomicU32::new(0),
+            blocking: AtomicBool::new(false),
+            wants_blocklist: AtomicBool::new(false),
         }
     }
 
@@ -108,6 +124,23 @@ impl Session {
 
     pub(crate) fn release_iq_slot(&self) {
         self.iqs_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// True while the account blocks someone (see [`crate::xep::blocking`]).
+    pub fn is_blocking(&self) -> bool {
+        self.blocking.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_blocking(&self, blocking: bool) {
+        self.blocking.store(blocking, Ordering::SeqCst);
+    }
+
+    pub fn wants_blocklist(&self) -> bool {
+        self.wants_blocklist.load(Ordering::Relaxed)
+    }
+
+    pub fn set_wants_blocklist(&self) {
+        self.wants_blocklist.store(true, Ordering::Relaxed);
     }
 
     /// Queues serialised stanzas the user caused for this session's
@@ -181,6 +214,15 @@ impl Session {
     pub fn set_interested(&self) {
         self.interested.store(true, Ordering::Relaxed);
     }
+
+    /// True when the session enabled Message Carbons (XEP-0280).
+    pub fn carbons(&self) -> bool {
+        self.carbons.load(Ordering::Relaxed)
+    }
+
+    pub fn set_carbons(&self, enabled: bool) {
+        self.carbons.store(enabled, Ordering::Relaxed);
+    }
 }
 
 /// Bound sessions by bare JID. Cloning shares the table.
@@ -191,9 +233,16 @@ impl Session {
 #[derive(Clone, Default)]
 pub struct SessionTable {
     users: Arc<DashMap<BareJid, Vec<Arc<Session>>, foldhash::fast::RandomState>>,
+    /// The blocklists (XEP-0191) of the accounts bound here: read wherever
+    /// sessions are, by the router and the presence shards alike.
+    blocklists: Arc<crate::xep::blocking::Blocklists>,
 }
 
 impl SessionTable {
+    pub fn blocklists(&self) -> &crate::xep::blocking::Blocklists {
+        &self.blocklists
+    }
+
     pub fn get(&self, jid: &FullJid) -> Option<Arc<Session>> {
         let bare = jid.to_bare();
         let sessions = self.users.get(&bare)?;

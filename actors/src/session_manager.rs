@@ -49,18 +49,26 @@ impl Handler<Register> for SessionManager {
     fn handle(&mut self, Register(session): Register, _: &mut Context<Self>) -> Self::Result {
         let replacing = self.table.get(&session.jid).is_some();
         if !replacing && self.table.count_for(&session.jid.to_bare()) >= self.max_resources {
+            // The binding pinned its account's blocklist (see c2s::bind).
+            self.router.blocklists().unpin(&session.jid.to_bare());
             return Err(StanzaError::with_text(
                 StanzaCondition::ResourceConstraint,
                 "too many sessions for this account",
             ));
         }
-        if let Some(old) = self.table.insert(session) {
+        let blocklists = self.router.blocklists();
+        if let Some(old) = self.table.insert(session.clone()) {
+            // The newcomer holds the account's blocklist now.
+            blocklists.unpin(&old.jid.to_bare());
             log::info!("{}: replaced by a new session", old.jid);
             old.control(Control::Kick(StreamError::with_text(
                 StreamCondition::Conflict,
                 "replaced by a new session",
             )));
         }
+        // After the insert: a blocklist change made meanwhile either sees
+        // the session, or is seen here.
+        blocklists.sync_flag(&session);
         Ok(())
     }
 }
@@ -77,7 +85,9 @@ impl Handler<Unregister> for SessionManager {
     type Result = ();
 
     fn handle(&mut self, msg: Unregister, _: &mut Context<Self>) {
-        self.table.remove(&msg.jid, msg.id);
+        if self.table.remove(&msg.jid, msg.id).is_some() {
+            self.router.blocklists().unpin(&msg.jid.to_bare());
+        }
     }
 }
 

@@ -240,6 +240,11 @@ impl Stanza {
         self.el.push_child(child);
     }
 
+    /// Removes the children `pred` matches.
+    pub fn remove_payloads(&mut self, pred: impl FnMut(&Element) -> bool) {
+        self.el.remove_children(pred);
+    }
+
     pub fn into_element(self) -> Element {
         self.el
     }

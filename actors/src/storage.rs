@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 pub use crate::error::StorageError;
-use crate::jid::BareJid;
+use crate::jid::{BareJid, Jid};
 use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate};
 use crate::sasl::Credentials;
 
@@ -112,6 +112,24 @@ pub trait Storage: Send + Sync + 'static {
     fn delete_offline(&self, _username: &str, _upto: i64) -> StorageFuture<()> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// The JIDs the user blocked (XEP-0191), sorted. A storage without
+    /// blocklists has none.
+    fn blocklist(&self, _username: &str) -> StorageFuture<Vec<Jid>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Adds JIDs to the user's blocklist; `false` when there is no such
+    /// user, or the storage keeps no blocklists (the client is told).
+    fn block(&self, _username: &str, _jids: Vec<Jid>) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Removes JIDs from the user's blocklist (`None`: all of them); the
+    /// ones that were there.
+    fn unblock(&self, _username: &str, _jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// Everything in memory: for tests and for embedders that keep nothing.
@@ -133,6 +151,7 @@ struct MemoryUser {
     /// Offline messages with their sequence numbers, oldest first.
     offline: std::collections::VecDeque<(i64, String)>,
     next_offline: i64,
+    blocklist: std::collections::BTreeSet<Jid>,
 }
 
 /// One record change against a user held in memory.
@@ -228,6 +247,7 @@ impl Storage for MemoryStorage {
                     profile: Profile::default(),
                     offline: Default::default(),
                     next_offline: 1,
+                    blocklist: Default::default(),
                 });
                 true
             }
@@ -371,6 +391,39 @@ impl Storage for MemoryStorage {
         self.with(move |u| {
             if let Some(user) = u.get_mut(&username) {
                 user.offline.retain(|(seq, _)| *seq > upto);
+            }
+        })
+    }
+
+    fn blocklist(&self, username: &str) -> StorageFuture<Vec<Jid>> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            u.get(&username)
+                .map(|u| u.blocklist.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn block(&self, username: &str, jids: Vec<Jid>) -> StorageFuture<bool> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get_mut(&username) {
+            Some(user) => {
+                user.blocklist.extend(jids);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn unblock(&self, username: &str, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+        let username = username.to_owned();
+        self.with(move |u| {
+            let Some(user) = u.get_mut(&username) else {
+                return Vec::new();
+            };
+            match jids {
+                None => std::mem::take(&mut user.blocklist).into_iter().collect(),
+                Some(jids) => jids.into_iter().filter(|j| user.blocklist.remove(j)).collect(),
             }
         })
     }

@@ -604,6 +604,26 @@ pub fn normalise(xml: String) -> String {
     out
 }
 
+/// Replaces the random id of each XEP-0359 `<stanza-id/>` the server wrote
+/// (`id` first, as it writes them) with SID, checking its shape.
+pub fn unsid(xml: String) -> String {
+    const MARK: &str = "<stanza-id xmlns='urn:xmpp:sid:0' id='";
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml.as_str();
+    while let Some(i) = rest.find(MARK) {
+        let start = i + MARK.len();
+        let end = start + rest[start..].find('\'').unwrap();
+        let id = &rest[start..end];
+        let shape = id.len() == 16 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        assert!(shape, "stanza id {id:?} in {xml}");
+        out.push_str(&rest[..start]);
+        out.push_str("SID");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `items` as strings, sorted: the expected side of [`Client::recv_set`].
 pub fn sorted<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Vec<String> {
     let mut v: Vec<String> = items.into_iter().map(Into::into).collect();

@@ -359,6 +359,11 @@ impl C2s {
                 stanza.set_to(Some(session.jid.to_bare().into()));
                 self.cx.router.route(stanza);
             }
+            Kind::Message(_) => {
+                // XEP-0280 §7: the sender's other resources see it sent.
+                crate::xep::carbons::sent(&self.cx.router, session, &stanza);
+                self.cx.router.route(stanza);
+            }
             _ => self.cx.router.route(stanza),
         }
     }

@@ -84,7 +84,19 @@ impl C2s {
     /// Binds `jid` with the SessionManager and answers the bind request.
     fn bind_session(&mut self, ctx: &mut Context<Self>, iq: Stanza, jid: FullJid, extval: Option<BindInfo>) {
         let session = Arc::new(Session::new(jid, self.out.clone(), ctx.address().recipient()));
-        let registering = self.cx.sm.send(Register(session.clone()));
+        let (router, sm, user) = (self.cx.router.clone(), self.cx.sm.clone(), session.jid.to_bare());
+        let registering = {
+            let session = session.clone();
+            async move {
+                // XEP-0191: the account's blocklist is cached before anyone
+                // can reach the session (the SessionManager lets it go).
+                if let Err(e) = router.blocklists().pin(&router, &user).await {
+                    log::error!("{user}: cannot load the blocklist: {e}");
+                    return Ok(Err(StanzaError::new(StanzaCondition::InternalServerError)));
+                }
+                sm.send(Register(session)).await
+            }
+        };
         ctx.wait(registering.into_actor(self).map(move |res, act, ctx| {
             let res = res.unwrap_or_else(|_| Err(StanzaError::new(StanzaCondition::InternalServerError)));
             match res {

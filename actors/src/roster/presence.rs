@@ -17,6 +17,7 @@ use crate::router::Router;
 use crate::session::{Origin, Session};
 use crate::stanza::{Kind, PresenceType, Stanza};
 use crate::storage::{PairFn, RosterFn};
+use crate::xep::blocking;
 use crate::xml::Element;
 
 /// Applies one subscription stanza to a record.
@@ -188,7 +189,14 @@ pub async fn outbound(router: Router, user: FullJid, mut stanza: Stanza) {
     if contact == bare {
         return;
     }
-    if router.is_local_user(contact.as_jid()) {
+    // XEP-0191 §3.3: nothing goes to a JID the user blocked, and nothing changes.
+    let lists = router.blocklists();
+    if stanza.to().is_some_and(|to| lists.blocks_outbound(user.as_jid(), to)) {
+        return;
+    }
+    // A contact who blocked the user takes the remote path: the user's side
+    // changes as if it went, and `inbound` drops it.
+    if router.is_local_user(contact.as_jid()) && !blocking::blocks(&router, &contact, user.as_jid()).await {
         return outbound_local(router, bare, contact, kind, stanza).await;
     }
     let Some(update) = apply(&router, &bare, &contact, Direction::Outbound, kind, None).await else {
@@ -264,6 +272,12 @@ pub async fn inbound(router: Router, stanza: Stanza) {
     let (Some(user), Some(contact)) = (stanza.to().map(|t| t.to_bare()), stanza.from().map(|f| f.to_bare())) else {
         return;
     };
+    // XEP-0191 §3.3: from a JID the user blocked, dropped without a word.
+    if let Some(from) = stanza.from() {
+        if blocking::blocks(&router, &user, from).await {
+            return;
+        }
+    }
     let request = (kind == PresenceType::Subscribe).then(|| stored_request(&stanza, &user, &contact));
     let Some(update) = apply(&router, &user, &contact, Direction::Inbound, kind, request).await else {
         return;

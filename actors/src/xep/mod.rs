@@ -7,11 +7,14 @@ use std::sync::Arc;
 use crate::iq_handler::{IqHandlerTable, IqScope};
 use crate::ns;
 
+pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod offline;
 pub mod ping;
 pub mod register;
+pub mod sid;
 pub mod vcard;
 pub mod version;
 
@@ -37,11 +40,29 @@ pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
         Arc::new(crate::roster::handler::RosterHandler),
     );
     table.register(IqScope::Account, vcard::NS, Arc::new(vcard::VCard));
+    // Sent without `to` (XEP-0191 §3), so to the account; the server's
+    // entry is what disco#info to the domain advertises (§3.1).
+    table.register(IqScope::Account, blocking::NS, Arc::new(blocking::Blocking));
+    table.register(IqScope::Server, blocking::NS, Arc::new(blocking::Blocking));
     table.register(IqScope::Server, ns::PING, Arc::new(ping::Ping));
     // As ejabberd does: the server answers a ping to an account for it.
     table.register(IqScope::Account, ns::PING, Arc::new(ping::Ping));
     table.register(IqScope::Server, ns::VERSION, Arc::new(version::Version));
     table.register(IqScope::Server, ns::LAST, Arc::new(last::Last::new()));
+    // XEP-0280 §4 enables carbons with no `to`, which is for the account:
+    // answered there too, but advertised by the server only.
+    table.register(
+        IqScope::Server,
+        carbons::NS,
+        Arc::new(carbons::Carbons { advertise: true }),
+    );
+    table.register(
+        IqScope::Account,
+        carbons::NS,
+        Arc::new(carbons::Carbons { advertise: false }),
+    );
+    // The account is the `by` of its stanza ids.
+    table.register(IqScope::Account, sid::NS, Arc::new(sid::Advertised));
     if features.registration {
         table.register(
             IqScope::Server,

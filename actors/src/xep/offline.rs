@@ -22,7 +22,9 @@ pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 pub fn storable(message: &Stanza) -> bool {
     message.element().children().any(|c| match c.ns() {
         ns::CLIENT => matches!(c.name(), "body" | "subject"),
-        CHATSTATES | "urn:xmpp:receipts" | "urn:xmpp:hints" => false,
+        // Stanza ids are the server's own (XEP-0359), `<private/>` a
+        // carbons rule (XEP-0280): neither is content.
+        CHATSTATES | "urn:xmpp:receipts" | "urn:xmpp:hints" | super::sid::NS | super::carbons::NS => false,
         _ => true,
     })
 }
@@ -42,16 +44,24 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
     if !storable(&message) {
         return router.bounce(&message, StanzaCondition::ServiceUnavailable);
     }
+    super::carbons::strip_private(&mut message);
     let delay = Element::new("delay", DELAY)
         .with_attr("from", router.domain().as_str())
         .with_attr("stamp", now_stamp());
     message.push_payload(delay);
-    let (router, node) = (router.clone(), user.node().unwrap_or_default().to_owned());
+    let (router, node, user) = (router.clone(), user.node().unwrap_or_default().to_owned(), user.clone());
     let order = router.offline_order();
     actix_rt::spawn(async move {
         // Taken in spawn order (the lock is fair): a sender's messages are
         // stored as sent.
         let _turn = order.lock().await;
+        // XEP-0191: the router checked the lists of users online; an
+        // offline user's is read here, in turn.
+        if let Some(from) = message.from() {
+            if super::blocking::blocks(&router, &user, from).await {
+                return super::blocking::refuse_inbound(&router, &message);
+            }
+        }
         let xml = String::from_utf8_lossy(&message.to_bytes()).into_owned();
         let stored = router.storage().store_offline(&node, xml, router.offline_quota()).await;
         match stored {
