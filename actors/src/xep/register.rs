@@ -153,3 +153,33 @@ impl IqHandler for Register {
         vec![ns::REGISTER.to_owned()]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn form(user: &str) -> Element {
+        Element::new("query", ns::REGISTER)
+            .with_child(Element::new("username", ns::REGISTER).with_text(user))
+            .with_child(Element::new("password", ns::REGISTER).with_text("pw"))
+    }
+
+    /// A taken name is refused before the key derivation: with a count of
+    /// iterations that would take hours, the answer still comes at once.
+    #[actix_rt::test]
+    async fn a_taken_name_costs_no_key_derivation() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        assert!(storage
+            .create_user("romeo", Credentials::derive("pw", 4096))
+            .await
+            .unwrap());
+        let answer = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            register_account(storage, form("romeo"), u32::MAX),
+        )
+        .await
+        .expect("answered without deriving keys");
+        assert_eq!(answer.unwrap_err().condition, StanzaCondition::Conflict);
+    }
+}
