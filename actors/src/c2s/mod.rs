@@ -147,25 +147,25 @@ pub fn accept(cx: Arc<C2sContext>, io: Io, peer: SocketAddr) {
         }
         Err(err) => {
             log::info!("{peer}: refused: {err}");
-            let domain = cx.router.domain().to_string();
+            let header = format!(
+                "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='refused' from='{}' version='1.0'>",
+                crate::ns::CLIENT,
+                crate::ns::STREAM,
+                quick_xml::escape::escape(cx.router.domain().as_str())
+            );
             // Over Direct TLS there is nobody to tell before the handshake.
             if !matches!(io, Io::TlsPending(..)) {
-                actix_rt::spawn(refuse(io, domain, err));
+                actix_rt::spawn(refuse(io, header, err));
             }
         }
     }
 }
 
-/// Writes a stream header and the error, then hangs up, within a second.
-async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamError) {
+/// Writes `header`, the error and the stream's close, then hangs up,
+/// within a second: a refused connection of any kind (client, component).
+pub(crate) async fn refuse<S: AsyncWrite + Unpin>(mut io: S, header: String, err: StreamError) {
     use tokio::io::AsyncWriteExt;
-    let mut bytes = format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='refused' from='{}' version='1.0'>",
-        crate::ns::CLIENT,
-        crate::ns::STREAM,
-        quick_xml::escape::escape(domain.as_str())
-    )
-    .into_bytes();
+    let mut bytes = header.into_bytes();
     err.to_element().write_to(&mut bytes, crate::ns::CLIENT);
     bytes.extend_from_slice(b"</stream:stream>");
     let _ = tokio::time::timeout(Duration::from_secs(1), async {

@@ -22,7 +22,6 @@ use std::time::Duration;
 use actix::{Actor, Addr, AsyncContext};
 use futures_util::StreamExt;
 use sha1::{Digest, Sha1};
-use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +33,6 @@ use crate::c2s::outbound::Outbound;
 use crate::c2s::transport::{self, StreamSettings, Transport};
 use crate::c2s::{frames, C2sConfig};
 use crate::codec::{CodecLimits, XmppCodec};
-use crate::error::StreamError;
 use crate::router::Router;
 use crate::services::ConflictPolicy;
 
@@ -230,23 +228,10 @@ pub fn accept(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr) {
         }
         Err(err) => {
             log::info!("{peer}: component connection refused: {err}");
-            let domain = cx.router.domain().to_string();
-            actix_rt::spawn(refuse(io, domain, err));
+            let header = actor::header(cx.router.domain().as_str(), "refused");
+            actix_rt::spawn(crate::c2s::refuse(io, header, err));
         }
     }
-}
-
-/// Writes a stream header and the error, then hangs up, within a second.
-async fn refuse<S: AsyncWrite + Unpin>(mut io: S, domain: String, err: StreamError) {
-    use tokio::io::AsyncWriteExt;
-    let mut bytes = actor::header(&domain, "refused").into_bytes();
-    err.to_element().write_to(&mut bytes, crate::ns::CLIENT);
-    bytes.extend_from_slice(b"</stream:stream>");
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = io.write_all(&bytes).await;
-        let _ = io.shutdown().await;
-    })
-    .await;
 }
 
 /// Starts an admitted component connection on the current arbiter: its
