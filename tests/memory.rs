@@ -156,3 +156,51 @@ fn hostile_input_leaves_memory_bounded() {
     drop(holders);
     chat(&mut romeo, &mut juliet, 4);
 }
+
+/// Two floods measured before as memory that grew with the flood and was
+/// never given back: 40,000 directed presences to made-up JIDs (+38 MiB,
+/// kept for the session's life) and 50,000 pipelined roster gets from a
+/// client that does not read (+92 MiB). Now nobody unreached is
+/// remembered, and at most 64 requests per session are worked on.
+#[test]
+fn directed_presence_and_pipelined_iq_floods_leave_memory_bounded() {
+    let server = ChildServer::start();
+    let mut romeo = server.login("romeo", "r", "o");
+    let mut juliet = server.login("juliet", "j", "b");
+    chat(&mut romeo, &mut juliet, 0);
+    let (rss_before, _) = server.memory();
+
+    let mut flooder = server.login("romeo", "r", "flood");
+    flooder.send("<presence/>");
+    let ghosts: String = (0..40_000)
+        .map(|i| format!("<presence to='ghost{i}@localhost/x{i}'/>"))
+        .collect();
+    flooder.send_raw(ghosts.as_bytes());
+    // A round trip on the flooder's own stream: everything before it is done.
+    flooder.sync();
+    chat(&mut romeo, &mut juliet, 1);
+    let (after_presence, _) = server.memory();
+
+    let mut greedy = server.login("juliet", "j", "greedy");
+    let gets: String = (0..50_000)
+        .map(|i| format!("<iq type='get' id='g{i}'><query xmlns='jabber:iq:roster'/></iq>"))
+        .collect();
+    greedy.send_raw(gets.as_bytes());
+    chat(&mut romeo, &mut juliet, 2);
+    drop(greedy);
+    chat(&mut romeo, &mut juliet, 3);
+    let (after_iqs, hwm) = server.memory();
+    eprintln!(
+        "server RSS before {rss_before} KiB, after 40,000 directed presences {after_presence} KiB, \
+         after 50,000 pipelined IQs {after_iqs} KiB, peak {hwm} KiB"
+    );
+    assert!(
+        after_presence < rss_before + 8 * 1024,
+        "directed presence kept {} KiB",
+        after_presence - rss_before
+    );
+    assert!(
+        hwm < rss_before + 32 * 1024,
+        "peak RSS {hwm} KiB (was {rss_before} KiB)"
+    );
+}
