@@ -8,6 +8,13 @@ use quick_xml::escape::{escape, partial_escape};
 /// CR and LF become references, since a parser turns them into spaces
 /// (attribute-value normalisation, XML 1.0 §3.3.3).
 fn escape_attr(v: &str) -> Cow<'_, str> {
+    // Most values (ids, JIDs, namespaces) need nothing: one scan says so.
+    if !v
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"' | b'\t' | b'\n' | b'\r'))
+    {
+        return Cow::Borrowed(v);
+    }
     let escaped = escape(v);
     if !escaped.contains(['\t', '\n', '\r']) {
         return escaped;
@@ -23,6 +30,9 @@ fn escape_attr(v: &str) -> Cow<'_, str> {
 /// Text as written: CR becomes a reference, since a parser turns CR and
 /// CR LF into LF (end-of-line handling, XML 1.0 §2.11).
 fn escape_text(t: &str) -> Cow<'_, str> {
+    if !t.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\r')) {
+        return Cow::Borrowed(t);
+    }
     let escaped = partial_escape(t);
     if !escaped.contains('\r') {
         return escaped;
