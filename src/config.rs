@@ -23,6 +23,89 @@ pub struct Config {
     pub control: ControlConfig,
     pub components: ComponentsConfig,
     pub offline: OfflineConfig,
+    pub sm: SmConfig,
+    pub mam: MamConfig,
+}
+
+/// The message archive (XEP-0313).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamConfig {
+    /// Archive `chat` messages (and `normal` ones with a body), and answer
+    /// archive queries.
+    pub enabled: bool,
+    /// What is archived for a user who has not chosen: "always", "never",
+    /// or "roster" (messages with contacts in the user's roster).
+    pub default: MamDefault,
+    /// Days a message is kept; 0: forever.
+    pub retention_days: u32,
+    /// Messages in one page of results, at most (a client asking for more
+    /// gets this many).
+    pub max_page: usize,
+}
+
+impl Default for MamConfig {
+    fn default() -> Self {
+        MamConfig {
+            enabled: true,
+            default: MamDefault::Always,
+            retention_days: 7,
+            max_page: 250,
+        }
+    }
+}
+
+/// `[mam] default`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MamDefault {
+    Always,
+    Never,
+    Roster,
+}
+
+impl MamConfig {
+    /// The router's settings.
+    pub fn settings(&self) -> shoal_actors::xep::mam::MamSettings {
+        use shoal_actors::xep::mam::DefaultPolicy;
+        shoal_actors::xep::mam::MamSettings {
+            enabled: self.enabled,
+            default: match self.default {
+                MamDefault::Always => DefaultPolicy::Always,
+                MamDefault::Never => DefaultPolicy::Never,
+                MamDefault::Roster => DefaultPolicy::Roster,
+            },
+            max_page: self.max_page,
+        }
+    }
+}
+
+/// XEP-0198 stream management: acknowledgements and resumption.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmConfig {
+    /// Offer stream management at all.
+    pub enabled: bool,
+    /// Seconds a dropped session waits to be resumed (0: not resumable).
+    pub resume_timeout_secs: u64,
+    /// Stanzas a client may leave unacknowledged before it is cut off.
+    pub max_unacked: usize,
+    /// The server asks for an acknowledgement after this many stanzas...
+    pub ack_request_stanzas: u32,
+    /// ...or when a stanza has waited this many seconds for one.
+    pub ack_request_secs: u64,
+}
+
+impl Default for SmConfig {
+    fn default() -> Self {
+        SmConfig {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_unacked: 5000,
+            ack_request_stanzas: 5,
+            ack_request_secs: 30,
+        }
+    }
 }
 
 /// Messages kept for users who are offline (XEP-0160).
@@ -262,6 +345,9 @@ impl LimitsConfig {
 pub struct StorageConfig {
     /// Path of the SQLite database; created if missing.
     pub sqlite: PathBuf,
+    /// "normal" (a commit survives the server being killed) or "full"
+    /// (it survives power loss too); see [`crate::store::Durability`].
+    pub durability: crate::store::Durability,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -335,6 +421,8 @@ impl Default for Config {
             control: ControlConfig::default(),
             components: ComponentsConfig::default(),
             offline: OfflineConfig::default(),
+            sm: SmConfig::default(),
+            mam: MamConfig::default(),
         }
     }
 }
@@ -343,6 +431,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             sqlite: PathBuf::from("./shoal.db"),
+            durability: crate::store::Durability::Normal,
         }
     }
 }
@@ -375,6 +464,12 @@ impl Default for SessionsConfig {
         SessionsConfig { max_per_user: 10 }
     }
 }
+
+/// `[mam] max_page`, at most: results are queued for the client at once,
+/// within its `[c2s] max_outbound_bytes`.
+pub const MAX_MAM_PAGE: usize = 1000;
+/// `[mam] retention_days`, at most (about a hundred years): 0 is forever.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -416,6 +511,9 @@ impl Config {
         if self.c2s.max_outbound_bytes < self.c2s.max_stanza_bytes {
             return invalid("[c2s] max_outbound_bytes must be at least max_stanza_bytes".into());
         }
+        if self.sm.max_unacked == 0 || self.sm.ack_request_stanzas == 0 {
+            return invalid("[sm] max_unacked and ack_request_stanzas must be at least 1".into());
+        }
         if self.auth.scram_iterations < 4096 {
             return invalid("[auth] scram_iterations must be at least 4096 (RFC 7677)".into());
         }
@@ -448,6 +546,16 @@ impl Config {
         }
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
             return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());
+        }
+        if !(1..=MAX_MAM_PAGE).contains(&self.mam.max_page) {
+            return invalid(format!(
+                "[mam] max_page must be from 1 to {MAX_MAM_PAGE} (a page is queued for the client at once)"
+            ));
+        }
+        if self.mam.retention_days > MAX_RETENTION_DAYS {
+            return invalid(format!(
+                "[mam] retention_days must be at most {MAX_RETENTION_DAYS} (0 keeps messages forever)"
+            ));
         }
         self.validate_components()
     }
@@ -625,6 +733,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(typo.contains("unknown field `secrte`"), "{typo}");
+    }
+
+    #[test]
+    fn the_archive_and_durability_are_checked() {
+        let c = Config::default();
+        assert!(c.mam.enabled);
+        assert_eq!(
+            (c.mam.default, c.mam.retention_days, c.mam.max_page),
+            (MamDefault::Always, 7, 250)
+        );
+        assert_eq!(c.storage.durability, crate::store::Durability::Normal);
+        let set: Config = toml::from_str(
+            "[storage]\ndurability = 'full'\n[mam]\nenabled = false\ndefault = 'roster'\n\
+             retention_days = 0\nmax_page = 100",
+        )
+        .unwrap();
+        set.validate().unwrap();
+        assert_eq!(set.storage.durability, crate::store::Durability::Full);
+        let settings = set.mam.settings();
+        assert!(!settings.enabled);
+        assert_eq!(settings.default, shoal_actors::xep::mam::DefaultPolicy::Roster);
+        assert_eq!(settings.max_page, 100);
+        for (bad, problem) in [
+            ("[mam]\nmax_page = 0", "max_page"),
+            ("[mam]\nmax_page = 5000", "max_page"),
+            ("[mam]\nretention_days = 100000", "retention_days"),
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
+        }
+        for (bad, problem) in [
+            ("[mam]\ndefault = 'sometimes'", "unknown variant `sometimes`"),
+            ("[storage]\ndurability = 'extra'", "unknown variant `extra`"),
+            ("[mam]\nretention = 3", "unknown field `retention`"),
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains(problem), "{err}");
+        }
     }
 
     #[test]

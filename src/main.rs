@@ -167,7 +167,8 @@ fn password(given: Option<String>) -> Result<String, String> {
 }
 
 fn user(config: &Config, command: UserCommand) -> Result<(), String> {
-    let mut store = SqliteStore::open(&config.storage.sqlite).map_err(|e| e.to_string())?;
+    let mut store =
+        SqliteStore::open_with(&config.storage.sqlite, config.storage.durability).map_err(|e| e.to_string())?;
     let iterations = config.auth.scram_iterations;
     match command {
         UserCommand::Add { jid, password: pw } => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
 use shoal_actors::c2s::io::{Io, StartTls};
-use shoal_actors::c2s::{self, C2sConfig, C2sContext};
+use shoal_actors::c2s::{self, C2sConfig, C2sContext, SmSettings};
 use shoal_actors::codec::CodecLimits;
 use shoal_actors::component::{self, ComponentConfig, ComponentContext, ComponentService};
 use shoal_actors::iq_handler::{IqHandler, IqScope};
@@ -109,6 +109,7 @@ impl ServerBuilder {
                 2,
                 config.limits.roster_limits(),
                 &config.domain,
+                config.storage.durability,
             )?),
         };
         let registration = config.registration_enabled();
@@ -116,6 +117,10 @@ impl ServerBuilder {
             registration,
             scram_iterations: config.auth.scram_iterations,
         });
+        // XEP-0313, on the account (its disco#info lists it).
+        if config.mam.enabled {
+            handlers.register(IqScope::Account, xep::mam::NS, Arc::new(xep::mam::Mam));
+        }
         for (scope, ns, handler) in self.iq_handlers {
             handlers.register(scope, &ns, handler);
         }
@@ -132,6 +137,7 @@ impl ServerBuilder {
         let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
         let router =
             Router::new(domain, sessions, handlers, storage, presence).with_offline_quota(config.offline.max_messages);
+        let router = router.with_mam(config.mam.settings());
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         // Bound before the listeners, so that a second server on this
         // database is refused before it takes clients. With an embedder's
@@ -161,15 +167,29 @@ impl ServerBuilder {
             max_outbound_bytes: config.c2s.max_outbound_bytes,
             negotiation_timeout: Duration::from_secs(config.c2s.negotiation_timeout_secs),
             max_auth_failures: config.auth.max_failures,
+            sm: config.sm.enabled.then(|| SmSettings {
+                resume_timeout: Duration::from_secs(config.sm.resume_timeout_secs),
+                max_unacked: config.sm.max_unacked,
+                request_every: config.sm.ack_request_stanzas,
+                request_after: Duration::from_secs(config.sm.ack_request_secs),
+            }),
             ..C2sConfig::default()
         };
         let mut cx = C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks);
         if on_sqlite {
             let fresh = shoal_actors::sasl::random_secret();
-            let secret = crate::store::SqliteStore::open(&config.storage.sqlite)?.secret("scram-fake-salt", fresh)?;
+            let mut store = crate::store::SqliteStore::open_with(&config.storage.sqlite, config.storage.durability)?;
+            let secret = store.secret("scram-fake-salt", fresh)?;
             cx = cx.with_secret(secret);
         }
         let cx = Arc::new(cx);
+        if config.mam.retention_days > 0 {
+            actix_rt::spawn(expire_archive(
+                router.clone(),
+                config.mam.retention_days,
+                cx.shutdown.clone(),
+            ));
+        }
 
         let direct = cx.config.tls.as_ref().map(|t| t.acceptor.clone());
         let plain = config.c2s.listen.iter().map(|a| (*a, None));
@@ -270,6 +290,23 @@ impl ServerBuilder {
             cx,
             arbiters,
         })
+    }
+}
+
+/// The archive's retention (`[mam] retention_days`): at start, then
+/// hourly, messages older than that are deleted, whether archiving is on
+/// or not (what was archived before still expires).
+async fn expire_archive(router: Router, days: u32, shutdown: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(3600);
+    loop {
+        let cut = xep::mam::now_ms() - i64::from(days) * 86_400_000;
+        if let Err(e) = router.storage().purge_archive(cut).await {
+            log::error!("cannot delete expired archived messages: {e}");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
     }
 }
 

@@ -8,13 +8,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::types::Value;
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::roster::{
     ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
 };
 use shoal_actors::sasl::{Credentials, ScramCredentials};
 use shoal_actors::storage::{PairFn, Profile, RosterFn, Storage, StorageError, StorageFuture};
+use shoal_actors::xep::blocking::Blocklist;
+use shoal_actors::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, ArchivedMessage, DefaultPolicy, MamPrefs};
+use shoal_actors::xep::rsm::Cursor;
+
+use crate::group_commit::ArchiveWriter;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
 const MIGRATIONS: &[&str] = &[
@@ -85,7 +91,59 @@ const MIGRATIONS: &[&str] = &[
         jid      TEXT NOT NULL,
         PRIMARY KEY (username, jid)
     ) WITHOUT ROWID;",
+    // 7: message archives (XEP-0313), in commit order (`seq`, never
+    // reused), with the owners' preferences. `ts_ms` never decreases
+    // with `seq` (the archive writer keeps it so): a time bound is a
+    // `seq` bound, found in `archive_by_time`, and every query walks one
+    // owner's rows in `seq` order in an index.
+    "CREATE TABLE archive (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner     TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        id        TEXT NOT NULL,
+        ts_ms     INTEGER NOT NULL,
+        with_bare TEXT NOT NULL,
+        with_full TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        xml       TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_by_id ON archive (owner, id);
+    CREATE INDEX archive_by_owner ON archive (owner, seq);
+    CREATE INDEX archive_by_with ON archive (owner, with_bare, seq);
+    CREATE INDEX archive_by_time ON archive (ts_ms);
+    CREATE TABLE mam_prefs (
+        username     TEXT PRIMARY KEY REFERENCES users(username) ON DELETE CASCADE,
+        default_mode TEXT NOT NULL,
+        always       TEXT NOT NULL DEFAULT '',
+        never        TEXT NOT NULL DEFAULT ''
+    ) WITHOUT ROWID;",
 ];
+
+/// How hard a commit tries to reach the disk (`[storage] durability`).
+/// The database is in WAL mode either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous = NORMAL`: the WAL is synced at checkpoints, not at
+    /// each commit. A committed transaction survives the server being
+    /// killed (kill -9, a crash, the OOM killer), as it is in the OS's
+    /// hands; the last commits may be lost if the machine loses power or
+    /// the OS crashes (the database stays consistent).
+    #[default]
+    Normal,
+    /// `synchronous = FULL`: every commit is synced (fsync) before it is
+    /// acknowledged, and survives power loss. Archived messages are
+    /// committed in groups, so that is one fsync per group, not per message.
+    Full,
+}
+
+impl Durability {
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        }
+    }
+}
 
 /// Separates group names in one column; control characters cannot occur in
 /// XML text, so no group name contains it.
@@ -128,6 +186,8 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: i64, known: usize },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("cannot start the archive writer: {0}")]
+    Thread(std::io::Error),
 }
 
 impl From<StoreError> for StorageError {
@@ -155,15 +215,23 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database, with
+    /// [`Durability::Normal`].
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path, Durability::Normal)
+    }
+
+    /// Opens (creating if needed) and migrates the database; this
+    /// connection commits with `durability`.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
         let mut conn = Connection::open(path).map_err(open_err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", durability.synchronous())
+            .map_err(open_err)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
         let version: i64 = conn
@@ -752,6 +820,281 @@ impl SqliteStore {
     }
 }
 
+/// The message archive (XEP-0313). Rows are written by the archive
+/// writer ([`crate::group_commit`]) on its own connection, many messages
+/// in one transaction; queries run on the store threads.
+impl SqliteStore {
+    /// The newest archived time: the archive writer's clock starts there.
+    pub(crate) fn last_archive_ts(&self) -> Result<i64, StoreError> {
+        let ts: Option<i64> = self
+            .conn
+            .query_row("SELECT max(ts_ms) FROM archive", [], |r| r.get(0))?;
+        Ok(ts.unwrap_or(0))
+    }
+
+    /// Writes a group of jobs, each one message's rows, in one transaction:
+    /// one commit (one fsync with [`Durability::Full`]) for all. A job that
+    /// fails is rolled back alone (a savepoint each); a failed commit fails
+    /// them all. `clock` is the newest time written: a row's time is raised
+    /// to it, so that times never decrease with `seq` (migration 7).
+    pub(crate) fn archive_group(
+        &mut self,
+        clock: &mut i64,
+        jobs: &[&[ArchiveRow]],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut tx = self.write()?;
+        let mut results = Vec::with_capacity(jobs.len());
+        for rows in jobs {
+            let sp = tx.savepoint()?;
+            let written = rows.iter().try_for_each(|row| Self::archive_row(&sp, clock, row));
+            match written {
+                Ok(()) => {
+                    sp.commit()?;
+                    results.push(Ok(()));
+                }
+                // Dropping the savepoint rolls it back.
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        tx.commit()?;
+        Ok(results)
+    }
+
+    /// One row, if its owner exists and wants it ([`mam::keeps`], from the
+    /// preferences, roster and blocklist as stored now).
+    fn archive_row(conn: &Connection, clock: &mut i64, row: &ArchiveRow) -> Result<(), StoreError> {
+        let owner = row.owner.node().unwrap_or_default();
+        let bare = row.with.to_bare();
+        let prefs = Self::prefs_in(conn, owner)?;
+        let in_roster = || -> Result<bool, StoreError> {
+            let found: Option<bool> = conn
+                .prepare_cached("SELECT in_roster FROM roster_items WHERE username = ?1 AND contact = ?2")?
+                .query_row(params![owner, bare.as_str()], |r| r.get(0))
+                .optional()?;
+            Ok(found.unwrap_or(false))
+        };
+        let blocklist = || -> Result<Blocklist, StoreError> {
+            let mut stmt = conn.prepare_cached("SELECT jid FROM blocklist WHERE username = ?1")?;
+            let jids: Vec<String> = stmt.query_map([owner], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(Blocklist::new(jids.iter().filter_map(|j| Jid::parse(j).ok())))
+        };
+        if !mam::keeps(row, prefs.as_ref(), in_roster, blocklist)? {
+            return Ok(());
+        }
+        let ts = row.ts_ms.max(*clock);
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO archive (owner, id, ts_ms, with_bare, with_full, direction, xml)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)",
+            )?
+            .execute(params![
+                owner,
+                row.id,
+                ts,
+                bare.as_str(),
+                row.with.as_str(),
+                row.direction.as_str(),
+                row.xml
+            ])?;
+        if inserted > 0 {
+            *clock = ts;
+        }
+        Ok(())
+    }
+
+    fn prefs_in(conn: &Connection, username: &str) -> Result<Option<MamPrefs>, StoreError> {
+        let row: Option<(String, String, String)> = conn
+            .prepare_cached("SELECT default_mode, always, never FROM mam_prefs WHERE username = ?1")?
+            .query_row([username], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let jids = |s: &str| -> Vec<Jid> {
+            s.split(GROUP_SEPARATOR)
+                .filter(|j| !j.is_empty())
+                .filter_map(|j| Jid::parse(j).ok())
+                .collect()
+        };
+        Ok(row.map(|(default, always, never)| MamPrefs {
+            default: DefaultPolicy::parse(&default).unwrap_or_default(),
+            always: jids(&always),
+            never: jids(&never),
+        }))
+    }
+
+    /// The user's archiving preferences; `None` when never set.
+    pub fn mam_prefs(&self, username: &str) -> Result<Option<MamPrefs>, StoreError> {
+        Self::prefs_in(&self.conn, username)
+    }
+
+    /// Stores the user's archiving preferences; `false` when there is no
+    /// such user.
+    pub fn set_mam_prefs(&mut self, username: &str, prefs: &MamPrefs) -> Result<bool, StoreError> {
+        let join = |l: &[Jid]| {
+            l.iter()
+                .map(Jid::as_str)
+                .collect::<Vec<_>>()
+                .join(&GROUP_SEPARATOR.to_string())
+        };
+        let tx = self.write()?;
+        let n = tx.execute(
+            "INSERT INTO mam_prefs (username, default_mode, always, never)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
+             ON CONFLICT (username) DO UPDATE SET default_mode = excluded.default_mode,
+                 always = excluded.always, never = excluded.never",
+            params![
+                username,
+                prefs.default.as_str(),
+                join(&prefs.always),
+                join(&prefs.never)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Deletes up to `limit` archived messages received before
+    /// `before_ms`, oldest first; how many. Done a chunk at a time so that
+    /// a long-due purge never holds the write lock for long.
+    pub(crate) fn purge_archive_chunk(&mut self, before_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let tx = self.write()?;
+        let n = tx.execute(
+            "DELETE FROM archive WHERE seq IN
+                 (SELECT seq FROM archive WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT ?2)",
+            params![before_ms, limit as i64],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// A page of the user's archive, as [`mam::page_of`] gives it; `None`
+    /// when an id the query names is not there. Every step is an index
+    /// look-up or an index range: the ids and times become bounds on
+    /// `seq`, and the page is read in `seq` order from the cursor on. The
+    /// count and the first index count entries of the owner's index range
+    /// (of one correspondent's, with `with`), without reading messages.
+    pub fn archive_query(&self, username: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>, StoreError> {
+        // One snapshot: the count and the page agree.
+        let _snapshot = self.conn.unchecked_transaction()?;
+        let seq_of = |id: &str| -> Result<Option<i64>, StoreError> {
+            Ok(self
+                .conn
+                .prepare_cached("SELECT seq FROM archive WHERE owner = ?1 AND id = ?2")?
+                .query_row(params![username, id], |r| r.get(0))
+                .optional()?)
+        };
+        let time_bound = |sql: &str, ms: i64| -> Result<Option<i64>, StoreError> {
+            Ok(self
+                .conn
+                .prepare_cached(sql)?
+                .query_row([ms], |r| r.get(0))
+                .optional()?)
+        };
+        // Exclusive bounds on `seq`.
+        let (mut lo, mut hi) = (0i64, i64::MAX);
+        if let Some(id) = &q.after_id {
+            match seq_of(id)? {
+                Some(seq) => lo = lo.max(seq),
+                None => return Ok(None),
+            }
+        }
+        if let Some(id) = &q.before_id {
+            match seq_of(id)? {
+                Some(seq) => hi = hi.min(seq),
+                None => return Ok(None),
+            }
+        }
+        let cursor = match &q.cursor {
+            Cursor::After(id) | Cursor::Before(id) => match seq_of(id)? {
+                Some(seq) => Some(seq),
+                None => return Ok(None),
+            },
+            _ => None,
+        };
+        if let Some(start) = q.start_ms {
+            let first = "SELECT seq FROM archive WHERE ts_ms >= ?1 ORDER BY ts_ms, seq LIMIT 1";
+            match time_bound(first, start)? {
+                Some(seq) => lo = lo.max(seq - 1),
+                None => hi = 0,
+            }
+        }
+        if let Some(end) = q.end_ms {
+            let last = "SELECT seq FROM archive WHERE ts_ms <= ?1 ORDER BY ts_ms DESC, seq DESC LIMIT 1";
+            match time_bound(last, end)? {
+                Some(seq) => hi = hi.min(seq + 1),
+                None => hi = 0,
+            }
+        }
+        let mut filter = String::from("FROM archive WHERE owner = ? AND seq > ? AND seq < ?");
+        let mut args = vec![Value::Text(username.to_owned()), Value::Integer(lo), Value::Integer(hi)];
+        if let Some(with) = &q.with {
+            filter.push_str(" AND with_bare = ?");
+            args.push(Value::Text(with.to_bare().as_str().to_owned()));
+            if !with.is_bare() {
+                filter.push_str(" AND with_full = ?");
+                args.push(Value::Text(with.as_str().to_owned()));
+            }
+        }
+        if let Some(ids) = &q.ids {
+            if ids.is_empty() {
+                filter.push_str(" AND 0");
+            } else {
+                filter.push_str(&format!(" AND id IN ({})", vec!["?"; ids.len()].join(", ")));
+                args.extend(ids.iter().map(|id| Value::Text(id.clone())));
+            }
+        }
+        let count = |extra: &str, more: &[Value]| -> Result<usize, StoreError> {
+            let sql = format!("SELECT count(*) {filter}{extra}");
+            let n: i64 = self
+                .conn
+                .prepare_cached(&sql)?
+                .query_row(params_from_iter(args.iter().chain(more)), |r| r.get(0))?;
+            Ok(n as usize)
+        };
+        let total = count("", &[])?;
+        let (extra, order, offset) = match &q.cursor {
+            Cursor::First => ("", "ASC", 0),
+            Cursor::Index(n) => ("", "ASC", *n),
+            Cursor::After(_) => (" AND seq > ?", "ASC", 0),
+            Cursor::Before(_) => (" AND seq < ?", "DESC", 0),
+            Cursor::Last => ("", "DESC", 0),
+        };
+        let mut page_args = args.clone();
+        page_args.extend(cursor.map(Value::Integer));
+        // One more than the page: whether there is more says `complete`.
+        page_args.push(Value::Integer(q.max as i64 + 1));
+        page_args.push(Value::Integer(offset as i64));
+        let sql = format!("SELECT seq, id, ts_ms, xml {filter}{extra} ORDER BY seq {order} LIMIT ? OFFSET ?");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let found = stmt.query_map(params_from_iter(page_args.iter()), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                ArchivedMessage {
+                    id: r.get(1)?,
+                    ts_ms: r.get(2)?,
+                    xml: r.get(3)?,
+                },
+            ))
+        })?;
+        let mut rows: Vec<(i64, ArchivedMessage)> = found.collect::<Result<_, _>>()?;
+        let complete = rows.len() <= q.max;
+        rows.truncate(q.max);
+        if q.cursor.backwards() {
+            rows.reverse();
+        }
+        let first_index = match (&q.cursor, rows.first()) {
+            (Cursor::Index(n), _) => *n,
+            (_, None) | (Cursor::First, _) => 0,
+            (Cursor::Last, _) => total.saturating_sub(rows.len()),
+            (_, Some((seq, _))) => count(" AND seq < ?", &[Value::Integer(*seq)])?,
+        };
+        Ok(Some(ArchivePage {
+            messages: rows.into_iter().map(|(_, m)| m).collect(),
+            count: total,
+            first_index,
+            complete,
+        }))
+    }
+}
+
 /// One store per thread of the SyncArbiter.
 struct StoreActor(Option<SqliteStore>);
 
@@ -787,6 +1130,8 @@ pub struct SqliteStorage {
     /// The domain served: an account's JID, to clear its contacts'
     /// records of it when it is deleted.
     domain: Arc<str>,
+    /// Archived messages are written by a thread of their own, in groups.
+    writer: ArchiveWriter,
 }
 
 /// Most jobs queued for the store threads at once.
@@ -794,12 +1139,20 @@ pub const STORE_QUEUE: usize = 1024;
 
 impl SqliteStorage {
     /// Opens the database (migrating it) and starts `threads` store threads,
-    /// which cap rosters at `limits`. Must run inside an actix System.
-    pub fn start(path: &Path, threads: usize, limits: RosterLimits, domain: &str) -> Result<SqliteStorage, StoreError> {
-        SqliteStore::open(path)?;
+    /// which cap rosters at `limits`, and the archive writer, every
+    /// connection committing with `durability`. Must run inside an actix
+    /// System.
+    pub fn start(
+        path: &Path,
+        threads: usize,
+        limits: RosterLimits,
+        domain: &str,
+        durability: Durability,
+    ) -> Result<SqliteStorage, StoreError> {
+        let writer = ArchiveWriter::start(SqliteStore::open_with(path, durability)?)?;
         let path = path.to_owned();
         let addr = SyncArbiter::start(threads.max(1), move || {
-            let store = SqliteStore::open(&path).map(|mut s| {
+            let store = SqliteStore::open_with(&path, durability).map(|mut s| {
                 s.set_roster_limits(limits);
                 s
             });
@@ -813,6 +1166,7 @@ impl SqliteStorage {
             addr,
             queue: Arc::new(tokio::sync::Semaphore::new(STORE_QUEUE)),
             domain: domain.into(),
+            writer,
         })
     }
 
@@ -944,6 +1298,31 @@ impl Storage for SqliteStorage {
     fn unblock(&self, username: &str, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
         let u = username.to_owned();
         self.query(move |s| s.unblock(&u, jids.as_deref()))
+    }
+
+    /// Queued for the archive writer at once (see [`ArchiveWriter`]).
+    fn archive(&self, rows: Vec<ArchiveRow>) -> StorageFuture<()> {
+        self.writer.archive(rows)
+    }
+
+    fn archive_query(&self, username: &str, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+        let u = username.to_owned();
+        self.query(move |s| s.archive_query(&u, &query))
+    }
+
+    fn mam_prefs(&self, username: &str) -> StorageFuture<Option<MamPrefs>> {
+        let u = username.to_owned();
+        self.query(move |s| s.mam_prefs(&u))
+    }
+
+    fn set_mam_prefs(&self, username: &str, prefs: MamPrefs) -> StorageFuture<bool> {
+        let u = username.to_owned();
+        self.query(move |s| s.set_mam_prefs(&u, &prefs))
+    }
+
+    /// Done by the archive writer, between groups.
+    fn purge_archive(&self, before_ms: i64) -> StorageFuture<()> {
+        self.writer.purge(before_ms)
     }
 }
 
@@ -1209,6 +1588,174 @@ mod tests {
             .query_row("SELECT count(*) FROM scram_credentials", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 2, "credentials of deleted users are deleted with them");
+    }
+
+    fn archive_row(owner: &str, id: &str, ts_ms: i64, with: &str) -> ArchiveRow {
+        ArchiveRow {
+            owner: jid(owner),
+            id: id.into(),
+            ts_ms,
+            with: Jid::parse(with).unwrap(),
+            direction: mam::Direction::In,
+            xml: format!("<message><body>{id}</body></message>"),
+            default: DefaultPolicy::Always,
+        }
+    }
+
+    fn archived(s: &SqliteStore, owner: &str) -> Vec<String> {
+        let all = ArchiveQuery {
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        let page = s.archive_query(owner, &all).unwrap().unwrap();
+        page.messages.into_iter().map(|m| m.id).collect()
+    }
+
+    /// The SQLite archive answers every query as the reference in memory
+    /// ([`mam::page_of`]) does.
+    #[test]
+    fn archive_queries_match_the_reference() {
+        let (_dir, mut s) = store_with(&["juliet"]);
+        let with = [
+            "romeo@montague.lit/orchard",
+            "nurse@capulet.lit/kitchen",
+            "romeo@montague.lit/hall",
+        ];
+        // Times in pairs: two messages in one millisecond.
+        let rows: Vec<ArchiveRow> = (0..12i64)
+            .map(|i| archive_row("juliet", &format!("id{i}"), 1000 * (i / 2), with[i as usize % 3]))
+            .collect();
+        let jobs: Vec<&[ArchiveRow]> = rows.iter().map(std::slice::from_ref).collect();
+        let mut clock = 0;
+        assert!(s.archive_group(&mut clock, &jobs).unwrap().iter().all(Result::is_ok));
+        let romeo = |j: &str| Some(Jid::parse(j).unwrap());
+        let filters = [
+            ArchiveQuery::default(),
+            ArchiveQuery {
+                with: romeo("romeo@montague.lit"),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                with: romeo("romeo@montague.lit/hall"),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                start_ms: Some(2000),
+                end_ms: Some(4000),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                start_ms: Some(2500),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                end_ms: Some(-1),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                start_ms: Some(99_000),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                after_id: Some("id2".into()),
+                before_id: Some("id9".into()),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                ids: Some(vec!["id5".into(), "id1".into(), "nope".into()]),
+                ..ArchiveQuery::default()
+            },
+            ArchiveQuery {
+                after_id: Some("nope".into()),
+                ..ArchiveQuery::default()
+            },
+        ];
+        let cursors = [
+            Cursor::First,
+            Cursor::Last,
+            Cursor::Index(3),
+            Cursor::After("id4".into()),
+            Cursor::Before("id7".into()),
+            Cursor::After("id11".into()),
+            Cursor::Before("id0".into()),
+            Cursor::After("nope".into()),
+        ];
+        // Where an empty page starts means nothing.
+        let norm = |p: Option<ArchivePage>| {
+            p.map(|p| ArchivePage {
+                first_index: if p.messages.is_empty() { 0 } else { p.first_index },
+                ..p
+            })
+        };
+        for filter in &filters {
+            for cursor in &cursors {
+                for max in [0, 1, 2, 5, 50] {
+                    let q = ArchiveQuery {
+                        cursor: cursor.clone(),
+                        max,
+                        ..filter.clone()
+                    };
+                    let got = s.archive_query("juliet", &q).unwrap();
+                    assert_eq!(norm(got), norm(mam::page_of(&rows, &q)), "{q:?}");
+                }
+            }
+        }
+        let others = ArchiveQuery {
+            after_id: Some("id1".into()),
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(s.archive_query("romeo", &others).unwrap(), None, "ids are per owner");
+    }
+
+    #[test]
+    fn archiving_follows_the_owners_choices_and_goes_with_the_account() {
+        let (_dir, mut s) = store_with(&["juliet", "romeo"]);
+        let tybalt = Jid::parse("tybalt@capulet.lit").unwrap();
+        let prefs = MamPrefs {
+            default: DefaultPolicy::Roster,
+            always: vec![tybalt.clone()],
+            never: vec![],
+        };
+        assert!(s.set_mam_prefs("juliet", &prefs).unwrap());
+        assert!(!s.set_mam_prefs("nobody", &prefs).unwrap());
+        assert_eq!(s.mam_prefs("juliet").unwrap(), Some(prefs));
+        assert_eq!(s.mam_prefs("romeo").unwrap(), None);
+        s.update_roster_item("juliet", &jid("nurse"), put(visible("nurse")))
+            .unwrap();
+        assert!(s.block("romeo", &[tybalt]).unwrap());
+        let rows = [
+            archive_row("juliet", "a", 5, "nurse@localhost/kitchen"),
+            archive_row("juliet", "b", 5, "mercutio@localhost/square"),
+            archive_row("juliet", "c", 5, "tybalt@capulet.lit/street"),
+            archive_row("romeo", "d", 5, "tybalt@capulet.lit/street"),
+            archive_row("romeo", "e", 5, "juliet@localhost/balcony"),
+            archive_row("nobody", "f", 5, "juliet@localhost/balcony"),
+        ];
+        let jobs: Vec<&[ArchiveRow]> = rows.iter().map(std::slice::from_ref).collect();
+        let mut clock = 0;
+        assert!(s.archive_group(&mut clock, &jobs).unwrap().iter().all(Result::is_ok));
+        assert_eq!(archived(&s, "juliet"), ["a", "c"], "in the roster, or always");
+        assert_eq!(archived(&s, "romeo"), ["e"], "not from whom he blocked");
+        // A job that fails is rolled back alone.
+        let again = [
+            archive_row("juliet", "g", 6, "nurse@localhost/kitchen"),
+            archive_row("juliet", "a", 6, "nurse@localhost/kitchen"),
+            archive_row("juliet", "h", 6, "nurse@localhost/kitchen"),
+        ];
+        let results = s.archive_group(&mut clock, &[&again[..2], &again[2..]]).unwrap();
+        assert!(results[0].is_err() && results[1].is_ok());
+        assert_eq!(archived(&s, "juliet"), ["a", "c", "h"]);
+        assert!(s.delete_user("juliet").unwrap());
+        let left: (i64, i64) = s
+            .conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM archive WHERE owner = 'juliet'),
+                        (SELECT count(*) FROM mam_prefs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(left, (0, 0));
     }
 
     #[test]

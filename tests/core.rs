@@ -62,7 +62,8 @@ fn register_in_band_then_log_in_with_every_mechanism() {
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
          <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
          <ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/>\
-         <extval xmlns='urn:xmpp:shoal:bind-extval:0'/></stream:features>"
+         <extval xmlns='urn:xmpp:shoal:bind-extval:0'/><sm xmlns='urn:xmpp:sm:3'/>\
+         <csi xmlns='urn:xmpp:csi:0'/></stream:features>"
     );
     assert_eq!(c.bind(Some("balcony")), "juliet@localhost/balcony");
 
@@ -329,8 +330,8 @@ fn server_iqs_disco_ping_version() {
         "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/>\
-         <feature var='vcard-temp'/></query></iq>"
+         <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/><feature var='urn:xmpp:mam:2#extended'/>\
+         <feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/><feature var='vcard-temp'/></query></iq>"
     );
     c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(

@@ -218,10 +218,10 @@ fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, byt
             if available.peek().is_none() {
                 // The last (usually the only) one takes the bytes: a clone
                 // would allocate a shared header.
-                let _ = s.deliver_from(origin, bytes);
+                let _ = s.deliver_presence(origin, bytes);
                 return;
             }
-            let _ = s.deliver_from(origin, bytes.clone());
+            let _ = s.deliver_presence(origin, bytes.clone());
         }
     })
 }
@@ -280,7 +280,7 @@ impl PresenceEvent<'_> {
                         {
                             continue;
                         }
-                        let _ = s.deliver_from(self.origin, addressed(&self.template, full.as_str()));
+                        let _ = s.deliver_presence(self.origin, addressed(&self.template, full.as_str()));
                     }
                 }
                 Err(_) => self.send_to(&bare),

@@ -22,6 +22,7 @@ use crate::session::{Origin, Refused, Session, SessionTable};
 use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
 use crate::xep::blocking::{self, Blocklists};
+use crate::xep::mam::{self, MamSettings};
 
 #[derive(Clone)]
 pub struct Router {
@@ -40,6 +41,8 @@ struct Inner {
     offline_quota: usize,
     /// Offline messages are stored one at a time, in order.
     offline_order: Arc<tokio::sync::Mutex<()>>,
+    /// XEP-0313: off unless the host program turns it on.
+    mam: MamSettings,
 }
 
 impl Router {
@@ -60,6 +63,7 @@ impl Router {
                 services: Services::default(),
                 offline_quota: 1000,
                 offline_order: Arc::default(),
+                mam: MamSettings::default(),
             }),
         }
     }
@@ -71,6 +75,20 @@ impl Router {
             inner.offline_quota = quota;
         }
         self
+    }
+
+    /// Sets the message archive's settings (XEP-0313; off by default).
+    /// Only while the router is being built.
+    pub fn with_mam(mut self, settings: MamSettings) -> Router {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.mam = settings;
+        }
+        self
+    }
+
+    /// The message archive's settings.
+    pub fn mam(&self) -> &MamSettings {
+        &self.inner.mam
     }
 
     pub(crate) fn offline_quota(&self) -> usize {
@@ -131,6 +149,33 @@ impl Router {
         if stanza.from().is_some_and(blocker) {
             return blocking::refuse_outbound(self, &stanza);
         }
+        // XEP-0313: archived first, routed once committed (`route_archived`).
+        let stanza = match stanza.kind {
+            Kind::Message(_) if self.inner.mam.enabled => match mam::prepare(self, stanza) {
+                Ok(pending) => {
+                    actix_rt::spawn(pending.run());
+                    return;
+                }
+                Err(stanza) => stanza,
+            },
+            _ => stanza,
+        };
+        self.route_to(to, stanza, false)
+    }
+
+    /// Routes a message [`mam::Pending`] archived (past the checks of
+    /// [`Router::route`], which `mam::prepare` made): `stamped` when it
+    /// carries its recipient's stanza id already, which must not change.
+    pub(crate) fn route_archived(&self, stanza: Stanza, stamped: bool) {
+        let to = match (stanza.to(), stanza.from()) {
+            (Some(to), _) => to.clone(),
+            (None, Some(from)) if self.is_local_user(from) => from.to_bare().into(),
+            (None, _) => return,
+        };
+        self.route_to(to, stanza, stamped)
+    }
+
+    fn route_to(&self, to: Jid, stanza: Stanza, stamped: bool) {
         if to.domain() != self.inner.domain.domain() {
             let Some(stanza) = self.to_service(to.domain(), stanza) else {
                 return;
@@ -142,9 +187,11 @@ impl Router {
             None => self.to_server(stanza),
             Some(_) => {
                 // XEP-0359, once: the delivered message, its copies and the
-                // stored one carry the same id.
+                // stored one carry the same id (the archive's, when archived).
                 let mut stanza = stanza;
-                crate::xep::sid::stamp(&mut stanza, &to);
+                if !stamped {
+                    crate::xep::sid::stamp(&mut stanza, &to);
+                }
                 match to.clone().try_into_full() {
                     Ok(full) => self.to_full(&full, stanza),
                     Err(_) => self.to_bare(&to.to_bare(), stanza),
@@ -206,7 +253,7 @@ impl Router {
                     // Presence a busy session refuses is dropped: it is
                     // never answered with an error, and the next one
                     // supersedes it.
-                    let _ = s.deliver_from(origin, bytes.clone());
+                    let _ = s.deliver_presence(origin, bytes.clone());
                 }
             }
         }
@@ -341,14 +388,14 @@ impl Router {
                 .inner
                 .sessions
                 .get(&full)
-                .is_some_and(|s| s.deliver_from(origin, bytes).is_ok()),
+                .is_some_and(|s| s.deliver_presence(origin, bytes).is_ok()),
             Err(_) => {
                 let user = to.to_bare();
                 let sessions = self.inner.sessions.resources(&user);
                 let available = sessions.iter().filter(|s| s.priority().is_some());
                 // Every available resource gets it: count, don't stop at the first.
                 available
-                    .filter(|s| s.deliver_from(origin, bytes.clone()).is_ok())
+                    .filter(|s| s.deliver_presence(origin, bytes.clone()).is_ok())
                     .count()
                     > 0
             }
@@ -436,5 +483,26 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.release_iq_slot();
+    }
+}
+
+impl Router {
+    /// A stanza sent to `owner`, a session that ended without
+    /// acknowledging it (XEP-0198 §5), goes where it would have gone had
+    /// the session not been there: a message to the account's other
+    /// resources, or offline storage; a request back to its sender with
+    /// `<recipient-unavailable/>`. It was stamped (and archived) on its
+    /// first way. What the server itself sent the account (carbon copies,
+    /// archive results), presence, results and errors are dropped.
+    pub(crate) fn reroute_unacked(&self, stanza: Stanza, owner: &FullJid) {
+        let account = owner.to_bare();
+        if stanza.from().is_some_and(|f| f.as_str() == account.as_str()) {
+            return;
+        }
+        match stanza.kind {
+            Kind::Message(t @ (MessageType::Chat | MessageType::Normal)) => self.message_to_bare(&account, t, stanza),
+            Kind::Iq(IqType::Get | IqType::Set) => self.bounce(&stanza, StanzaCondition::RecipientUnavailable),
+            _ => {}
+        }
     }
 }

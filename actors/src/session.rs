@@ -78,7 +78,8 @@ pub struct Session {
     pub id: u64,
     pub jid: FullJid,
     out: Outbound,
-    control: Recipient<Control>,
+    /// The connection's actor; another one after a resumption (XEP-0198).
+    control: Mutex<Recipient<Control>>,
     /// The priority of the last available presence, or `UNAVAILABLE`.
     priority: AtomicI32,
     /// The last available presence, serialised without `to` (see
@@ -91,11 +92,19 @@ pub struct Session {
     carbons: AtomicBool,
     /// IQ requests to the server being answered (see the router).
     iqs_in_flight: AtomicU32,
+    /// Told when the last request in flight is answered (XEP-0198: a
+    /// request is handled once answered).
+    iqs_answered: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     /// The account's blocklist (XEP-0191) is not empty: only then does
     /// delivery to this session look it up.
     blocking: AtomicBool,
     /// Asked for the blocklist: gets its pushes (XEP-0191 §3.3).
     wants_blocklist: AtomicBool,
+    /// The client said it is inactive (XEP-0352): presence waits in `held`.
+    inactive: AtomicBool,
+    /// Something waits in `held`: the one thing delivery reads otherwise.
+    holding: AtomicBool,
+    held: Mutex<Option<Box<crate::xep::csi::Held>>>,
 }
 
 impl Session {
@@ -104,14 +113,18 @@ impl Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             jid,
             out,
-            control,
+            control: Mutex::new(control),
             priority: AtomicI32::new(UNAVAILABLE),
             presence: Mutex::new(None),
             interested: AtomicBool::new(false),
             carbons: AtomicBool::new(false),
             iqs_in_flight: AtomicU32::new(0),
+            iqs_answered: Mutex::new(None),
             blocking: AtomicBool::new(false),
             wants_blocklist: AtomicBool::new(false),
+            inactive: AtomicBool::new(false),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(None),
         }
     }
 
@@ -123,7 +136,28 @@ impl Session {
     }
 
     pub(crate) fn release_iq_slot(&self) {
-        self.iqs_in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.iqs_in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(waiting) = crate::c2s::lock(&self.iqs_answered).take() {
+                let _ = waiting.send(());
+            }
+        }
+    }
+
+    /// `None` when no request of this session is being answered; else a
+    /// receiver told when none is.
+    pub(crate) fn when_iqs_answered(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        if self.iqs_in_flight.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut waiting = crate::c2s::lock(&self.iqs_answered);
+        *waiting = Some(tx);
+        // The last answer may have come before the sender was in place.
+        if self.iqs_in_flight.load(Ordering::Acquire) == 0 {
+            *waiting = None;
+            return None;
+        }
+        Some(rx)
     }
 
     /// True while the account blocks someone (see [`crate::xep::blocking`]).
@@ -147,7 +181,55 @@ impl Session {
     /// socket. False when the session is gone or its queue is over its
     /// limit (it is being closed).
     pub fn deliver(&self, bytes: Bytes) -> bool {
+        self.release_held();
         self.out.send(bytes).is_ok()
+    }
+
+    /// XEP-0352: the client is inactive (`true`) or active again; on
+    /// becoming active, the presence that waited goes out.
+    pub fn set_inactive(&self, inactive: bool) {
+        self.inactive.store(inactive, Ordering::SeqCst);
+        if !inactive {
+            self.release_held();
+        }
+    }
+
+    /// Queues a contact's presence from `origin`, or keeps it while the
+    /// client is inactive (the latest per sender).
+    pub fn deliver_presence(&self, origin: Origin<'_>, bytes: Bytes) -> Result<(), Refused> {
+        if self.inactive.load(Ordering::Relaxed) {
+            if let Some(from) = origin.jid {
+                let mut held = crate::c2s::lock(&self.held);
+                // Checked again under the lock: `set_inactive(false)` takes
+                // the lock after clearing the flag.
+                if self.inactive.load(Ordering::SeqCst) {
+                    let room = held.get_or_insert_default().hold(from, bytes);
+                    self.holding.store(true, Ordering::SeqCst);
+                    drop(held);
+                    if !room {
+                        self.release_held();
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.deliver_from(origin, bytes)
+    }
+
+    /// Sends what waited for an inactive client, ahead of what comes now.
+    fn release_held(&self) {
+        if !self.holding.load(Ordering::Relaxed) {
+            return;
+        }
+        let waiting = {
+            let mut held = crate::c2s::lock(&self.held);
+            self.holding.store(false, Ordering::SeqCst);
+            held.take()
+        };
+        for bytes in waiting.map(|mut h| h.take()).unwrap_or_default() {
+            // Presence: a busy queue drops it, as it would have then.
+            let _ = self.out.send_routed(0, bytes);
+        }
     }
 
     /// Queues a stanza from `origin`. From the user's own account or the
@@ -156,6 +238,7 @@ impl Session {
     /// behalf, such as a contact's vCard) it is refused rather than let
     /// overflow the queue.
     pub fn deliver_from(&self, origin: Origin<'_>, bytes: Bytes) -> Result<(), Refused> {
+        self.release_held();
         let own = origin.jid.is_none_or(|from| {
             from.domain() == self.jid.domain() && (from.node().is_none() || from.node() == self.jid.node())
         });
@@ -173,7 +256,12 @@ impl Session {
 
     pub fn control(&self, msg: Control) {
         // A full mailbox or a stopped actor both mean the session is ending.
-        let _ = self.control.try_send(msg);
+        let _ = crate::c2s::lock(&self.control).try_send(msg);
+    }
+
+    /// The connection that carries this session now (a resumption).
+    pub(crate) fn set_control(&self, control: Recipient<Control>) {
+        *crate::c2s::lock(&self.control) = control;
     }
 
     /// The priority of an available session; `None` before initial presence

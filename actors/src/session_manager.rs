@@ -1,10 +1,16 @@
 //! The SessionManager actor: the one owner of the session table. It binds
 //! and unbinds sessions and resolves resource conflicts (RFC 6120 §7.7.2.2:
-//! the new session wins, the old one gets `<conflict/>`).
+//! the new session wins, the old one gets `<conflict/>`). It also knows
+//! which connection holds each resumable session (XEP-0198), and hands a
+//! session from one connection to the next, one resumption at a time.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message};
+use actix::prelude::*;
+
+use crate::c2s::resume::{Handoff, ResumeRefused, Resumed};
+use crate::c2s::C2s;
 
 use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
 use crate::jid::{BareJid, FullJid};
@@ -16,6 +22,16 @@ pub struct SessionManager {
     table: SessionTable,
     router: Router,
     max_resources: usize,
+    /// Resumable sessions (XEP-0198) by id: whose, and which connection
+    /// holds it.
+    resumable: HashMap<String, Holder>,
+}
+
+struct Holder {
+    user: BareJid,
+    addr: Addr<C2s>,
+    /// A resumption is being handed over: a second one is refused.
+    moving: bool,
 }
 
 impl SessionManager {
@@ -24,6 +40,7 @@ impl SessionManager {
             table: router.sessions().clone(),
             router,
             max_resources,
+            resumable: HashMap::new(),
         }
     }
 }
@@ -79,6 +96,8 @@ impl Handler<Register> for SessionManager {
 pub struct Unregister {
     pub jid: FullJid,
     pub id: u64,
+    /// Its XEP-0198 resumption id, forgotten with it.
+    pub resumption: Option<String>,
 }
 
 impl Handler<Unregister> for SessionManager {
@@ -88,6 +107,70 @@ impl Handler<Unregister> for SessionManager {
         if self.table.remove(&msg.jid, msg.id).is_some() {
             self.router.blocklists().unpin(&msg.jid.to_bare());
         }
+        if let Some(id) = msg.resumption {
+            self.resumable.remove(&id);
+        }
+    }
+}
+
+/// A session's connection enabled resumption under `id` (XEP-0198 §5).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resumable {
+    pub id: String,
+    pub user: BareJid,
+    pub addr: Addr<C2s>,
+}
+
+impl Handler<Resumable> for SessionManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resumable, _: &mut Context<Self>) {
+        let holder = Holder {
+            user: msg.user,
+            addr: msg.addr,
+            moving: false,
+        };
+        self.resumable.insert(msg.id, holder);
+    }
+}
+
+/// A new connection of `user` resumes session `id`: the connection that
+/// holds it (dropped or half-open) hands it over, and answers with what
+/// the new one needs.
+#[derive(Message)]
+#[rtype(result = "Result<Resumed, ResumeRefused>")]
+pub struct Resume {
+    pub id: String,
+    pub user: BareJid,
+    pub handoff: Handoff,
+    pub addr: Addr<C2s>,
+}
+
+impl Handler<Resume> for SessionManager {
+    type Result = ResponseActFuture<Self, Result<Resumed, ResumeRefused>>;
+
+    fn handle(&mut self, msg: Resume, _: &mut Context<Self>) -> Self::Result {
+        let holder = match self.resumable.get_mut(&msg.id) {
+            // Someone else's id is as good as none (§5: item-not-found).
+            Some(h) if h.user == msg.user && !h.moving => h,
+            _ => return Box::pin(fut::ready(Err(ResumeRefused::Unknown))),
+        };
+        holder.moving = true;
+        let (id, addr) = (msg.id, msg.addr);
+        let handing = holder.addr.send(msg.handoff);
+        Box::pin(handing.into_actor(self).map(move |res, act, _| {
+            // A holder that stopped meanwhile (its wait ran out) has
+            // unregistered: the session is gone.
+            let res = res.unwrap_or(Err(ResumeRefused::Unknown));
+            if let Some(holder) = act.resumable.get_mut(&id) {
+                holder.moving = false;
+                if res.is_ok() {
+                    holder.addr = addr;
+                }
+            }
+            res
+        }))
     }
 }
 

@@ -11,6 +11,8 @@ pub use crate::error::StorageError;
 use crate::jid::{BareJid, Jid};
 use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate};
 use crate::sasl::Credentials;
+use crate::xep::blocking::Blocklist;
+use crate::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, MamPrefs};
 
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
@@ -130,6 +132,40 @@ pub trait Storage: Send + Sync + 'static {
     fn unblock(&self, _username: &str, _jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
+
+    /// Archives one message (XEP-0313): its rows (the recipient's copy,
+    /// the sender's, or both), all committed or none. Each row is kept only
+    /// where [`mam::keeps`] says so (the owner's preferences, roster and
+    /// blocklist, as stored when the row is written) and where its owner
+    /// exists. Rows are taken in the order of the calls, so the rows
+    /// should be queued when this is called, not when the future is first
+    /// polled. A storage without an archive keeps nothing.
+    fn archive(&self, _rows: Vec<ArchiveRow>) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// A page of the user's archive, answered as [`mam::page_of`] answers
+    /// it; `None` when an id the query names is not in the archive.
+    fn archive_query(&self, _username: &str, _query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+        Box::pin(std::future::ready(Ok(Some(ArchivePage::empty()))))
+    }
+
+    /// The user's archiving preferences; `None` when never set.
+    fn mam_prefs(&self, _username: &str) -> StorageFuture<Option<MamPrefs>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Stores the user's archiving preferences; `false` when there is no
+    /// such user, or the storage keeps no archive.
+    fn set_mam_prefs(&self, _username: &str, _prefs: MamPrefs) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Forgets archived messages received before `before_ms` (ms since
+    /// the epoch): the archive's retention.
+    fn purge_archive(&self, _before_ms: i64) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Everything in memory: for tests and for embedders that keep nothing.
@@ -152,6 +188,9 @@ struct MemoryUser {
     offline: std::collections::VecDeque<(i64, String)>,
     next_offline: i64,
     blocklist: std::collections::BTreeSet<Jid>,
+    /// The message archive, oldest first.
+    archive: Vec<ArchiveRow>,
+    mam_prefs: Option<MamPrefs>,
 }
 
 /// One record change against a user held in memory.
@@ -248,6 +287,8 @@ impl Storage for MemoryStorage {
                     offline: Default::default(),
                     next_offline: 1,
                     blocklist: Default::default(),
+                    archive: Vec::new(),
+                    mam_prefs: None,
                 });
                 true
             }
@@ -424,6 +465,56 @@ impl Storage for MemoryStorage {
             match jids {
                 None => std::mem::take(&mut user.blocklist).into_iter().collect(),
                 Some(jids) => jids.into_iter().filter(|j| user.blocklist.remove(j)).collect(),
+            }
+        })
+    }
+
+    fn archive(&self, rows: Vec<ArchiveRow>) -> StorageFuture<()> {
+        self.with(move |u| {
+            for row in rows {
+                let Some(user) = u.get_mut(row.owner.node().unwrap_or_default()) else {
+                    continue;
+                };
+                let in_roster = || {
+                    let contact = row.with.to_bare();
+                    Ok::<_, ()>(user.roster.get(&contact).is_some_and(|i| i.in_roster))
+                };
+                let blocklist = || Ok(Blocklist::new(user.blocklist.iter().cloned()));
+                if mam::keeps(&row, user.mam_prefs.as_ref(), in_roster, blocklist) == Ok(true) {
+                    user.archive.push(row);
+                }
+            }
+        })
+    }
+
+    fn archive_query(&self, username: &str, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get(&username) {
+            Some(user) => mam::page_of(&user.archive, &query),
+            None => Some(ArchivePage::empty()),
+        })
+    }
+
+    fn mam_prefs(&self, username: &str) -> StorageFuture<Option<MamPrefs>> {
+        let username = username.to_owned();
+        self.with(move |u| u.get(&username).and_then(|u| u.mam_prefs.clone()))
+    }
+
+    fn set_mam_prefs(&self, username: &str, prefs: MamPrefs) -> StorageFuture<bool> {
+        let username = username.to_owned();
+        self.with(move |u| match u.get_mut(&username) {
+            Some(user) => {
+                user.mam_prefs = Some(prefs);
+                true
+            }
+            None => false,
+        })
+    }
+
+    fn purge_archive(&self, before_ms: i64) -> StorageFuture<()> {
+        self.with(move |u| {
+            for user in u.values_mut() {
+                user.archive.retain(|r| r.ts_ms >= before_ms);
             }
         })
     }

@@ -16,6 +16,7 @@ use rand::Rng;
 use super::auth::Sasl;
 use super::limits::ConnState;
 use super::outbound::Outbound;
+use super::resume::{self, SmState};
 use super::transport::FrameResult;
 use super::C2sContext;
 use crate::codec::{Frame, StreamHeader};
@@ -50,13 +51,19 @@ pub struct C2s {
     /// A -PLUS attempt on this stream asked for a binding type we cannot
     /// give: its `y` fallback is then no sign of a downgrade.
     pub(super) plus_refused: bool,
-    closing: bool,
+    pub(super) closing: bool,
     /// The session has sent available presence (and not unavailable since).
-    available: bool,
+    pub(super) available: bool,
     /// Who got directed presence from this session (RFC 6121 §4.6). Boxed:
     /// most sessions never send any, and every connection holds this.
     #[allow(clippy::box_collection)]
-    directed: Option<Box<HashSet<Jid>>>,
+    pub(super) directed: Option<Box<HashSet<Jid>>>,
+    /// XEP-0198, once enabled. Boxed: most streams never enable it.
+    pub(super) sm: Option<Box<SmState>>,
+    /// The connection is gone and the session waits to be resumed.
+    pub(super) parked: bool,
+    /// The session went to another connection: this actor ends silently.
+    pub(super) handed_off: bool,
     pub(super) conn: Arc<ConnState>,
     /// When the server pinged a silent client, and the read count then:
     /// any later read answers it.
@@ -96,6 +103,9 @@ impl C2s {
             closing: false,
             available: false,
             directed: None,
+            sm: None,
+            parked: false,
+            handed_off: false,
             conn,
             ping_sent: None,
             negotiation_deadline: None,
@@ -105,12 +115,21 @@ impl C2s {
     /// XEP-0199 liveness: a client silent for `idle_timeout` is pinged; one
     /// that then says nothing for `ping_timeout` is disconnected.
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        self.check_acks(ctx);
+        if self.parked {
+            return;
+        }
         let State::Bound(session) = &self.state else { return };
         let limits = &self.cx.config.connections;
         let silent = self.conn.silent_for();
         match self.ping_sent {
             Some((_, reads)) if self.conn.reads() > reads => self.ping_sent = None,
             Some((sent, _)) if sent.elapsed() >= limits.ping_timeout => {
+                // A half-open connection: a resumable session waits for
+                // its client on another one.
+                if self.can_park() {
+                    return self.park(ctx);
+                }
                 let err = StreamError::with_text(StreamCondition::ConnectionTimeout, "no answer to a ping");
                 self.stream_error(ctx, err);
             }
@@ -172,7 +191,17 @@ impl C2s {
         let mut bytes = Vec::new();
         err.to_element().write_to(&mut bytes, ns::CLIENT);
         bytes.extend_from_slice(b"</stream:stream>");
-        let _ = self.out.send(Bytes::from(bytes));
+        self.fatal(ctx, Bytes::from(bytes));
+    }
+
+    /// Sends a stream error already written (with the stream's close), and
+    /// closes.
+    pub(super) fn fatal(&mut self, ctx: &mut Context<Self>, error: Bytes) {
+        self.out.send_nonza(error);
+        self.close_now(ctx);
+    }
+
+    pub(super) fn close_now(&mut self, ctx: &mut Context<Self>) {
         self.close(ctx, self.cx.config.close_linger);
     }
 
@@ -209,12 +238,17 @@ impl C2s {
             }
             Some(user) => {
                 self.state = State::Authenticated(user);
-                Element::new("features", ns::STREAM)
+                let mut features = Element::new("features", ns::STREAM)
                     .with_child(Element::new("bind", ns::BIND))
                     .with_child(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)))
                     .with_child(Element::new("ver", ns::ROSTERVER_FEATURE))
                     .with_child(Element::new("sub", ns::PRE_APPROVAL_FEATURE))
-                    .with_child(Element::new("extval", ns::BIND_EXTVAL))
+                    .with_child(Element::new("extval", ns::BIND_EXTVAL));
+                if self.cx.config.sm.is_some() {
+                    features.push_child(Element::new("sm", crate::xep::sm::NS));
+                }
+                features.push_child(Element::new("csi", crate::xep::csi::NS));
+                features
             }
         };
         self.send_element(&features);
@@ -261,9 +295,21 @@ impl C2s {
                 ctx,
                 StreamError::with_text(StreamCondition::NotAuthorized, "restart the stream first"),
             ),
+            State::Authenticated(_) | State::Bound(_) if resume::is_sm(&el) => self.on_sm(ctx, el),
             State::Authenticated(_) => self.on_pre_bind(ctx, el),
+            State::Bound(session) if el.ns() == crate::xep::csi::NS => {
+                // XEP-0352 §5: a client's word on its state, nothing to answer.
+                match el.name() {
+                    "active" => session.set_inactive(false),
+                    "inactive" => session.set_inactive(true),
+                    _ => self.stream_error(ctx, StreamError::new(StreamCondition::UnsupportedStanzaType)),
+                }
+            }
             State::Bound(session) => {
                 let session = session.clone();
+                if resume::is_stanza(&el) {
+                    self.count_received();
+                }
                 self.on_stanza(ctx, &session, el)
             }
         }
@@ -357,14 +403,25 @@ impl C2s {
             Kind::Message(_) if stanza.to().is_none() => {
                 // RFC 6121 §8.1.1.1: as if addressed to the sender's bare JID.
                 stanza.set_to(Some(session.jid.to_bare().into()));
-                self.cx.router.route(stanza);
+                self.route_message(ctx, stanza);
             }
             Kind::Message(_) => {
                 // XEP-0280 §7: the sender's other resources see it sent.
                 crate::xep::carbons::sent(&self.cx.router, session, &stanza);
-                self.cx.router.route(stanza);
+                self.route_message(ctx, stanza);
             }
             _ => self.cx.router.route(stanza),
+        }
+    }
+
+    /// A message is archived (XEP-0313) before it is routed, and the
+    /// stream reads nothing more until it is: when this stream counts it
+    /// handled (XEP-0198), it is on disk, and a sender's messages keep
+    /// their order. Many streams' messages share each commit.
+    fn route_message(&mut self, ctx: &mut Context<Self>, stanza: Stanza) {
+        match crate::xep::mam::prepare(&self.cx.router, stanza) {
+            Ok(pending) => ctx.wait(pending.run().into_actor(self)),
+            Err(stanza) => self.cx.router.route(stanza),
         }
     }
 
@@ -554,8 +611,14 @@ impl Actor for C2s {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        if self.handed_off {
+            // The session lives on, on another connection.
+            return;
+        }
         if let State::Bound(session) = &self.state {
             session.set_unavailable();
+            // XEP-0198: what the client never acknowledged goes elsewhere.
+            resume::reroute(&self.cx.router, session, self.out.seal());
             let msg = if self.available {
                 let presence = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "unavailable")
@@ -577,6 +640,7 @@ impl Actor for C2s {
             self.cx.sm.do_send(Unregister {
                 jid: session.jid.clone(),
                 id: session.id,
+                resumption: self.resumption_id(),
             });
         }
         // Does nothing if the stream was closed already.
@@ -599,8 +663,9 @@ impl StreamHandler<FrameResult> for C2s {
                 self.on_element(ctx, el)
             }
             Ok(Frame::StreamClose) => {
-                // RFC 6120 §4.4: answer the close, then hang up.
-                let _ = self.out.send(Bytes::from_static(b"</stream:stream>"));
+                // RFC 6120 §4.4: answer the close, then hang up. A session
+                // closed so is over (XEP-0198 §5): not resumable.
+                self.out.send_nonza(Bytes::from_static(b"</stream:stream>"));
                 self.close(ctx, Duration::ZERO);
             }
         }
@@ -608,6 +673,12 @@ impl StreamHandler<FrameResult> for C2s {
 
     fn finished(&mut self, ctx: &mut Context<Self>) {
         // The peer hung up (or its stream ended in error, handled above).
+        if self.parked || self.handed_off {
+            return;
+        }
+        if !self.closing && self.can_park() {
+            return self.park(ctx);
+        }
         self.closing = true;
         ctx.stop();
     }
@@ -626,6 +697,8 @@ impl Handler<Control> for C2s {
 
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
         match msg {
+            // Nobody to tell on a parked session's connection.
+            Control::Kick(_) if self.parked => ctx.stop(),
             Control::Kick(err) => self.stream_error(ctx, err),
         }
     }

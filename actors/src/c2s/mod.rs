@@ -10,6 +10,7 @@ pub(crate) mod frames;
 pub mod io;
 pub mod limits;
 pub(crate) mod outbound;
+pub(crate) mod resume;
 mod sweep;
 pub(crate) mod transport;
 
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) use actor::random_id;
 pub use actor::C2s;
 pub use outbound::{Outbound, OutboundReader, SendError};
+pub use resume::{ResumeRefused, Resumed};
 
 use crate::codec::{CodecLimits, XmppCodec};
 use crate::error::StreamError;
@@ -60,6 +62,32 @@ pub struct C2sConfig {
     pub tls: Option<TlsSettings>,
     /// Offer SASL PLAIN on unencrypted streams (sensible on loopback only).
     pub allow_plain_without_tls: bool,
+    /// XEP-0198 stream management; `None` does not offer it.
+    pub sm: Option<SmSettings>,
+}
+
+/// Stream management (XEP-0198) settings.
+#[derive(Clone, Debug)]
+pub struct SmSettings {
+    /// How long a dropped session waits to be resumed (0: not resumable).
+    pub resume_timeout: Duration,
+    /// Stanzas a client may leave unacknowledged before it is cut off.
+    pub max_unacked: usize,
+    /// The server asks for an acknowledgement every this many stanzas...
+    pub request_every: u32,
+    /// ...and when one has waited this long.
+    pub request_after: Duration,
+}
+
+impl Default for SmSettings {
+    fn default() -> Self {
+        SmSettings {
+            resume_timeout: Duration::from_secs(300),
+            max_unacked: 5000,
+            request_every: 5,
+            request_after: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for C2sConfig {
@@ -76,6 +104,7 @@ impl Default for C2sConfig {
             close_linger: Duration::from_secs(2),
             tls: None,
             allow_plain_without_tls: true,
+            sm: Some(SmSettings::default()),
         }
     }
 }

@@ -23,7 +23,7 @@
 //! most of an idle connection's life.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,12 +47,25 @@ pub(crate) enum Out {
     },
     /// Flush (the `<proceed/>`), then run the TLS handshake (RFC 6120 §5.4.3.3).
     StartTls,
+    /// Bytes that are not a stanza (stream errors and close, XEP-0198's own
+    /// elements): never counted or kept for resending.
+    Nonza(Bytes),
+    /// From now on write another session's queue: the stream resumed it
+    /// (XEP-0198 §5). What that queue's last transport left unacknowledged
+    /// is written first.
+    Adopt(Arc<Shared>),
 }
 
 /// What the queue holds: routed data carries its sender for the counting.
 enum Queued {
     Own(Out),
-    Routed { data: Bytes, sender: u64 },
+    Routed {
+        data: Bytes,
+        sender: u64,
+    },
+    /// XEP-0198's `<enabled/>`: counting starts with what follows it, as
+    /// the client's does.
+    Enable(Bytes, Box<Acks>),
 }
 
 #[derive(Default)]
@@ -64,9 +77,51 @@ struct Queue {
     /// Empty (and not allocated) until the queue holds more than one
     /// share; emptied again once the last routed item is taken.
     senders: Vec<(u64, usize)>,
+    /// XEP-0198, once the client enabled it.
+    sm: Option<Box<Acks>>,
+    /// No transport writes this queue now; it keeps what comes for a
+    /// resumption.
+    detached: bool,
+    /// The session ended: stanzas are refused (its leftovers were taken to
+    /// be routed elsewhere), while the stream's own close still goes out.
+    sealed: bool,
+}
+
+/// XEP-0198 on the server's side of a stream: stanzas written and not yet
+/// acknowledged, kept (as the bytes written, shared, not copied) to be
+/// resent on resumption or routed elsewhere when the session ends.
+struct Acks {
+    unacked: VecDeque<Bytes>,
+    /// Stanzas taken for writing, modulo 2^32 (§4).
+    sent: u32,
+    /// The client's last `h`.
+    acked: u32,
+    /// `sent` when the server last asked for an acknowledgement.
+    requested: u32,
+    /// Unacknowledged stanzas allowed before the client is cut off.
+    max_unacked: usize,
+    /// Ask for an acknowledgement every this many stanzas.
+    request_every: u32,
+    resumable: bool,
+}
+
+/// Why an acknowledgement was refused: it counts more than was sent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TooHigh {
+    pub sent: u32,
 }
 
 impl Queue {
+    /// Counts `data`, taken for writing, as sent and unacknowledged. False
+    /// when the client has let too many go unacknowledged.
+    fn count_sent(&mut self, data: &Bytes, unacked_bytes: &AtomicUsize) -> bool {
+        let Some(acks) = self.sm.as_mut() else { return true };
+        acks.sent = acks.sent.wrapping_add(1);
+        acks.unacked.push_back(data.clone());
+        unacked_bytes.fetch_add(data.len(), Ordering::AcqRel);
+        acks.unacked.len() <= acks.max_unacked
+    }
+
     /// Starts counting per sender, from what is queued.
     fn count_senders(&mut self) {
         for item in &self.items {
@@ -106,6 +161,13 @@ pub(crate) enum Next {
 
 pub(crate) struct Shared {
     pub(crate) queued: AtomicUsize,
+    /// Bytes written and kept until acknowledged (XEP-0198): they count
+    /// against the limit too, so a client that stops acknowledging is cut
+    /// off as one that stops reading is.
+    unacked_bytes: AtomicUsize,
+    /// Which transport writes this queue; a resumption attaches another,
+    /// and the one before then sees the end.
+    attached: AtomicU64,
     /// Atomic only so that a component's can be set once it has said which
     /// component it is ([`Outbound::set_limit`]).
     limit: AtomicUsize,
@@ -145,7 +207,11 @@ pub struct Outbound {
 /// The transport's side.
 pub(crate) struct OutboundRx {
     pub(crate) shared: Arc<Shared>,
+    /// Which attachment this is (see [`Shared::attached`]).
+    generation: u64,
 }
+
+static ATTACHMENTS: AtomicU64 = AtomicU64::new(1);
 
 /// The reading end of a queue whose session is not a socket: an
 /// embedder's in-process session (a bot, a bridge), or a benchmark. What
@@ -155,15 +221,18 @@ pub struct OutboundReader(OutboundRx);
 
 impl Outbound {
     pub(crate) fn new(limit: usize) -> (Outbound, OutboundRx) {
+        let generation = ATTACHMENTS.fetch_add(1, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             queued: AtomicUsize::new(0),
+            unacked_bytes: AtomicUsize::new(0),
+            attached: AtomicU64::new(generation),
             limit: AtomicUsize::new(limit),
             overflowed: AtomicBool::new(false),
             queue: Mutex::default(),
             transport: AtomicWaker::new(),
             senders: AtomicUsize::new(1),
         });
-        (Outbound { shared: shared.clone() }, OutboundRx { shared })
+        (Outbound { shared: shared.clone() }, OutboundRx { shared, generation })
     }
 
     /// A queue bounded at `limit` bytes, read by the caller instead of a
@@ -176,7 +245,7 @@ impl Outbound {
     fn push(&self, item: Out) -> Result<(), SendError> {
         {
             let mut queue = self.shared.queue();
-            if queue.receiver_gone {
+            if queue.receiver_gone || (queue.sealed && matches!(item, Out::Data(_))) {
                 return Err(SendError::Closed);
             }
             queue.items.push_back(Queued::Own(item));
@@ -191,7 +260,7 @@ impl Outbound {
         }
         let len = data.len();
         let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.shared.limit.load(Ordering::Relaxed) {
+        if queued + self.shared.unacked_bytes.load(Ordering::Acquire) > self.shared.limit.load(Ordering::Relaxed) {
             if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
                 self.shared.transport.wake();
             }
@@ -216,10 +285,10 @@ impl Outbound {
             // the lock to count: they may still overflow what routed
             // traffic left, as they always could.
             let mut queue = self.shared.queue();
-            if queue.receiver_gone {
+            if queue.receiver_gone || queue.sealed {
                 return Err(SendError::Closed);
             }
-            let queued = self.shared.queued.load(Ordering::Acquire);
+            let queued = self.shared.queued.load(Ordering::Acquire) + self.shared.unacked_bytes.load(Ordering::Acquire);
             let soft = limit * ROUTED_PERCENT / 100;
             if queued + len > limit || (queued > 0 && queued + len > soft) {
                 return Err(SendError::Busy);
@@ -240,6 +309,103 @@ impl Outbound {
         }
         self.shared.transport.wake();
         Ok(())
+    }
+
+    /// Queues bytes that are not a stanza: XEP-0198 never counts them.
+    pub(crate) fn send_nonza(&self, data: Bytes) {
+        self.shared.queued.fetch_add(data.len(), Ordering::AcqRel);
+        let _ = self.push(Out::Nonza(data));
+    }
+
+    /// Queues `<enabled/>` (XEP-0198): every stanza written after it is
+    /// counted and kept until acknowledged.
+    pub(crate) fn enable_acks(&self, enabled: Bytes, max_unacked: usize, request_every: u32, resumable: bool) {
+        let acks = Box::new(Acks {
+            unacked: VecDeque::new(),
+            sent: 0,
+            acked: 0,
+            requested: 0,
+            max_unacked,
+            request_every: request_every.max(1),
+            resumable,
+        });
+        self.shared.queued.fetch_add(enabled.len(), Ordering::AcqRel);
+        {
+            let mut queue = self.shared.queue();
+            if queue.receiver_gone {
+                return;
+            }
+            queue.items.push_back(Queued::Enable(enabled, acks));
+        }
+        self.shared.transport.wake();
+    }
+
+    /// The client acknowledged `h` stanzas (§4): those are forgotten.
+    pub(crate) fn ack(&self, h: u32) -> Result<(), TooHigh> {
+        let mut queue = self.shared.queue();
+        let Some(acks) = queue.sm.as_mut() else { return Ok(()) };
+        let newly = h.wrapping_sub(acks.acked) as usize;
+        if newly > acks.unacked.len() {
+            return Err(TooHigh { sent: acks.sent });
+        }
+        let freed: usize = acks.unacked.drain(..newly).map(|b| b.len()).sum();
+        acks.acked = h;
+        self.shared.unacked_bytes.fetch_sub(freed, Ordering::AcqRel);
+        if acks.unacked.is_empty() && acks.unacked.capacity() > 0 {
+            acks.unacked = VecDeque::new();
+        }
+        Ok(())
+    }
+
+    /// Stanzas written and not acknowledged.
+    pub(crate) fn unacked(&self) -> usize {
+        self.shared.queue().sm.as_ref().map_or(0, |a| a.unacked.len())
+    }
+
+    pub(crate) fn overflowed(&self) -> bool {
+        self.shared.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Lets the transport go while keeping the queue for a resumption:
+    /// the transport sees the end (once its write in progress is done),
+    /// and what is queued meanwhile waits.
+    pub(crate) fn detach(&self) {
+        self.shared
+            .attached
+            .store(ATTACHMENTS.fetch_add(1, Ordering::Relaxed), Ordering::Release);
+        self.shared.queue().detached = true;
+        self.shared.transport.wake();
+    }
+
+    /// The session is over: no stanza is queued from now on, and the ones
+    /// that were (unacknowledged first, then those not yet written) are
+    /// handed back, in order, to be routed elsewhere (XEP-0198 §5).
+    /// Empty unless acknowledgements were on.
+    pub(crate) fn seal(&self) -> Vec<Bytes> {
+        let mut queue = self.shared.queue();
+        queue.sealed = true;
+        let Some(acks) = queue.sm.take() else { return Vec::new() };
+        let mut left: Vec<Bytes> = acks.unacked.into_iter().collect();
+        self.shared.unacked_bytes.store(0, Ordering::Release);
+        let mut kept = VecDeque::new();
+        for item in std::mem::take(&mut queue.items) {
+            match item {
+                Queued::Own(Out::Data(data)) | Queued::Routed { data, .. } => {
+                    self.shared.queued.fetch_sub(data.len(), Ordering::AcqRel);
+                    left.push(data);
+                }
+                other => kept.push_back(other),
+            }
+        }
+        queue.items = kept;
+        queue.senders = Vec::new();
+        left
+    }
+
+    /// Makes the transport of this (new) stream write `resumed`'s queue
+    /// from now on, once what is queued here has been written.
+    pub(crate) fn adopt(&self, resumed: &Outbound) {
+        let _ = self.push(Out::Adopt(resumed.shared.clone()));
     }
 
     /// Closes the connection once what is queued has been written.
@@ -290,6 +456,9 @@ impl OutboundRx {
         if self.shared.overflowed.load(Ordering::Acquire) {
             return Poll::Ready(Next::Overflow);
         }
+        if self.superseded() {
+            return Poll::Ready(Next::End);
+        }
         if let Some(item) = self.try_recv() {
             return Poll::Ready(Next::Item(item));
         }
@@ -317,17 +486,72 @@ impl OutboundRx {
         .await
     }
 
+    /// Another transport writes this queue now.
+    fn superseded(&self) -> bool {
+        self.shared.attached.load(Ordering::Acquire) != self.generation
+    }
+
     pub(crate) fn try_recv(&self) -> Option<Out> {
         let mut queue = self.shared.queue();
-        match queue.items.pop_front()? {
-            Queued::Own(out) => Some(out),
+        if self.superseded() {
+            return None;
+        }
+        let data = match queue.items.pop_front()? {
+            Queued::Own(Out::Data(data)) => data,
+            Queued::Own(out) => return Some(out),
+            Queued::Enable(enabled, acks) => {
+                queue.sm = Some(acks);
+                return Some(Out::Nonza(enabled));
+            }
             Queued::Routed { data, sender } => {
                 if !queue.senders.is_empty() {
                     queue.taken(sender, data.len());
                 }
-                Some(Out::Data(data))
+                data
+            }
+        };
+        if !queue.count_sent(&data, &self.shared.unacked_bytes) && !self.shared.overflowed.swap(true, Ordering::AcqRel)
+        {
+            self.shared.transport.wake();
+        }
+        Some(Out::Data(data))
+    }
+
+    /// True when the server should ask for an acknowledgement now (after
+    /// every `request_every` stanzas sent); counts it as asked.
+    pub(crate) fn ack_request_due(&self) -> bool {
+        let mut queue = self.shared.queue();
+        let Some(acks) = queue.sm.as_mut() else { return false };
+        let due = acks.sent.wrapping_sub(acks.requested) >= acks.request_every && !acks.unacked.is_empty();
+        if due {
+            acks.requested = acks.sent;
+        }
+        due
+    }
+
+    /// Writes `shared` (a resumed session's queue) from now on: what its
+    /// client did not acknowledge goes first, counted again as it is
+    /// written (§5: the server resends from the client's `h`).
+    pub(crate) fn attach(shared: Arc<Shared>) -> OutboundRx {
+        let generation = ATTACHMENTS.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut queue = shared.queue();
+            shared.attached.store(generation, Ordering::Release);
+            queue.detached = false;
+            if let Some(acks) = queue.sm.as_mut() {
+                let resend = std::mem::take(&mut acks.unacked);
+                acks.sent = acks.acked;
+                acks.requested = acks.acked;
+                let bytes: usize = resend.iter().map(|b| b.len()).sum();
+                shared.unacked_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                shared.queued.fetch_add(bytes, Ordering::AcqRel);
+                for data in resend.into_iter().rev() {
+                    queue.items.push_front(Queued::Own(Out::Data(data)));
+                }
             }
         }
+        shared.transport.wake();
+        OutboundRx { shared, generation }
     }
 
     /// Gives the queue's memory back once it is empty.
@@ -350,11 +574,11 @@ impl OutboundReader {
     pub async fn recv(&self) -> Option<Bytes> {
         loop {
             match self.0.next().await {
-                Next::Item(Out::Data(bytes)) => {
+                Next::Item(Out::Data(bytes) | Out::Nonza(bytes)) => {
                     self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
                     return Some(bytes);
                 }
-                Next::Item(Out::StartTls) => continue,
+                Next::Item(Out::StartTls | Out::Adopt(_)) => continue,
                 Next::Item(Out::Close { .. }) | Next::Overflow | Next::End => return None,
             }
         }
@@ -364,11 +588,11 @@ impl OutboundReader {
     pub fn try_recv(&self) -> Option<Bytes> {
         loop {
             match self.0.try_recv()? {
-                Out::Data(bytes) => {
+                Out::Data(bytes) | Out::Nonza(bytes) => {
                     self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
                     return Some(bytes);
                 }
-                Out::StartTls => continue,
+                Out::StartTls | Out::Adopt(_) => continue,
                 Out::Close { .. } => return None,
             }
         }
@@ -378,6 +602,14 @@ impl OutboundReader {
 impl Drop for OutboundRx {
     fn drop(&mut self) {
         let mut queue = self.shared.queue();
+        if self.superseded() || queue.detached {
+            return;
+        }
+        if queue.sm.as_ref().is_some_and(|a| a.resumable) && !queue.sealed {
+            // Kept for a resumption; the session decides.
+            queue.detached = true;
+            return;
+        }
         queue.receiver_gone = true;
         queue.items = VecDeque::new();
         queue.senders = Vec::new();
@@ -496,6 +728,105 @@ mod tests {
         }
         assert_eq!(rx.shared.queue().senders.capacity(), 0);
         while take(&rx) > 0 {}
+    }
+
+    fn written(rx: &OutboundRx) -> Vec<Bytes> {
+        std::iter::from_fn(|| match rx.try_recv()? {
+            Out::Data(b) | Out::Nonza(b) => {
+                rx.shared.queued.fetch_sub(b.len(), Ordering::AcqRel);
+                Some(b)
+            }
+            _ => None,
+        })
+        .collect()
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn counting_starts_after_enabled_and_acks_free_what_they_count() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        tx.send(b("before")).unwrap();
+        tx.enable_acks(b("<enabled/>"), 100, 2, true);
+        tx.send(b("s1")).unwrap();
+        tx.send_nonza(b("<a/>"));
+        tx.send_routed(7, b("s2")).unwrap();
+        assert_eq!(
+            written(&rx),
+            vec![b("before"), b("<enabled/>"), b("s1"), b("<a/>"), b("s2")]
+        );
+        assert_eq!(tx.unacked(), 2);
+        assert!(rx.ack_request_due());
+        assert!(!rx.ack_request_due(), "asked once per batch");
+        assert_eq!(tx.ack(3), Err(TooHigh { sent: 2 }));
+        assert_eq!(tx.ack(1), Ok(()));
+        assert_eq!(tx.unacked(), 1);
+        assert_eq!(rx.shared.unacked_bytes.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn h_wraps_at_two_to_the_thirty_second() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        tx.enable_acks(b("<enabled/>"), 100, 100, false);
+        written(&rx);
+        rx.shared.queue().sm.as_mut().unwrap().sent = u32::MAX;
+        rx.shared.queue().sm.as_mut().unwrap().acked = u32::MAX;
+        tx.send(b("s")).unwrap();
+        tx.send(b("t")).unwrap();
+        written(&rx);
+        assert_eq!(tx.ack(0), Ok(()));
+        assert_eq!(tx.unacked(), 1);
+        assert_eq!(tx.ack(1), Ok(()));
+        assert_eq!(tx.unacked(), 0);
+    }
+
+    #[test]
+    fn a_new_transport_resends_the_unacknowledged_first_and_the_old_one_ends() {
+        let (tx, old) = Outbound::new(1 << 20);
+        tx.enable_acks(b("<enabled/>"), 100, 100, true);
+        tx.send(b("s1")).unwrap();
+        tx.send(b("s2")).unwrap();
+        assert_eq!(written(&old).len(), 3);
+        tx.send(b("s3")).unwrap();
+        tx.ack(1).unwrap();
+        // Dropped connection: the queue is kept, and keeps filling.
+        drop(old);
+        tx.send(b("s4")).unwrap();
+        let rx = OutboundRx::attach(tx.shared.clone());
+        assert_eq!(written(&rx), vec![b("s2"), b("s3"), b("s4")]);
+        // The client counts from its h: 1 + 3.
+        assert_eq!(tx.ack(4), Ok(()));
+        // A second resumption supersedes this transport.
+        let newer = OutboundRx::attach(tx.shared.clone());
+        tx.send(b("s5")).unwrap();
+        assert!(rx.try_recv().is_none());
+        assert_eq!(written(&newer), vec![b("s5")]);
+    }
+
+    #[test]
+    fn sealing_hands_back_every_stanza_not_acknowledged_and_refuses_more() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        tx.enable_acks(b("<enabled/>"), 100, 100, true);
+        tx.send(b("s1")).unwrap();
+        written(&rx);
+        tx.send(b("s2")).unwrap();
+        tx.send_nonza(b("</stream:stream>"));
+        assert_eq!(tx.seal(), vec![b("s1"), b("s2")]);
+        assert_eq!(tx.send(b("s3")), Err(SendError::Closed));
+        assert_eq!(written(&rx), vec![b("</stream:stream>")]);
+    }
+
+    #[test]
+    fn too_many_unacknowledged_stanzas_overflow() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        tx.enable_acks(b("<enabled/>"), 2, 100, true);
+        for s in ["a", "b", "c"] {
+            tx.send(b(s)).unwrap();
+        }
+        written(&rx);
+        assert!(tx.overflowed());
     }
 
     #[test]

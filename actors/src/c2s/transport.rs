@@ -137,6 +137,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                 next = out.next() => {
                     let mut close = None;
                     let mut start_tls = false;
+                    let mut adopt = None;
                     match next {
                         Next::Overflow => {
                             Box::pin(overflow(&mut io)).await;
@@ -145,17 +146,23 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                         Next::End => return,
                         Next::Item(Out::Close { linger }) => close = Some(linger),
                         Next::Item(Out::StartTls) => start_tls = true,
-                        Next::Item(Out::Data(first)) => {
+                        Next::Item(Out::Adopt(shared)) => adopt = Some(shared),
+                        Next::Item(Out::Data(first) | Out::Nonza(first)) => {
                             wbuf.extend_from_slice(&first);
                             while wbuf.len() < WRITE_BATCH {
                                 match out.try_recv() {
-                                    Some(Out::Data(more)) => wbuf.extend_from_slice(&more),
+                                    Some(Out::Data(more) | Out::Nonza(more)) => wbuf.extend_from_slice(&more),
                                     Some(Out::Close { linger }) => { close = Some(linger); break; }
                                     Some(Out::StartTls) => { start_tls = true; break; }
+                                    Some(Out::Adopt(shared)) => { adopt = Some(shared); break; }
                                     None => break,
                                 }
                             }
+                            // Counted in the queue: the request below is not.
                             let written = wbuf.len();
+                            if out.ack_request_due() {
+                                wbuf.extend_from_slice(crate::xep::sm::REQUEST);
+                            }
                             let ok = tokio::select! {
                                 ok = within(cx.limits().write_timeout, write_all(&mut io, &wbuf)) => ok,
                                 _ = out.overflowed() => { Box::pin(overflow(&mut io)).await; return; }
@@ -168,6 +175,10 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                                 return;
                             }
                         }
+                    }
+                    if let Some(shared) = adopt {
+                        // A resumption: this stream carries the resumed session now.
+                        *out = OutboundRx::attach(shared);
                     }
                     if start_tls {
                         let Some(settings) = cx.tls() else { return };

@@ -9,12 +9,17 @@ use crate::ns;
 
 pub mod blocking;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
+pub mod forms;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod register;
+pub mod rsm;
 pub mod sid;
+pub mod sm;
 pub mod vcard;
 pub mod version;
 

@@ -45,10 +45,19 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
         return router.bounce(&message, StanzaCondition::ServiceUnavailable);
     }
     super::carbons::strip_private(&mut message);
-    let delay = Element::new("delay", DELAY)
-        .with_attr("from", router.domain().as_str())
-        .with_attr("stamp", now_stamp());
-    message.push_payload(delay);
+    // Stored again (a session ended without acknowledging it): it keeps
+    // the time it first arrived.
+    let domain = router.domain().as_str();
+    let stamped = message
+        .element()
+        .children()
+        .any(|c| c.is("delay", DELAY) && c.attr("from") == Some(domain));
+    if !stamped {
+        let delay = Element::new("delay", DELAY)
+            .with_attr("from", domain)
+            .with_attr("stamp", now_stamp());
+        message.push_payload(delay);
+    }
     let (router, node, user) = (router.clone(), user.node().unwrap_or_default().to_owned(), user.clone());
     let order = router.offline_order();
     actix_rt::spawn(async move {

@@ -16,20 +16,24 @@ use crate::xml::Element;
 
 pub const NS: &str = "urn:xmpp:sid:0";
 
-/// Stamps a message routed to the local account of `to` (bare or full).
-pub fn stamp(stanza: &mut Stanza, to: &Jid) {
-    let Kind::Message(kind) = stanza.kind else { return };
+/// Stamps a message routed to the local account of `to` (bare or full);
+/// the new id, which the account's archive (XEP-0313) files it under.
+pub fn stamp(stanza: &mut Stanza, to: &Jid) -> Option<String> {
+    let Kind::Message(kind) = stanza.kind else { return None };
     let full = to.as_str();
     let by = to.resource().map_or(full, |r| &full[..full.len() - r.len() - 1]);
     if stanza.element().children().any(|c| c.is("stanza-id", NS)) {
         stanza.remove_payloads(|c| c.is("stanza-id", NS) && c.attr("by").is_some_and(|b| names(b, by)));
     }
-    if matches!(kind, MessageType::Chat | MessageType::Normal) {
-        let id = Element::new("stanza-id", NS)
-            .with_attr("id", new_id())
-            .with_attr("by", by);
-        stanza.push_payload(id);
+    if !matches!(kind, MessageType::Chat | MessageType::Normal) {
+        return None;
     }
+    let id = new_id();
+    let el = Element::new("stanza-id", NS)
+        .with_attr("id", id.as_str())
+        .with_attr("by", by);
+    stanza.push_payload(el);
+    Some(id)
 }
 
 /// True when `by` names `user` as a client would read it: JIDs compare
