@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
+.PHONY: run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -20,6 +20,17 @@ DEBIAN_PY := /usr/bin/python3
 test: lint interop-deps
 	SHOAL_PYTHON=$(abspath $(PY)) SHOAL_DEBIAN_PYTHON=$(DEBIAN_PY) SHOAL_REQUIRE_INTEROP=1 \
 	  $(CARGO) test --workspace --all-targets
+
+# The durability proof at full length (tests/durability.rs): SOAK_MESSAGES
+# messages between two users while the server is killed (SIGKILL) and
+# restarted SOAK_KILLS times and client connections are cut, cleanly or
+# half-open. `make test` runs a short version of the same test.
+SOAK_MESSAGES ?= 100000
+SOAK_KILLS    ?= 10
+
+soak:
+	SHOAL_SOAK_MESSAGES=$(SOAK_MESSAGES) SHOAL_SOAK_KILLS=$(SOAK_KILLS) \
+	  $(CARGO) test --release --test durability -- --nocapture
 
 interop-deps: $(VENV)/.installed debian-slixmpp
 
