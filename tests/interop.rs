@@ -226,3 +226,116 @@ fn a_slixmpp_component_is_listed_answers_and_echoes_through_shoal() {
         );
     }
 }
+
+/// Runs `script` under Debian's slixmpp and PyPI's, each against a fresh
+/// server with the accounts alice, bob and carol (Debian's slixmpp 1.8
+/// cannot register in-band: it holds back the IQ until a session starts),
+/// and checks that both print `expected`.
+fn run_under_both_slixmpps(script: &str, expected: &[&str]) {
+    let (Some(pypi), Some(debian)) = (python(), debian_python()) else {
+        return;
+    };
+    for (python, name) in [(&debian, "debian"), (&pypi, "pypi")] {
+        let server = TestServer::start();
+        server.add_user("alice", "al1ce-pass");
+        server.add_user("bob", "b0b-pass");
+        server.add_user("carol", "car0l-pass");
+        let stdout = run_script_in(python, script, server.addr, &[]);
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            expected,
+            "{script} under {name} slixmpp"
+        );
+    }
+}
+
+/// XEP-0198 with slixmpp's xep_0198 (Debian's and PyPI's): Alice's socket
+/// is cut while a message is in flight to her (in her socket, unread, and
+/// unacknowledged); Bob sends ten more (to her full and bare JIDs); she
+/// reconnects and resumes without a new session, and gets the in-flight
+/// one and the ten exactly once, in order, but not again the one she had
+/// read before the cut (her `h` counts it). The stream then works both
+/// ways and the server's `h` for her matches her count.
+#[test]
+fn slixmpp_resumes_a_cut_session_and_gets_what_it_missed_exactly_once() {
+    run_under_both_slixmpps(
+        "slixmpp_resume.py",
+        &[
+            "alice: stream management enabled, resumable",
+            "alice: connection cut",
+            "bob: sent 10 while alice was away",
+            "alice: resumed, no new session",
+            "alice got: read-1 'read before the cut' to full",
+            "alice got: unread-1 'in flight at the cut' to full",
+            "alice got: full-1 'to full JID 1' to full",
+            "alice got: bare-1 'to bare JID 1' to alice@localhost",
+            "alice got: full-2 'to full JID 2' to full",
+            "alice got: bare-2 'to bare JID 2' to alice@localhost",
+            "alice got: full-3 'to full JID 3' to full",
+            "alice got: bare-3 'to bare JID 3' to alice@localhost",
+            "alice got: full-4 'to full JID 4' to full",
+            "alice got: bare-4 'to bare JID 4' to alice@localhost",
+            "alice got: full-5 'to full JID 5' to full",
+            "alice got: bare-5 'to bare JID 5' to alice@localhost",
+            "alice got: after-1 'after the resumption' to full",
+            "bob got: \"I'm back\" from alice@localhost/interop",
+            "alice: all her stanzas acknowledged",
+            "OK",
+        ],
+    );
+}
+
+/// XEP-0280 with slixmpp's xep_0280 (Debian's and PyPI's): alice/desk gets
+/// `carbon_received` and `carbon_sent` copies of alice/phone's chats with
+/// Bob, none of `<private/>` ones (which arrive without the marker).
+#[test]
+fn slixmpp_carbons_copy_received_and_sent_chats_but_not_private_ones() {
+    run_under_both_slixmpps(
+        "slixmpp_carbons.py",
+        &[
+            "phone got: in-1 'hello phone' from bob@localhost/interop",
+            "desk got carbon_received: in-1 'hello phone' from bob@localhost/interop to alice@localhost/phone (wrapper from alice@localhost)",
+            "bob got: out-1 'hello bob' from alice@localhost/phone",
+            "desk got carbon_sent: out-1 'hello bob' from alice@localhost/phone to bob@localhost/interop (wrapper from alice@localhost)",
+            "phone got: in-private 'just for the phone' from bob@localhost/interop",
+            "bob got: out-private 'off the record' from alice@localhost/phone",
+            "desk got carbon_received: in-2 'copied again' from bob@localhost/interop to alice@localhost/phone (wrapper from alice@localhost)",
+            "OK",
+        ],
+    );
+}
+
+/// XEP-0313 with slixmpp's xep_0313 (Debian's and PyPI's): after 12 chats
+/// with Bob (and 2 with Carol), Alice pages through her archive 5 at a
+/// time: every message in order with its direction, the last page
+/// complete, the live `<stanza-id/>` equal to the archive id; `with` Bob
+/// gives the 12.
+#[test]
+fn slixmpp_reads_its_message_archive_in_pages() {
+    run_under_both_slixmpps(
+        "slixmpp_mam.py",
+        &[
+            "urn:xmpp:mam:2 advertised on alice@localhost",
+            "exchanged 14 messages; alice saw 7 stanza-ids",
+            "first page: ['m1', 'm2', 'm3', 'm4', 'm5']",
+            "archive pages: [(5, False), (5, False), (4, True)]",
+            "  in bob@localhost m1 'bob to alice 1'",
+            "  out bob@localhost m2 'alice to bob 2'",
+            "  in bob@localhost m3 'bob to alice 3'",
+            "  out bob@localhost m4 'alice to bob 4'",
+            "  in bob@localhost m5 'bob to alice 5'",
+            "  out bob@localhost m6 'alice to bob 6'",
+            "  in carol@localhost c1 'carol to alice'",
+            "  out carol@localhost c2 'alice to carol'",
+            "  in bob@localhost m7 'bob to alice 7'",
+            "  out bob@localhost m8 'alice to bob 8'",
+            "  in bob@localhost m9 'bob to alice 9'",
+            "  out bob@localhost m10 'alice to bob 10'",
+            "  in bob@localhost m11 'bob to alice 11'",
+            "  out bob@localhost m12 'alice to bob 12'",
+            "with bob@localhost: pages [(5, False), (5, False), (2, True)]",
+            "iterate with bob@localhost: 12 messages",
+            "OK",
+        ],
+    );
+}
