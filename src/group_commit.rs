@@ -84,12 +84,19 @@ impl Drop for Waiting {
 }
 
 impl ArchiveWriter {
-    /// Starts the writer thread on `store`, a connection of its own.
-    pub fn start(store: SqliteStore) -> Result<ArchiveWriter, StoreError> {
+    /// Starts the writer thread on `store`, a connection of its own, and
+    /// the checkpointing thread on `checkpoints`, another.
+    pub fn start(mut store: SqliteStore, mut checkpoints: SqliteStore) -> Result<ArchiveWriter, StoreError> {
+        store.tune_for_archive()?;
         let (queue, jobs) = mpsc::sync_channel(ARCHIVE_QUEUE);
+        let (committed, commits) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("shoal-checkpoint".into())
+            .spawn(move || checkpoint(&mut checkpoints, commits))
+            .map_err(StoreError::Thread)?;
         std::thread::Builder::new()
             .name("shoal-archive".into())
-            .spawn(move || run(store, jobs))
+            .spawn(move || run(store, jobs, committed))
             .map_err(StoreError::Thread)?;
         Ok(ArchiveWriter {
             queue,
@@ -152,8 +159,25 @@ impl ArchiveWriter {
     }
 }
 
-/// The writer thread.
-fn run(mut store: SqliteStore, jobs: Receiver<Job>) {
+/// Copies the WAL back into the database, beside the writer rather than
+/// in its way: a checkpoint at a commit (SQLite's default) holds that
+/// group, and every message waiting behind it, for as long as it takes.
+/// A passive checkpoint at most every [`CHECKPOINT_EVERY`] while groups
+/// are being committed; it ends when the writer does.
+fn checkpoint(store: &mut SqliteStore, commits: Receiver<()>) {
+    while commits.recv().is_ok() {
+        if let Err(e) = store.checkpoint() {
+            log::warn!("archive: checkpoint: {e}");
+        }
+        std::thread::sleep(CHECKPOINT_EVERY);
+    }
+}
+
+/// How often the WAL is checkpointed, at most, under load.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The writer thread; `committed` tells the checkpointer of each commit.
+fn run(mut store: SqliteStore, jobs: Receiver<Job>, committed: SyncSender<()>) {
     // Archived times never go back (see migration 7).
     let mut clock = store.last_archive_ts().unwrap_or_else(|e| {
         log::error!("archive: {e}");
@@ -190,6 +214,8 @@ fn run(mut store: SqliteStore, jobs: Receiver<Job>) {
         }
         if !messages.is_empty() {
             write(&mut store, &mut clock, messages);
+            // Full: one is pending already, and will see this commit too.
+            let _ = committed.try_send(());
         }
         if let Some(before) = purge {
             let outcome = match store.purge_archive_chunk(before, PURGE_CHUNK) {
@@ -305,7 +331,8 @@ mod tests {
         let path = dir.path().join("t.db");
         let mut store = SqliteStore::open(&path).unwrap();
         store.create_user("juliet", &Credentials::derive("pw", 4096)).unwrap();
-        let writer = ArchiveWriter::start(SqliteStore::open(&path).unwrap()).unwrap();
+        let writer =
+            ArchiveWriter::start(SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         runtime.block_on(async {
             // Queued in this order by the calls; the later ones older.

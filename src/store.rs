@@ -118,6 +118,17 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
 ];
 
+/// What one group of archived messages needs to know of each owner, read
+/// once per group: whether the account exists, its preferences, and (once
+/// needed) its blocklist.
+type OwnerFacts = std::collections::HashMap<String, Owner>;
+
+struct Owner {
+    exists: bool,
+    prefs: Option<MamPrefs>,
+    blocklist: Option<Blocklist>,
+}
+
 /// How hard a commit tries to reach the disk (`[storage] durability`).
 /// The database is in WAL mode either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -223,6 +234,29 @@ impl SqliteStore {
 
     /// Opens (creating if needed) and migrates the database; this
     /// connection commits with `durability`.
+    /// Settings for the archive's writer connection: every group of
+    /// messages touches a leaf page per owner in each archive index, so
+    /// its cache holds the archive's working set (64 MiB), and the WAL is
+    /// copied back mostly by another thread ([`SqliteStore::checkpoint`]).
+    pub fn tune_for_archive(&mut self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "cache_size", -65536)?;
+        // Checkpoints run on a thread of their own (group_commit.rs); the
+        // writer's own, past 16 MiB, finds the WAL copied already but for
+        // the last groups, and lets the next group start it over.
+        self.conn.pragma_update(None, "wal_autocheckpoint", 4096)?;
+        self.conn.pragma_update(None, "journal_size_limit", 64 << 20)?;
+        // Statement journals (should an insert need one) stay in memory.
+        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+        Ok(())
+    }
+
+    /// Copies what the WAL holds back into the database, as far as no
+    /// reader needs it, without waiting for anyone (PASSIVE).
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
@@ -833,8 +867,10 @@ impl SqliteStore {
     }
 
     /// Writes a group of jobs, each one message's rows, in one transaction:
-    /// one commit (one fsync with [`Durability::Full`]) for all. A job that
-    /// fails is rolled back alone (a savepoint each); a failed commit fails
+    /// one commit (one fsync with [`Durability::Full`]) for all. Should a
+    /// job fail, the group is written again one transaction per job, so
+    /// that it fails alone (a savepoint per job would cost each job a
+    /// statement journal of every page it touches); a failed commit fails
     /// them all. `clock` is the newest time written: a row's time is raised
     /// to it, so that times never decrease with `seq` (migration 7).
     pub(crate) fn archive_group(
@@ -842,30 +878,63 @@ impl SqliteStore {
         clock: &mut i64,
         jobs: &[&[ArchiveRow]],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let mut tx = self.write()?;
+        let before = *clock;
+        let tx = self.write()?;
+        let mut owners = OwnerFacts::default();
+        let written = jobs.iter().try_for_each(|rows| {
+            rows.iter()
+                .try_for_each(|row| Self::archive_row(&tx, &mut owners, clock, row))
+        });
+        if written.is_ok() {
+            tx.commit()?;
+            return Ok(jobs.iter().map(|_| Ok(())).collect());
+        }
+        drop(tx);
+        *clock = before;
         let mut results = Vec::with_capacity(jobs.len());
         for rows in jobs {
-            let sp = tx.savepoint()?;
-            let written = rows.iter().try_for_each(|row| Self::archive_row(&sp, clock, row));
-            match written {
-                Ok(()) => {
-                    sp.commit()?;
-                    results.push(Ok(()));
-                }
-                // Dropping the savepoint rolls it back.
-                Err(e) => results.push(Err(e)),
-            }
+            let tx = self.write()?;
+            let mut job_clock = *clock;
+            let mut owners = OwnerFacts::default();
+            let written = rows
+                .iter()
+                .try_for_each(|row| Self::archive_row(&tx, &mut owners, &mut job_clock, row));
+            results.push(written.and_then(|()| {
+                tx.commit()?;
+                *clock = job_clock;
+                Ok(())
+            }));
         }
-        tx.commit()?;
         Ok(results)
     }
 
     /// One row, if its owner exists and wants it ([`mam::keeps`], from the
     /// preferences, roster and blocklist as stored now).
-    fn archive_row(conn: &Connection, clock: &mut i64, row: &ArchiveRow) -> Result<(), StoreError> {
+    fn archive_row(
+        conn: &Connection,
+        owners: &mut OwnerFacts,
+        clock: &mut i64,
+        row: &ArchiveRow,
+    ) -> Result<(), StoreError> {
         let owner = row.owner.node().unwrap_or_default();
         let bare = row.with.to_bare();
-        let prefs = Self::prefs_in(conn, owner)?;
+        if !owners.contains_key(owner) {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM users WHERE username = ?1")?
+                .exists([owner])?;
+            let facts = Owner {
+                exists,
+                prefs: Self::prefs_in(conn, owner)?,
+                blocklist: None,
+            };
+            owners.insert(owner.to_owned(), facts);
+        }
+        let Some(facts) = owners.get_mut(owner) else {
+            return Ok(());
+        };
+        if !facts.exists {
+            return Ok(());
+        }
         let in_roster = || -> Result<bool, StoreError> {
             let found: Option<bool> = conn
                 .prepare_cached("SELECT in_roster FROM roster_items WHERE username = ?1 AND contact = ?2")?
@@ -873,32 +942,36 @@ impl SqliteStore {
                 .optional()?;
             Ok(found.unwrap_or(false))
         };
+        let cached = &mut facts.blocklist;
         let blocklist = || -> Result<Blocklist, StoreError> {
+            if let Some(list) = cached {
+                return Ok(list.clone());
+            }
             let mut stmt = conn.prepare_cached("SELECT jid FROM blocklist WHERE username = ?1")?;
             let jids: Vec<String> = stmt.query_map([owner], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            Ok(Blocklist::new(jids.iter().filter_map(|j| Jid::parse(j).ok())))
+            let list = Blocklist::new(jids.iter().filter_map(|j| Jid::parse(j).ok()));
+            *cached = Some(list.clone());
+            Ok(list)
         };
-        if !mam::keeps(row, prefs.as_ref(), in_roster, blocklist)? {
+        if !mam::keeps(row, facts.prefs.as_ref(), in_roster, blocklist)? {
             return Ok(());
         }
         let ts = row.ts_ms.max(*clock);
-        let inserted = conn
-            .prepare_cached(
-                "INSERT INTO archive (owner, id, ts_ms, with_bare, with_full, direction, xml)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)",
-            )?
-            .execute(params![
-                owner,
-                row.id,
-                ts,
-                bare.as_str(),
-                row.with.as_str(),
-                row.direction.as_str(),
-                row.xml
-            ])?;
-        if inserted > 0 {
-            *clock = ts;
-        }
+        // A plain insert (an INSERT … SELECT would open a statement journal).
+        conn.prepare_cached(
+            "INSERT INTO archive (owner, id, ts_ms, with_bare, with_full, direction, xml)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            owner,
+            row.id,
+            ts,
+            bare.as_str(),
+            row.with.as_str(),
+            row.direction.as_str(),
+            row.xml
+        ])?;
+        *clock = ts;
         Ok(())
     }
 
@@ -1149,7 +1222,10 @@ impl SqliteStorage {
         domain: &str,
         durability: Durability,
     ) -> Result<SqliteStorage, StoreError> {
-        let writer = ArchiveWriter::start(SqliteStore::open_with(path, durability)?)?;
+        let writer = ArchiveWriter::start(
+            SqliteStore::open_with(path, durability)?,
+            SqliteStore::open_with(path, durability)?,
+        )?;
         let path = path.to_owned();
         let addr = SyncArbiter::start(threads.max(1), move || {
             let store = SqliteStore::open_with(&path, durability).map(|mut s| {

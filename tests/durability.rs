@@ -201,11 +201,17 @@ struct ProgressState {
     /// Messages acknowledged.
     acked: usize,
     sender_done: bool,
+    /// Sessions started, fresh or resumed, by alice and by bob: a fault
+    /// waits for the client it cut to be back before the next.
+    starts: [usize; 2],
 }
 
 /// What every thread of the run shares.
 struct Run {
     messages: usize,
+    /// The time between two of alice's messages: the traffic is spread
+    /// over the faults rather than over before the first.
+    pace: Duration,
     deadline: Instant,
     failed: AtomicBool,
     progress: Shared<ProgressState>,
@@ -1020,6 +1026,7 @@ struct Alice {
     unknown: usize,
     bounced: Vec<String>,
     reported: usize,
+    started: Instant,
 }
 
 impl Alice {
@@ -1071,7 +1078,13 @@ impl Alice {
             }
             let mut out = String::new();
             let mut fresh = 0;
-            while self.next < self.n && self.peer.sm.unacked.len() < WINDOW && fresh < BATCH {
+            // The next message's time, by the pace.
+            let due = self.started + run.pace * self.next as u32;
+            while self.next < self.n
+                && self.peer.sm.unacked.len() < WINDOW
+                && fresh < BATCH
+                && Instant::now() >= self.started + run.pace * self.next as u32
+            {
                 let i = self.next;
                 self.peer.sm.send(&mut out, message(i), Some(i));
                 self.next += 1;
@@ -1089,7 +1102,13 @@ impl Alice {
                 continue;
             }
             self.peer.check_alive()?;
-            if let Some(frame) = conn.next(self.peer.wait_for(EAGER_ASK))? {
+            let wait = self.peer.wait_for(EAGER_ASK);
+            let wait = if self.next < self.n {
+                wait.min(due.saturating_duration_since(Instant::now()))
+            } else {
+                wait
+            };
+            if let Some(frame) = conn.next(wait)? {
                 self.take(conn, frame)?;
             }
         }
@@ -1108,6 +1127,7 @@ fn run_alice(addr: SocketAddr, run: Arc<Run>, seed: u64) -> AliceReport {
         unknown: 0,
         bounced: Vec::new(),
         reported: 0,
+        started: Instant::now(),
     };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut attempt = 0;
@@ -1129,6 +1149,7 @@ fn run_alice(addr: SocketAddr, run: Arc<Run>, seed: u64) -> AliceReport {
             Start::Fresh => sessions += 1,
             Start::Resumed => resumptions += 1,
         }
+        run.progress.update(|p| p.starts[0] += 1);
         match alice.session(&mut conn, &run) {
             Ok(()) => break,
             Err(e) => note!("alice: connection lost: {e}"),
@@ -1277,6 +1298,7 @@ fn run_bob(ctx: BobCtx) {
             }
             l.connected_since = Some(Instant::now());
         });
+        ctx.run.progress.update(|p| p.starts[1] += 1);
         let result = bob_session(&mut conn, &mut peer, chain, &ctx);
         ctx.log.update(|l| l.connected_since = None);
         if let Err(e) = result {
@@ -1343,6 +1365,7 @@ fn run_faults(ctx: FaultCtx) -> (ServerProc, FaultStats) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stats = FaultStats::default();
     let mut acked_before = 0;
+    let starts = || run.progress.read(|s| s.starts);
     for (i, (at, fault)) in plan.into_iter().enumerate() {
         let reached = run.progress.wait_until(run.deadline, |s| {
             run.failed.load(Ordering::SeqCst) || s.sender_done || (s.sent >= at && s.acked > acked_before)
@@ -1361,14 +1384,22 @@ fn run_faults(ctx: FaultCtx) -> (ServerProc, FaultStats) {
                     state.sent,
                     state.acked
                 );
+                let before = starts();
                 server.kill();
                 thread::sleep(Duration::from_millis(rng.random_range(0..500)));
                 server.start();
                 stats.kills += 1;
+                // Both back (alice unless she is done) before the next fault.
+                let back = run.progress.wait_until(run.deadline, |s| {
+                    run.failed.load(Ordering::SeqCst)
+                        || (s.starts[1] > before[1] && (s.sender_done || s.starts[0] > before[0]))
+                });
+                assert!(back, "fault {i}: the clients did not come back after the kill");
             }
             Fault::Cut { bob, half_open } => {
                 let proxy = &proxies[usize::from(bob)];
                 let how = if half_open { "half-open" } else { "closed" };
+                let before = starts()[usize::from(bob)];
                 if proxy.cut(half_open) {
                     note!(
                         "fault {i}: {}'s connection cut, {how} (sent {})",
@@ -1380,6 +1411,11 @@ fn run_faults(ctx: FaultCtx) -> (ServerProc, FaultStats) {
                     } else {
                         stats.closed += 1;
                     }
+                    // The server is up: the client resumes (counted at the end).
+                    let back = run.progress.wait_until(run.deadline, |s| {
+                        run.failed.load(Ordering::SeqCst) || s.starts[usize::from(bob)] > before
+                    });
+                    assert!(back, "fault {i}: {} did not come back after the cut", proxy.name);
                 } else {
                     note!("fault {i}: {} had no connection to cut", proxy.name);
                     stats.skipped += 1;
@@ -1512,8 +1548,11 @@ fn acknowledged_messages_survive_kill_9_and_cut_connections() {
     let mut server = ServerProc::new(config, dir.path().join("server.log"), addr);
     server.start();
     let proxies = [Proxy::start("alice", addr), Proxy::start("bob", addr)];
+    // About 0.7 s of traffic per fault, 2 s at least.
+    let spread = ((p.kills + p.cuts) as f64 * 0.7).max(2.0);
     let run = Arc::new(Run {
         messages: p.messages,
+        pace: Duration::from_secs_f64(spread / p.messages.max(1) as f64),
         deadline: Instant::now() + p.deadline,
         failed: AtomicBool::new(false),
         progress: Shared::new(ProgressState::default()),
@@ -1682,6 +1721,12 @@ fn acknowledged_messages_survive_kill_9_and_cut_connections() {
         println!("odd message to bob: {odd}");
     }
     assert_eq!(stats.kills, p.kills, "every planned kill happened");
+    // Each cut came while the server was up, and was waited out: each one
+    // ended in a resumption (XEP-0198), not a new session.
+    assert!(
+        alice.resumptions + bob.resumptions >= stats.half_open + stats.closed,
+        "a cut connection's session was not resumed"
+    );
     assert!(acked > 0 && delivered > 0, "nothing got through at all");
     assert!(
         lost.is_empty(),

@@ -13,6 +13,7 @@ use quick_xml::escape::escape;
 use rand::distr::Alphanumeric;
 use rand::Rng;
 
+use super::archiving::Archiving;
 use super::auth::Sasl;
 use super::limits::ConnState;
 use super::outbound::Outbound;
@@ -64,6 +65,9 @@ pub struct C2s {
     pub(super) parked: bool,
     /// The session went to another connection: this actor ends silently.
     pub(super) handed_off: bool,
+    /// Messages on their way through the archive, in order; made at the
+    /// first one.
+    pub(super) archiving: Option<Box<Archiving>>,
     pub(super) conn: Arc<ConnState>,
     /// When the server pinged a silent client, and the read count then:
     /// any later read answers it.
@@ -106,6 +110,7 @@ impl C2s {
             sm: None,
             parked: false,
             handed_off: false,
+            archiving: None,
             conn,
             ping_sent: None,
             negotiation_deadline: None,
@@ -414,14 +419,29 @@ impl C2s {
         }
     }
 
-    /// A message is archived (XEP-0313) before it is routed, and the
-    /// stream reads nothing more until it is: when this stream counts it
-    /// handled (XEP-0198), it is on disk, and a sender's messages keep
-    /// their order. Many streams' messages share each commit.
+    /// A message is archived (XEP-0313) before it is routed: it joins the
+    /// stream's messages on their way through the archive, in order (see
+    /// `archiving.rs`), and XEP-0198 counts it handled once routed, on
+    /// disk. One not archived waits behind them, if there are any.
     fn route_message(&mut self, ctx: &mut Context<Self>, stanza: Stanza) {
-        match crate::xep::mam::prepare(&self.cx.router, stanza) {
-            Ok(pending) => ctx.wait(pending.run().into_actor(self)),
-            Err(stanza) => self.cx.router.route(stanza),
+        let routing: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
+            match crate::xep::mam::prepare(&self.cx.router, stanza) {
+                Ok(pending) => pending.run(),
+                Err(stanza) if self.archiving.as_mut().is_none_or(|a| a.idle()) => {
+                    return self.cx.router.route(stanza);
+                }
+                Err(stanza) => {
+                    let router = self.cx.router.clone();
+                    Box::pin(async move { router.route(stanza) })
+                }
+            };
+        let seq = self.received();
+        let archiving = self.archiving.get_or_insert_default();
+        archiving.submit(seq, routing);
+        if archiving.full() {
+            if let Some(drained) = archiving.barrier() {
+                ctx.wait(drained.into_actor(self).map(|_, _, _| ()));
+            }
         }
     }
 

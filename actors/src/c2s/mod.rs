@@ -4,6 +4,7 @@
 //! stamping and routing what the client sends ([`actor`]).
 
 mod actor;
+mod archiving;
 mod auth;
 mod bind;
 pub(crate) mod frames;

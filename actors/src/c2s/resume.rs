@@ -117,14 +117,39 @@ impl C2s {
             State::Bound(session) => session.when_iqs_answered(),
             _ => None,
         };
-        let ack = |act: &mut C2s| {
-            let received = act.sm.as_ref().map_or(0, |s| s.received);
-            act.out.send_nonza(sm::ack(received));
-        };
         match answered {
-            None => ack(self),
-            Some(answered) => ctx.wait(answered.into_actor(self).map(move |_, act, _| ack(act))),
+            None => self.ack_when_archived(ctx),
+            Some(answered) => ctx.wait(answered.into_actor(self).map(|_, act, ctx| act.ack_when_archived(ctx))),
         }
+    }
+
+    /// Messages on their way through the archive are counted once routed:
+    /// the answer waits for those read before the request (the stream
+    /// reads on meanwhile).
+    fn ack_when_archived(&mut self, ctx: &mut Context<Self>) {
+        match self.archiving.as_mut().and_then(|a| a.barrier()) {
+            None => self.send_ack(),
+            Some(reached) => {
+                ctx.spawn(reached.into_actor(self).map(|_, act, _| act.send_ack()));
+            }
+        }
+    }
+
+    fn send_ack(&mut self) {
+        let h = self.handled();
+        self.out.send_nonza(sm::ack(h));
+    }
+
+    /// Stanzas received from the client (0 without stream management).
+    pub(super) fn received(&self) -> u32 {
+        self.sm.as_ref().map_or(0, |s| s.received)
+    }
+
+    /// Stanzas of the client's handled: all but from the oldest message
+    /// still on its way through the archive.
+    fn handled(&mut self) -> u32 {
+        let received = self.received();
+        self.archiving.as_mut().map_or(received, |a| a.handled(received))
     }
 
     /// Counts a stanza from the client.
@@ -261,9 +286,24 @@ impl C2s {
 }
 
 impl Handler<Handoff> for C2s {
-    type Result = Result<Resumed, ResumeRefused>;
+    type Result = ActorResponse<Self, Result<Resumed, ResumeRefused>>;
 
+    /// Once the messages read are routed (the count handed over is then
+    /// exact, and nothing the client resends is a duplicate). Answered at
+    /// once when none is on its way: a future spawned now would be dropped
+    /// with the actor that stops here.
     fn handle(&mut self, msg: Handoff, ctx: &mut Context<Self>) -> Self::Result {
+        match self.archiving.as_mut().and_then(|a| a.barrier()) {
+            None => ActorResponse::reply(self.hand_off(msg, ctx)),
+            Some(routed) => {
+                ActorResponse::r#async(routed.into_actor(self).map(move |_, act, ctx| act.hand_off(msg, ctx)))
+            }
+        }
+    }
+}
+
+impl C2s {
+    fn hand_off(&mut self, msg: Handoff, ctx: &mut Context<Self>) -> Result<Resumed, ResumeRefused> {
         let State::Bound(session) = &self.state else {
             return Err(ResumeRefused::Unknown);
         };
@@ -286,7 +326,9 @@ impl Handler<Handoff> for C2s {
         self.handed_off = true;
         self.parked = false;
         self.closing = true;
-        ctx.stop();
+        // After the answer is on its way (it may be this call's, or a
+        // future's that stopping now would drop).
+        ctx.run_later(Duration::ZERO, |_, ctx| ctx.stop());
         Ok(resumed)
     }
 }
