@@ -3,6 +3,8 @@
 //!
 //!     shoal-load --register login --clients 1000
 //!     shoal-load --server-pid $(pidof shoal) messages --pairs 100 --window 8 --count 1000
+//!     shoal-load --prefix a --register messages --sm --pairs 100 --window 8 --count 1000
+//!     shoal-load --prefix o --register offline --sm --recipients 5 --count 1000
 //!     shoal-load --prefix r --register roster --users 500 --contacts 100
 //!     shoal-load --prefix c --register components --component-port 5347 --component-secret SECRET --pairs 100
 //!
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shoal::load::client::{LoadError, Target};
 use shoal::load::components::{self, ComponentTarget, Mode, Requests};
-use shoal::load::{raise_open_files, roster_storm, rss_kib, scenarios};
+use shoal::load::{offline, raise_open_files, roster_storm, rss_kib, scenarios};
 
 #[derive(Parser)]
 #[command(name = "shoal-load", about = "Load driver for XMPP servers")]
@@ -69,6 +71,25 @@ enum Scenario {
         /// Messages per pair.
         #[arg(long, default_value_t = 1000)]
         count: usize,
+        /// Stream management (XEP-0198) on every client: each answers the
+        /// server's acknowledgement requests, and each sender asks for one
+        /// once a window.
+        #[arg(long)]
+        sm: bool,
+    },
+    /// Offline delivery: COUNT chat messages are sent to each of R
+    /// recipients while it is offline; then it logs in, and the time runs
+    /// from its initial presence to the last message. PREFIX0 sends,
+    /// PREFIX1 ..= PREFIXR receive, one after another.
+    Offline {
+        #[arg(long, default_value_t = 5)]
+        recipients: usize,
+        /// Messages stored for each recipient.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Stream management (XEP-0198) on the sender and the recipients.
+        #[arg(long)]
+        sm: bool,
     },
     /// One publisher with F online followers changes presence ROUNDS times
     /// (subscriptions made through subscribe/subscribed on the first run).
@@ -153,6 +174,7 @@ fn main() -> ExitCode {
         let accounts = match cli.scenario {
             Scenario::Login { ref clients } => clients.iter().copied().max().unwrap_or(0),
             Scenario::Messages { pairs, .. } => 2 * pairs,
+            Scenario::Offline { recipients, .. } => recipients + 1,
             // Fan-out accounts are named PREFIXpub and PREFIXf0...: registered below.
             Scenario::Fanout { followers, .. } => followers + 1,
             Scenario::Roster { users, .. } => users,
@@ -193,8 +215,14 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
-            Scenario::Messages { pairs, window, count } => {
-                scenarios::messages(&target, &cli.prefix, pairs, window, count, cli.server_pid).await
+            Scenario::Messages {
+                pairs,
+                window,
+                count,
+                sm,
+            } => scenarios::messages(&target, &cli.prefix, pairs, window, count, sm, cli.server_pid).await,
+            Scenario::Offline { recipients, count, sm } => {
+                offline::offline(&target, &cli.prefix, recipients, count, sm, cli.server_pid).await
             }
             Scenario::Fanout { followers, rounds } => {
                 scenarios::fanout(&target, &cli.prefix, followers, rounds, cli.parallel, cli.server_pid).await

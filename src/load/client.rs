@@ -1,6 +1,8 @@
 //! A minimal async XMPP client for load: raw stanzas, PLAIN or SCRAM with
-//! cached salted passwords, source addresses spread over 127.0.0.x.
+//! cached salted passwords, source addresses spread over 127.0.0.x, and
+//! stream management (XEP-0198) when asked for.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -45,9 +47,73 @@ pub struct Target {
     pub scram: bool,
 }
 
+/// Stream management's namespace (XEP-0198).
+pub const SM: &str = "urn:xmpp:sm:3";
+
 pub struct Conn {
     rx: FramedRead<OwnedReadHalf, XmppCodec>,
     tx: OwnedWriteHalf,
+    /// Bytes a write has not taken yet: a cancelled write loses nothing,
+    /// the next one goes on from here.
+    pending: Vec<u8>,
+    /// Stream management, once enabled.
+    sm: Option<Sm>,
+}
+
+/// A client's side of stream management (XEP-0198), from `<enabled/>` on.
+/// No resumption: a client that asks for none.
+#[derive(Debug, Default)]
+struct Sm {
+    /// Stanzas received, mod 2^32: the `h` of our `<a/>`.
+    received: u32,
+    /// The `h` of the server's last `<a/>`.
+    acked: u32,
+    /// Stanzas sent and not yet acknowledged, oldest first, as a client
+    /// keeps them to send again.
+    unacked: VecDeque<String>,
+}
+
+impl Sm {
+    /// Counts a stanza from the server, or takes its request or
+    /// acknowledgement: the answer to write, if any.
+    fn handle(&mut self, el: &Element) -> Result<Option<String>, LoadError> {
+        if el.ns() != SM {
+            if matches!(el.name(), "message" | "presence" | "iq") {
+                self.received = self.received.wrapping_add(1);
+            }
+            return Ok(None);
+        }
+        match el.name() {
+            "r" => Ok(Some(self.ack())),
+            "a" => {
+                let h: u32 = el
+                    .attr("h")
+                    .and_then(|h| h.parse().ok())
+                    .ok_or_else(|| LoadError::Unexpected(el.to_string()))?;
+                let newly = h.wrapping_sub(self.acked) as usize;
+                if newly > self.unacked.len() {
+                    return Err(LoadError::Unexpected(format!(
+                        "<a h='{h}'/> acknowledges {newly} stanzas, but {} were unacknowledged",
+                        self.unacked.len()
+                    )));
+                }
+                self.unacked.drain(..newly);
+                self.acked = h;
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn ack(&self) -> String {
+        format!("<a xmlns='{SM}' h='{}'/>", self.received)
+    }
+}
+
+/// A request or an acknowledgement: stream management's own traffic,
+/// which [`Conn::next`] answers and [`Conn::stanza`] passes over.
+fn is_ack_traffic(el: &Element) -> bool {
+    el.ns() == SM && matches!(el.name(), "r" | "a")
 }
 
 fn open(domain: &str) -> String {
@@ -92,28 +158,122 @@ impl Conn {
         Ok(Conn {
             rx: FramedRead::new(r, XmppCodec::new(CodecLimits::default())),
             tx: w,
+            pending: Vec::new(),
+            sm: None,
         })
     }
 
+    /// The next frame. With stream management on, stanzas are counted and
+    /// the server's `<r/>` answered before it is returned. Cancel-safe (it
+    /// may be one branch of a `select!`).
     pub async fn next(&mut self, what: &'static str) -> Result<Frame, LoadError> {
-        match tokio::time::timeout(REPLY_TIMEOUT, self.rx.next()).await {
-            Ok(Some(Ok(f))) => Ok(f),
-            Ok(Some(Err(e))) => Err(LoadError::Unexpected(e.to_string())),
-            Ok(None) => Err(LoadError::Closed(what)),
-            Err(_) => Err(LoadError::Timeout(what)),
+        // An answer whose write was cancelled goes out first.
+        self.flush().await?;
+        let frame = match tokio::time::timeout(REPLY_TIMEOUT, self.rx.next()).await {
+            Ok(Some(Ok(f))) => f,
+            Ok(Some(Err(e))) => return Err(LoadError::Unexpected(e.to_string())),
+            Ok(None) => return Err(LoadError::Closed(what)),
+            Err(_) => return Err(LoadError::Timeout(what)),
+        };
+        let answer = match (&mut self.sm, &frame) {
+            (Some(sm), Frame::Stanza(el)) => sm.handle(el)?,
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            self.pending.extend_from_slice(answer.as_bytes());
+            self.flush().await?;
         }
+        Ok(frame)
     }
 
-    /// The next stanza (skipping nothing).
+    /// The next stanza (skipping nothing but stream management's requests
+    /// and acknowledgements).
     pub async fn stanza(&mut self, what: &'static str) -> Result<Element, LoadError> {
-        match self.next(what).await? {
-            Frame::Stanza(el) => Ok(el),
-            other => Err(LoadError::Unexpected(format!("{other:?}"))),
+        loop {
+            match self.next(what).await? {
+                Frame::Stanza(el) if self.sm.is_some() && is_ack_traffic(&el) => {}
+                Frame::Stanza(el) => return Ok(el),
+                other => return Err(LoadError::Unexpected(format!("{other:?}"))),
+            }
         }
     }
 
+    /// Writes `s` (after anything pending). Cancel-safe: what is not yet
+    /// written stays pending.
     pub async fn send(&mut self, s: &str) -> Result<(), LoadError> {
-        Ok(self.tx.write_all(s.as_bytes()).await?)
+        if self.pending.is_empty() {
+            // The usual case: straight from the caller's string.
+            let n = self.tx.write(s.as_bytes()).await?;
+            if n == s.len() {
+                return Ok(());
+            }
+            self.pending.extend_from_slice(&s.as_bytes()[n..]);
+        } else {
+            self.pending.extend_from_slice(s.as_bytes());
+        }
+        self.flush().await
+    }
+
+    /// Writes what is pending; each write takes its bytes off at once, so
+    /// a cancelled flush loses nothing.
+    async fn flush(&mut self) -> Result<(), LoadError> {
+        while !self.pending.is_empty() {
+            let n = self.tx.write(&self.pending).await?;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            self.pending.drain(..n);
+        }
+        Ok(())
+    }
+
+    /// Sends one stanza. With stream management on, it is counted and kept
+    /// until the server acknowledges it.
+    pub async fn send_stanza(&mut self, stanza: String) -> Result<(), LoadError> {
+        self.send(&stanza).await?;
+        if let Some(sm) = &mut self.sm {
+            sm.unacked.push_back(stanza);
+        }
+        Ok(())
+    }
+
+    /// Enables stream management (XEP-0198, without resumption), after
+    /// binding: from then on `next` counts the stanzas received and answers
+    /// the server's `<r/>`, and `send_stanza` keeps each stanza until the
+    /// server's `<a/>` covers it. (Stanzas written with `send` are not
+    /// counted: with stream management on, use `send_stanza`.)
+    pub async fn enable_sm(&mut self) -> Result<(), LoadError> {
+        self.send(&format!("<enable xmlns='{SM}'/>")).await?;
+        let reply = self.stanza("stream management enabled").await?;
+        if !reply.is("enabled", SM) {
+            return Err(LoadError::Unexpected(reply.to_string()));
+        }
+        self.sm = Some(Sm::default());
+        Ok(())
+    }
+
+    /// Asks the server how many of our stanzas it has handled; its `<a/>`
+    /// comes through `next`.
+    pub async fn request_ack(&mut self) -> Result<(), LoadError> {
+        self.send(&format!("<r xmlns='{SM}'/>")).await
+    }
+
+    /// Acknowledges every stanza received so far, unasked (nothing without
+    /// stream management).
+    pub async fn send_ack(&mut self) -> Result<(), LoadError> {
+        match self.sm.as_ref().map(Sm::ack) {
+            Some(ack) => self.send(&ack).await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn sm_enabled(&self) -> bool {
+        self.sm.is_some()
+    }
+
+    /// Stanzas sent and not yet acknowledged (0 without stream management).
+    pub fn unacked(&self) -> usize {
+        self.sm.as_ref().map_or(0, |sm| sm.unacked.len())
     }
 
     async fn open_stream(&mut self, domain: &str) -> Result<Element, LoadError> {
@@ -128,7 +288,7 @@ impl Conn {
     /// Sends initial presence and waits for the server's echo of it to the
     /// user's own resource: from then on the session is available.
     pub async fn available(&mut self) -> Result<(), LoadError> {
-        self.send("<presence/>").await?;
+        self.send_stanza("<presence/>".to_owned()).await?;
         loop {
             if let Frame::Stanza(el) = self.next("presence echo").await? {
                 if el.name() == "presence" {
@@ -140,9 +300,12 @@ impl Conn {
 
     /// Closes the stream and waits, for at most `CLOSE_TIMEOUT`, for the
     /// server to close its side: by then the server has ended the session.
-    /// Best effort: the connection is dropped either way.
+    /// Best effort: the connection is dropped either way. With stream
+    /// management, what was received is acknowledged first, so that the
+    /// server has nothing to send again or keep offline.
     pub async fn close(mut self) -> Result<(), LoadError> {
-        self.send("</stream:stream>").await?;
+        let last_ack = self.sm.as_ref().map(Sm::ack).unwrap_or_default();
+        self.send(&format!("{last_ack}</stream:stream>")).await?;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             // Whatever was in flight (presence, pushes) is skipped; a reset
             // after our close is a close too.
@@ -235,4 +398,24 @@ impl Conn {
         }
         Ok((c, cache))
     }
+
+    /// Logs in (nothing cached), enables stream management if `sm`, and
+    /// sends initial presence: a client ready to chat.
+    pub async fn online(target: &Target, n: usize, user: &str, resource: &str, sm: bool) -> Result<Conn, LoadError> {
+        let (mut c, _) = Conn::login(target, n, user, resource, None).await?;
+        if sm {
+            c.enable_sm().await?;
+        }
+        c.available().await?;
+        Ok(c)
+    }
+}
+
+/// Closes every connection at once, each waiting for the server's close.
+pub async fn close_all(conns: Vec<Conn>) -> Result<(), LoadError> {
+    let closing: Vec<_> = conns.into_iter().map(|c| tokio::spawn(c.close())).collect();
+    for c in closing {
+        c.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+    }
+    Ok(())
 }

@@ -285,10 +285,8 @@ pub async fn components(
         let (target, user, gate) = (target.clone(), format!("{prefix}{i}"), gate.clone());
         logins.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
-            let (mut c, _) = Conn::login(&target, i, &user, "c", None).await?;
             // Available, so that every server delivers to the full JID.
-            c.available().await?;
-            Ok::<_, LoadError>(c)
+            Conn::online(&target, i, &user, "c", false).await
         }));
     }
     let mut clients = Vec::with_capacity(pairs);

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod components;
+pub mod offline;
 pub mod roster_storm;
 pub mod scenarios;
 

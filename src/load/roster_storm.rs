@@ -15,7 +15,7 @@ use shoal_actors::codec::Frame;
 use shoal_actors::ns;
 use tokio::sync::{watch, Semaphore};
 
-use super::client::{Conn, LoadError, Target};
+use super::client::{close_all, Conn, LoadError, Target};
 use super::scenarios::{json_num, Meter};
 use super::Spread;
 
@@ -50,20 +50,6 @@ impl Ring {
 /// The account number in `prefixN@domain/resource`.
 fn user_index(jid: &str, prefix: &str) -> Option<usize> {
     jid.strip_prefix(prefix)?.split('@').next()?.parse().ok()
-}
-
-async fn login_available(target: &Target, prefix: &str, i: usize) -> Result<Conn, LoadError> {
-    let (mut c, _) = Conn::login(target, i, &format!("{prefix}{i}"), "setup", None).await?;
-    c.available().await?;
-    Ok(c)
-}
-
-async fn close_all(conns: Vec<Conn>) -> Result<(), LoadError> {
-    let closing: Vec<_> = conns.into_iter().map(|c| tokio::spawn(c.close())).collect();
-    for c in closing {
-        c.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
-    }
-    Ok(())
 }
 
 /// Quiet time after which a user looks at its roster again and asks the
@@ -226,7 +212,7 @@ pub async fn befriend(
         let (target, prefix, gate) = (target.clone(), prefix.to_owned(), gate.clone());
         logins.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
-            login_available(&target, &prefix, i).await
+            Conn::online(&target, i, &format!("{prefix}{i}"), "setup", false).await
         }));
     }
     let mut conns = Vec::new();

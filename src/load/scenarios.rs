@@ -1,4 +1,4 @@
-//! The scenarios: login, idle, messages. Each prints a line of its table
+//! The scenarios: login, idle, messages, fan-out. Each prints a line of its table
 //! and a JSON line (`{"scenario": ...}`) for scripts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use shoal_actors::codec::Frame;
 use tokio::sync::Semaphore;
 
-use super::client::{Conn, LoadError, Target};
+use super::client::{close_all, Conn, LoadError, Target};
 use super::{cpu_seconds, rss_kib, Spread};
 
 /// What every scenario reports besides its own figures.
@@ -164,12 +164,19 @@ pub fn idle(sessions: usize, rss_before: Option<u64>, server_pid: Option<u32>) {
 
 /// P pairs: each sender keeps at most `window` messages unreceived and
 /// sends `count`; latency, loss and order are checked per message.
+///
+/// With `sm`, every client enables stream management (XEP-0198) before its
+/// initial presence, as a mobile client does: each answers the server's
+/// `<r/>`, and each sender asks for an acknowledgement once a window and
+/// after its last message, keeps what it sent until acknowledged, and is
+/// done when all of it is.
 pub async fn messages(
     target: &Target,
     prefix: &str,
     pairs: usize,
     window: usize,
     count: usize,
+    sm: bool,
     server_pid: Option<u32>,
 ) -> Result<(), LoadError> {
     let epoch = Instant::now();
@@ -177,15 +184,14 @@ pub async fn messages(
     let mut receivers = Vec::new();
     for p in 0..pairs {
         let (a, b) = (format!("{prefix}{}", 2 * p), format!("{prefix}{}", 2 * p + 1));
-        let (mut sa, _) = Conn::login(target, 2 * p, &a, "m", None).await?;
-        let (mut sb, _) = Conn::login(target, 2 * p + 1, &b, "m", None).await?;
         // Available, so that nothing is bounced.
-        sa.available().await?;
-        sb.available().await?;
+        let sa = Conn::online(target, 2 * p, &a, "m", sm).await?;
+        let sb = Conn::online(target, 2 * p + 1, &b, "m", sm).await?;
         senders.push((sa, format!("{b}@{}/m", target.domain)));
         receivers.push(sb);
     }
     let out_of_order = Arc::new(AtomicU64::new(0));
+    let ack_every = window.max(1);
     let meter = Meter::start(server_pid);
     let mut tasks = Vec::new();
     for ((mut sender, to), mut receiver) in senders.into_iter().zip(receivers) {
@@ -219,20 +225,45 @@ pub async fn messages(
                 latencies.push(epoch.elapsed().saturating_sub(Duration::from_nanos(sent_ns)));
                 recv_gate.add_permits(1);
             }
-            Ok::<_, LoadError>(latencies)
+            // Without stream management the connection is dropped here, as
+            // ever. With it, what came is acknowledged at once, so that no
+            // request of the server's waits unanswered (ejabberd closes a
+            // stream after 60 s of that); the connection stays until the
+            // end, and is then closed with a last acknowledgement: dropped,
+            // the server would send again (or keep offline) what it had not
+            // seen acknowledged.
+            if sm {
+                receiver.send_ack().await?;
+            }
+            Ok::<_, LoadError>((latencies, sm.then_some(receiver)))
         });
         let send = tokio::spawn(async move {
-            for seq in 0..count {
-                gate.acquire()
-                    .await
-                    .map_err(|e| LoadError::Unexpected(e.to_string()))?
-                    .forget();
-                let t = epoch.elapsed().as_nanos();
-                sender
-                    .send(&format!(
-                        "<message to='{to}' type='chat' id='{seq}'><body>{t}</body></message>"
-                    ))
-                    .await?;
+            let mut seq = 0;
+            // Until all is sent and, with stream management, acknowledged.
+            while seq < count || sender.unacked() > 0 {
+                tokio::select! {
+                    permit = gate.acquire(), if seq < count => {
+                        permit.map_err(|e| LoadError::Unexpected(e.to_string()))?.forget();
+                        let t = epoch.elapsed().as_nanos();
+                        sender
+                            .send_stanza(format!(
+                                "<message to='{to}' type='chat' id='{seq}'><body>{t}</body></message>"
+                            ))
+                            .await?;
+                        seq += 1;
+                        if sm && (seq % ack_every == 0 || seq == count) {
+                            sender.request_ack().await?;
+                        }
+                    }
+                    // The server's acknowledgements (and requests), as they come.
+                    frame = sender.next("an acknowledgement"), if sm => match frame {
+                        Ok(_) => {}
+                        // Nothing for a whole timeout, neither a permit nor
+                        // an answer: the receiver has given up too.
+                        Err(LoadError::Timeout(_)) => break,
+                        Err(e) => return Err(e),
+                    },
+                }
             }
             Ok::<_, LoadError>(sender)
         });
@@ -242,7 +273,9 @@ pub async fn messages(
     let mut keep = Vec::new();
     for (send, recv) in tasks {
         keep.push(send.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
-        all.extend(recv.await.map_err(|e| LoadError::Unexpected(e.to_string()))??);
+        let (latencies, receiver) = recv.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
+        all.extend(latencies);
+        keep.extend(receiver);
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
     let latency = Spread::of(&mut all);
@@ -251,8 +284,9 @@ pub async fn messages(
     let per_cpu = server_cpu.filter(|s| *s >= 0.3).map(|s| delivered as f64 / s);
     let lost = pairs * count - delivered;
     let disorder = out_of_order.load(Ordering::Relaxed);
+    let mode = if sm { "sm" } else { "" };
     println!(
-        "messages P={pairs:<4} window={window:<3} {rate:>9.0} msgs/s  per server CPU-s {}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  lost {lost}  out of order {disorder}   driver CPU {driver_cpu:.2}s  server CPU {}",
+        "messages P={pairs:<4} window={window:<3} {mode:<2} {rate:>9.0} msgs/s  per server CPU-s {}  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms  lost {lost}  out of order {disorder}   driver CPU {driver_cpu:.2}s  server CPU {}",
         per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
         latency.p50,
         latency.p99,
@@ -260,14 +294,16 @@ pub async fn messages(
         server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
     );
     println!(
-        "{{\"scenario\":\"messages\",\"pairs\":{pairs},\"window\":{window},\"delivered\":{delivered},\"msgs_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{lost},\"out_of_order\":{disorder},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        "{{\"scenario\":\"messages\",\"pairs\":{pairs},\"window\":{window},\"sm\":{sm},\"delivered\":{delivered},\"msgs_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"lost\":{lost},\"out_of_order\":{disorder},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
         json_num(per_cpu),
         latency.p50,
         latency.p99,
         latency.max,
         json_num(server_cpu),
     );
-    drop(keep);
+    if sm {
+        close_all(keep).await?;
+    }
     Ok(())
 }
 
