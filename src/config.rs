@@ -2,6 +2,7 @@
 //! (or none) runs a loopback server for `localhost`. Unknown keys are
 //! errors: a typo must not silently fall back to a default.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -197,6 +198,118 @@ impl std::fmt::Debug for ComponentServiceConfig {
             .field("rate_bytes_per_sec", &self.rate_bytes_per_sec)
             .field("burst_bytes", &self.burst_bytes)
             .finish()
+    }
+}
+
+/// Server-to-server federation, `[s2s]`: **in progress, not read yet.** It
+/// is not a field of [`Config`] until federation works, so that no key in
+/// a configuration file promises what the server does not do (and such a
+/// key is refused as unknown). The defaults and checks are ready for then:
+/// [`S2sConfig::validate`] is to be called from [`Config::validate`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Addresses to accept connections from other servers on. None (the
+    /// default): federation is off.
+    pub listen: Vec<SocketAddr>,
+    /// "required" (the default): a peer must start TLS before anything
+    /// else; "optional": dialback is offered before TLS too.
+    pub starttls: S2sStartTls,
+    /// PEM file of CA certificates trusted for peers' certificates, besides
+    /// the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one outbound attempt may take: resolution, TCP, TLS and
+    /// authentication.
+    pub connect_timeout_secs: u64,
+    /// Seconds before trying a remote domain again after its link failed
+    /// or closed (doubling after each further failure).
+    pub reconnect_after_secs: u64,
+    /// Seconds without traffic after which a link is closed.
+    pub idle_timeout_secs: u64,
+    /// Stanzas queued for one remote domain while its link comes up; past
+    /// it, senders get `<resource-constraint/>`.
+    pub max_queued: usize,
+    /// Largest stanza a remote server may send once authenticated, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Remote domains neither connected to nor accepted from: their
+    /// senders and ours get `<policy-violation/>`.
+    pub blocked: Vec<String>,
+    /// `[s2s.hosts]`: remote domains reached at a fixed "ip:port" (with
+    /// STARTTLS), without DNS.
+    pub hosts: BTreeMap<String, SocketAddr>,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        S2sConfig {
+            listen: Vec::new(),
+            starttls: S2sStartTls::Required,
+            ca_file: None,
+            connect_timeout_secs: 10,
+            reconnect_after_secs: 5,
+            idle_timeout_secs: 600,
+            max_queued: 1000,
+            max_stanza_bytes: 256 * 1024,
+            blocked: Vec::new(),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[s2s] starttls`: there is no "off" between servers.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum S2sStartTls {
+    Required,
+    Optional,
+}
+
+impl S2sConfig {
+    /// Whether federation is on: something to listen on.
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty()
+    }
+
+    /// Checks the settings for a server whose domain is `own_domain`.
+    pub fn validate(&self, own_domain: &str) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let zero = [
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("reconnect_after_secs", self.reconnect_after_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_queued", self.max_queued as u64),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
+            return invalid(format!("[s2s] {key} must be at least 1"));
+        }
+        if self.max_stanza_bytes < 10_000 {
+            return invalid("[s2s] max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)".into());
+        }
+        // A remote domain, written as its JIDs are, and not ours.
+        let remote = |section: &str, d: &str| -> Result<(), ConfigError> {
+            match BareJid::domain_jid(d) {
+                Ok(j) if j.as_str() == d => {}
+                Ok(j) => return invalid(format!("{section} {d:?} should be written {:?}", j.as_str())),
+                Err(e) => return invalid(format!("{section} {d:?}: {e}")),
+            }
+            if d == own_domain {
+                return invalid(format!("{section} {d:?} is the server's own domain"));
+            }
+            Ok(())
+        };
+        for d in &self.blocked {
+            remote("[s2s] blocked:", d)?;
+        }
+        for (d, addr) in &self.hosts {
+            remote("[s2s.hosts]", d)?;
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return invalid(format!("[s2s.hosts] {d:?} = \"{addr}\" is no address to connect to"));
+            }
+            if self.blocked.contains(d) {
+                return invalid(format!("[s2s.hosts] {d:?} is also in [s2s] blocked"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -772,6 +885,81 @@ mod tests {
             let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
             assert!(err.contains(problem), "{err}");
         }
+    }
+
+    #[test]
+    fn s2s_settings_have_defaults_and_are_checked() {
+        let d: S2sConfig = toml::from_str("").unwrap();
+        d.validate("a.test").unwrap();
+        assert!(!d.enabled());
+        assert_eq!(d.starttls, S2sStartTls::Required);
+        assert_eq!(
+            (
+                d.connect_timeout_secs,
+                d.reconnect_after_secs,
+                d.idle_timeout_secs,
+                d.max_queued,
+                d.max_stanza_bytes
+            ),
+            (10, 5, 600, 1000, 262_144)
+        );
+        assert!(d.ca_file.is_none() && d.blocked.is_empty() && d.hosts.is_empty());
+
+        let set: S2sConfig = toml::from_str(
+            "listen = ['127.0.0.2:5269']\nstarttls = 'optional'\nca_file = 'fixtures/tls/ca.pem'\n\
+             idle_timeout_secs = 60\nblocked = ['spam.example']\n\
+             [hosts]\n\"prosody.test\" = \"127.0.0.4:5269\"\n\"ejabberd.test\" = \"[::1]:5270\"\n",
+        )
+        .unwrap();
+        set.validate("a.test").unwrap();
+        assert!(set.enabled());
+        assert_eq!(set.starttls, S2sStartTls::Optional);
+        assert_eq!(set.ca_file.as_deref(), Some(Path::new("fixtures/tls/ca.pem")));
+        assert_eq!(set.idle_timeout_secs, 60);
+        assert_eq!(set.blocked, ["spam.example"]);
+        assert_eq!(set.hosts["prosody.test"], SocketAddr::from(([127, 0, 0, 4], 5269)));
+        assert_eq!(set.hosts["ejabberd.test"], "[::1]:5270".parse::<SocketAddr>().unwrap());
+
+        for (bad, problem) in [
+            ("connect_timeout_secs = 0", "connect_timeout_secs must be at least 1"),
+            ("reconnect_after_secs = 0", "reconnect_after_secs"),
+            ("idle_timeout_secs = 0", "idle_timeout_secs"),
+            ("max_queued = 0", "max_queued"),
+            ("max_stanza_bytes = 9999", "max_stanza_bytes"),
+            ("blocked = ['Spam.example']", "should be written \"spam.example\""),
+            ("blocked = ['a@b.test']", "\"a@b.test\""),
+            ("blocked = ['a.test']", "own domain"),
+            ("[hosts]\n\"a.test\" = \"127.0.0.3:5269\"", "own domain"),
+            (
+                "[hosts]\n\"B.test\" = \"127.0.0.3:5269\"",
+                "should be written \"b.test\"",
+            ),
+            ("[hosts]\n\"b.test\" = \"0.0.0.0:5269\"", "no address to connect to"),
+            ("[hosts]\n\"b.test\" = \"127.0.0.3:0\"", "no address to connect to"),
+            (
+                "blocked = ['b.test']\n[hosts]\n\"b.test\" = \"127.0.0.3:5269\"",
+                "also in [s2s] blocked",
+            ),
+        ] {
+            let c: S2sConfig = toml::from_str(bad).unwrap();
+            let err = c.validate("a.test").unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+            assert!(err.contains("[s2s"), "{err}");
+        }
+        for (bad, problem) in [
+            ("starttls = 'off'", "unknown variant `off`"),
+            ("idle_timeout = 5", "unknown field `idle_timeout`"),
+            ("[hosts]\n\"b.test\" = \"b.test:5269\"", "socket address"),
+            ("[hosts]\n\"b.test\" = \"127.0.0.3\"", "socket address"),
+        ] {
+            let err = toml::from_str::<S2sConfig>(bad).unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+        }
+        // Not a key of the configuration file yet.
+        let early = toml::from_str::<Config>("[s2s]\nlisten = ['127.0.0.1:5269']")
+            .unwrap_err()
+            .to_string();
+        assert!(early.contains("unknown field `s2s`"), "{early}");
     }
 
     #[test]

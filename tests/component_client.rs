@@ -113,10 +113,15 @@ impl Component {
         self.events.recv_timeout(TIMEOUT).expect("no connection event in time")
     }
 
+    /// The next connection, past the attempts that fail while the server
+    /// is away.
     fn connected(&self) -> ComponentHandle {
-        match self.next_event() {
-            ConnectionEvent::Connected(handle) => handle,
-            ConnectionEvent::Disconnected => panic!("expected Connected, got Disconnected"),
+        loop {
+            match self.next_event() {
+                ConnectionEvent::Connected(handle) => return handle,
+                ConnectionEvent::AttemptFailed(_) => {}
+                ConnectionEvent::Disconnected => panic!("expected Connected, got Disconnected"),
+            }
         }
     }
 

@@ -79,6 +79,9 @@ conditions! {
         RecipientUnavailable => "recipient-unavailable",
         Redirect => "redirect",
         RegistrationRequired => "registration-required",
+        // Not in RFC 6120 §8.3.3: a dialback error (XEP-0220 §2.5), in the
+        // stanza errors' namespace.
+        RemoteConnectionFailed => "remote-connection-failed",
         RemoteServerNotFound => "remote-server-not-found",
         RemoteServerTimeout => "remote-server-timeout",
         ResourceConstraint => "resource-constraint",

@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod presence;
 pub mod roster;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod services;
 pub mod session;

@@ -4,6 +4,12 @@ pub const STREAM: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT: &str = "jabber:client";
 /// XEP-0114: the content namespace of an external component's stream.
 pub const COMPONENT_ACCEPT: &str = "jabber:component:accept";
+/// The content namespace of a server-to-server stream (RFC 6120 §4.8.2).
+pub const SERVER: &str = "jabber:server";
+/// XEP-0220: Server Dialback's elements, written with the `db:` prefix.
+pub const DIALBACK: &str = "jabber:server:dialback";
+/// XEP-0220 §2.4.2: the stream feature of dialback with error handling.
+pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
 pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 pub const STREAMS_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";

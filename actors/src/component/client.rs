@@ -686,7 +686,7 @@ mod tests {
     async fn connected(events: &mut mpsc::UnboundedReceiver<ConnectionEvent<ComponentHandle>>) -> ComponentHandle {
         match next(events).await {
             ConnectionEvent::Connected(h) => h,
-            ConnectionEvent::Disconnected => panic!("expected Connected"),
+            other => panic!("expected Connected, got {other:?}"),
         }
     }
 
@@ -759,8 +759,13 @@ mod tests {
              </stream:stream>",
         )
         .await;
-        // The manager tries again; it never reported a connection.
+        // The manager reports the failure and tries again; it never
+        // reported a connection.
         let _again = Peer::accept(&r.listener).await;
+        match next(&mut r.events).await {
+            ConnectionEvent::AttemptFailed(e) => assert!(e.to_string().contains("not-authorized"), "{e}"),
+            other => panic!("expected AttemptFailed, got {other:?}"),
+        }
         assert!(r.events.try_recv().is_err());
     }
 

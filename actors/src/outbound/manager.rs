@@ -5,7 +5,9 @@
 //! [`ConnectionEvent::Connected`] with a handle to use the connection and
 //! [`ConnectionEvent::Disconnected`] when it is gone; one that subscribes
 //! while connected is told `Connected` at once, so nobody has to ask
-//! first and subscribe second (and miss what happened in between).
+//! first and subscribe second (and miss what happened in between). Each
+//! failed attempt is told too ([`ConnectionEvent::AttemptFailed`], with the
+//! error), so that whoever waits for the connection can give up on it.
 //!
 //! The manager knows nothing of XMPP: a [`Connector`] opens a connection
 //! and hands over a handle and a future that resolves when the connection
@@ -16,6 +18,7 @@ use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -40,8 +43,8 @@ pub trait Connector: 'static {
     type Handle: Clone + Send + 'static;
 
     /// One connection attempt. The manager bounds it with its connect
-    /// timeout (and drops it when that passes), so it need not time out
-    /// by itself.
+    /// timeout (and drops it when that passes, failing the attempt with
+    /// [`ConnectTimedOut`]), so it need not time out by itself.
     fn connect(&self) -> ConnectFuture<Self::Handle>;
 
     /// The peer, for log lines ("component bot.example at 10.0.0.1:5347").
@@ -92,6 +95,23 @@ impl ManagerSettings {
     }
 }
 
+/// The error of an attempt that took longer than
+/// [`ManagerSettings::connect_timeout`]: the manager dropped it. It is
+/// the inner error of the `io::Error` (of kind `TimedOut`) that
+/// [`ConnectionEvent::AttemptFailed`] carries; [`ConnectTimedOut::of`]
+/// finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+pub struct ConnectTimedOut(pub Duration);
+
+impl ConnectTimedOut {
+    /// The manager's timeout, if that is what failed the attempt (and not,
+    /// say, a TCP connect that timed out by itself).
+    pub fn of(err: &io::Error) -> Option<&ConnectTimedOut> {
+        err.get_ref()?.downcast_ref::<ConnectTimedOut>()
+    }
+}
+
 /// What subscribers are told.
 pub enum ConnectionEvent<H> {
     /// The connection is up; use it through this handle.
@@ -99,6 +119,11 @@ pub enum ConnectionEvent<H> {
     /// The connection is gone; the handle given with `Connected` no longer
     /// works. The manager is already trying again (unless shut down).
     Disconnected,
+    /// An attempt to connect failed, with this error (the connector's, or
+    /// [`ConnectTimedOut`]). The manager tries again after its backoff
+    /// (unless shut down); nothing was connected, so no `Disconnected`
+    /// follows.
+    AttemptFailed(Arc<io::Error>),
 }
 
 impl<H: Clone> Clone for ConnectionEvent<H> {
@@ -106,6 +131,7 @@ impl<H: Clone> Clone for ConnectionEvent<H> {
         match self {
             ConnectionEvent::Connected(h) => ConnectionEvent::Connected(h.clone()),
             ConnectionEvent::Disconnected => ConnectionEvent::Disconnected,
+            ConnectionEvent::AttemptFailed(e) => ConnectionEvent::AttemptFailed(e.clone()),
         }
     }
 }
@@ -115,6 +141,7 @@ impl<H> fmt::Debug for ConnectionEvent<H> {
         match self {
             ConnectionEvent::Connected(_) => f.write_str("Connected(..)"),
             ConnectionEvent::Disconnected => f.write_str("Disconnected"),
+            ConnectionEvent::AttemptFailed(e) => write!(f, "AttemptFailed({e})"),
         }
     }
 }
@@ -212,7 +239,7 @@ impl<C: Connector> ConnectionManager<C> {
         let bounded = async move {
             match actix_rt::time::timeout(timeout, attempt).await {
                 Ok(result) => result,
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, ConnectTimedOut(timeout))),
             }
         };
         let spawned = ctx.spawn(
@@ -248,6 +275,7 @@ impl<C: Connector> ConnectionManager<C> {
                     self.failures
                 );
                 self.wait(delay, ctx);
+                self.notify(ConnectionEvent::AttemptFailed(Arc::new(e)));
             }
         }
     }
@@ -488,6 +516,14 @@ mod tests {
         let _ = tx.send(());
     }
 
+    /// The error of an `AttemptFailed`, or a panic.
+    fn failure(event: ConnectionEvent<u32>) -> Arc<io::Error> {
+        match event {
+            ConnectionEvent::AttemptFailed(e) => e,
+            other => panic!("expected AttemptFailed, got {other:?}"),
+        }
+    }
+
     async fn wait_stopped(manager: &Addr<ConnectionManager<Fake>>) {
         let deadline = Instant::now() + WAIT;
         while manager.connected() {
@@ -532,7 +568,13 @@ mod tests {
     #[actix_rt::test]
     async fn connects_after_failures() {
         let mut r = rig(&[Outcome::Fail, Outcome::Fail, Outcome::Succeed], fast());
+        // Subscribed before the first attempt ends: every failure is told.
         let mut events = subscribe(&r.manager);
+        for _ in 0..2 {
+            let e = failure(next(&mut events).await);
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+            assert!(ConnectTimedOut::of(&e).is_none());
+        }
         assert!(matches!(next(&mut events).await, ConnectionEvent::Connected(3)));
         assert_eq!(r.script.borrow().attempts.len(), 3);
         assert_eq!(r.manager.send(CurrentHandle::new()).await.unwrap(), Some(3));
@@ -545,7 +587,18 @@ mod tests {
     async fn a_hung_attempt_times_out_and_is_retried() {
         let r = rig(&[Outcome::Hang, Outcome::Succeed], fast());
         let mut events = subscribe(&r.manager);
+        // The manager's own timeout, said as such.
+        let e = failure(next(&mut events).await);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            ConnectTimedOut::of(&e),
+            Some(&ConnectTimedOut(Duration::from_millis(50)))
+        );
+        assert_eq!(e.to_string(), "connect timed out after 50ms");
         assert!(matches!(next(&mut events).await, ConnectionEvent::Connected(2)));
+        // A connector's own timeout is not the manager's.
+        let own = io::Error::new(io::ErrorKind::TimedOut, "tcp connect timed out");
+        assert!(ConnectTimedOut::of(&own).is_none());
     }
 
     #[actix_rt::test]
@@ -557,6 +610,9 @@ mod tests {
         };
         let r = rig(&[Fail, Fail, Fail, Fail, Succeed, Succeed], settings);
         let mut events = subscribe(&r.manager);
+        for _ in 0..4 {
+            failure(next(&mut events).await);
+        }
         assert!(matches!(next(&mut events).await, ConnectionEvent::Connected(5)));
         {
             let s = r.script.borrow();
@@ -598,6 +654,8 @@ mod tests {
         end_connection(&r.script, 1);
         assert!(matches!(next(&mut events).await, ConnectionEvent::Disconnected));
         assert_eq!(r.manager.send(CurrentHandle::new()).await.unwrap(), None);
+        // Attempt 2 fails: told, with no second Disconnected.
+        failure(next(&mut events).await);
         assert!(matches!(next(&mut events).await, ConnectionEvent::Connected(3)));
         assert_eq!(r.manager.send(CurrentHandle::new()).await.unwrap(), Some(3));
     }
@@ -616,6 +674,22 @@ mod tests {
         wait_stopped(&r.manager).await;
         // A stopped actor has no timers left: the count is final.
         assert_eq!(r.script.borrow().attempts.len(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn an_attempt_cut_short_by_shutdown_is_not_told() {
+        let settings = ManagerSettings {
+            connect_timeout: WAIT,
+            ..fast()
+        };
+        let mut r = rig(&[Outcome::Hang], settings);
+        let mut events = subscribe(&r.manager);
+        assert_eq!(next(&mut r.attempts).await, 1);
+        r.manager.do_send(Shutdown);
+        wait_stopped(&r.manager).await;
+        // Neither a failure nor a disconnection: nothing was connected,
+        // and nothing failed by itself.
+        assert!(events.try_recv().is_err());
     }
 
     #[actix_rt::test]

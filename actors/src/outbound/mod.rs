@@ -8,6 +8,6 @@
 pub mod manager;
 
 pub use manager::{
-    ConnectFuture, Connection, ConnectionEvent, ConnectionManager, Connector, CurrentHandle, ManagerSettings, Shutdown,
-    Subscribe,
+    ConnectFuture, ConnectTimedOut, Connection, ConnectionEvent, ConnectionManager, Connector, CurrentHandle,
+    ManagerSettings, Shutdown, Subscribe,
 };

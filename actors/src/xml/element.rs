@@ -7,7 +7,7 @@ use quick_xml::escape::{escape, partial_escape};
 /// An attribute value as written: besides the five XML characters, tab,
 /// CR and LF become references, since a parser turns them into spaces
 /// (attribute-value normalisation, XML 1.0 §3.3.3).
-fn escape_attr(v: &str) -> Cow<'_, str> {
+pub(crate) fn escape_attr(v: &str) -> Cow<'_, str> {
     // Most values (ids, JIDs, namespaces) need nothing: one scan says so.
     if !v
         .bytes()
@@ -29,7 +29,7 @@ fn escape_attr(v: &str) -> Cow<'_, str> {
 
 /// Text as written: CR becomes a reference, since a parser turns CR and
 /// CR LF into LF (end-of-line handling, XML 1.0 §2.11).
-fn escape_text(t: &str) -> Cow<'_, str> {
+pub(crate) fn escape_text(t: &str) -> Cow<'_, str> {
     if !t.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\r')) {
         return Cow::Borrowed(t);
     }

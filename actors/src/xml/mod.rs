@@ -6,5 +6,7 @@ mod element;
 mod parser;
 
 pub use element::{Element, Node};
+// For what is written as literal text (XEP-0220's `db:` elements).
+pub(crate) use element::{escape_attr, escape_text};
 pub(crate) use parser::open_element;
 pub use parser::{parse_element, NsBindings, ParseLimits};
