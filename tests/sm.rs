@@ -235,6 +235,54 @@ fn a_session_not_resumed_in_time_leaves_messages_offline_and_bounces_requests() 
 }
 
 #[test]
+fn a_session_waiting_to_be_resumed_ends_when_its_queue_is_full_and_nothing_bounces() {
+    // A queue of 10,000 bytes: one sender's share is 1,250, a few messages.
+    let server = server(|c| {
+        c.c2s.max_stanza_bytes = 10_000;
+        c.c2s.max_outbound_bytes = 10_000;
+    });
+    server.befriend("alice", "bob");
+    let mut bob = server.login("bob", "pw", "desk");
+    bob.send("<presence/>");
+    bob.recv_until(|e| e.attr("from") == Some("bob@localhost/desk"));
+    let mut alice = server.login("alice", "pw", "phone");
+    let id = enable(&mut alice);
+    alice.send("<presence/>");
+    bob.recv_until(|e| e.attr("from") == Some("alice@localhost/phone"));
+    drop(alice);
+    for n in 0..40 {
+        bob.send(&chat("alice@localhost/phone", &format!("m{n}")));
+    }
+    // Far past the share: the waiting session ends (bob sees her go), and
+    // none of his messages came back.
+    let gone = bob.recv();
+    assert_eq!(
+        gone.to_xml_in(ns::CLIENT),
+        "<presence to='bob@localhost' type='unavailable' from='alice@localhost/phone'/>"
+    );
+    bob.expect_nothing();
+    let mut alice = server.authenticated("alice", "pw");
+    alice.send(&format!("<resume xmlns='urn:xmpp:sm:3' previd='{id}' h='1'/>"));
+    assert!(alice.recv().is("failed", SM));
+    alice.bind(Some("phone"));
+    alice.send("<presence/>");
+    let mut got = Vec::new();
+    while got.len() < 40 {
+        let el = alice.recv();
+        if el.is("message", ns::CLIENT) {
+            got.push(el.attr("id").unwrap_or_default().to_owned());
+        }
+    }
+    // Once each. Those queued before the session ended keep their order;
+    // those routed while it was ending may be stored ahead of them.
+    let mut sorted = got.clone();
+    sorted.sort_by_key(|id| id[1..].parse::<u32>().unwrap());
+    let sent: Vec<String> = (0..40).map(|n| format!("m{n}")).collect();
+    assert_eq!(sorted, sent, "every message once: {got:?}");
+    alice.expect_no_messages();
+}
+
+#[test]
 fn a_client_that_stops_acknowledging_is_cut_off() {
     let server = server(|c| c.sm.max_unacked = 3);
     let mut alice = server.login("alice", "pw", "phone");

@@ -30,6 +30,9 @@ pub enum Control {
     /// Close the stream with this error (resource conflict, account
     /// removed, server shutdown).
     Kick(StreamError),
+    /// A session waiting to be resumed (XEP-0198) has more queued than it
+    /// may: end it, its stanzas going where they would without it.
+    Expire,
 }
 
 const UNAVAILABLE: i32 = i32::MIN;
@@ -250,6 +253,10 @@ impl Session {
         match sent {
             Ok(()) => Ok(()),
             Err(SendError::Busy) => Err(Refused::Busy),
+            Err(SendError::Overfull) => {
+                self.control(Control::Expire);
+                Ok(())
+            }
             Err(SendError::Closed | SendError::Overflow) => Err(Refused::Gone),
         }
     }

@@ -381,7 +381,7 @@ impl C2s {
                             self.send_stanza(&reply);
                         }
                     }
-                    _ => self.cx.router.route(stanza),
+                    _ => self.route_in_order(ctx, stanza),
                 }
             }
             Kind::Presence(t) if stanza.to().is_none() => self.on_own_presence(ctx, session, t, stanza),
@@ -403,7 +403,7 @@ impl C2s {
                 if let (Some(to), Some(directed)) = (stanza.to(), &mut self.directed) {
                     directed.remove(to);
                 }
-                self.cx.router.route(stanza);
+                self.route_in_order(ctx, stanza);
             }
             Kind::Message(_) if stanza.to().is_none() => {
                 // RFC 6121 §8.1.1.1: as if addressed to the sender's bare JID.
@@ -415,26 +415,34 @@ impl C2s {
                 crate::xep::carbons::sent(&self.cx.router, session, &stanza);
                 self.route_message(ctx, stanza);
             }
-            _ => self.cx.router.route(stanza),
+            _ => self.route_in_order(ctx, stanza),
         }
     }
 
     /// A message is archived (XEP-0313) before it is routed: it joins the
     /// stream's messages on their way through the archive, in order (see
     /// `archiving.rs`), and XEP-0198 counts it handled once routed, on
-    /// disk. One not archived waits behind them, if there are any.
+    /// disk.
     fn route_message(&mut self, ctx: &mut Context<Self>, stanza: Stanza) {
-        let routing: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
-            match crate::xep::mam::prepare(&self.cx.router, stanza) {
-                Ok(pending) => pending.run(),
-                Err(stanza) if self.archiving.as_mut().is_none_or(|a| a.idle()) => {
-                    return self.cx.router.route(stanza);
-                }
-                Err(stanza) => {
-                    let router = self.cx.router.clone();
-                    Box::pin(async move { router.route(stanza) })
-                }
-            };
+        match crate::xep::mam::prepare(&self.cx.router, stanza) {
+            Ok(pending) => self.in_order(ctx, pending.run()),
+            Err(stanza) => self.route_in_order(ctx, stanza),
+        }
+    }
+
+    /// Routes a stanza now, or, while messages of this stream are on their
+    /// way through the archive, behind them: a client's stanzas are
+    /// processed in the order sent (RFC 6120 §10.1), so an IQ never
+    /// overtakes the message before it, nor its bounce.
+    fn route_in_order(&mut self, ctx: &mut Context<Self>, stanza: Stanza) {
+        if self.archiving.as_mut().is_none_or(|a| a.idle()) {
+            return self.cx.router.route(stanza);
+        }
+        let router = self.cx.router.clone();
+        self.in_order(ctx, Box::pin(async move { router.route(stanza) }));
+    }
+
+    fn in_order(&mut self, ctx: &mut Context<Self>, routing: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {
         let seq = self.received();
         let archiving = self.archiving.get_or_insert_default();
         archiving.submit(seq, routing);
@@ -720,6 +728,11 @@ impl Handler<Control> for C2s {
             // Nobody to tell on a parked session's connection.
             Control::Kick(_) if self.parked => ctx.stop(),
             Control::Kick(err) => self.stream_error(ctx, err),
+            Control::Expire if self.parked => {
+                log::info!("{}: too much waiting to be resumed; the session ends", self.peer);
+                ctx.stop();
+            }
+            Control::Expire => {}
         }
     }
 }

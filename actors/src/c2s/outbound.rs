@@ -196,6 +196,11 @@ pub enum SendError {
     /// routed traffic, or this sender has its share queued. Nothing was
     /// queued, and the connection stays.
     Busy,
+    /// Queued all the same, past the share: the session waits to be
+    /// resumed (XEP-0198) and nobody reads its queue, so refusing would
+    /// only bounce what its owner will want. It must end now, its queue
+    /// going to offline storage in order.
+    Overfull,
 }
 
 /// The sending side; cheap to clone. The receiver sees the end of the
@@ -290,19 +295,26 @@ impl Outbound {
             }
             let queued = self.shared.queued.load(Ordering::Acquire) + self.shared.unacked_bytes.load(Ordering::Acquire);
             let soft = limit * ROUTED_PERCENT / 100;
-            if queued + len > limit || (queued > 0 && queued + len > soft) {
-                return Err(SendError::Busy);
-            }
+            let mut busy = queued + len > limit || (queued > 0 && queued + len > soft);
             let share = limit / SHARES;
-            if !queue.senders.is_empty() || queued + len > share {
+            if !busy && (!queue.senders.is_empty() || queued + len > share) {
                 if queue.senders.is_empty() {
                     queue.count_senders();
                 }
                 match queue.senders.iter_mut().find(|(k, _)| *k == sender) {
-                    Some((_, bytes)) if *bytes + len > share => return Err(SendError::Busy),
+                    Some((_, bytes)) if *bytes + len > share => busy = true,
                     Some((_, bytes)) => *bytes += len,
                     None => queue.senders.push((sender, len)),
                 }
+            }
+            if busy {
+                if !queue.detached {
+                    return Err(SendError::Busy);
+                }
+                // Kept for the session's end (`seal`), which comes next.
+                self.shared.queued.fetch_add(len, Ordering::AcqRel);
+                queue.items.push_back(Queued::Own(Out::Data(data)));
+                return Err(SendError::Overfull);
             }
             self.shared.queued.fetch_add(len, Ordering::AcqRel);
             queue.items.push_back(Queued::Routed { data, sender });

@@ -402,6 +402,8 @@ impl Handler<Control> for Component {
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
         match msg {
             Control::Kick(err) => self.stream_error(ctx, err),
+            // Components never wait to be resumed.
+            Control::Expire => {}
         }
     }
 }
