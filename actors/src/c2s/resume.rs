@@ -108,30 +108,30 @@ impl C2s {
         }
     }
 
-    /// `<a h/>` counts what is handled: a request to the server is once
-    /// answered (a roster change once committed), so the answer waits for
-    /// those in flight, reading nothing meanwhile (none can start). They
-    /// are the server's own handlers: a storage round trip.
+    /// `<a h/>` counts what is handled. What is on its way through the
+    /// archive (a message, and what waits behind it) is handled once
+    /// routed: the answer waits for what was read before the request, the
+    /// stream reading on meanwhile. A request to the server is handled once
+    /// answered (a roster change once committed): then the answer waits
+    /// for those in flight, reading nothing meanwhile (none can start).
+    /// They are the server's own handlers: a storage round trip.
     fn answer_request(&mut self, ctx: &mut Context<Self>) {
+        match self.archiving.as_mut().and_then(|a| a.barrier()) {
+            None => self.ack_when_answered(ctx),
+            Some(reached) => {
+                ctx.spawn(reached.into_actor(self).map(|_, act, ctx| act.ack_when_answered(ctx)));
+            }
+        }
+    }
+
+    fn ack_when_answered(&mut self, ctx: &mut Context<Self>) {
         let answered = match &self.state {
             State::Bound(session) => session.when_iqs_answered(),
             _ => None,
         };
         match answered {
-            None => self.ack_when_archived(ctx),
-            Some(answered) => ctx.wait(answered.into_actor(self).map(|_, act, ctx| act.ack_when_archived(ctx))),
-        }
-    }
-
-    /// Messages on their way through the archive are counted once routed:
-    /// the answer waits for those read before the request (the stream
-    /// reads on meanwhile).
-    fn ack_when_archived(&mut self, ctx: &mut Context<Self>) {
-        match self.archiving.as_mut().and_then(|a| a.barrier()) {
             None => self.send_ack(),
-            Some(reached) => {
-                ctx.spawn(reached.into_actor(self).map(|_, act, _| act.send_ack()));
-            }
+            Some(answered) => ctx.wait(answered.into_actor(self).map(|_, act, _| act.send_ack())),
         }
     }
 
