@@ -326,6 +326,11 @@ impl C2s {
         self.handed_off = true;
         self.parked = false;
         self.closing = true;
+        self.state = State::Start;
+        // Nothing more from this actor reaches the session's queue (an
+        // acknowledgement it was still to send would count behind the new
+        // connection's back): its own end is a queue nobody reads.
+        self.out = Outbound::detached(0).0;
         // After the answer is on its way (it may be this call's, or a
         // future's that stopping now would drop).
         ctx.run_later(Duration::ZERO, |_, ctx| ctx.stop());
