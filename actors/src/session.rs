@@ -193,7 +193,9 @@ impl Session {
     pub fn set_inactive(&self, inactive: bool) {
         self.inactive.store(inactive, Ordering::SeqCst);
         if !inactive {
-            self.release_held();
+            // Under the lock, whatever `holding` says: a presence held
+            // just now by another thread goes out too.
+            self.flush_held();
         }
     }
 
@@ -206,11 +208,11 @@ impl Session {
                 // Checked again under the lock: `set_inactive(false)` takes
                 // the lock after clearing the flag.
                 if self.inactive.load(Ordering::SeqCst) {
-                    let room = held.get_or_insert_default().hold(from, bytes);
+                    let room = held.get_or_insert_default().hold(from, origin.key, bytes);
                     self.holding.store(true, Ordering::SeqCst);
                     drop(held);
                     if !room {
-                        self.release_held();
+                        self.flush_held();
                     }
                     return Ok(());
                 }
@@ -221,18 +223,21 @@ impl Session {
 
     /// Sends what waited for an inactive client, ahead of what comes now.
     fn release_held(&self) {
-        if !self.holding.load(Ordering::Relaxed) {
-            return;
+        if self.holding.load(Ordering::SeqCst) {
+            self.flush_held();
         }
-        let waiting = {
-            let mut held = crate::c2s::lock(&self.held);
-            self.holding.store(false, Ordering::SeqCst);
-            held.take()
-        };
-        for bytes in waiting.map(|mut h| h.take()).unwrap_or_default() {
-            // Presence: a busy queue drops it, as it would have then.
-            let _ = self.out.send_routed(0, bytes);
+    }
+
+    /// Queues what waited, under the lock (so that nothing delivered
+    /// meanwhile overtakes it: a delivery that sees `holding` waits here),
+    /// each with its sender's share. Presence a busy queue refuses is
+    /// dropped, as it would have been then.
+    fn flush_held(&self) {
+        let mut held = crate::c2s::lock(&self.held);
+        for (key, bytes) in held.take().map(|mut h| h.take()).unwrap_or_default() {
+            let _ = self.out.send_routed(key, bytes);
         }
+        self.holding.store(false, Ordering::SeqCst);
     }
 
     /// Queues a stanza from `origin`. From the user's own account or the

@@ -65,6 +65,8 @@ pub struct C2s {
     pub(super) parked: bool,
     /// The session went to another connection: this actor ends silently.
     pub(super) handed_off: bool,
+    /// Its queue filled while detached: the session ends rather than park.
+    pub(super) expire: bool,
     /// Messages on their way through the archive, in order; made at the
     /// first one.
     pub(super) archiving: Option<Box<Archiving>>,
@@ -110,6 +112,7 @@ impl C2s {
             sm: None,
             parked: false,
             handed_off: false,
+            expire: false,
             archiving: None,
             conn,
             ping_sent: None,
@@ -732,7 +735,9 @@ impl Handler<Control> for C2s {
                 log::info!("{}: too much waiting to be resumed; the session ends", self.peer);
                 ctx.stop();
             }
-            Control::Expire => {}
+            // The transport is gone and the actor not parked yet (it is
+            // waiting on something): it stops instead of parking.
+            Control::Expire => self.expire = true,
         }
     }
 }

@@ -85,6 +85,9 @@ struct Queue {
     /// The session ended: stanzas are refused (its leftovers were taken to
     /// be routed elsewhere), while the stream's own close still goes out.
     sealed: bool,
+    /// A stanza was queued past the limits of a detached queue
+    /// ([`SendError::Overfull`]): the session is ending, and refuses more.
+    overfull: bool,
 }
 
 /// XEP-0198 on the server's side of a stream: stanzas written and not yet
@@ -102,7 +105,6 @@ struct Acks {
     max_unacked: usize,
     /// Ask for an acknowledgement every this many stanzas.
     request_every: u32,
-    resumable: bool,
 }
 
 /// Why an acknowledgement was refused: it counts more than was sent.
@@ -311,6 +313,12 @@ impl Outbound {
                 if !queue.detached {
                     return Err(SendError::Busy);
                 }
+                if queue.overfull {
+                    // One past the limits is enough to end the session;
+                    // more go elsewhere now.
+                    return Err(SendError::Closed);
+                }
+                queue.overfull = true;
                 // Kept for the session's end (`seal`), which comes next.
                 self.shared.queued.fetch_add(len, Ordering::AcqRel);
                 queue.items.push_back(Queued::Own(Out::Data(data)));
@@ -331,7 +339,7 @@ impl Outbound {
 
     /// Queues `<enabled/>` (XEP-0198): every stanza written after it is
     /// counted and kept until acknowledged.
-    pub(crate) fn enable_acks(&self, enabled: Bytes, max_unacked: usize, request_every: u32, resumable: bool) {
+    pub(crate) fn enable_acks(&self, enabled: Bytes, max_unacked: usize, request_every: u32) {
         let acks = Box::new(Acks {
             unacked: VecDeque::new(),
             sent: 0,
@@ -339,7 +347,6 @@ impl Outbound {
             requested: 0,
             max_unacked,
             request_every: request_every.max(1),
-            resumable,
         });
         self.shared.queued.fetch_add(enabled.len(), Ordering::AcqRel);
         {
@@ -617,8 +624,9 @@ impl Drop for OutboundRx {
         if self.superseded() || queue.detached {
             return;
         }
-        if queue.sm.as_ref().is_some_and(|a| a.resumable) && !queue.sealed {
-            // Kept for a resumption; the session decides.
+        if queue.sm.is_some() && !queue.sealed {
+            // Kept for a resumption, or for the session's end to route
+            // what was never written elsewhere (`seal`): the session decides.
             queue.detached = true;
             return;
         }
@@ -761,7 +769,7 @@ mod tests {
     fn counting_starts_after_enabled_and_acks_free_what_they_count() {
         let (tx, rx) = Outbound::new(1 << 20);
         tx.send(b("before")).unwrap();
-        tx.enable_acks(b("<enabled/>"), 100, 2, true);
+        tx.enable_acks(b("<enabled/>"), 100, 2);
         tx.send(b("s1")).unwrap();
         tx.send_nonza(b("<a/>"));
         tx.send_routed(7, b("s2")).unwrap();
@@ -781,7 +789,7 @@ mod tests {
     #[test]
     fn h_wraps_at_two_to_the_thirty_second() {
         let (tx, rx) = Outbound::new(1 << 20);
-        tx.enable_acks(b("<enabled/>"), 100, 100, false);
+        tx.enable_acks(b("<enabled/>"), 100, 100);
         written(&rx);
         rx.shared.queue().sm.as_mut().unwrap().sent = u32::MAX;
         rx.shared.queue().sm.as_mut().unwrap().acked = u32::MAX;
@@ -797,7 +805,7 @@ mod tests {
     #[test]
     fn a_new_transport_resends_the_unacknowledged_first_and_the_old_one_ends() {
         let (tx, old) = Outbound::new(1 << 20);
-        tx.enable_acks(b("<enabled/>"), 100, 100, true);
+        tx.enable_acks(b("<enabled/>"), 100, 100);
         tx.send(b("s1")).unwrap();
         tx.send(b("s2")).unwrap();
         assert_eq!(written(&old).len(), 3);
@@ -820,7 +828,7 @@ mod tests {
     #[test]
     fn sealing_hands_back_every_stanza_not_acknowledged_and_refuses_more() {
         let (tx, rx) = Outbound::new(1 << 20);
-        tx.enable_acks(b("<enabled/>"), 100, 100, true);
+        tx.enable_acks(b("<enabled/>"), 100, 100);
         tx.send(b("s1")).unwrap();
         written(&rx);
         tx.send(b("s2")).unwrap();
@@ -831,9 +839,34 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_transport_leaves_what_it_never_wrote_for_the_session_to_route() {
+        let (tx, rx) = Outbound::new(1 << 20);
+        tx.enable_acks(b("<enabled/>"), 100, 100);
+        tx.send(b("s1")).unwrap();
+        written(&rx);
+        tx.send(b("s2")).unwrap();
+        // The write failed: the transport ends with s2 still queued.
+        drop(rx);
+        assert_eq!(tx.seal(), vec![b("s1"), b("s2")]);
+    }
+
+    #[test]
+    fn a_detached_queue_takes_one_stanza_past_its_limits_then_refuses() {
+        let (tx, rx) = Outbound::new(800);
+        tx.enable_acks(b("<enabled/>"), 100, 100);
+        written(&rx);
+        drop(rx);
+        let big = Bytes::from(vec![b'x'; 700]);
+        assert_eq!(tx.send_routed(1, big.clone()), Ok(()));
+        assert_eq!(tx.send_routed(1, big.clone()), Err(SendError::Overfull));
+        assert_eq!(tx.send_routed(1, big), Err(SendError::Closed));
+        assert_eq!(tx.seal().len(), 2);
+    }
+
+    #[test]
     fn too_many_unacknowledged_stanzas_overflow() {
         let (tx, rx) = Outbound::new(1 << 20);
-        tx.enable_acks(b("<enabled/>"), 2, 100, true);
+        tx.enable_acks(b("<enabled/>"), 2, 100);
         for s in ["a", "b", "c"] {
             tx.send(b(s)).unwrap();
         }

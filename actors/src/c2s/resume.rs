@@ -49,7 +49,12 @@ pub struct SmState {
     timeout: Duration,
     /// When the server last asked for an acknowledgement by the clock.
     last_request: Instant,
+    /// An answer to `<r/>` is on its way.
+    answering: bool,
 }
+
+/// How long `<a h/>` waits for the client's IQs in flight to be answered.
+const IQ_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Asks the connection holding a session to give it up to a new one,
 /// whose client has received `h` stanzas.
@@ -115,10 +120,17 @@ impl C2s {
     /// answered (a roster change once committed): then the answer waits
     /// for those in flight, reading nothing meanwhile (none can start).
     /// They are the server's own handlers: a storage round trip.
+    /// Requests that come while an answer waits get that one answer,
+    /// which carries the count when it goes: a flood of them costs nothing.
     fn answer_request(&mut self, ctx: &mut Context<Self>) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        if sm.answering {
+            return;
+        }
         match self.archiving.as_mut().and_then(|a| a.barrier()) {
             None => self.ack_when_answered(ctx),
             Some(reached) => {
+                sm.answering = true;
                 ctx.spawn(reached.into_actor(self).map(|_, act, ctx| act.ack_when_answered(ctx)));
             }
         }
@@ -131,11 +143,19 @@ impl C2s {
         };
         match answered {
             None => self.send_ack(),
-            Some(answered) => ctx.wait(answered.into_actor(self).map(|_, act, _| act.send_ack())),
+            // Bounded: an embedder's handler that never answers must not
+            // freeze the stream.
+            Some(answered) => {
+                let answered = tokio::time::timeout(IQ_ANSWER_WAIT, answered);
+                ctx.wait(answered.into_actor(self).map(|_, act, _| act.send_ack()))
+            }
         }
     }
 
     fn send_ack(&mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.answering = false;
+        }
         let h = self.handled();
         self.out.send_nonza(sm::ack(h));
     }
@@ -179,12 +199,13 @@ impl C2s {
         }
         let enabled = sm::enabled(id.as_deref().map(|id| (id, timeout.as_secs())));
         self.out
-            .enable_acks(enabled, settings.max_unacked, settings.request_every, resumable);
+            .enable_acks(enabled, settings.max_unacked, settings.request_every);
         self.sm = Some(Box::new(SmState {
             received: 0,
             id,
             timeout,
             last_request: Instant::now(),
+            answering: false,
         }));
     }
 
@@ -223,6 +244,8 @@ impl C2s {
         self.available = resumed.available;
         self.directed = resumed.directed;
         resumed.sm.last_request = Instant::now();
+        // The old connection's answer in waiting, if any, went with it.
+        resumed.sm.answering = false;
         self.sm = Some(resumed.sm);
         self.state = State::Bound(resumed.session);
         if let Some(timer) = self.negotiation_deadline.take() {
@@ -236,6 +259,7 @@ impl C2s {
             && self.sm.as_ref().is_some_and(|s| s.id.is_some())
             && !self.parked
             && !self.handed_off
+            && !self.expire
             && !self.out.overflowed()
             && !self.cx.shutdown.is_cancelled()
     }
