@@ -334,6 +334,12 @@ impl C2s {
         if self.handed_off || self.out.overflowed() || self.sm.as_ref().is_none_or(|s| s.id.is_none()) {
             return Err(ResumeRefused::Unknown);
         }
+        // Replaced meanwhile by a new binding of its JID (whose `<conflict/>`
+        // for this actor may still be on its way): nothing to resume.
+        let current = self.cx.router.sessions().get(&session.jid);
+        if current.is_none_or(|s| s.id != session.id) {
+            return Err(ResumeRefused::Unknown);
+        }
         if let Err(TooHigh { sent }) = self.out.ack(msg.h) {
             return Err(ResumeRefused::TooHigh { sent });
         }
