@@ -16,13 +16,7 @@ fn bounced(id: &str, from: &str, to: &str) -> String {
 
 fn available(server: &TestServer, user: &str, resource: &str, presence: &str) -> Client {
     let mut c = server.login(user, user, resource);
-    c.send(presence);
-    let me = format!("{user}@localhost/{resource}");
-    c.recv_until(|e| {
-        e.name() == "presence"
-            && e.attr("from") == Some(me.as_str())
-            && e.attr("to") == Some(&me[..me.find('/').unwrap()])
-    });
+    c.announce(presence);
     c
 }
 

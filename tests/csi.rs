@@ -22,9 +22,7 @@ fn server() -> TestServer {
 /// reflected (the contacts' presence before it is dropped).
 fn online(server: &TestServer, user: &str) -> Client {
     let mut c = server.login(user, "pw", "r");
-    c.send("<presence/>");
-    let me = format!("{user}@localhost/r");
-    c.recv_until(|e| e.is("presence", ns::CLIENT) && e.attr("from") == Some(me.as_str()));
+    c.announce("<presence/>");
     c
 }
 

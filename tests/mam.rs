@@ -25,13 +25,7 @@ fn server_with(users: &[&str]) -> TestServer {
 /// A session that sent its initial presence and got it back.
 fn available(server: &TestServer, user: &str, resource: &str) -> Client {
     let mut c = server.login(user, user, resource);
-    c.send("<presence/>");
-    let me = format!("{user}@localhost/{resource}");
-    c.recv_until(|e| {
-        e.name() == "presence"
-            && e.attr("from") == Some(me.as_str())
-            && e.attr("to") == Some(&me[..me.find('/').unwrap()])
-    });
+    c.announce("<presence/>");
     c
 }
 

@@ -10,13 +10,7 @@ use common::{sorted, Client, TestServer};
 
 fn available(server: &TestServer, user: &str, resource: &str, presence: &str) -> Client {
     let mut c = server.login(user, user, resource);
-    c.send(presence);
-    let me = format!("{user}@localhost/{resource}");
-    c.recv_until(|e| {
-        e.name() == "presence"
-            && e.attr("from") == Some(me.as_str())
-            && e.attr("to") == Some(&me[..me.find('/').unwrap()])
-    });
+    c.announce(presence);
     c
 }
 

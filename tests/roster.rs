@@ -28,9 +28,7 @@ fn error_of(el: &shoal_actors::xml::Element) -> (String, String) {
 fn online(server: &TestServer, user: &str, resource: &str) -> Client {
     let mut c = server.login(user, user, resource);
     c.roster();
-    c.send("<presence/>");
-    let jid = format!("{user}@localhost/{resource}");
-    c.recv_until(|e| e.name() == "presence" && e.attr("from") == Some(jid.as_str()));
+    c.announce("<presence/>");
     c
 }
 

@@ -148,8 +148,7 @@ fn a_new_connection_takes_the_session_from_a_half_open_one_silently() {
     let server = server(|_| {});
     server.befriend("alice", "bob");
     let mut bob = server.login("bob", "pw", "desk");
-    bob.send("<presence/>");
-    bob.recv_until(|e| e.is("presence", ns::CLIENT) && e.attr("from") == Some("bob@localhost/desk"));
+    bob.announce("<presence/>");
     let mut old = server.login("alice", "pw", "phone");
     let id = enable(&mut old);
     old.send("<presence/>");
@@ -195,8 +194,7 @@ fn a_session_not_resumed_in_time_leaves_messages_offline_and_bounces_requests() 
     let server = server(|c| c.sm.resume_timeout_secs = 1);
     server.befriend("alice", "bob");
     let mut bob = server.login("bob", "pw", "desk");
-    bob.send("<presence/>");
-    bob.recv_until(|e| e.attr("from") == Some("bob@localhost/desk"));
+    bob.announce("<presence/>");
     let mut alice = server.login("alice", "pw", "phone");
     let id = enable_for(&mut alice, "1");
     alice.send("<presence/>");
@@ -243,8 +241,7 @@ fn a_session_waiting_to_be_resumed_ends_when_its_queue_is_full_and_nothing_bounc
     });
     server.befriend("alice", "bob");
     let mut bob = server.login("bob", "pw", "desk");
-    bob.send("<presence/>");
-    bob.recv_until(|e| e.attr("from") == Some("bob@localhost/desk"));
+    bob.announce("<presence/>");
     let mut alice = server.login("alice", "pw", "phone");
     let id = enable(&mut alice);
     alice.send("<presence/>");

@@ -138,10 +138,18 @@ impl Router {
     /// Routes a stanza whose `from` the server has already stamped. A
     /// stanza without `to` is for the sender's own account.
     pub fn route(&self, stanza: Stanza) {
-        let to = match (stanza.to(), stanza.from()) {
-            (Some(to), _) => to.clone(),
-            (None, Some(from)) if self.is_local_user(from) => from.to_bare().into(),
-            (None, _) => return log::debug!("dropping a stanza with no addresses"),
+        self.route_checked(stanza, true)
+    }
+
+    /// [`Router::route`] for a stanza `mam::prepare` found nothing to
+    /// archive in: it is not asked again.
+    pub(crate) fn route_unarchived(&self, stanza: Stanza) {
+        self.route_checked(stanza, false)
+    }
+
+    fn route_checked(&self, stanza: Stanza, archive: bool) {
+        let Some(to) = self.destination(&stanza) else {
+            return log::debug!("dropping a stanza with no addresses");
         };
         // XEP-0191 §3.3: nothing a user sends reaches a JID they blocked.
         let lists = self.blocklists();
@@ -151,7 +159,7 @@ impl Router {
         }
         // XEP-0313: archived first, routed once committed (`route_archived`).
         let stanza = match stanza.kind {
-            Kind::Message(_) if self.inner.mam.enabled => match mam::prepare(self, stanza) {
+            Kind::Message(_) if archive && self.inner.mam.enabled => match mam::prepare(self, stanza) {
                 Ok(pending) => {
                     actix_rt::spawn(pending.run());
                     return;
@@ -163,16 +171,22 @@ impl Router {
         self.route_to(to, stanza, false)
     }
 
+    /// Where a stanza goes: its `to`, or the sender's own account.
+    fn destination(&self, stanza: &Stanza) -> Option<Jid> {
+        match (stanza.to(), stanza.from()) {
+            (Some(to), _) => Some(to.clone()),
+            (None, Some(from)) if self.is_local_user(from) => Some(from.to_bare().into()),
+            (None, _) => None,
+        }
+    }
+
     /// Routes a message [`mam::Pending`] archived (past the checks of
     /// [`Router::route`], which `mam::prepare` made): `stamped` when it
     /// carries its recipient's stanza id already, which must not change.
     pub(crate) fn route_archived(&self, stanza: Stanza, stamped: bool) {
-        let to = match (stanza.to(), stanza.from()) {
-            (Some(to), _) => to.clone(),
-            (None, Some(from)) if self.is_local_user(from) => from.to_bare().into(),
-            (None, _) => return,
-        };
-        self.route_to(to, stanza, stamped)
+        if let Some(to) = self.destination(&stanza) {
+            self.route_to(to, stanza, stamped)
+        }
     }
 
     fn route_to(&self, to: Jid, stanza: Stanza, stamped: bool) {

@@ -486,6 +486,17 @@ impl Client {
         jid
     }
 
+    /// Sends `presence` (initial, without `to`) and reads until the server
+    /// reflects it (RFC 6121 §4.2.2): what came before is dropped.
+    pub fn announce(&mut self, presence: &str) {
+        self.send(presence);
+        let me = self.jid.clone();
+        let bare = &me[..me.find('/').unwrap()];
+        self.recv_until(|e| {
+            e.name() == "presence" && e.attr("from") == Some(me.as_str()) && e.attr("to") == Some(bare)
+        });
+    }
+
     /// A round trip to the server: everything queued for this client
     /// before it was answered has been received once this returns.
     pub fn sync(&mut self) -> Vec<Element> {

@@ -52,6 +52,13 @@ class Client(slixmpp.ClientXMPP):
         iq["register"]["password"] = self.password
         await iq.send()
 
+    async def announce(self):
+        """Initial presence, then a ping round trip, so that the presence
+        is in effect before the script goes on; then ready."""
+        self.send_presence()
+        await self.plugin["xep_0199"].ping(jid=DOMAIN)
+        self.ready.set()
+
     async def start(self):
         """Connects and waits for the session (see `ready`)."""
         connect(self)

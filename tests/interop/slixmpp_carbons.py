@@ -38,9 +38,7 @@ class User(Client):
     async def on_start(self, _):
         if self.carbons:
             await self.plugin["xep_0280"].enable()
-        self.send_presence()
-        await self.plugin["xep_0199"].ping(jid=DOMAIN)
-        self.ready.set()
+        await self.announce()
 
     def on_message(self, msg):
         # Carbons also arrive as (bodiless) messages; they are counted

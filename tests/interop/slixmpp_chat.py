@@ -19,10 +19,7 @@ class Chatter(Client):
         self.add_event_handler("message", lambda msg: self.inbox.put_nowait(msg))
 
     async def on_start(self, _):
-        self.send_presence()
-        # A round trip, so that the presence is in effect before we go on.
-        await self.plugin["xep_0199"].ping(jid=DOMAIN)
-        self.ready.set()
+        await self.announce()
 
 
 async def main():

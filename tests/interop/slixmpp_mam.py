@@ -16,7 +16,7 @@ import asyncio
 import slixmpp
 from slixmpp.exceptions import IqError
 
-from common import DOMAIN, TIMEOUT, Client, fail
+from common import TIMEOUT, Client, fail
 
 MAM = "urn:xmpp:mam:2"
 
@@ -32,9 +32,7 @@ class User(Client):
         self.add_event_handler("message", lambda msg: self.inbox.put_nowait(msg))
 
     async def on_start(self, _):
-        self.send_presence()
-        await self.plugin["xep_0199"].ping(jid=DOMAIN)
-        self.ready.set()
+        await self.announce()
 
 
 async def read_pages(alice, **query):

@@ -34,9 +34,7 @@ class Bob(Client):
         self.add_event_handler("message", lambda msg: self.inbox.put_nowait(msg))
 
     async def on_start(self, _):
-        self.send_presence()
-        await self.plugin["xep_0199"].ping(jid=DOMAIN)
-        self.ready.set()
+        await self.announce()
 
     def say(self, to, ident, body):
         msg = self.make_message(mto=to, mbody=body, mtype="chat")
@@ -75,9 +73,7 @@ class Alice(Client):
 
     async def on_start(self, _):
         self.count("session_start")
-        self.send_presence()
-        await self.plugin["xep_0199"].ping(jid=DOMAIN)
-        self.ready.set()
+        await self.announce()
 
     def on_enabled(self, enabled):
         self.enabled = enabled

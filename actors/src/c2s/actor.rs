@@ -438,11 +438,12 @@ impl C2s {
     /// processed in the order sent (RFC 6120 §10.1), so an IQ never
     /// overtakes the message before it, nor its bounce.
     fn route_in_order(&mut self, ctx: &mut Context<Self>, stanza: Stanza) {
+        // A message here is one `mam::prepare` declined.
         if self.archiving.as_mut().is_none_or(|a| a.idle()) {
-            return self.cx.router.route(stanza);
+            return self.cx.router.route_unarchived(stanza);
         }
         let router = self.cx.router.clone();
-        self.in_order(ctx, Box::pin(async move { router.route(stanza) }));
+        self.in_order(ctx, Box::pin(async move { router.route_unarchived(stanza) }));
     }
 
     fn in_order(&mut self, ctx: &mut Context<Self>, routing: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>) {

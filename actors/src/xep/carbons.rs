@@ -220,10 +220,10 @@ fn wrap(direction: &str, user: &BareJid, to: &FullJid, message: &Stanza, origina
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn message(xml: &str) -> Stanza {
-        let el = parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap();
+        let el = client_element(xml);
         Stanza::from_element(el).unwrap()
     }
 

@@ -107,10 +107,10 @@ pub fn form(form_type: &str, fields: impl IntoIterator<Item = Element>) -> Eleme
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn x(xml: &str) -> Result<Submitted, StanzaError> {
-        let el = parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap();
+        let el = client_element(xml);
         Submitted::parse(&el)
     }
 

@@ -786,10 +786,10 @@ impl IqHandler for Mam {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn el(xml: &str) -> Element {
-        parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap()
+        client_element(xml)
     }
 
     fn message(xml: &str) -> Stanza {

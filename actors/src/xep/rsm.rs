@@ -102,10 +102,10 @@ pub fn reply(first: Option<(&str, usize)>, last: Option<&str>, count: Option<usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn set(xml: &str) -> Result<Request, StanzaError> {
-        let el = parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap();
+        let el = client_element(xml);
         Request::parse(&el)
     }
 

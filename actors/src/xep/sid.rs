@@ -73,10 +73,10 @@ impl IqHandler for Advertised {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn message(xml: &str) -> Stanza {
-        let el = parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap();
+        let el = client_element(xml);
         Stanza::from_element(el).unwrap()
     }
 

@@ -106,10 +106,10 @@ pub fn too_high(h: u32, sent: u32) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::{parse_element, NsBindings, ParseLimits};
+    use crate::xml::client_element;
 
     fn parse(xml: &str) -> Result<Nonza, Malformed> {
-        let el = parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap();
+        let el = client_element(xml);
         Nonza::parse(&el)
     }
 

@@ -10,3 +10,9 @@ pub use element::{Element, Node};
 pub(crate) use element::{escape_attr, escape_text};
 pub(crate) use parser::open_element;
 pub use parser::{parse_element, NsBindings, ParseLimits};
+
+/// An element written as a client would send it: the unit tests' input.
+#[cfg(test)]
+pub(crate) fn client_element(xml: &str) -> Element {
+    parse_element(xml.as_bytes(), &NsBindings::client(), &ParseLimits::default()).unwrap()
+}
