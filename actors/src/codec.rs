@@ -116,11 +116,12 @@ pub struct XmppCodec {
     scan: Scan,
     bindings: NsBindings,
     closed: bool,
-    /// An external component's stream (XEP-0114): its content namespace,
-    /// `jabber:component:accept`, is read as `jabber:client`, so that its
-    /// stanzas are ordinary ones. A flag, not the namespace: it sits in
-    /// padding, and every connection holds a codec.
-    component: bool,
+    /// A component's or a server's stream: its content namespace
+    /// (`jabber:component:accept`, XEP-0114; `jabber:server`, RFC 6120
+    /// §4.8.2) is read as `jabber:client`, so that its stanzas are ordinary
+    /// ones. A one-byte enum, not the namespace: it sits in padding, and
+    /// every connection holds a codec.
+    content: Content,
     /// The open elements of the stanza in progress, outermost first, as
     /// (offset, length) of their names in the buffer: nothing before a
     /// stanza's start is discarded until the stanza is split off, so the
@@ -130,6 +131,14 @@ pub struct XmppCodec {
     /// The stream element's name as its header wrote it: `</...>` at depth 1
     /// must repeat it to close the stream.
     stream_name: Cow<'static, [u8]>,
+}
+
+/// Which content namespace a stream's stanzas are read in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Content {
+    Client,
+    Component,
+    Server,
 }
 
 impl XmppCodec {
@@ -142,7 +151,7 @@ impl XmppCodec {
             scan: Scan::Content,
             bindings: NsBindings::empty(),
             closed: false,
-            component: false,
+            content: Content::Client,
             open: Vec::new(),
             stream_name: Cow::Borrowed(&[]),
         }
@@ -152,7 +161,15 @@ impl XmppCodec {
     /// namespace is `jabber:component:accept`, stanzas are parsed as if it
     /// were `jabber:client`. The header itself is reported as sent.
     pub fn for_component(mut self) -> Self {
-        self.component = true;
+        self.content = Content::Component;
+        self
+    }
+
+    /// A codec for a server-to-server stream: `jabber:server` is read as
+    /// `jabber:client`, as [`XmppCodec::for_component`] does for components.
+    /// Prefixes the header binds (`db:`) stay bound.
+    pub fn for_server(mut self) -> Self {
+        self.content = Content::Server;
         self
     }
 
@@ -160,7 +177,7 @@ impl XmppCodec {
     /// success: the next thing expected is a new stream header.
     pub fn reset(&mut self) {
         *self = XmppCodec {
-            component: self.component,
+            content: self.content,
             ..XmppCodec::new(self.limits)
         };
     }
@@ -231,7 +248,12 @@ impl XmppCodec {
             version: el.attr("version").map(str::to_owned),
             lang: el.attr("xml:lang").map(str::to_owned),
         };
-        if self.component && header.default_ns.as_deref() == Some(ns::COMPONENT_ACCEPT) {
+        let alias = match self.content {
+            Content::Client => None,
+            Content::Component => Some(ns::COMPONENT_ACCEPT),
+            Content::Server => Some(ns::SERVER),
+        };
+        if alias.is_some() && header.default_ns.as_deref() == alias {
             // Later bindings win: stanzas inherit jabber:client.
             bindings.bind(None, ns::CLIENT);
         }

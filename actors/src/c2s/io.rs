@@ -7,10 +7,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// When clients may, or must, negotiate TLS on a plain listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +45,9 @@ pub struct ChannelBindings {
     /// `tls-exporter` (RFC 9266), only defined for TLS 1.3.
     pub exporter: Option<Vec<u8>>,
     pub server_end_point: Vec<u8>,
+    /// The certificate chain the peer presented, leaf first (a server's,
+    /// on server-to-server streams; clients rarely send one).
+    pub peer_certificates: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl ChannelBindings {
@@ -73,6 +77,8 @@ pub enum Io {
     /// Direct TLS: the handshake comes first.
     TlsPending(TcpStream, TlsAcceptor),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A stream we opened (to another server): we are the TLS client.
+    TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Gone (after a failed upgrade).
     Closed,
 }
@@ -82,7 +88,15 @@ impl Io {
     pub(crate) async fn upgrade(self, acceptor: TlsAcceptor) -> io::Result<Io> {
         match self {
             Io::Tcp(tcp) | Io::TlsPending(tcp, _) => Ok(Io::Tls(Box::new(acceptor.accept(tcp).await?))),
-            Io::Tls(_) | Io::Closed => Err(io::Error::other("not a plain stream")),
+            Io::Tls(_) | Io::TlsClient(_) | Io::Closed => Err(io::Error::other("not a plain stream")),
+        }
+    }
+
+    /// Runs the client side of a TLS handshake over a plain stream.
+    pub(crate) async fn upgrade_client(self, connector: TlsConnector, name: ServerName<'static>) -> io::Result<Io> {
+        match self {
+            Io::Tcp(tcp) => Ok(Io::TlsClient(Box::new(connector.connect(name, tcp).await?))),
+            _ => Err(io::Error::other("not a plain stream")),
         }
     }
 
@@ -125,23 +139,33 @@ impl Io {
     }
 
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, Io::Tls(_))
+        matches!(self, Io::Tls(_) | Io::TlsClient(_))
     }
 
     /// The channel bindings, once TLS is up.
     pub(crate) fn channel_bindings(&self, server_end_point: &[u8]) -> Option<ChannelBindings> {
-        let Io::Tls(tls) = self else { return None };
-        let (_, conn) = tls.get_ref();
-        let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
-            .then(|| {
-                conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-                    .ok()
-            })
-            .flatten();
-        Some(ChannelBindings {
-            exporter,
-            server_end_point: server_end_point.to_vec(),
+        match self {
+            Io::Tls(tls) => Some(bindings_of(tls.get_ref().1, server_end_point)),
+            Io::TlsClient(tls) => Some(bindings_of(tls.get_ref().1, server_end_point)),
+            _ => None,
+        }
+    }
+}
+
+/// The channel bindings of a TLS connection, either side.
+fn bindings_of<D>(conn: &rustls::ConnectionCommon<D>, server_end_point: &[u8]) -> ChannelBindings {
+    let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+        .then(|| {
+            conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .ok()
         })
+        .flatten();
+    ChannelBindings {
+        exporter,
+        server_end_point: server_end_point.to_vec(),
+        peer_certificates: conn
+            .peer_certificates()
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect()),
     }
 }
 
@@ -154,6 +178,7 @@ impl AsyncRead for Io {
         match self.get_mut() {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -164,6 +189,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -172,6 +198,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -180,6 +207,7 @@ impl AsyncWrite for Io {
         match self.get_mut() {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }

@@ -406,6 +406,22 @@ impl Outbound {
         let Some(acks) = queue.sm.take() else { return Vec::new() };
         let mut left: Vec<Bytes> = acks.unacked.into_iter().collect();
         self.shared.unacked_bytes.store(0, Ordering::Release);
+        self.drain_data(&mut queue, &mut left);
+        left
+    }
+
+    /// The stanzas queued and not yet written, taken back, in order (a
+    /// server link that ended: they go on the next one, or back to their
+    /// senders). What is queued later is still taken.
+    pub(crate) fn take_unsent(&self) -> Vec<Bytes> {
+        let mut left = Vec::new();
+        self.drain_data(&mut self.shared.queue(), &mut left);
+        left
+    }
+
+    /// Moves the queued stanzas into `left`, keeping the rest (closes,
+    /// nonzas).
+    fn drain_data(&self, queue: &mut Queue, left: &mut Vec<Bytes>) {
         let mut kept = VecDeque::new();
         for item in std::mem::take(&mut queue.items) {
             match item {
@@ -418,7 +434,6 @@ impl Outbound {
         }
         queue.items = kept;
         queue.senders = Vec::new();
-        left
     }
 
     /// Makes the transport of this (new) stream write `resumed`'s queue

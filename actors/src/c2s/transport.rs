@@ -57,6 +57,12 @@ pub(crate) trait StreamSettings: Send + Sync + 'static {
     fn authenticated_codec(&self) -> Option<CodecLimits> {
         None
     }
+    /// For a stream we opened (to another server): the TLS client to run
+    /// on `<proceed/>`, and the name to ask for. Then [`StreamSettings::tls`]
+    /// is not used.
+    fn tls_client(&self) -> Option<(&tokio_rustls::TlsConnector, &rustls::pki_types::ServerName<'static>)> {
+        None
+    }
 }
 
 impl StreamSettings for C2sContext {
@@ -89,6 +95,28 @@ async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState) -> Option<Io> {
         }
         Ok(Err(e)) => {
             log::debug!("TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Runs our side of a TLS handshake as the client (to another server).
+async fn client_handshake(
+    io: Io,
+    connector: &tokio_rustls::TlsConnector,
+    name: &rustls::pki_types::ServerName<'static>,
+    conn: &ConnState,
+) -> Option<Io> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade_client(connector.clone(), name.clone())).await {
+        Ok(Ok(io)) => {
+            if let Ok(mut slot) = conn.tls.lock() {
+                *slot = io.channel_bindings(&[]).map(Box::new);
+            }
+            Some(io)
+        }
+        Ok(Err(e)) => {
+            log::info!("TLS handshake with {name:?} failed: {e}");
             None
         }
         Err(_) => None,
@@ -181,14 +209,19 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                         *out = OutboundRx::attach(shared);
                     }
                     if start_tls {
-                        let Some(settings) = cx.tls() else { return };
                         let write_timeout = cx.limits().write_timeout;
                         let flushed = within(write_timeout, |cx| Pin::new(&mut io).poll_flush(cx)).await;
                         if !flushed || !rbuf.is_empty() {
                             // Nothing may follow <starttls/> before <proceed/>.
                             return;
                         }
-                        match Box::pin(handshake(std::mem::replace(&mut io, Io::Closed), settings, conn)).await {
+                        let plain = std::mem::replace(&mut io, Io::Closed);
+                        let upgraded = match (cx.tls_client(), cx.tls()) {
+                            (Some((connector, name)), _) => Box::pin(client_handshake(plain, connector, name, conn)).await,
+                            (None, Some(settings)) => Box::pin(handshake(plain, settings, conn)).await,
+                            (None, None) => None,
+                        };
+                        match upgraded {
                             Some(upgraded) => io = upgraded,
                             None => return,
                         }
@@ -214,7 +247,12 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                             Ok(Some(frame)) => {
                                 let closed = frame == Frame::StreamClose;
                                 if let Frame::Stanza(el) = &frame {
-                                    awaiting_tls = el.is("starttls", crate::ns::TLS) && cx.tls().is_some() && !io.is_tls();
+                                    // The client side waits after <starttls/>, ours
+                                    // (to another server) after <proceed/>.
+                                    let name = if cx.tls_client().is_some() { "proceed" } else { "starttls" };
+                                    awaiting_tls = el.is(name, crate::ns::TLS)
+                                        && (cx.tls().is_some() || cx.tls_client().is_some())
+                                        && !io.is_tls();
                                 }
                                 if let Some(tx) = frames.as_ref() {
                                     tx.send(Box::new(Ok(frame)));
