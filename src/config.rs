@@ -26,6 +26,7 @@ pub struct Config {
     pub offline: OfflineConfig,
     pub sm: SmConfig,
     pub mam: MamConfig,
+    pub s2s: S2sConfig,
 }
 
 /// The message archive (XEP-0313).
@@ -201,20 +202,16 @@ impl std::fmt::Debug for ComponentServiceConfig {
     }
 }
 
-/// Server-to-server federation, `[s2s]`: **in progress, not read yet.** It
-/// is not a field of [`Config`] until federation works, so that no key in
-/// a configuration file promises what the server does not do (and such a
-/// key is refused as unknown). The defaults and checks are ready for then:
-/// [`S2sConfig::validate`] is to be called from [`Config::validate`].
+/// Server-to-server federation, `[s2s]`: off unless `listen` is set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct S2sConfig {
     /// Addresses to accept connections from other servers on. None (the
     /// default): federation is off.
     pub listen: Vec<SocketAddr>,
-    /// "required" (the default): a peer must start TLS before anything
-    /// else; "optional": dialback is offered before TLS too.
-    pub starttls: S2sStartTls,
+    /// "required" (the default): TLS before anything else, both ways;
+    /// "optional": dialback is offered, and used, without TLS too.
+    pub tls: S2sTls,
     /// PEM file of CA certificates trusted for peers' certificates, besides
     /// the system's.
     pub ca_file: Option<PathBuf>,
@@ -243,7 +240,7 @@ impl Default for S2sConfig {
     fn default() -> Self {
         S2sConfig {
             listen: Vec::new(),
-            starttls: S2sStartTls::Required,
+            tls: S2sTls::Required,
             ca_file: None,
             connect_timeout_secs: 10,
             reconnect_after_secs: 5,
@@ -256,10 +253,10 @@ impl Default for S2sConfig {
     }
 }
 
-/// `[s2s] starttls`: there is no "off" between servers.
+/// `[s2s] tls`: there is no "off" between servers.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum S2sStartTls {
+pub enum S2sTls {
     Required,
     Optional,
 }
@@ -536,6 +533,7 @@ impl Default for Config {
             offline: OfflineConfig::default(),
             sm: SmConfig::default(),
             mam: MamConfig::default(),
+            s2s: S2sConfig::default(),
         }
     }
 }
@@ -624,6 +622,7 @@ impl Config {
         if self.c2s.max_outbound_bytes < self.c2s.max_stanza_bytes {
             return invalid("[c2s] max_outbound_bytes must be at least max_stanza_bytes".into());
         }
+        self.s2s.validate(&self.domain)?;
         if self.sm.max_unacked == 0 || self.sm.ack_request_stanzas == 0 {
             return invalid("[sm] max_unacked and ack_request_stanzas must be at least 1".into());
         }
@@ -892,7 +891,7 @@ mod tests {
         let d: S2sConfig = toml::from_str("").unwrap();
         d.validate("a.test").unwrap();
         assert!(!d.enabled());
-        assert_eq!(d.starttls, S2sStartTls::Required);
+        assert_eq!(d.tls, S2sTls::Required);
         assert_eq!(
             (
                 d.connect_timeout_secs,
@@ -906,14 +905,14 @@ mod tests {
         assert!(d.ca_file.is_none() && d.blocked.is_empty() && d.hosts.is_empty());
 
         let set: S2sConfig = toml::from_str(
-            "listen = ['127.0.0.2:5269']\nstarttls = 'optional'\nca_file = 'fixtures/tls/ca.pem'\n\
+            "listen = ['127.0.0.2:5269']\ntls = 'optional'\nca_file = 'fixtures/tls/ca.pem'\n\
              idle_timeout_secs = 60\nblocked = ['spam.example']\n\
              [hosts]\n\"prosody.test\" = \"127.0.0.4:5269\"\n\"ejabberd.test\" = \"[::1]:5270\"\n",
         )
         .unwrap();
         set.validate("a.test").unwrap();
         assert!(set.enabled());
-        assert_eq!(set.starttls, S2sStartTls::Optional);
+        assert_eq!(set.tls, S2sTls::Optional);
         assert_eq!(set.ca_file.as_deref(), Some(Path::new("fixtures/tls/ca.pem")));
         assert_eq!(set.idle_timeout_secs, 60);
         assert_eq!(set.blocked, ["spam.example"]);
@@ -947,7 +946,7 @@ mod tests {
             assert!(err.contains("[s2s"), "{err}");
         }
         for (bad, problem) in [
-            ("starttls = 'off'", "unknown variant `off`"),
+            ("tls = 'off'", "unknown variant `off`"),
             ("idle_timeout = 5", "unknown field `idle_timeout`"),
             ("[hosts]\n\"b.test\" = \"b.test:5269\"", "socket address"),
             ("[hosts]\n\"b.test\" = \"127.0.0.3\"", "socket address"),
@@ -955,11 +954,12 @@ mod tests {
             let err = toml::from_str::<S2sConfig>(bad).unwrap_err().to_string();
             assert!(err.contains(problem), "{bad}: {err}");
         }
-        // Not a key of the configuration file yet.
-        let early = toml::from_str::<Config>("[s2s]\nlisten = ['127.0.0.1:5269']")
-            .unwrap_err()
-            .to_string();
-        assert!(early.contains("unknown field `s2s`"), "{early}");
+        // A key of the configuration file, checked with the rest.
+        let config =
+            toml::from_str::<Config>("domain = 'a.test'\n[s2s]\nlisten = ['127.0.0.1:5269']\nblocked = ['a.test']")
+                .unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("the server's own domain"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod control;
+pub mod federation;
 pub mod group_commit;
 pub mod load;
 pub mod rlimit;

@@ -176,11 +176,15 @@ impl ServerBuilder {
             ..C2sConfig::default()
         };
         let mut cx = C2sContext::new(router.clone(), sm.clone(), c2s_config, hooks);
+        // XEP-0185: dialback keys must survive a restart, as the fake
+        // salts of unknown users must not change.
+        let mut dialback_secret = shoal_actors::sasl::random_secret();
         if on_sqlite {
             let fresh = shoal_actors::sasl::random_secret();
             let mut store = crate::store::SqliteStore::open_with(&config.storage.sqlite, config.storage.durability)?;
             let secret = store.secret("scram-fake-salt", fresh)?;
             cx = cx.with_secret(secret);
+            dialback_secret = store.secret("dialback", dialback_secret)?;
         }
         let cx = Arc::new(cx);
         if config.mam.retention_days > 0 {
@@ -214,6 +218,15 @@ impl ServerBuilder {
                     .map_err(|source| StartError::Listen { addr, source })?;
                 component_listeners.push((listener, local));
             }
+        }
+        // Other servers (federation): only when [s2s] listen is set.
+        let mut s2s_listeners = Vec::new();
+        for &addr in &config.s2s.listen {
+            let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Listen { addr, source })?;
+            s2s_listeners.push((listener, local));
         }
         let next = Arc::new(AtomicUsize::new(0));
         let mut local_addrs = Vec::new();
@@ -267,6 +280,29 @@ impl ServerBuilder {
                 ));
             }
         }
+        let mut s2s_addrs = Vec::new();
+        let s2s = if config.s2s.enabled() {
+            let s2s = crate::federation::start(&config, router.clone(), dialback_secret.to_vec(), cx.shutdown.clone())?;
+            for (listener, local) in s2s_listeners {
+                log::info!("listening for servers on {local}");
+                s2s_addrs.push(local);
+                let accept = {
+                    let s2s = s2s.clone();
+                    move |io: Io, peer: SocketAddr| shoal_actors::s2s::accept(s2s.clone(), io, peer)
+                };
+                actix_rt::spawn(accept_loop(
+                    listener,
+                    None,
+                    cx.shutdown.clone(),
+                    arbiters.clone(),
+                    next.clone(),
+                    accept,
+                ));
+            }
+            Some(s2s)
+        } else {
+            None
+        };
         log::info!(
             "serving {} (registration {})",
             cx.router.domain(),
@@ -285,6 +321,8 @@ impl ServerBuilder {
             local_addrs,
             direct_tls_addrs,
             component_addrs,
+            s2s_addrs,
+            s2s,
             control,
             sm,
             cx,
@@ -377,6 +415,9 @@ pub struct ServerHandle {
     local_addrs: Vec<SocketAddr>,
     direct_tls_addrs: Vec<SocketAddr>,
     component_addrs: Vec<SocketAddr>,
+    s2s_addrs: Vec<SocketAddr>,
+    /// Federation, when on.
+    s2s: Option<Arc<shoal_actors::s2s::S2sContext>>,
     /// The control socket (`None` with an embedder's storage and no
     /// `[control] socket`).
     control: Option<ControlServer>,
@@ -400,6 +441,17 @@ impl ServerHandle {
     /// component is configured.
     pub fn component_addrs(&self) -> &[SocketAddr] {
         &self.component_addrs
+    }
+
+    /// The listeners for other servers' addresses; none unless federation
+    /// is on.
+    pub fn s2s_addrs(&self) -> &[SocketAddr] {
+        &self.s2s_addrs
+    }
+
+    /// Federation's links and settings, when on.
+    pub fn s2s(&self) -> Option<&Arc<shoal_actors::s2s::S2sContext>> {
+        self.s2s.as_ref()
     }
 
     /// The session manager: list sessions, route a stanza to a user.
@@ -427,10 +479,18 @@ impl ServerHandle {
         }
         self.cx.shutdown.cancel();
         self.cx.tasks.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.cx.tasks.wait())
-            .await
-            .is_err()
-        {
+        let s2s_tasks = self.s2s.as_ref().map(|s2s| {
+            s2s.close_links();
+            s2s.tasks.close();
+            s2s.tasks.clone()
+        });
+        let closed = async {
+            self.cx.tasks.wait().await;
+            if let Some(tasks) = s2s_tasks {
+                tasks.wait().await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), closed).await.is_err() {
             log::warn!("some connections did not close in time");
         }
         for arbiter in self.arbiters.iter() {

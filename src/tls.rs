@@ -39,7 +39,7 @@ pub fn generated_paths(config: &Config) -> (PathBuf, PathBuf) {
     (db.with_extension("cert.pem"), db.with_extension("key.pem"))
 }
 
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::Cert {
         path: path.to_owned(),
         message,

@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use crate::error::StanzaError;
 use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::roster::SubState;
+use crate::router::RemoteRoute;
 use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
@@ -226,6 +227,39 @@ fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, byt
     })
 }
 
+/// Presence for contacts on other servers: it leaves through the router's
+/// way out (federation) once that is set, one stanza per contact (their
+/// server fans it out to their resources).
+#[derive(Clone, Default)]
+pub struct RemotePresence(Arc<OnceLock<(String, Weak<dyn RemoteRoute>)>>);
+
+impl RemotePresence {
+    /// The way out for `contact`, if it is on another server and
+    /// federation is on.
+    fn route(&self, contact: &BareJid) -> Option<Arc<dyn RemoteRoute>> {
+        let (local, remote) = self.0.get()?;
+        if contact.domain() == local {
+            return None;
+        }
+        remote.upgrade()
+    }
+
+    /// True when `contact` is on another server (whether or not it can be
+    /// reached).
+    fn is_remote(&self, contact: &BareJid) -> bool {
+        self.0.get().is_some_and(|(local, _)| contact.domain() != local)
+    }
+
+    /// Sends presence (a template, as written for local sessions) to
+    /// `to` on another server.
+    fn send(remote: &dyn RemoteRoute, template: &[u8], to: &str) {
+        match crate::stanza::Stanza::reparse(&addressed(template, to)) {
+            Some(stanza) => remote.deliver(stanza),
+            None => log::error!("unreadable presence template for {to}"),
+        }
+    }
+}
+
 /// One presence change of one session, with the standard operations.
 pub struct PresenceEvent<'a> {
     pub session: &'a Arc<Session>,
@@ -246,6 +280,7 @@ pub struct PresenceEvent<'a> {
     sessions: &'a SessionTable,
     /// The session's account, hashed once for the whole fan-out.
     origin: Origin<'a>,
+    remote: &'a RemotePresence,
 }
 
 impl PresenceEvent<'_> {
@@ -268,6 +303,10 @@ impl PresenceEvent<'_> {
         for jid in self.directed {
             let bare = jid.to_bare();
             if bare == user || self.followers.contains(&bare) {
+                continue;
+            }
+            if let Some(remote) = self.remote.route(&bare) {
+                RemotePresence::send(&*remote, &self.template, jid.as_str());
                 continue;
             }
             match jid.clone().try_into_full() {
@@ -295,6 +334,9 @@ impl PresenceEvent<'_> {
         if self.session.is_blocking() && lists.blocks_outbound(self.session.jid.as_jid(), contact.as_jid()) {
             return;
         }
+        if let Some(remote) = self.remote.route(contact) {
+            return RemotePresence::send(&*remote, &self.template, contact.as_str());
+        }
         to_available(self.sessions, contact, self.origin, || {
             addressed(&self.template, contact.as_str())
         });
@@ -307,6 +349,15 @@ impl PresenceEvent<'_> {
         let own = me.to_bare();
         let lists = self.sessions.blocklists();
         for followee in self.followees.iter().chain(std::iter::once(&own)) {
+            if let Some(remote) = self.remote.route(followee) {
+                // RFC 6121 §4.3.1: the followee's server answers, from the
+                // user's bare JID.
+                let probe = Element::new("presence", ns::CLIENT)
+                    .with_attr("type", "probe")
+                    .with_attr("from", own.as_str());
+                RemotePresence::send(&*remote, &template_of(&probe), followee.as_str());
+                continue;
+            }
             for s in self.sessions.resources(followee) {
                 if s.id == self.session.id || s.priority().is_none() {
                     continue;
@@ -359,6 +410,9 @@ pub enum PresenceMsg {
     /// the prober's shard, where the prober's followees are cached (and
     /// loaded once if not).
     Probe { from: Jid, contact: BareJid },
+    /// `from`, on another server, probes `contact`'s presence (RFC 6121
+    /// §4.3.2). Handled by the contact's shard, where its followers are.
+    RemoteProbe { from: Jid, contact: BareJid },
     /// `user` blocked (or unblocked) `jids` (XEP-0191), stored and cached
     /// already: whoever among them follows the user is told.
     Blocked {
@@ -378,6 +432,7 @@ impl PresenceMsg {
             | PresenceMsg::PhotoHash { user, .. }
             | PresenceMsg::Blocked { user, .. } => user.clone(),
             PresenceMsg::Probe { from, .. } => from.to_bare(),
+            PresenceMsg::RemoteProbe { contact, .. } => contact.clone(),
         }
     }
 }
@@ -401,6 +456,7 @@ pub struct PresenceActor {
     storage: Arc<dyn Storage>,
     hooks: Arc<dyn ConnectionHandler>,
     users: HashMap<BareJid, Entry>,
+    remote: RemotePresence,
 }
 
 impl Actor for PresenceActor {
@@ -471,6 +527,7 @@ impl PresenceActor {
                     template,
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
+                    remote: &self.remote,
                 };
                 if initial {
                     self.hooks.on_initial_presence(&event);
@@ -503,6 +560,7 @@ impl PresenceActor {
                     template: template_of(&presence),
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
+                    remote: &self.remote,
                 };
                 self.hooks.on_unavailable_presence(&event);
                 self.forget_if_offline(user);
@@ -551,6 +609,10 @@ impl PresenceActor {
                     if is && lists.blocks_outbound(s.jid.as_jid(), contact.as_jid()) {
                         continue;
                     }
+                    if let Some(remote) = self.remote.route(&contact) {
+                        RemotePresence::send(&*remote, &template, contact.as_str());
+                        continue;
+                    }
                     let origin = Origin::of(Some(s.jid.as_jid()));
                     to_available(&self.sessions, &contact, origin, || {
                         addressed(&template, contact.as_str())
@@ -567,10 +629,53 @@ impl PresenceActor {
                 answer_probe(&self.sessions, &from, &contact, follows);
                 self.forget_if_offline(user);
             }
+            PresenceMsg::RemoteProbe { from, contact } => {
+                let follows = state.followers.contains(&from.to_bare());
+                self.answer_remote_probe(&from, &contact, follows);
+                self.forget_if_offline(user);
+            }
             PresenceMsg::Blocked { user, jids, blocked } => {
                 let changed = crate::xep::blocking::Blocklist::new(jids);
                 blocking_changed(&self.sessions, &user, state, &changed, blocked);
             }
+        }
+    }
+
+    /// Answers a probe from another server's user: a follower gets the last
+    /// presence of each available resource, or unavailable; anyone else
+    /// `unsubscribed` (as [`answer_probe`] does for local probers).
+    fn answer_remote_probe(&self, from: &Jid, contact: &BareJid, follows: bool) {
+        let Some(remote) = self.remote.route(&from.to_bare()) else {
+            return;
+        };
+        let lists = self.sessions.blocklists();
+        if lists.any()
+            && self
+                .sessions
+                .with_resources(contact, |s| lists.blocks_inbound(contact, s, Some(from)))
+        {
+            return;
+        }
+        let mut available = false;
+        if follows {
+            for s in self
+                .sessions
+                .resources(contact)
+                .iter()
+                .filter(|s| s.priority().is_some())
+            {
+                if let Some(template) = s.last_presence() {
+                    available = true;
+                    RemotePresence::send(&*remote, &template, from.as_str());
+                }
+            }
+        }
+        if !available {
+            let kind = if follows { "unavailable" } else { "unsubscribed" };
+            let reply = Element::new("presence", ns::CLIENT)
+                .with_attr("type", kind)
+                .with_attr("from", contact.as_str());
+            RemotePresence::send(&*remote, &template_of(&reply), from.as_str());
         }
     }
 
@@ -692,9 +797,10 @@ impl Handler<PresenceMsg> for PresenceActor {
             Some(Entry::Loading(queue)) => queue.push(msg),
             Some(Entry::Ready(_)) => self.apply(&user, msg),
             None => match msg {
-                PresenceMsg::Available { .. } | PresenceMsg::Unavailable { .. } | PresenceMsg::Probe { .. } => {
-                    self.load(user, msg, ctx)
-                }
+                PresenceMsg::Available { .. }
+                | PresenceMsg::Unavailable { .. }
+                | PresenceMsg::Probe { .. }
+                | PresenceMsg::RemoteProbe { .. } => self.load(user, msg, ctx),
                 other => self.apply(&user, other),
             },
         }
@@ -705,6 +811,7 @@ impl Handler<PresenceMsg> for PresenceActor {
 #[derive(Clone)]
 pub struct PresenceHub {
     shards: Arc<Vec<Addr<PresenceActor>>>,
+    remote: RemotePresence,
 }
 
 impl PresenceHub {
@@ -716,14 +823,16 @@ impl PresenceHub {
         storage: Arc<dyn Storage>,
         hooks: Arc<dyn ConnectionHandler>,
     ) -> PresenceHub {
+        let remote = RemotePresence::default();
         let make = {
-            let (sessions, source, storage, hooks) = (sessions, source, storage, hooks);
+            let (sessions, source, storage, hooks, remote) = (sessions, source, storage, hooks, remote.clone());
             move || PresenceActor {
                 sessions: sessions.clone(),
                 source: source.clone(),
                 storage: storage.clone(),
                 hooks: hooks.clone(),
                 users: HashMap::new(),
+                remote: remote.clone(),
             }
         };
         let shards = if arbiters.is_empty() {
@@ -739,7 +848,19 @@ impl PresenceHub {
         };
         PresenceHub {
             shards: Arc::new(shards),
+            remote,
         }
+    }
+
+    /// Presence for users of domains other than `local` goes through
+    /// `remote` from now on. Set once (by [`crate::router::Router::set_remote`]).
+    pub(crate) fn set_remote(&self, local: String, remote: Weak<dyn RemoteRoute>) {
+        let _ = self.remote.0.set((local, remote));
+    }
+
+    /// True when `user` is on another server, federation being on.
+    pub(crate) fn is_remote(&self, user: &BareJid) -> bool {
+        self.remote.is_remote(user)
     }
 
     fn shard(&self, user: &BareJid) -> &Addr<PresenceActor> {

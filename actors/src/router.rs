@@ -8,7 +8,7 @@
 //! sender with `<resource-constraint/>`, presence is dropped.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use futures_util::FutureExt;
 
@@ -43,6 +43,17 @@ struct Inner {
     offline_order: Arc<tokio::sync::Mutex<()>>,
     /// XEP-0313: off unless the host program turns it on.
     mam: MamSettings,
+    /// The route table's last entry: other servers (federation), once
+    /// set. Weak: what it leads to holds the router.
+    remote: OnceLock<Weak<dyn RemoteRoute>>,
+}
+
+/// Where stanzas for domains that are neither ours nor published services
+/// go: other servers ([`crate::s2s`]).
+pub trait RemoteRoute: Send + Sync {
+    /// Sends `stanza` (its `to` in a remote domain) on its way; what cannot
+    /// go is answered with an error to its sender.
+    fn deliver(&self, stanza: Stanza);
 }
 
 impl Router {
@@ -64,6 +75,7 @@ impl Router {
                 offline_quota: 1000,
                 offline_order: Arc::default(),
                 mam: MamSettings::default(),
+                remote: OnceLock::new(),
             }),
         }
     }
@@ -84,6 +96,15 @@ impl Router {
             inner.mam = settings;
         }
         self
+    }
+
+    /// Routes stanzas for other domains through `remote` (federation).
+    /// Set once; later calls change nothing.
+    pub fn set_remote(&self, remote: Weak<dyn RemoteRoute>) {
+        self.inner
+            .presence
+            .set_remote(self.domain().to_string(), remote.clone());
+        let _ = self.inner.remote.set(remote);
     }
 
     /// The message archive's settings.
@@ -194,8 +215,11 @@ impl Router {
             let Some(stanza) = self.to_service(to.domain(), stanza) else {
                 return;
             };
-            // No server-to-server links yet.
-            return self.bounce(&stanza, StanzaCondition::RemoteServerNotFound);
+            return match self.inner.remote.get().and_then(Weak::upgrade) {
+                Some(remote) => remote.deliver(stanza),
+                // Federation is off.
+                None => self.bounce(&stanza, StanzaCondition::RemoteServerNotFound),
+            };
         }
         match to.node() {
             None => self.to_server(stanza),
@@ -256,8 +280,17 @@ impl Router {
             }
             // Probes are the server's business (RFC 6121 §4.3): a local
             // client's are answered from its c2s stream (through its
-            // PresenceActor shard); errors to a bare JID go nowhere.
-            Kind::Presence(PresenceType::Probe | PresenceType::Error) => {}
+            // PresenceActor shard), another server's by the user's shard;
+            // errors to a bare JID go nowhere.
+            Kind::Presence(PresenceType::Probe) => {
+                if let Some(from) = stanza.from().filter(|f| self.inner.presence.is_remote(&f.to_bare())) {
+                    self.inner.presence.send(crate::presence::PresenceMsg::RemoteProbe {
+                        from: from.clone(),
+                        contact: user.clone(),
+                    });
+                }
+            }
+            Kind::Presence(PresenceType::Error) => {}
             Kind::Presence(_) => {
                 // Presence to a bare JID reaches every available resource.
                 let sessions = self.inner.sessions.resources(user);

@@ -255,6 +255,14 @@ impl Stanza {
     }
 
     /// The stanza as sent on a client stream.
+    /// A stanza read back from what [`Stanza::to_bytes`] (or a presence
+    /// template) wrote; `None` if it does not read as one.
+    pub(crate) fn reparse(bytes: &[u8]) -> Option<Stanza> {
+        let limits = crate::xml::ParseLimits::default();
+        let el = crate::xml::parse_element(bytes, &crate::xml::NsBindings::client(), &limits).ok()?;
+        Stanza::from_element(el).ok()
+    }
+
     pub fn to_bytes(&self) -> Bytes {
         let mut out = Vec::with_capacity(256);
         self.el.write_to(&mut out, ns::CLIENT);

@@ -152,7 +152,9 @@ impl TestServer {
     }
 
     pub fn connect(&self) -> Client {
-        Client::connect(self.addr)
+        let mut c = Client::connect(self.addr);
+        c.domain = self.config.domain.clone();
+        c
     }
 
     /// A logged-in, bound client (SASL PLAIN), with initial presence sent
@@ -278,6 +280,8 @@ pub struct Client {
     pub jid: String,
     pub header: Option<StreamHeader>,
     next_id: u32,
+    /// The server's domain: the `to` of the stream header and of pings.
+    pub domain: String,
 }
 
 pub const OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
@@ -299,6 +303,7 @@ impl Client {
             jid: String::new(),
             header: None,
             next_id: 0,
+            domain: "localhost".into(),
         }
     }
 
@@ -414,7 +419,8 @@ impl Client {
 
     /// Opens (or restarts) the stream; returns the features.
     pub fn open(&mut self) -> Element {
-        self.send(OPEN);
+        let open = OPEN.replace("'localhost'", &format!("'{}'", self.domain));
+        self.send(&open);
         match self.next_frame() {
             Some(Frame::StreamOpen(h)) => self.header = Some(h),
             other => panic!("expected a stream header, got {other:?}"),
@@ -502,7 +508,8 @@ impl Client {
     pub fn sync(&mut self) -> Vec<Element> {
         let id = self.id();
         self.send(&format!(
-            "<iq type='get' id='{id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            "<iq type='get' id='{id}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+            self.domain
         ));
         let mut before = Vec::new();
         loop {

@@ -1,0 +1,407 @@
+//! Links: one outbound stream per (local, remote) domain pair, as Prosody
+//! and ejabberd keep them. Each is a [`Slot`] in a table the router's
+//! callers write into directly (a stanza for a link that is up costs a
+//! lock and a queue push, no actor hop), and, while it exists, a [`Link`]
+//! actor that runs a [`ConnectionManager`] and moves the slot between its
+//! states:
+//!
+//! - **connecting**: stanzas wait, up to `max_queued`;
+//! - **up**: stanzas go on the stream's queue (fairly between senders);
+//! - **failed**: the attempt failed; what waited went back to its senders
+//!   (`<remote-server-not-found/>` when the domain has no server,
+//!   `<remote-server-timeout/>` otherwise), and so does what comes until
+//!   `reconnect_after` has passed;
+//! - **idle**: no actor; the next stanza starts one.
+//!
+//! A stream that ends with stanzas still queued gives them back to the
+//! slot, and the manager connects again: they go on the next stream, or
+//! back to their senders if it cannot be made. A link silent for
+//! `idle_timeout` is closed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use super::outbound::{self, CloseOnDrop, Mode};
+use super::{sender_key, S2sContext, S2sError};
+use crate::c2s::outbound::Outbound;
+use crate::error::StanzaCondition;
+use crate::outbound::{
+    ConnectFuture, Connection, ConnectionEvent, ConnectionManager, Connector, ManagerSettings, Shutdown, Subscribe,
+};
+use crate::stanza::{IqType, Kind, Stanza};
+
+type Key = (String, String);
+
+/// The links by (local, remote) domain.
+#[derive(Default)]
+pub(super) struct Links {
+    map: DashMap<Key, Arc<Slot>>,
+}
+
+/// One link as `shoal s2s list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub local: String,
+    pub remote: String,
+    /// "connecting", "up", "failed: WHY" or "idle".
+    pub state: String,
+    /// Stanzas waiting for the link, or bytes queued on it when up.
+    pub queued: usize,
+    /// Time in the current state.
+    pub since: Duration,
+}
+
+struct Slot {
+    key: Key,
+    state: Mutex<State>,
+    since: Mutex<Instant>,
+    /// Stanzas delivered so far: a link whose count stands still is idle.
+    activity: AtomicU64,
+}
+
+enum State {
+    Idle,
+    Connecting(VecDeque<Stanza>),
+    Up(Outbound),
+    Failed {
+        until: Instant,
+        condition: StanzaCondition,
+        why: String,
+    },
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        crate::c2s::lock(&self.state)
+    }
+
+    fn set(&self, state: &mut State, next: State) {
+        *state = next;
+        *crate::c2s::lock(&self.since) = Instant::now();
+    }
+
+    fn info(&self) -> LinkInfo {
+        let state = self.lock();
+        let (name, queued) = match &*state {
+            State::Idle => ("idle".to_owned(), 0),
+            State::Connecting(waiting) => ("connecting".to_owned(), waiting.len()),
+            State::Up(out) => ("up".to_owned(), out.queued()),
+            State::Failed { why, .. } => (format!("failed: {why}"), 0),
+        };
+        LinkInfo {
+            local: self.key.0.clone(),
+            remote: self.key.1.clone(),
+            state: name,
+            queued,
+            since: crate::c2s::lock(&self.since).elapsed(),
+        }
+    }
+}
+
+impl Links {
+    pub(super) fn list(&self) -> Vec<LinkInfo> {
+        let mut links: Vec<LinkInfo> = self.map.iter().map(|s| s.info()).collect();
+        links.sort_by(|a, b| (&a.local, &a.remote).cmp(&(&b.local, &b.remote)));
+        links
+    }
+
+    pub(super) fn close_all(&self) {
+        for slot in self.map.iter() {
+            if let State::Up(out) = &*slot.lock() {
+                drop(CloseOnDrop(out.clone()));
+            }
+        }
+    }
+}
+
+/// The router's way out: `stanza` (from one of our domains, to a remote
+/// one) goes on its link.
+pub(super) fn deliver(cx: &S2sContext, stanza: Stanza) {
+    let (Some(from), Some(to)) = (stanza.from(), stanza.to()) else {
+        return;
+    };
+    let (local, remote) = (from.domain().to_owned(), to.domain().to_owned());
+    // Never relayed: only what our own domains send leaves.
+    if !cx.is_ours(&local) {
+        return log::debug!("not relaying a stanza from {local} to {remote}");
+    }
+    if cx.is_blocked(&remote) {
+        return bounce(cx, &stanza, StanzaCondition::PolicyViolation);
+    }
+    let key = (local, remote);
+    let slot = match cx.links.map.get(&key) {
+        Some(slot) => slot.clone(),
+        None if cx.links.map.len() >= cx.settings.max_links => {
+            return bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
+        }
+        None => cx
+            .links
+            .map
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    key,
+                    state: Mutex::new(State::Idle),
+                    since: Mutex::new(Instant::now()),
+                    activity: AtomicU64::new(0),
+                })
+            })
+            .clone(),
+    };
+    slot.activity.fetch_add(1, Ordering::Relaxed);
+    let mut state = slot.lock();
+    match &mut *state {
+        State::Up(out) => {
+            if out.send_routed(sender_key(&stanza), stanza.to_bytes()).is_err() {
+                drop(state);
+                bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
+            }
+        }
+        State::Connecting(waiting) if waiting.len() < cx.settings.max_queued => waiting.push_back(stanza),
+        State::Connecting(_) => {
+            drop(state);
+            bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
+        }
+        State::Failed { until, condition, .. } if Instant::now() < *until => {
+            let condition = *condition;
+            drop(state);
+            bounce(cx, &stanza, condition);
+        }
+        State::Idle | State::Failed { .. } => {
+            slot.set(&mut state, State::Connecting(VecDeque::from([stanza])));
+            drop(state);
+            let Some(cx) = cx.this.upgrade() else { return };
+            let arbiter = cx.arbiter.clone();
+            Link::start_in_arbiter(&arbiter, move |_| Link {
+                cx,
+                slot,
+                manager: None,
+                seen: 0,
+                quiet_since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// RFC 6120 §8.3.3: what cannot go gets an error back, except what is
+/// never answered (broadcast presence, errors, results).
+fn bounce(cx: &S2sContext, stanza: &Stanza, condition: StanzaCondition) {
+    match stanza.kind {
+        Kind::Message(_) | Kind::Iq(IqType::Get | IqType::Set) => cx.router.bounce(stanza, condition),
+        Kind::Presence(t) if t.is_subscription() => cx.router.bounce(stanza, condition),
+        _ => {}
+    }
+}
+
+/// Opens a link's streams for its connection manager.
+struct S2sConnector {
+    cx: Arc<S2sContext>,
+    local: String,
+    remote: String,
+}
+
+impl Connector for S2sConnector {
+    type Handle = Outbound;
+
+    fn connect(&self) -> ConnectFuture<Outbound> {
+        let (cx, local, remote) = (self.cx.clone(), self.local.clone(), self.remote.clone());
+        Box::pin(async move {
+            let (tcp, peer) = outbound::dial(&cx, &remote).await.map_err(S2sError::into_io)?;
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let (out, closed) = outbound::spawn(cx, tcp, peer, local, remote.clone(), Mode::Link(Some(ready_tx)))
+                .map_err(S2sError::into_io)?;
+            // Dropped (the attempt timed out, or failed): the stream closes.
+            let guard = CloseOnDrop(out.clone());
+            match ready_rx.await {
+                Ok(Ok(())) => Ok(Connection {
+                    handle: out,
+                    closed: Box::pin(async move {
+                        let _guard = guard;
+                        let _ = closed.await;
+                    }),
+                }),
+                Ok(Err(e)) => Err(e.into_io()),
+                Err(_) => Err(S2sError::Stream(format!("{remote} closed the connection")).into_io()),
+            }
+        })
+    }
+
+    fn target(&self) -> String {
+        outbound::describe(&self.local, &self.remote)
+    }
+}
+
+/// The actor of a link that is not idle.
+struct Link {
+    cx: Arc<S2sContext>,
+    slot: Arc<Slot>,
+    manager: Option<Addr<ConnectionManager<S2sConnector>>>,
+    /// The slot's activity count at the last look, and since when it stood.
+    seen: u64,
+    quiet_since: Instant,
+}
+
+impl Link {
+    fn name(&self) -> String {
+        outbound::describe(&self.slot.key.0, &self.slot.key.1)
+    }
+
+    /// Ends the link: the manager closes its stream.
+    fn shut(&mut self, ctx: &mut Context<Self>) {
+        if let Some(manager) = self.manager.take() {
+            manager.do_send(Shutdown);
+        }
+        ctx.stop();
+    }
+
+    fn on_connected(&mut self, out: Outbound) {
+        let waiting = {
+            let mut state = self.slot.lock();
+            let waiting = match &mut *state {
+                State::Connecting(waiting) => std::mem::take(waiting),
+                _ => VecDeque::new(),
+            };
+            self.slot.set(&mut state, State::Up(out.clone()));
+            waiting
+        };
+        log::info!("{}: up; {} waiting stanzas sent", self.name(), waiting.len());
+        for stanza in waiting {
+            if out.send_routed(sender_key(&stanza), stanza.to_bytes()).is_err() {
+                bounce(&self.cx, &stanza, StanzaCondition::ResourceConstraint);
+            }
+        }
+    }
+
+    /// The stream ended: what it had not written waits for the next one
+    /// (the manager connects again); with nothing waiting, the link ends.
+    fn on_disconnected(&mut self, ctx: &mut Context<Self>) {
+        let mut state = self.slot.lock();
+        let unsent = match &*state {
+            State::Up(out) => out.take_unsent(),
+            State::Connecting(_) => return,
+            _ => Vec::new(),
+        };
+        let waiting: VecDeque<Stanza> = unsent.iter().filter_map(|b| Stanza::reparse(b)).collect();
+        if waiting.is_empty() {
+            self.slot.set(&mut state, State::Idle);
+            drop(state);
+            log::info!("{}: closed", self.name());
+            return self.shut(ctx);
+        }
+        log::info!(
+            "{}: lost with {} stanzas unsent; connecting again",
+            self.name(),
+            waiting.len()
+        );
+        self.slot.set(&mut state, State::Connecting(waiting));
+    }
+
+    /// An attempt failed: what waits goes back to its senders, and so
+    /// does what comes for a while.
+    fn on_failed(&mut self, ctx: &mut Context<Self>, err: &std::io::Error) {
+        let condition = S2sError::of(err).map_or(StanzaCondition::RemoteServerTimeout, S2sError::condition);
+        let why = S2sError::of(err).map_or_else(|| err.to_string(), ToString::to_string);
+        let waiting = {
+            let mut state = self.slot.lock();
+            let waiting = match &mut *state {
+                State::Connecting(waiting) => std::mem::take(waiting),
+                _ => VecDeque::new(),
+            };
+            let until = Instant::now() + self.cx.settings.reconnect_after;
+            self.slot.set(
+                &mut state,
+                State::Failed {
+                    until,
+                    condition,
+                    why: why.clone(),
+                },
+            );
+            waiting
+        };
+        log::warn!(
+            "{}: {why}; {} stanzas returned to their senders with <{}/>",
+            self.name(),
+            waiting.len(),
+            condition.as_str()
+        );
+        for stanza in &waiting {
+            bounce(&self.cx, stanza, condition);
+        }
+        self.shut(ctx);
+    }
+
+    /// Closes the link once nothing has gone on it for `idle_timeout`.
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        let now = self.slot.activity.load(Ordering::Relaxed);
+        if now != self.seen {
+            self.seen = now;
+            self.quiet_since = Instant::now();
+            return;
+        }
+        if self.quiet_since.elapsed() < self.cx.settings.idle_timeout {
+            return;
+        }
+        let mut state = self.slot.lock();
+        if let State::Up(out) = &*state {
+            if out.queued() == 0 {
+                self.slot.set(&mut state, State::Idle);
+                drop(state);
+                log::info!("{}: idle; closed", self.name());
+                self.shut(ctx);
+            }
+        }
+    }
+}
+
+impl Actor for Link {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let settings = &self.cx.settings;
+        let manager_settings = ManagerSettings {
+            connect_timeout: settings.connect_timeout,
+            reconnect_after: settings.reconnect_after,
+            max_backoff: settings.reconnect_after * 8,
+            jitter: 0.2,
+        };
+        let connector = S2sConnector {
+            cx: self.cx.clone(),
+            local: self.slot.key.0.clone(),
+            remote: self.slot.key.1.clone(),
+        };
+        let manager = ConnectionManager::new(connector, manager_settings).start();
+        manager.do_send(Subscribe(ctx.address().recipient()));
+        self.manager = Some(manager);
+        let tick = (settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        ctx.run_interval(tick, |act, ctx| act.check_idle(ctx));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        if let Some(manager) = self.manager.take() {
+            manager.do_send(Shutdown);
+        }
+        // An idle slot leaves the table; a failed one stays until it is
+        // tried again (the table is bounded by max_links).
+        let slot = &self.slot;
+        self.cx.links.map.remove_if(&slot.key, |_, s| {
+            Arc::ptr_eq(s, slot) && matches!(*s.lock(), State::Idle)
+        });
+    }
+}
+
+impl Handler<ConnectionEvent<Outbound>> for Link {
+    type Result = ();
+
+    fn handle(&mut self, event: ConnectionEvent<Outbound>, ctx: &mut Context<Self>) {
+        match event {
+            ConnectionEvent::Connected(out) => self.on_connected(out),
+            ConnectionEvent::Disconnected => self.on_disconnected(ctx),
+            ConnectionEvent::AttemptFailed(err) => self.on_failed(ctx, &err),
+        }
+    }
+}

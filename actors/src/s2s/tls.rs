@@ -1,0 +1,178 @@
+//! TLS between servers. Both ends of a stream present their domain's
+//! certificate. Neither refuses the other's during the handshake: a
+//! certificate that does not verify (self-signed, another name) still
+//! gets an encrypted stream, on which the peer may authenticate by
+//! dialback (XEP-0220) instead. Whether it verifies is checked afterwards,
+//! against the trusted roots, for the domain the peer claims: that decides
+//! whether SASL EXTERNAL (XEP-0178) is offered.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::c2s::io::{StartTls, TlsSettings};
+
+/// The TLS of a server's federation.
+pub struct S2sTls {
+    /// For streams peers open: asks for (and accepts any) client
+    /// certificate.
+    pub server: TlsSettings,
+    /// For streams we open: presents our certificate, accepts any.
+    pub client: TlsConnector,
+    /// Checks a peer's chain for a domain; `None` with no trusted roots at
+    /// all (then nobody can use EXTERNAL).
+    roots: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl S2sTls {
+    /// From our certificate (`chain`, leaf first, and its key) and the
+    /// roots peers' certificates are checked against.
+    pub fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: RootCertStore,
+        tls_required: bool,
+    ) -> Result<S2sTls, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(Arc::new(AnyCertificate(provider.clone())))
+            .with_single_cert(chain.clone(), key.clone_key())?;
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+            .with_client_auth_cert(chain, key)?;
+        let roots = (!roots.is_empty())
+            .then(|| {
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .ok()
+            })
+            .flatten();
+        let starttls = if tls_required {
+            StartTls::Required
+        } else {
+            StartTls::Optional
+        };
+        Ok(S2sTls {
+            server: TlsSettings {
+                acceptor: TlsAcceptor::from(Arc::new(server)),
+                starttls,
+                server_end_point: Vec::new(),
+            },
+            client: TlsConnector::from(Arc::new(client)),
+            roots,
+        })
+    }
+
+    /// True when `chain` (leaf first) is valid for `domain` under the
+    /// trusted roots. Checked as a server certificate whichever side
+    /// presented it, as Prosody does: servers' certificates often lack the
+    /// client-authentication purpose.
+    pub fn verifies(&self, chain: &[CertificateDer<'static>], domain: &str) -> bool {
+        let (Some(roots), Some((leaf, intermediates))) = (&self.roots, chain.split_first()) else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain.to_owned()) else {
+            return false;
+        };
+        roots
+            .verify_server_cert(leaf, intermediates, &name, &[], UnixTime::now())
+            .is_ok()
+    }
+}
+
+/// Accepts any certificate chain (signatures are still checked): whether
+/// it is valid for the peer's domain is asked afterwards ([`S2sTls::verifies`]).
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl AnyCertificate {
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for AnyCertificate {
+    /// Asked for, not required: a peer without one can still use dialback.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}

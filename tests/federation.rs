@@ -1,0 +1,260 @@
+//! Federation between two Shoal servers in one test (RFC 6120 server
+//! streams, XEP-0220 dialback over TLS): `a.test` and `b.test` on
+//! loopback, each finding the other through `[s2s.hosts]`. Dialogues
+//! assert the exact stanzas each side's users receive.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+
+use common::{Client, TestServer};
+use shoal::Config;
+use shoal_actors::ns;
+
+/// A loopback address with a port nobody listens on now.
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A server for `domain`, taking other servers' streams on `listen`, and
+/// finding each of `peers` at its address.
+fn server(
+    domain: &str,
+    listen: SocketAddr,
+    peers: &[(&str, SocketAddr)],
+    edit: impl FnOnce(&mut Config),
+) -> TestServer {
+    TestServer::with_config(|c| {
+        c.domain = domain.into();
+        c.s2s.listen = vec![listen];
+        for (peer, addr) in peers {
+            c.s2s.hosts.insert((*peer).into(), *addr);
+        }
+        c.s2s.reconnect_after_secs = 1;
+        // Exact stanzas: no archive ids stamped on them.
+        c.mam.enabled = false;
+        edit(c);
+    })
+}
+
+/// `a.test` and `b.test`, federated.
+fn pair() -> (TestServer, TestServer) {
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |_| {});
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s)], |_| {});
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    (a, b)
+}
+
+fn online(server: &TestServer, user: &str, password: &str) -> Client {
+    let mut c = server.login(user, password, "r");
+    c.announce("<presence/>");
+    c
+}
+
+fn is_message(el: &shoal_actors::xml::Element) -> bool {
+    el.name() == "message"
+}
+
+/// The next stanza, without the recipient's server's XEP-0359 stanza id
+/// (random).
+fn recv_unstamped(c: &mut Client) -> String {
+    let mut el = c.recv();
+    el.remove_children(|e| e.name() == "stanza-id");
+    el.to_xml_in(ns::CLIENT)
+}
+
+#[test]
+fn messages_and_iqs_cross_both_ways() {
+    let (a, b) = pair();
+    let mut alice = online(&a, "alice", "pw-a");
+    let mut bob = online(&b, "bob", "pw-b");
+
+    // The first stanza waits while the link comes up (TLS, dialback both
+    // ways), then goes.
+    alice.send("<message to='bob@b.test' type='chat' id='m1'><body>hello bob</body></message>");
+    assert_eq!(
+        recv_unstamped(&mut bob),
+        "<message to='bob@b.test' type='chat' id='m1' from='alice@a.test/r'><body>hello bob</body></message>"
+    );
+    bob.send("<message to='alice@a.test/r' type='chat' id='m2'><body>hi alice</body></message>");
+    assert_eq!(
+        recv_unstamped(&mut alice),
+        "<message to='alice@a.test/r' type='chat' id='m2' from='bob@b.test/r'><body>hi alice</body></message>"
+    );
+
+    // An IQ to a remote user's resource, and its answer.
+    alice.send("<iq type='get' id='q1' to='bob@b.test/r'><query xmlns='jabber:iq:version'/></iq>");
+    assert_eq!(
+        bob.recv_xml(),
+        "<iq type='get' id='q1' to='bob@b.test/r' from='alice@a.test/r'><query xmlns='jabber:iq:version'/></iq>"
+    );
+    bob.send("<iq type='result' id='q1' to='alice@a.test/r'/>");
+    assert_eq!(
+        alice.recv_xml(),
+        "<iq type='result' id='q1' to='alice@a.test/r' from='bob@b.test/r'/>"
+    );
+
+    // An IQ to the remote server itself.
+    bob.send("<iq type='get' id='p1' to='a.test'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(
+        bob.recv_xml(),
+        "<iq id='p1' type='result' from='a.test' to='bob@b.test/r'/>"
+    );
+
+    // A remote user who does not exist: the remote server answers.
+    alice.send("<iq type='get' id='q2' to='nobody@b.test/x'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let err = alice.recv();
+    assert_eq!(err.attr("type"), Some("error"), "{err}");
+    assert_eq!(err.attr("from"), Some("nobody@b.test/x"));
+    assert!(
+        err.get_child("error", ns::CLIENT)
+            .unwrap()
+            .get_child("service-unavailable", ns::STANZAS_ERRORS)
+            .is_some(),
+        "{err}"
+    );
+    alice.expect_nothing();
+    bob.expect_nothing();
+}
+
+#[test]
+fn contacts_on_two_servers_subscribe_and_see_each_others_presence() {
+    let (a, b) = pair();
+    let mut alice = online(&a, "alice", "pw-a");
+    let mut bob = online(&b, "bob", "pw-b");
+
+    alice.send("<presence to='bob@b.test' type='subscribe'/>");
+    let request = bob.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        request.to_xml_in(ns::CLIENT),
+        "<presence to='bob@b.test' type='subscribe' from='alice@a.test'/>"
+    );
+    bob.send("<presence to='alice@a.test' type='subscribed'/>");
+    // Approved: alice learns it, then gets bob's presence (RFC 6121 §3.1.5).
+    let approved = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        approved.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' type='subscribed' from='bob@b.test'/>"
+    );
+    let available = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        available.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' from='bob@b.test/r'/>"
+    );
+
+    // And back the other way.
+    bob.send("<presence to='alice@a.test' type='subscribe'/>");
+    let request = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        request.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' type='subscribe' from='bob@b.test'/>"
+    );
+    alice.send("<presence to='bob@b.test' type='subscribed'/>");
+    let approved = bob.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        approved.to_xml_in(ns::CLIENT),
+        "<presence to='bob@b.test' type='subscribed' from='alice@a.test'/>"
+    );
+    let available = bob.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        available.to_xml_in(ns::CLIENT),
+        "<presence to='bob@b.test' from='alice@a.test/r'/>"
+    );
+
+    // Presence changes reach the remote follower; so does going offline.
+    bob.send("<presence><show>away</show></presence>");
+    let away = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        away.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' from='bob@b.test/r'><show>away</show></presence>"
+    );
+    drop(bob);
+    let gone = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        gone.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' type='unavailable' from='bob@b.test/r'/>"
+    );
+
+    // At login, alice's server probes bob's (RFC 6121 §4.3), which answers
+    // with his presence.
+    let mut bob = online(&b, "bob", "pw-b");
+    let back = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(back.attr("from"), Some("bob@b.test/r"), "{back}");
+    drop(alice);
+    bob.recv_until(|e| e.name() == "presence" && e.attr("type") == Some("unavailable"));
+    let mut alice = a.login("alice", "pw-a", "r2");
+    alice.send("<presence/>");
+    let probed = alice.recv_until(|e| e.name() == "presence" && e.attr("from") == Some("bob@b.test/r"));
+    // Answered to the probe's bare JID: every resource gets it.
+    assert_eq!(
+        probed.to_xml_in(ns::CLIENT),
+        "<presence to='alice@a.test' from='bob@b.test/r'/>"
+    );
+}
+
+#[test]
+fn a_lost_link_bounces_what_cannot_go_and_comes_back() {
+    let (a, mut b) = pair();
+    let mut alice = online(&a, "alice", "pw-a");
+    let mut bob = online(&b, "bob", "pw-b");
+    alice.send("<message to='bob@b.test' type='chat' id='m1'><body>one</body></message>");
+    assert_eq!(bob.recv_until(is_message).attr("id"), Some("m1"));
+
+    // b.test goes away: what alice sends now comes back to her.
+    drop(bob);
+    b.stop();
+    alice.send("<message to='bob@b.test' type='chat' id='m2'><body>two</body></message>");
+    let bounce = alice.recv_until(is_message);
+    assert_eq!(bounce.attr("type"), Some("error"), "{bounce}");
+    assert_eq!(bounce.attr("id"), Some("m2"));
+    let error = bounce.get_child("error", ns::CLIENT).expect("an error");
+    assert!(
+        error.get_child("remote-server-timeout", ns::STANZAS_ERRORS).is_some(),
+        "{bounce}"
+    );
+
+    // It comes back: the connection manager makes a new link, and the
+    // message goes (after bounces while the last failure is recent).
+    b.restart();
+    let mut bob = online(&b, "bob", "pw-b");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    for attempt in 0.. {
+        assert!(std::time::Instant::now() < deadline, "the link never came back");
+        let id = format!("m3-{attempt}");
+        alice.send(&format!(
+            "<message to='bob@b.test' type='chat' id='{id}'><body>three</body></message>"
+        ));
+        // Either delivered, or bounced at once while the failure is recent.
+        let seen = alice.sync();
+        if seen.iter().any(|e| e.attr("id") == Some(id.as_str())) {
+            continue;
+        }
+        let got = bob.recv_until(is_message);
+        assert_eq!(got.attr("id"), Some(id.as_str()));
+        break;
+    }
+}
+
+#[test]
+fn a_server_that_is_not_there_gets_senders_an_error() {
+    let down = free_addr();
+    let a = server("a.test", free_addr(), &[("down.test", down)], |_| {});
+    a.add_user("alice", "pw-a");
+    let mut alice = online(&a, "alice", "pw-a");
+    alice.send("<message to='x@down.test' type='chat' id='m1'><body>anyone?</body></message>");
+    alice.send("<iq to='down.test' type='get' id='q1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    // Broadcast presence is not answered; directed presence neither.
+    alice.send("<presence to='x@down.test'/>");
+    let mut got: Vec<String> = (0..2).map(|_| alice.recv_xml()).collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "<iq id='q1' type='error' from='down.test' to='alice@a.test/r'><ping xmlns='urn:xmpp:ping'/><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+            "<message id='m1' type='error' from='x@down.test' to='alice@a.test/r'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>",
+        ]
+    );
+    alice.expect_nothing();
+}
