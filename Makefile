@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
+.PHONY: federation-peers run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -32,7 +32,13 @@ soak:
 	SHOAL_SOAK_MESSAGES=$(SOAK_MESSAGES) SHOAL_SOAK_KILLS=$(SOAK_KILLS) \
 	  $(CARGO) test --release --test durability -- --nocapture
 
-interop-deps: $(VENV)/.installed debian-slixmpp
+interop-deps: $(VENV)/.installed debian-slixmpp federation-peers
+
+# Debian's Prosody and ejabberd, federation partners in
+# tests/federation_interop.rs (fixtures/peers/federation.sh runs them).
+federation-peers:
+	command -v prosody >/dev/null && command -v ejabberdctl >/dev/null && dpkg -s lua-unbound >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody ejabberd lua-unbound; }
 
 debian-slixmpp:
 	$(DEBIAN_PY) -c 'import slixmpp' 2>/dev/null || \
