@@ -258,3 +258,80 @@ fn a_server_that_is_not_there_gets_senders_an_error() {
     );
     alice.expect_nothing();
 }
+
+/// A raw server stream to `server`'s s2s port, as `from`, asking for `to`;
+/// returns the connection after our header, and the features.
+fn raw_stream(addr: SocketAddr, from: &str, to: &str) -> (Client, Option<shoal_actors::xml::Element>) {
+    let mut c = Client::connect(addr);
+    c.send(&format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{from}' to='{to}' version='1.0'>"
+    ));
+    match c.next_frame() {
+        Some(shoal_actors::codec::Frame::StreamOpen(h)) => c.header = Some(h),
+        other => panic!("expected a stream header, got {other:?}"),
+    }
+    let first = c.recv();
+    let features = first.is("features", ns::STREAM).then_some(first.clone());
+    if features.is_none() {
+        // Not features: put it where the test reads it.
+        return (c, Some(first));
+    }
+    (c, features)
+}
+
+fn stream_error(el: &shoal_actors::xml::Element) -> String {
+    assert!(el.is("error", ns::STREAM), "not a stream error: {el}");
+    el.children().next().map(|c| c.name().to_owned()).unwrap_or_default()
+}
+
+#[test]
+fn what_a_bad_peer_gets() {
+    // Dialback in the clear on a.test, so that a raw socket can speak it.
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let down = free_addr();
+    let peers = [("b.test", b_s2s), ("nowhere.test", down)];
+    let _a = server("a.test", a_s2s, &peers, |c| c.s2s.tls = shoal::config::S2sTls::Optional);
+    let _b = server("b.test", b_s2s, &[("a.test", a_s2s)], |c| {
+        c.s2s.tls = shoal::config::S2sTls::Optional
+    });
+
+    // A stream for a domain not served there.
+    let (_c, first) = raw_stream(a_s2s, "b.test", "elsewhere.test");
+    assert_eq!(stream_error(&first.unwrap()), "host-unknown");
+
+    // A stanza before any domain is authenticated.
+    let (mut c, features) = raw_stream(a_s2s, "b.test", "a.test");
+    let features = features.unwrap();
+    assert!(
+        features.get_child("dialback", "urn:xmpp:features:dialback").is_some(),
+        "{features}"
+    );
+    c.send("<message from='bob@b.test' to='alice@a.test'><body>hi</body></message>");
+    assert_eq!(stream_error(&c.recv()), "not-authorized");
+
+    // A dialback key b.test's server did not make: a.test asks b.test's
+    // server (a real one), which says invalid; the stream ends.
+    let (mut c, _) = raw_stream(a_s2s, "b.test", "a.test");
+    c.send("<db:result from='b.test' to='a.test'>0123456789abcdef</db:result>");
+    assert_eq!(
+        c.recv_xml(),
+        "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='invalid'/>"
+    );
+    assert_eq!(stream_error(&c.recv()), "not-authorized");
+
+    // A key for a domain whose server does not answer: an error answer,
+    // and the stream stays (XEP-0220 §2.5).
+    let (mut c, _) = raw_stream(a_s2s, "nowhere.test", "a.test");
+    c.send("<db:result from='nowhere.test' to='a.test'>0123456789abcdef</db:result>");
+    assert_eq!(
+        c.recv_xml(),
+        "<result xmlns='jabber:server:dialback' from='a.test' to='nowhere.test' type='error'><error xmlns='jabber:server' type='cancel'><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></result>"
+    );
+    // A verification for a domain a.test does not serve.
+    c.send("<db:verify from='nowhere.test' to='other.test' id='x'>0123</db:verify>");
+    assert_eq!(
+        c.recv_xml(),
+        "<verify xmlns='jabber:server:dialback' from='other.test' to='nowhere.test' id='x' type='error'><error xmlns='jabber:server' type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></verify>"
+    );
+}
