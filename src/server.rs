@@ -200,35 +200,29 @@ impl ServerBuilder {
         let direct_tls = config.c2s.direct_tls_listen.iter().map(|a| (*a, direct.clone()));
         let mut listeners = Vec::new();
         for (addr, tls) in plain.chain(direct_tls) {
-            let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Listen { addr, source })?;
+            let (listener, local) = listen(addr)?;
             listeners.push((listener, local, tls));
         }
         // External components (XEP-0114): a listener only if any is
         // configured. Bound with the others, so that a failure leaves
         // nothing running.
-        let mut component_listeners = Vec::new();
-        if !config.components.services.is_empty() {
-            for &addr in &config.components.listen {
-                let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-                let local = listener
-                    .local_addr()
-                    .map_err(|source| StartError::Listen { addr, source })?;
-                component_listeners.push((listener, local));
-            }
-        }
+        let component_listeners = if config.components.services.is_empty() {
+            Vec::new()
+        } else {
+            config
+                .components
+                .listen
+                .iter()
+                .map(|a| listen(*a))
+                .collect::<Result<_, _>>()?
+        };
         // Other servers (federation): only when [s2s] listen is set.
-        let mut s2s_listeners = Vec::new();
-        for &addr in &config.s2s.listen {
-            let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Listen { addr, source })?;
-            s2s_listeners.push((listener, local));
-        }
-        let next = Arc::new(AtomicUsize::new(0));
+        let s2s_listeners: Vec<_> = config.s2s.listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
+        let serve = Serve {
+            shutdown: cx.shutdown.clone(),
+            arbiters: arbiters.clone(),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
         let mut local_addrs = Vec::new();
         let mut direct_tls_addrs = Vec::new();
         for (listener, local, tls) in listeners {
@@ -239,18 +233,8 @@ impl ServerBuilder {
                 log::info!("listening for clients on {local}");
                 local_addrs.push(local);
             }
-            let accept = {
-                let cx = cx.clone();
-                move |io: Io, peer: SocketAddr| c2s::accept(cx.clone(), io, peer)
-            };
-            actix_rt::spawn(accept_loop(
-                listener,
-                tls,
-                cx.shutdown.clone(),
-                arbiters.clone(),
-                next.clone(),
-                accept,
-            ));
+            let cx = cx.clone();
+            serve.spawn(listener, tls, move |io, peer| c2s::accept(cx.clone(), io, peer));
         }
         // Configured domains are known from the start: a stanza to one
         // that is not connected gets <remote-server-timeout/>.
@@ -266,18 +250,8 @@ impl ServerBuilder {
             for (listener, local) in component_listeners {
                 log::info!("listening for components on {local}");
                 component_addrs.push(local);
-                let accept = {
-                    let ccx = ccx.clone();
-                    move |io: Io, peer: SocketAddr| component::accept(ccx.clone(), io, peer)
-                };
-                actix_rt::spawn(accept_loop(
-                    listener,
-                    None,
-                    cx.shutdown.clone(),
-                    arbiters.clone(),
-                    next.clone(),
-                    accept,
-                ));
+                let ccx = ccx.clone();
+                serve.spawn(listener, None, move |io, peer| component::accept(ccx.clone(), io, peer));
             }
         }
         let mut s2s_addrs = Vec::new();
@@ -286,18 +260,10 @@ impl ServerBuilder {
             for (listener, local) in s2s_listeners {
                 log::info!("listening for servers on {local}");
                 s2s_addrs.push(local);
-                let accept = {
-                    let s2s = s2s.clone();
-                    move |io: Io, peer: SocketAddr| shoal_actors::s2s::accept(s2s.clone(), io, peer)
-                };
-                actix_rt::spawn(accept_loop(
-                    listener,
-                    None,
-                    cx.shutdown.clone(),
-                    arbiters.clone(),
-                    next.clone(),
-                    accept,
-                ));
+                let s2s = s2s.clone();
+                serve.spawn(listener, None, move |io, peer| {
+                    shoal_actors::s2s::accept(s2s.clone(), io, peer)
+                });
             }
             Some(s2s)
         } else {
@@ -351,15 +317,46 @@ async fn expire_archive(router: Router, days: u32, shutdown: CancellationToken) 
 /// A listening socket with a deep accept queue: a burst of logins must not
 /// overflow it while a freshly started server warms up (the kernel caps
 /// it at `net.core.somaxconn`).
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let bound = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
+    bound().map_err(|source| StartError::Listen { addr, source })
+}
+
+/// What every listener's accept loop shares: the worker arbiters, taken
+/// round robin, and the shutdown.
+struct Serve {
+    shutdown: CancellationToken,
+    arbiters: Arc<Vec<Arbiter>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Serve {
+    fn spawn(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        accept: impl Fn(Io, SocketAddr) + Clone + Send + 'static,
+    ) {
+        actix_rt::spawn(accept_loop(
+            listener,
+            tls,
+            self.shutdown.clone(),
+            self.arbiters.clone(),
+            self.next.clone(),
+            accept,
+        ));
+    }
 }
 
 /// Accepts connections and hands each to a worker arbiter, round robin,

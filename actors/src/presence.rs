@@ -250,13 +250,10 @@ impl RemotePresence {
         self.0.get().is_some_and(|(local, _)| contact.domain() != local)
     }
 
-    /// Sends presence (a template, as written for local sessions) to
-    /// `to` on another server.
-    fn send(remote: &dyn RemoteRoute, template: &[u8], to: &str) {
-        match crate::stanza::Stanza::reparse(&addressed(template, to)) {
-            Some(stanza) => remote.deliver(stanza),
-            None => log::error!("unreadable presence template for {to}"),
-        }
+    /// Sends presence from `from` (a template, as written for local
+    /// sessions) to `to` on another server.
+    fn send(remote: &dyn RemoteRoute, from: &Jid, template: &[u8], to: &Jid) {
+        remote.deliver_presence(from, to, addressed(template, to.as_str()));
     }
 }
 
@@ -306,7 +303,7 @@ impl PresenceEvent<'_> {
                 continue;
             }
             if let Some(remote) = self.remote.route(&bare) {
-                RemotePresence::send(&*remote, &self.template, jid.as_str());
+                RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, jid);
                 continue;
             }
             match jid.clone().try_into_full() {
@@ -335,7 +332,7 @@ impl PresenceEvent<'_> {
             return;
         }
         if let Some(remote) = self.remote.route(contact) {
-            return RemotePresence::send(&*remote, &self.template, contact.as_str());
+            return RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, contact.as_jid());
         }
         to_available(self.sessions, contact, self.origin, || {
             addressed(&self.template, contact.as_str())
@@ -355,7 +352,7 @@ impl PresenceEvent<'_> {
                 let probe = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "probe")
                     .with_attr("from", own.as_str());
-                RemotePresence::send(&*remote, &template_of(&probe), followee.as_str());
+                RemotePresence::send(&*remote, own.as_jid(), &template_of(&probe), followee.as_jid());
                 continue;
             }
             for s in self.sessions.resources(followee) {
@@ -610,7 +607,7 @@ impl PresenceActor {
                         continue;
                     }
                     if let Some(remote) = self.remote.route(&contact) {
-                        RemotePresence::send(&*remote, &template, contact.as_str());
+                        RemotePresence::send(&*remote, s.jid.as_jid(), &template, contact.as_jid());
                         continue;
                     }
                     let origin = Origin::of(Some(s.jid.as_jid()));
@@ -666,7 +663,7 @@ impl PresenceActor {
             {
                 if let Some(template) = s.last_presence() {
                     available = true;
-                    RemotePresence::send(&*remote, &template, from.as_str());
+                    RemotePresence::send(&*remote, s.jid.as_jid(), &template, from);
                 }
             }
         }
@@ -675,7 +672,7 @@ impl PresenceActor {
             let reply = Element::new("presence", ns::CLIENT)
                 .with_attr("type", kind)
                 .with_attr("from", contact.as_str());
-            RemotePresence::send(&*remote, &template_of(&reply), from.as_str());
+            RemotePresence::send(&*remote, contact.as_jid(), &template_of(&reply), from);
         }
     }
 

@@ -54,6 +54,11 @@ pub trait RemoteRoute: Send + Sync {
     /// Sends `stanza` (its `to` in a remote domain) on its way; what cannot
     /// go is answered with an error to its sender.
     fn deliver(&self, stanza: Stanza);
+
+    /// Sends presence from `from`, serialised for `to` already (`bytes`),
+    /// on its way: a broadcast's copy for one remote follower, which is
+    /// never answered.
+    fn deliver_presence(&self, from: &Jid, to: &Jid, bytes: bytes::Bytes);
 }
 
 impl Router {

@@ -36,7 +36,7 @@ use crate::presence::ConnectionHandler;
 use crate::router::Router;
 use crate::session_manager::SessionManager;
 use io::{Io, TlsSettings};
-use limits::{Admission, Admitted, AuthThrottle, ConnState, ConnectionLimits};
+use limits::{Admission, Admitted, AuthThrottle, ConnectionLimits};
 
 /// Settings of client connections.
 #[derive(Clone, Debug)]
@@ -209,22 +209,10 @@ pub(crate) async fn refuse<S: AsyncWrite + Unpin>(mut io: S, header: String, err
 /// task and its actor. `io` is any byte stream (TCP, TLS, an in-memory
 /// pipe in tests).
 pub fn spawn(cx: Arc<C2sContext>, io: Io, peer: SocketAddr, admitted: Admitted) -> Addr<C2s> {
-    let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
-    // A few frames of slack; past that, reading the socket waits for the actor.
-    let (frames_tx, frames_rx) = frames::pipe();
     let codec = XmppCodec::new(cx.config.codec);
-    let conn = Arc::new(ConnState::new(admitted));
-    let transport = transport::Transport {
-        codec,
-        frames: Some(frames_tx),
-        out: out_rx,
-        conn: conn.clone(),
-        cx: cx.clone(),
-    };
-    let transport = transport::run(io, transport);
-    actix_rt::spawn(cx.tasks.track_future(transport));
+    let started = transport::start(io, codec, cx.clone(), admitted, cx.config.max_outbound_bytes, &cx.tasks);
     C2s::create(move |ctx| {
-        ctx.add_stream(frames_rx.map(|b| *b));
-        C2s::new(cx, out, peer, conn)
+        ctx.add_stream(started.frames.map(|b| *b));
+        C2s::new(cx, started.out, peer, started.conn)
     })
 }

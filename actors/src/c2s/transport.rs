@@ -75,6 +75,40 @@ impl StreamSettings for C2sContext {
     }
 }
 
+/// What the actor of a connection whose transport task has started holds:
+/// the queue it writes, the frames it reads, and the state both share.
+pub(crate) struct Started {
+    pub(crate) out: super::outbound::Outbound,
+    pub(crate) frames: super::frames::FrameReceiver,
+    pub(crate) conn: Arc<ConnState>,
+}
+
+/// Starts the transport task of an admitted connection on the current
+/// arbiter, tracked by `tasks` (client, component, server streams alike):
+/// reading with `codec`, writing a queue of `max_outbound` bytes.
+pub(crate) fn start<S: StreamSettings>(
+    io: Io,
+    codec: XmppCodec,
+    settings: Arc<S>,
+    admitted: super::limits::Admitted,
+    max_outbound: usize,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Started {
+    let (out, out_rx) = super::outbound::Outbound::new(max_outbound);
+    // A few frames of slack; past that, reading the socket waits for the actor.
+    let (frames_tx, frames) = super::frames::pipe();
+    let conn = Arc::new(ConnState::new(admitted));
+    let transport = Transport {
+        codec,
+        frames: Some(frames_tx),
+        out: out_rx,
+        conn: conn.clone(),
+        cx: settings,
+    };
+    actix_rt::spawn(tasks.track_future(run(io, transport)));
+    Started { out, frames, conn }
+}
+
 pub(crate) struct Transport<S: StreamSettings> {
     pub(crate) codec: XmppCodec,
     /// `None` once the peer has nothing more to say (EOF, error, close).

@@ -28,10 +28,9 @@ use tokio_util::task::TaskTracker;
 pub use actor::Component;
 
 use crate::c2s::io::{Io, TlsSettings};
-use crate::c2s::limits::{Admission, Admitted, ConnState, ConnectionLimits};
-use crate::c2s::outbound::Outbound;
-use crate::c2s::transport::{self, StreamSettings, Transport};
-use crate::c2s::{frames, C2sConfig};
+use crate::c2s::limits::{Admission, Admitted, ConnectionLimits};
+use crate::c2s::transport::{self, StreamSettings};
+use crate::c2s::C2sConfig;
 use crate::codec::{CodecLimits, XmppCodec};
 use crate::router::Router;
 use crate::services::ConflictPolicy;
@@ -237,26 +236,17 @@ pub fn accept(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr) {
 /// Starts an admitted component connection on the current arbiter: its
 /// transport task and its actor.
 pub fn spawn(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr, admitted: Admitted) -> Addr<Component> {
-    // The component's own limit is set once it has said which it is.
-    let (out, out_rx) = Outbound::new(cx.config.max_outbound_bytes);
-    let (frames_tx, frames_rx) = frames::pipe();
     let codec = XmppCodec::new(cx.config.codec).for_component();
-    let conn = Arc::new(ConnState::new(admitted));
     let settings = Arc::new(StreamLimits {
         cx: cx.clone(),
         service: OnceLock::new(),
     });
-    let transport = Transport {
-        codec,
-        frames: Some(frames_tx),
-        out: out_rx,
-        conn: conn.clone(),
-        cx: settings.clone(),
-    };
-    actix_rt::spawn(cx.tasks.track_future(transport::run(io, transport)));
+    // The component's own queue limit is set once it has said which it is.
+    let limit = cx.config.max_outbound_bytes;
+    let started = transport::start(io, codec, settings.clone(), admitted, limit, &cx.tasks);
     Component::create(move |ctx| {
-        ctx.add_stream(frames_rx.map(|b| *b));
-        Component::new(cx, settings, out, peer, conn)
+        ctx.add_stream(started.frames.map(|b| *b));
+        Component::new(cx, settings, started.out, peer, started.conn)
     })
 }
 

@@ -33,14 +33,16 @@ use crate::error::StanzaCondition;
 use crate::outbound::{
     ConnectFuture, Connection, ConnectionEvent, ConnectionManager, Connector, ManagerSettings, Shutdown, Subscribe,
 };
+use bytes::Bytes;
+
+use crate::jid::Jid;
 use crate::stanza::{IqType, Kind, Stanza};
 
-type Key = (String, String);
-
-/// The links by (local, remote) domain.
+/// The links by remote domain, then by local domain: found without
+/// allocating a key per stanza.
 #[derive(Default)]
 pub(super) struct Links {
-    map: DashMap<Key, Arc<Slot>>,
+    map: DashMap<String, Vec<Arc<Slot>>>,
 }
 
 /// One link as `shoal s2s list` shows it.
@@ -56,8 +58,36 @@ pub struct LinkInfo {
     pub since: Duration,
 }
 
+/// What goes on a link: a stanza, answered with an error if it cannot go,
+/// or presence written for its recipient already (a follower's copy of a
+/// broadcast, never answered).
+pub(super) enum Outgoing {
+    Stanza(Stanza),
+    Presence { sender: u64, bytes: Bytes },
+}
+
+impl Outgoing {
+    /// Queues it on a link that is up; what the link refuses goes back.
+    fn send(self, cx: &S2sContext, out: &Outbound) {
+        let (sender, bytes) = match &self {
+            Outgoing::Stanza(stanza) => (sender_key(stanza.from()), stanza.to_bytes()),
+            Outgoing::Presence { sender, bytes } => (*sender, bytes.clone()),
+        };
+        if out.send_routed(sender, bytes).is_err() {
+            self.bounce(cx, StanzaCondition::ResourceConstraint);
+        }
+    }
+
+    fn bounce(&self, cx: &S2sContext, condition: StanzaCondition) {
+        if let Outgoing::Stanza(stanza) = self {
+            bounce(cx, stanza, condition);
+        }
+    }
+}
+
 struct Slot {
-    key: Key,
+    /// (local, remote).
+    key: (String, String),
     state: Mutex<State>,
     since: Mutex<Instant>,
     /// Stanzas delivered so far: a link whose count stands still is idle.
@@ -66,7 +96,7 @@ struct Slot {
 
 enum State {
     Idle,
-    Connecting(VecDeque<Stanza>),
+    Connecting(VecDeque<Outgoing>),
     Up(Outbound),
     Failed {
         until: Instant,
@@ -101,21 +131,105 @@ impl Slot {
             since: crate::c2s::lock(&self.since).elapsed(),
         }
     }
+
+    /// Sends `item` on the link, queues it while the link comes up (and
+    /// starts the link if none is), or sends it back.
+    fn push(self: &Arc<Self>, cx: &S2sContext, item: Outgoing) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        match &mut *state {
+            State::Up(out) => {
+                let out = out.clone();
+                drop(state);
+                item.send(cx, &out);
+            }
+            State::Connecting(waiting) if waiting.len() < cx.settings.max_queued => waiting.push_back(item),
+            State::Connecting(_) => {
+                drop(state);
+                item.bounce(cx, StanzaCondition::ResourceConstraint);
+            }
+            State::Failed { until, condition, .. } if Instant::now() < *until => {
+                let condition = *condition;
+                drop(state);
+                item.bounce(cx, condition);
+            }
+            State::Idle | State::Failed { .. } => {
+                self.set(&mut state, State::Connecting(VecDeque::from([item])));
+                drop(state);
+                let Some(cx) = cx.this.upgrade() else { return };
+                let (arbiter, slot) = (cx.arbiter.clone(), self.clone());
+                Link::start_in_arbiter(&arbiter, move |_| Link {
+                    cx,
+                    slot,
+                    manager: None,
+                    seen: 0,
+                    quiet_since: Instant::now(),
+                });
+            }
+        }
+    }
 }
 
 impl Links {
     pub(super) fn list(&self) -> Vec<LinkInfo> {
-        let mut links: Vec<LinkInfo> = self.map.iter().map(|s| s.info()).collect();
+        let mut links: Vec<LinkInfo> = self
+            .map
+            .iter()
+            .flat_map(|s| s.iter().map(|s| s.info()).collect::<Vec<_>>())
+            .collect();
         links.sort_by(|a, b| (&a.local, &a.remote).cmp(&(&b.local, &b.remote)));
         links
     }
 
     pub(super) fn close_all(&self) {
-        for slot in self.map.iter() {
-            if let State::Up(out) = &*slot.lock() {
-                drop(CloseOnDrop(out.clone()));
+        for slots in self.map.iter() {
+            for slot in slots.iter() {
+                if let State::Up(out) = &*slot.lock() {
+                    drop(CloseOnDrop(out.clone()));
+                }
             }
         }
+    }
+
+    /// The link from `local` to `remote`, made if there is none; `Err`
+    /// with what the sender gets when there can be none (`None`: nothing,
+    /// the stanza is not ours to send).
+    fn slot(&self, cx: &S2sContext, local: &str, remote: &str) -> Result<Arc<Slot>, Option<StanzaCondition>> {
+        // Never relayed: only what our own domains send leaves.
+        if !cx.is_ours(local) {
+            log::debug!("not relaying a stanza from {local} to {remote}");
+            return Err(None);
+        }
+        if cx.is_blocked(remote) {
+            return Err(Some(StanzaCondition::PolicyViolation));
+        }
+        let find = |slots: &[Arc<Slot>]| slots.iter().find(|s| s.key.0 == local).cloned();
+        if let Some(slot) = self.map.get(remote).and_then(|slots| find(&slots)) {
+            return Ok(slot);
+        }
+        if self.map.len() >= cx.settings.max_links {
+            return Err(Some(StanzaCondition::ResourceConstraint));
+        }
+        let mut slots = self.map.entry(remote.to_owned()).or_default();
+        Ok(find(&slots).unwrap_or_else(|| {
+            let slot = Arc::new(Slot {
+                key: (local.to_owned(), remote.to_owned()),
+                state: Mutex::new(State::Idle),
+                since: Mutex::new(Instant::now()),
+                activity: AtomicU64::new(0),
+            });
+            slots.push(slot.clone());
+            slot
+        }))
+    }
+
+    /// Forgets `slot` if it is idle (its link has ended).
+    fn forget_if_idle(&self, slot: &Arc<Slot>) {
+        let remote = &slot.key.1;
+        if let Some(mut slots) = self.map.get_mut(remote) {
+            slots.retain(|s| !(Arc::ptr_eq(s, slot) && matches!(*s.lock(), State::Idle)));
+        }
+        self.map.remove_if(remote, |_, slots| slots.is_empty());
     }
 }
 
@@ -125,66 +239,24 @@ pub(super) fn deliver(cx: &S2sContext, stanza: Stanza) {
     let (Some(from), Some(to)) = (stanza.from(), stanza.to()) else {
         return;
     };
-    let (local, remote) = (from.domain().to_owned(), to.domain().to_owned());
-    // Never relayed: only what our own domains send leaves.
-    if !cx.is_ours(&local) {
-        return log::debug!("not relaying a stanza from {local} to {remote}");
+    match cx.links.slot(cx, from.domain(), to.domain()) {
+        Ok(slot) => slot.push(cx, Outgoing::Stanza(stanza)),
+        Err(Some(condition)) => bounce(cx, &stanza, condition),
+        Err(None) => {}
     }
-    if cx.is_blocked(&remote) {
-        return bounce(cx, &stanza, StanzaCondition::PolicyViolation);
-    }
-    let key = (local, remote);
-    let slot = match cx.links.map.get(&key) {
-        Some(slot) => slot.clone(),
-        None if cx.links.map.len() >= cx.settings.max_links => {
-            return bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
-        }
-        None => cx
-            .links
-            .map
-            .entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    key,
-                    state: Mutex::new(State::Idle),
-                    since: Mutex::new(Instant::now()),
-                    activity: AtomicU64::new(0),
-                })
-            })
-            .clone(),
-    };
-    slot.activity.fetch_add(1, Ordering::Relaxed);
-    let mut state = slot.lock();
-    match &mut *state {
-        State::Up(out) => {
-            if out.send_routed(sender_key(&stanza), stanza.to_bytes()).is_err() {
-                drop(state);
-                bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
-            }
-        }
-        State::Connecting(waiting) if waiting.len() < cx.settings.max_queued => waiting.push_back(stanza),
-        State::Connecting(_) => {
-            drop(state);
-            bounce(cx, &stanza, StanzaCondition::ResourceConstraint);
-        }
-        State::Failed { until, condition, .. } if Instant::now() < *until => {
-            let condition = *condition;
-            drop(state);
-            bounce(cx, &stanza, condition);
-        }
-        State::Idle | State::Failed { .. } => {
-            slot.set(&mut state, State::Connecting(VecDeque::from([stanza])));
-            drop(state);
-            let Some(cx) = cx.this.upgrade() else { return };
-            let arbiter = cx.arbiter.clone();
-            Link::start_in_arbiter(&arbiter, move |_| Link {
-                cx,
-                slot,
-                manager: None,
-                seen: 0,
-                quiet_since: Instant::now(),
-            });
-        }
+}
+
+/// Presence from `from`, written for `to` already (`bytes`), goes on its
+/// link: a broadcast's copy for one remote follower, serialised once.
+pub(super) fn deliver_presence(cx: &S2sContext, from: &Jid, to: &Jid, bytes: Bytes) {
+    if let Ok(slot) = cx.links.slot(cx, from.domain(), to.domain()) {
+        slot.push(
+            cx,
+            Outgoing::Presence {
+                sender: sender_key(Some(from)),
+                bytes,
+            },
+        );
     }
 }
 
@@ -270,10 +342,8 @@ impl Link {
             waiting
         };
         log::info!("{}: up; {} waiting stanzas sent", self.name(), waiting.len());
-        for stanza in waiting {
-            if out.send_routed(sender_key(&stanza), stanza.to_bytes()).is_err() {
-                bounce(&self.cx, &stanza, StanzaCondition::ResourceConstraint);
-            }
+        for item in waiting {
+            item.send(&self.cx, &out);
         }
     }
 
@@ -286,7 +356,11 @@ impl Link {
             State::Connecting(_) => return,
             _ => Vec::new(),
         };
-        let waiting: VecDeque<Stanza> = unsent.iter().filter_map(|b| Stanza::reparse(b)).collect();
+        let waiting: VecDeque<Outgoing> = unsent
+            .iter()
+            .filter_map(|b| Stanza::reparse(b))
+            .map(Outgoing::Stanza)
+            .collect();
         if waiting.is_empty() {
             self.slot.set(&mut state, State::Idle);
             drop(state);
@@ -329,8 +403,8 @@ impl Link {
             waiting.len(),
             condition.as_str()
         );
-        for stanza in &waiting {
-            bounce(&self.cx, stanza, condition);
+        for item in &waiting {
+            item.bounce(&self.cx, condition);
         }
         self.shut(ctx);
     }
@@ -387,10 +461,7 @@ impl Actor for Link {
         }
         // An idle slot leaves the table; a failed one stays until it is
         // tried again (the table is bounded by max_links).
-        let slot = &self.slot;
-        self.cx.links.map.remove_if(&slot.key, |_, s| {
-            Arc::ptr_eq(s, slot) && matches!(*s.lock(), State::Idle)
-        });
+        self.cx.links.forget_if_idle(&self.slot);
     }
 }
 

@@ -48,11 +48,9 @@ pub use outbound::S2sOut;
 pub use resolve::{Dns, Resolve, ResolveError, StaticHosts, StaticThen, StaticThenDns, Target};
 pub use tls::S2sTls;
 
-use crate::c2s::frames;
 use crate::c2s::io::Io;
-use crate::c2s::limits::{Admission, ConnState, ConnectionLimits};
-use crate::c2s::outbound::Outbound;
-use crate::c2s::transport::{self, StreamSettings, Transport};
+use crate::c2s::limits::{Admission, ConnectionLimits};
+use crate::c2s::transport::{self, StreamSettings};
 use crate::codec::{CodecLimits, XmppCodec};
 use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::router::{RemoteRoute, Router};
@@ -249,6 +247,10 @@ impl RemoteRoute for S2sContext {
     fn deliver(&self, stanza: Stanza) {
         link::deliver(self, stanza)
     }
+
+    fn deliver_presence(&self, from: &crate::jid::Jid, to: &crate::jid::Jid, bytes: bytes::Bytes) {
+        link::deliver_presence(self, from, to, bytes)
+    }
 }
 
 /// Seeded at random per process, so that nobody can pick a JID whose key
@@ -256,11 +258,9 @@ impl RemoteRoute for S2sContext {
 /// link's queue.
 static SENDER_KEYS: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new(Default::default);
 
-/// The key of a stanza's sender for its link's fair queueing.
-fn sender_key(stanza: &Stanza) -> u64 {
-    stanza
-        .from()
-        .map_or(0, |f| SENDER_KEYS.hash_one((f.node(), f.domain())))
+/// The key of a stanza's sender (its account) for its link's fair queueing.
+fn sender_key(from: Option<&crate::jid::Jid>) -> u64 {
+    from.map_or(0, |f| SENDER_KEYS.hash_one((f.node(), f.domain())))
 }
 
 /// An inbound stream's settings for its transport task: the small
@@ -292,20 +292,12 @@ impl StreamSettings for InboundSettings {
 pub fn accept(cx: Arc<S2sContext>, io: Io, peer: SocketAddr) {
     match cx.admission.admit(peer.ip(), &cx.settings.connections) {
         Ok(admitted) => {
-            let (out, out_rx) = Outbound::new(cx.settings.max_outbound_bytes);
-            let (frames_tx, frames_rx) = frames::pipe();
-            let conn = Arc::new(ConnState::new(admitted));
-            let transport = Transport {
-                codec: XmppCodec::new(cx.settings.codec).for_server(),
-                frames: Some(frames_tx),
-                out: out_rx,
-                conn: conn.clone(),
-                cx: Arc::new(InboundSettings { cx: cx.clone() }),
-            };
-            actix_rt::spawn(cx.tasks.track_future(transport::run(io, transport)));
+            let codec = XmppCodec::new(cx.settings.codec).for_server();
+            let settings = Arc::new(InboundSettings { cx: cx.clone() });
+            let started = transport::start(io, codec, settings, admitted, cx.settings.max_outbound_bytes, &cx.tasks);
             S2sIn::create(move |ctx| {
-                ctx.add_stream(frames_rx.map(|b| *b));
-                S2sIn::new(cx, out, peer, conn)
+                ctx.add_stream(started.frames.map(|b| *b));
+                S2sIn::new(cx, started.out, peer, started.conn)
             });
         }
         Err(err) => {

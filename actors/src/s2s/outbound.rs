@@ -24,11 +24,10 @@ use tokio::sync::oneshot;
 
 use super::dialback::{Body, Dialback};
 use super::{S2sContext, S2sError};
-use crate::c2s::frames;
 use crate::c2s::io::Io;
 use crate::c2s::limits::{ConnState, ConnectionLimits};
 use crate::c2s::outbound::Outbound;
-use crate::c2s::transport::{self, FrameResult, StreamSettings, Transport};
+use crate::c2s::transport::{self, FrameResult, Started, StreamSettings};
 use crate::codec::{CodecLimits, Frame, StreamHeader, XmppCodec};
 use crate::error::StanzaCondition;
 use crate::ns;
@@ -161,21 +160,14 @@ pub(super) fn spawn(
         .outbound_admission
         .admit(peer.ip(), &no_limits)
         .map_err(|e| S2sError::Connect(e.to_string()))?;
-    let (out, out_rx) = Outbound::new(cx.settings.max_outbound_bytes);
-    let (frames_tx, frames_rx) = frames::pipe();
-    let conn = Arc::new(ConnState::new(admitted));
-    let transport = Transport {
-        codec: XmppCodec::new(cx.settings.codec).for_server(),
-        frames: Some(frames_tx),
-        out: out_rx,
-        conn: conn.clone(),
-        cx: Arc::new(OutboundSettings { cx: cx.clone(), name }),
-    };
-    actix_rt::spawn(cx.tasks.track_future(transport::run(Io::Tcp(tcp), transport)));
+    let codec = XmppCodec::new(cx.settings.codec).for_server();
+    let settings = Arc::new(OutboundSettings { cx: cx.clone(), name });
+    let limit = cx.settings.max_outbound_bytes;
+    let Started { out, frames, conn } = transport::start(Io::Tcp(tcp), codec, settings, admitted, limit, &cx.tasks);
     let (closed_tx, closed_rx) = oneshot::channel();
     let handle = out.clone();
     S2sOut::create(move |ctx| {
-        ctx.add_stream(frames_rx.map(|b| *b));
+        ctx.add_stream(frames.map(|b| *b));
         S2sOut {
             cx,
             local,
