@@ -20,6 +20,9 @@
 //! list-services
 //!     -> service <domain> <kind> <listed|hidden> <since> <in flight> [name]
 //!     -> ok
+//! list-s2s
+//!     -> s2s <in|out> <local> <remote> <auth> <tls> <seconds> <queued> <state>
+//!     -> ok
 //! ```
 //!
 //! Unix only, like the rest of the server (see `rlimit`).
@@ -30,12 +33,14 @@ use std::io::{BufRead, ErrorKind, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use shoal_actors::error::{StreamCondition, StreamError};
 use shoal_actors::jid::{normalise_localpart, BareJid};
 use shoal_actors::router::Router;
+use shoal_actors::s2s::{LinkInfo, S2sContext};
 use shoal_actors::services::ServiceSummary;
 use shoal_actors::session_manager::{KickUser, SessionManager};
 use shoal_actors::xep::register;
@@ -110,6 +115,11 @@ pub enum ControlCommand {
     /// `list-services`: what is published, one line each:
     /// `service <domain> <kind> <listed|hidden> <since, Unix seconds> <requests in flight> [name]`.
     ListServices,
+    /// `list-s2s`: the streams between this server and others, one line
+    /// each: `s2s <in|out> <local> <remote> <dialback|external|-> <tls|plain|->
+    /// <seconds in this state> <queued> <state>`, the state last (a failed
+    /// link's says why, in words). Nothing when federation is off.
+    ListS2s,
 }
 
 fn username_arg(user: &str) -> Result<String, String> {
@@ -142,6 +152,7 @@ impl std::str::FromStr for ControlCommand {
                 })
             }
             "list-services" if args.is_empty() => Ok(ControlCommand::ListServices),
+            "list-s2s" if args.is_empty() => Ok(ControlCommand::ListS2s),
             "delete-user" => match args.as_slice() {
                 [user] => Ok(ControlCommand::DeleteUser {
                     username: username_arg(user)?,
@@ -159,6 +170,7 @@ impl fmt::Display for ControlCommand {
             ControlCommand::KickUser { username, reason } => write!(f, "kick-user {username} {}", reason.keyword()),
             ControlCommand::DeleteUser { username } => write!(f, "delete-user {username}"),
             ControlCommand::ListServices => write!(f, "list-services"),
+            ControlCommand::ListS2s => write!(f, "list-s2s"),
         }
     }
 }
@@ -167,6 +179,8 @@ impl fmt::Display for ControlCommand {
 pub struct ControlContext {
     pub sm: Addr<SessionManager>,
     pub router: Router,
+    /// Federation, when on.
+    pub s2s: Option<Arc<S2sContext>>,
 }
 
 impl ControlContext {
@@ -184,7 +198,7 @@ impl ControlCommand {
     pub fn answer_within(&self) -> Duration {
         match self {
             ControlCommand::DeleteUser { .. } => Duration::from_secs(600),
-            ControlCommand::KickUser { .. } | ControlCommand::ListServices => TIMEOUT,
+            ControlCommand::KickUser { .. } | ControlCommand::ListServices | ControlCommand::ListS2s => TIMEOUT,
         }
     }
 
@@ -215,8 +229,33 @@ impl ControlCommand {
                 Ok(vec![format!("removed {removed}"), format!("sessions {ended}")])
             }
             ControlCommand::ListServices => Ok(cx.router.services().list().iter().map(service_line).collect()),
+            ControlCommand::ListS2s => Ok(cx
+                .s2s
+                .iter()
+                .flat_map(|s2s| s2s.links())
+                .map(|l| s2s_line(&l))
+                .collect()),
         }
     }
+}
+
+/// One stream between servers as `list-s2s` answers it.
+fn s2s_line(l: &LinkInfo) -> String {
+    let auth = l.auth.map_or("-", |a| a.as_str());
+    let tls = match (l.auth, l.tls) {
+        (None, _) => "-",
+        (Some(_), true) => "tls",
+        (Some(_), false) => "plain",
+    };
+    format!(
+        "s2s {} {} {} {auth} {tls} {} {} {}",
+        l.direction.as_str(),
+        l.local,
+        l.remote,
+        l.since.as_secs(),
+        l.queued,
+        l.state
+    )
 }
 
 /// One published service as `list-services` answers it.

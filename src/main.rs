@@ -36,6 +36,19 @@ enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Federation: the running server's streams with other servers
+    S2s {
+        #[command(subcommand)]
+        command: S2sCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum S2sCommand {
+    /// Each stream: who opened it, the domains, how the remote domain
+    /// authenticated, TLS, since when, what is queued, and its state (a
+    /// failed link says why)
+    List,
 }
 
 #[derive(Subcommand)]
@@ -75,6 +88,9 @@ fn main() -> ExitCode {
         Some(Command::User { command }) => user(&config, command),
         Some(Command::Cert) => cert(&config),
         Some(Command::Service { command }) => service(&config, command),
+        Some(Command::S2s {
+            command: S2sCommand::List,
+        }) => s2s_list(&config),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -299,6 +315,23 @@ fn service(config: &Config, command: ServiceCommand) -> Result<(), String> {
 }
 
 /// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn s2s_list(config: &Config) -> Result<(), String> {
+    let path = config.control_socket();
+    let lines = control::request(&path, &ControlCommand::ListS2s.to_string())?
+        .ok_or_else(|| format!("no server is running (no answer on {})", path.display()))?;
+    println!(
+        "{:<4} {:<24} {:<24} {:<9} {:<5} {:>8} {:>8}  state",
+        "dir", "local", "remote", "auth", "tls", "for (s)", "queued"
+    );
+    for line in lines {
+        let fields: Vec<&str> = line.splitn(9, ' ').collect();
+        if let ["s2s", dir, local, remote, auth, tls, secs, queued, state] = fields.as_slice() {
+            println!("{dir:<4} {local:<24} {remote:<24} {auth:<9} {tls:<5} {secs:>8} {queued:>8}  {state}");
+        }
+    }
+    Ok(())
+}
+
 fn utc(secs: u64) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     i64::try_from(secs)

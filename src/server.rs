@@ -280,6 +280,7 @@ impl ServerBuilder {
                 ControlContext {
                     sm: sm.clone(),
                     router: router.clone(),
+                    s2s: s2s.clone(),
                 },
             )
         });

@@ -47,6 +47,22 @@ fn pair() -> (TestServer, TestServer) {
     (a, b)
 }
 
+/// The running server's streams with others (`shoal s2s list`), the
+/// seconds in each state left out (they vary).
+fn s2s_list(server: &TestServer) -> Vec<String> {
+    let lines = shoal::control::request(&server.db.with_extension("sock"), "list-s2s")
+        .expect("the control socket")
+        .expect("a running server");
+    lines
+        .iter()
+        .map(|l| {
+            let mut fields: Vec<&str> = l.splitn(9, ' ').collect();
+            fields[6] = "N";
+            fields.join(" ")
+        })
+        .collect()
+}
+
 fn online(server: &TestServer, user: &str, password: &str) -> Client {
     let mut c = server.login(user, password, "r");
     c.announce("<presence/>");
@@ -117,6 +133,15 @@ fn messages_and_iqs_cross_both_ways() {
     );
     alice.expect_nothing();
     bob.expect_nothing();
+
+    // One link each way, each an inbound stream on the other side.
+    assert_eq!(
+        s2s_list(&a),
+        [
+            "s2s in a.test b.test dialback tls N 0 up",
+            "s2s out a.test b.test dialback tls N 0 up"
+        ]
+    );
 }
 
 #[test]
@@ -257,6 +282,10 @@ fn a_server_that_is_not_there_gets_senders_an_error() {
         ]
     );
     alice.expect_nothing();
+    // `shoal s2s list` says why, in words.
+    let links = s2s_list(&a);
+    let why = "s2s out a.test down.test - - N 0 failed: cannot connect: ";
+    assert!(links.len() == 1 && links[0].starts_with(why), "{links:?}");
 }
 
 /// A raw server stream to `addr`, as `from`, asking for `to`: the

@@ -9,9 +9,9 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use base64::Engine;
@@ -19,7 +19,8 @@ use bytes::Bytes;
 use quick_xml::escape::escape;
 
 use super::dialback::{self, Body, Dialback};
-use super::S2sContext;
+use super::link::InboundEntry;
+use super::{Auth, S2sContext};
 use crate::c2s::limits::ConnState;
 use crate::c2s::outbound::Outbound;
 use crate::c2s::random_id;
@@ -46,8 +47,12 @@ pub(super) fn header(from: &str, to: Option<&str>, id: &str) -> String {
     )
 }
 
+/// Numbers inbound streams, for their entries in the list of streams.
+static STREAMS: AtomicU64 = AtomicU64::new(0);
+
 pub struct S2sIn {
     cx: Arc<S2sContext>,
+    id: u64,
     out: Outbound,
     peer: SocketAddr,
     conn: Arc<ConnState>,
@@ -73,6 +78,7 @@ impl S2sIn {
     pub(super) fn new(cx: Arc<S2sContext>, out: Outbound, peer: SocketAddr, conn: Arc<ConnState>) -> S2sIn {
         S2sIn {
             cx,
+            id: STREAMS.fetch_add(1, Ordering::Relaxed),
             out,
             peer,
             conn,
@@ -306,15 +312,29 @@ impl S2sIn {
         );
         self.send_element(&Element::new("success", ns::SASL));
         self.external = true;
-        self.authenticate(remote);
+        self.authenticate(remote, Auth::External);
         // RFC 6120 §6.4.6: the peer restarts the stream.
         self.awaiting_header = true;
     }
 
-    fn authenticate(&mut self, remote: String) {
+    fn authenticate(&mut self, remote: String, auth: Auth) {
         if self.authenticated.is_empty() {
             self.conn.admitted.authenticated();
             self.conn.authenticated.store(true, Ordering::Relaxed);
+            self.cx.inbound.insert(
+                self.id,
+                InboundEntry {
+                    local: self.local.clone().unwrap_or_default(),
+                    remotes: Vec::new(),
+                    auth,
+                    tls: self.tls,
+                    since: Instant::now(),
+                    out: self.out.clone(),
+                },
+            );
+        }
+        if let Some(mut entry) = self.cx.inbound.get_mut(&self.id) {
+            entry.remotes.push(remote.clone());
         }
         self.authenticated.insert(remote);
     }
@@ -373,7 +393,7 @@ impl S2sIn {
             match &body {
                 Body::Valid => {
                     log::info!("{}: {from} authenticated by dialback (for {to})", act.peer);
-                    act.authenticate(from);
+                    act.authenticate(from, Auth::Dialback);
                 }
                 Body::Invalid => log::info!("{}: {from}'s dialback key was refused by its server", act.peer),
                 Body::Error(condition) => {
@@ -476,6 +496,7 @@ impl Actor for S2sIn {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
+        self.cx.inbound.remove(&self.id);
         if !self.authenticated.is_empty() {
             log::info!("{}: stream from {:?} closed", self.peer, self.authenticated);
         }

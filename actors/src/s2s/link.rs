@@ -27,7 +27,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use super::outbound::{self, CloseOnDrop, Mode};
-use super::{sender_key, S2sContext, S2sError};
+use super::{sender_key, Auth, S2sContext, S2sError};
 use crate::c2s::outbound::Outbound;
 use crate::error::StanzaCondition;
 use crate::outbound::{
@@ -45,17 +45,73 @@ pub(super) struct Links {
     map: DashMap<String, Vec<Arc<Slot>>>,
 }
 
-/// One link as `shoal s2s list` shows it.
+/// Who opened a stream: we (a link, which carries our stanzas) or the
+/// other server (which carries its).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// One stream between servers as `shoal s2s list` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkInfo {
+    pub direction: Direction,
     pub local: String,
+    /// The remote domain (inbound: every domain the stream authenticated,
+    /// comma-separated).
     pub remote: String,
     /// "connecting", "up", "failed: WHY" or "idle".
     pub state: String,
+    /// How the remote domain authenticated, once it has.
+    pub auth: Option<Auth>,
+    pub tls: bool,
     /// Stanzas waiting for the link, or bytes queued on it when up.
     pub queued: usize,
     /// Time in the current state.
     pub since: Duration,
+}
+
+/// A link that is up: its stream's queue, and how it authenticated.
+#[derive(Clone)]
+pub(super) struct Established {
+    pub(super) out: Outbound,
+    pub(super) auth: Auth,
+    pub(super) tls: bool,
+}
+
+/// An inbound stream that authenticated a domain, as listed.
+pub(super) struct InboundEntry {
+    pub(super) local: String,
+    pub(super) remotes: Vec<String>,
+    pub(super) auth: Auth,
+    pub(super) tls: bool,
+    pub(super) since: Instant,
+    pub(super) out: Outbound,
+}
+
+impl InboundEntry {
+    pub(super) fn info(&self) -> LinkInfo {
+        LinkInfo {
+            direction: Direction::In,
+            local: self.local.clone(),
+            remote: self.remotes.join(","),
+            state: "up".into(),
+            auth: Some(self.auth),
+            tls: self.tls,
+            queued: self.out.queued(),
+            since: self.since.elapsed(),
+        }
+    }
 }
 
 /// What goes on a link: a stanza, answered with an error if it cannot go,
@@ -97,7 +153,7 @@ struct Slot {
 enum State {
     Idle,
     Connecting(VecDeque<Outgoing>),
-    Up(Outbound),
+    Up(Established),
     Failed {
         until: Instant,
         condition: StanzaCondition,
@@ -117,16 +173,19 @@ impl Slot {
 
     fn info(&self) -> LinkInfo {
         let state = self.lock();
-        let (name, queued) = match &*state {
-            State::Idle => ("idle".to_owned(), 0),
-            State::Connecting(waiting) => ("connecting".to_owned(), waiting.len()),
-            State::Up(out) => ("up".to_owned(), out.queued()),
-            State::Failed { why, .. } => (format!("failed: {why}"), 0),
+        let (name, queued, up) = match &*state {
+            State::Idle => ("idle".to_owned(), 0, None),
+            State::Connecting(waiting) => ("connecting".to_owned(), waiting.len(), None),
+            State::Up(link) => ("up".to_owned(), link.out.queued(), Some(link)),
+            State::Failed { why, .. } => (format!("failed: {why}"), 0, None),
         };
         LinkInfo {
+            direction: Direction::Out,
             local: self.key.0.clone(),
             remote: self.key.1.clone(),
             state: name,
+            auth: up.map(|l| l.auth),
+            tls: up.is_some_and(|l| l.tls),
             queued,
             since: crate::c2s::lock(&self.since).elapsed(),
         }
@@ -138,8 +197,8 @@ impl Slot {
         self.activity.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         match &mut *state {
-            State::Up(out) => {
-                let out = out.clone();
+            State::Up(link) => {
+                let out = link.out.clone();
                 drop(state);
                 item.send(cx, &out);
             }
@@ -184,8 +243,8 @@ impl Links {
     pub(super) fn close_all(&self) {
         for slots in self.map.iter() {
             for slot in slots.iter() {
-                if let State::Up(out) = &*slot.lock() {
-                    drop(CloseOnDrop(out.clone()));
+                if let State::Up(link) = &*slot.lock() {
+                    drop(CloseOnDrop(link.out.clone()));
                 }
             }
         }
@@ -278,9 +337,9 @@ struct S2sConnector {
 }
 
 impl Connector for S2sConnector {
-    type Handle = Outbound;
+    type Handle = Established;
 
-    fn connect(&self) -> ConnectFuture<Outbound> {
+    fn connect(&self) -> ConnectFuture<Established> {
         let (cx, local, remote) = (self.cx.clone(), self.local.clone(), self.remote.clone());
         Box::pin(async move {
             let (tcp, peer) = outbound::dial(&cx, &remote).await.map_err(S2sError::into_io)?;
@@ -290,8 +349,8 @@ impl Connector for S2sConnector {
             // Dropped (the attempt timed out, or failed): the stream closes.
             let guard = CloseOnDrop(out.clone());
             match ready_rx.await {
-                Ok(Ok(())) => Ok(Connection {
-                    handle: out,
+                Ok(Ok((auth, tls))) => Ok(Connection {
+                    handle: Established { out, auth, tls },
                     closed: Box::pin(async move {
                         let _guard = guard;
                         let _ = closed.await;
@@ -331,14 +390,15 @@ impl Link {
         ctx.stop();
     }
 
-    fn on_connected(&mut self, out: Outbound) {
+    fn on_connected(&mut self, link: Established) {
+        let out = link.out.clone();
         let waiting = {
             let mut state = self.slot.lock();
             let waiting = match &mut *state {
                 State::Connecting(waiting) => std::mem::take(waiting),
                 _ => VecDeque::new(),
             };
-            self.slot.set(&mut state, State::Up(out.clone()));
+            self.slot.set(&mut state, State::Up(link));
             waiting
         };
         log::info!("{}: up; {} waiting stanzas sent", self.name(), waiting.len());
@@ -352,7 +412,7 @@ impl Link {
     fn on_disconnected(&mut self, ctx: &mut Context<Self>) {
         let mut state = self.slot.lock();
         let unsent = match &*state {
-            State::Up(out) => out.take_unsent(),
+            State::Up(link) => link.out.take_unsent(),
             State::Connecting(_) => return,
             _ => Vec::new(),
         };
@@ -421,8 +481,8 @@ impl Link {
             return;
         }
         let mut state = self.slot.lock();
-        if let State::Up(out) = &*state {
-            if out.queued() == 0 {
+        if let State::Up(link) = &*state {
+            if link.out.queued() == 0 {
                 self.slot.set(&mut state, State::Idle);
                 drop(state);
                 log::info!("{}: idle; closed", self.name());
@@ -465,10 +525,10 @@ impl Actor for Link {
     }
 }
 
-impl Handler<ConnectionEvent<Outbound>> for Link {
+impl Handler<ConnectionEvent<Established>> for Link {
     type Result = ();
 
-    fn handle(&mut self, event: ConnectionEvent<Outbound>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, event: ConnectionEvent<Established>, ctx: &mut Context<Self>) {
         match event {
             ConnectionEvent::Connected(out) => self.on_connected(out),
             ConnectionEvent::Disconnected => self.on_disconnected(ctx),

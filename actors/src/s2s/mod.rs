@@ -43,7 +43,7 @@ use tokio_util::task::TaskTracker;
 
 pub use dialback::{Body, Dialback, DialbackParseError};
 pub use inbound::S2sIn;
-pub use link::LinkInfo;
+pub use link::{Direction, LinkInfo};
 pub use outbound::S2sOut;
 pub use resolve::{Dns, Resolve, ResolveError, StaticHosts, StaticThen, StaticThenDns, Target};
 pub use tls::S2sTls;
@@ -125,6 +125,24 @@ impl Default for S2sSettings {
     }
 }
 
+/// How a stream authenticated a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Server Dialback (XEP-0220).
+    Dialback,
+    /// SASL EXTERNAL with the domain's certificate (XEP-0178).
+    External,
+}
+
+impl Auth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Auth::Dialback => "dialback",
+            Auth::External => "external",
+        }
+    }
+}
+
 /// Why a link could not be made or was lost, in words for the log.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum S2sError {
@@ -184,6 +202,9 @@ pub struct S2sContext {
     outbound_admission: Arc<Admission>,
     /// Dialback verifications in flight.
     verifications: AtomicUsize,
+    /// Inbound streams that authenticated a domain, by stream, for
+    /// `shoal s2s list`.
+    inbound: dashmap::DashMap<u64, link::InboundEntry>,
 }
 
 impl S2sContext {
@@ -212,6 +233,7 @@ impl S2sContext {
             admission: Arc::new(Admission::default()),
             outbound_admission: Arc::new(Admission::default()),
             verifications: AtomicUsize::new(0),
+            inbound: dashmap::DashMap::new(),
         });
         let route: Arc<dyn RemoteRoute> = cx.clone();
         router.set_remote(Arc::downgrade(&route));
@@ -228,9 +250,13 @@ impl S2sContext {
         self.settings.blocked.contains(domain)
     }
 
-    /// The links, for `shoal s2s list`.
+    /// The links we opened and the streams other servers opened, for
+    /// `shoal s2s list`.
     pub fn links(&self) -> Vec<LinkInfo> {
-        self.links.list()
+        let mut links = self.links.list();
+        links.extend(self.inbound.iter().map(|e| e.info()));
+        links.sort_by(|a, b| (&a.local, &a.remote, a.direction).cmp(&(&b.local, &b.remote, b.direction)));
+        links
     }
 
     /// Closes every link (at shutdown).

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::dialback::{Body, Dialback};
-use super::{S2sContext, S2sError};
+use super::{Auth, S2sContext, S2sError};
 use crate::c2s::io::Io;
 use crate::c2s::limits::{ConnState, ConnectionLimits};
 use crate::c2s::outbound::Outbound;
@@ -38,8 +38,9 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a stream is opened for.
 pub(super) enum Mode {
-    /// A link: told once our domain is authenticated (or why not).
-    Link(Option<oneshot::Sender<Result<(), S2sError>>>),
+    /// A link: told once our domain is authenticated, how and whether
+    /// over TLS (or why not).
+    Link(Option<oneshot::Sender<Result<(Auth, bool), S2sError>>>),
     /// One `<db:verify/>` request, whose answer is sent back.
     Verify(Dialback, Option<oneshot::Sender<Body>>),
 }
@@ -386,7 +387,7 @@ impl S2sOut {
             return;
         }
         if self.sasl_done {
-            return self.up(ctx);
+            return self.up(ctx, Auth::External);
         }
         let external = features
             .and_then(|f| f.get_child("mechanisms", ns::SASL))
@@ -430,7 +431,7 @@ impl S2sOut {
             }
             (Mode::Link(_), Dialback::Result { body: Body::Valid, .. }) => {
                 log::info!("{} -> {}: authenticated by dialback", self.local, self.remote);
-                self.up(ctx)
+                self.up(ctx, Auth::Dialback)
             }
             (Mode::Link(_), Dialback::Result { body, .. }) if !body.is_key() => {
                 let why = match body {
@@ -446,12 +447,14 @@ impl S2sOut {
         }
     }
 
-    fn up(&mut self, ctx: &mut Context<Self>) {
+    fn up(&mut self, ctx: &mut Context<Self>, auth: Auth) {
         self.phase = Phase::Up;
         self.conn.admitted.authenticated();
         self.conn.authenticated.store(true, Ordering::Relaxed);
         if let Mode::Link(ready) = &mut self.mode {
-            let told = ready.take().is_some_and(|ready| ready.send(Ok(())).is_ok());
+            let told = ready
+                .take()
+                .is_some_and(|ready| ready.send(Ok((auth, self.tls))).is_ok());
             if !told {
                 // Nobody waits for it any more (the attempt timed out).
                 self.close(ctx);
