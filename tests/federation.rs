@@ -7,6 +7,7 @@ mod common;
 
 use std::net::{SocketAddr, TcpListener};
 
+use base64::Engine;
 use common::{Client, TestServer};
 use shoal::Config;
 use shoal_actors::ns;
@@ -48,7 +49,8 @@ fn pair() -> (TestServer, TestServer) {
 }
 
 /// The running server's streams with others (`shoal s2s list`), the
-/// seconds in each state left out (they vary).
+/// seconds in each state and the bytes queued left out (they vary with
+/// timing).
 fn s2s_list(server: &TestServer) -> Vec<String> {
     let lines = shoal::control::request(&server.db.with_extension("sock"), "list-s2s")
         .expect("the control socket")
@@ -57,7 +59,7 @@ fn s2s_list(server: &TestServer) -> Vec<String> {
         .iter()
         .map(|l| {
             let mut fields: Vec<&str> = l.splitn(9, ' ').collect();
-            fields[6] = "N";
+            (fields[6], fields[7]) = ("N", "Q");
             fields.join(" ")
         })
         .collect()
@@ -138,8 +140,8 @@ fn messages_and_iqs_cross_both_ways() {
     assert_eq!(
         s2s_list(&a),
         [
-            "s2s in a.test b.test dialback tls N 0 up",
-            "s2s out a.test b.test dialback tls N 0 up"
+            "s2s in a.test b.test dialback tls N Q up",
+            "s2s out a.test b.test dialback tls N Q up"
         ]
     );
 }
@@ -284,7 +286,7 @@ fn a_server_that_is_not_there_gets_senders_an_error() {
     alice.expect_nothing();
     // `shoal s2s list` says why, in words.
     let links = s2s_list(&a);
-    let why = "s2s out a.test down.test - - N 0 failed: cannot connect: ";
+    let why = "s2s out a.test down.test - - N Q failed: cannot connect: ";
     assert!(links.len() == 1 && links[0].starts_with(why), "{links:?}");
 }
 
@@ -359,4 +361,198 @@ fn what_a_bad_peer_gets() {
         c.recv_xml(),
         "<verify xmlns='jabber:server:dialback' from='other.test' to='nowhere.test' id='x' type='error'><error xmlns='jabber:server' type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></verify>"
     );
+}
+
+/// A raw server stream to `a_s2s` authenticated as `b.test` by dialback
+/// with b.test's own key (made with its secret, read from its database),
+/// which a.test checks with b.test's server.
+fn authenticated_as_b(a_s2s: SocketAddr, b: &TestServer) -> Client {
+    let secret = shoal::store::SqliteStore::open(&b.db)
+        .unwrap()
+        .secret("dialback", [0; 32])
+        .unwrap();
+    let (mut c, features) = raw_stream(a_s2s, "b.test", "a.test");
+    assert!(features.is("features", ns::STREAM), "{features}");
+    let id = c.header.as_ref().and_then(|h| h.id.clone()).expect("a stream id");
+    let key = shoal_actors::s2s::dialback::key(&secret, "a.test", "b.test", &id);
+    c.send(&format!("<db:result from='b.test' to='a.test'>{key}</db:result>"));
+    assert_eq!(
+        c.recv_xml(),
+        "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='valid'/>"
+    );
+    c
+}
+
+#[test]
+fn a_lost_stream_takes_its_users_presence_and_other_domains_are_refused() {
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], optional);
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s)], optional);
+    a.add_user("alice", "pw-a");
+    let mut alice = online(&a, "alice", "pw-a");
+
+    // b.test's users' presence comes on the stream; the connection is lost
+    // without a close: alice is told they are gone.
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<presence from='bob@b.test/x' to='alice@a.test'/>");
+    peer.send("<presence from='carol@b.test/y' to='alice@a.test'/>");
+    peer.send("<presence from='carol@b.test/y' to='alice@a.test' type='unavailable'/>");
+    let seen: Vec<String> = (0..3)
+        .map(|_| alice.recv_until(|e| e.name() == "presence").to_xml_in(ns::CLIENT))
+        .collect();
+    assert_eq!(seen[0], "<presence from='bob@b.test/x' to='alice@a.test'/>");
+    drop(peer);
+    let gone = alice.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        gone.to_xml_in(ns::CLIENT),
+        "<presence type='unavailable' from='bob@b.test/x' to='alice@a.test'/>"
+    );
+    alice.expect_nothing();
+
+    // A stanza from a domain the stream did not authenticate.
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<message from='eve@c.test' to='alice@a.test'><body>hi</body></message>");
+    assert_eq!(stream_error(&peer.recv()), "invalid-from");
+    // One to a domain not served here.
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<message from='bob@b.test' to='x@elsewhere.test'><body>hi</body></message>");
+    assert_eq!(stream_error(&peer.recv()), "host-unknown");
+    // A clean close takes nobody's presence.
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<presence from='bob@b.test/x' to='alice@a.test'/>");
+    alice.recv_until(|e| e.name() == "presence");
+    peer.send("</stream:stream>");
+    assert!(matches!(
+        peer.next_frame(),
+        Some(shoal_actors::codec::Frame::StreamClose)
+    ));
+    alice.expect_nothing();
+}
+
+/// A certificate for `name` signed by the test CA (fixtures/tls), made
+/// with openssl into `dir`: (chain, key) as PEM files.
+fn ca_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let [key, csr, crt, ext] = ["key", "csr", "crt", "ext"].map(|e| dir.join(format!("{name}.{e}")));
+    std::fs::write(&ext, format!("subjectAltName=DNS:{name}\n")).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (ca, ca_key) = (path(&fixtures.join("ca.pem")), path(&fixtures.join("ca.key")));
+    let subject = format!("/CN={name}");
+    for args in [
+        vec![
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-set_serial",
+            "7",
+            "-days",
+            "30",
+        ],
+    ] {
+        let mut command = std::process::Command::new("openssl");
+        command.args(&args);
+        if args[0] == "req" {
+            command.args(["-subj", &subject, "-keyout", &path(&key), "-out", &path(&csr)]);
+        } else {
+            command.args(["-in", &path(&csr), "-extfile", &path(&ext), "-out", &path(&crt)]);
+        }
+        let out = command.output().expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (crt, key)
+}
+
+/// TLS as a server connecting to `localhost` (the fixture certificate),
+/// presenting `cert` for SASL EXTERNAL.
+fn tls_as(cert: &(std::path::PathBuf, std::path::PathBuf)) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem");
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&cert.0)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&cert.1).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+    std::sync::Arc::new(config)
+}
+
+/// Restarts a raw server stream after TLS or SASL; the new features.
+fn restart(c: &mut Client, from: &str, to: &str) -> shoal_actors::xml::Element {
+    c.send(&format!(
+        "<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{from}' to='{to}' version='1.0'>"
+    ));
+    assert!(matches!(
+        c.next_frame(),
+        Some(shoal_actors::codec::Frame::StreamOpen(_))
+    ));
+    c.recv()
+}
+
+#[test]
+fn sasl_external_takes_a_certificate_valid_for_the_domain_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let s2s = free_addr();
+    let server = TestServer::with_config(|c| {
+        common::fixture_tls(c);
+        c.s2s.listen = vec![s2s];
+        c.s2s.ca_file = Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem"));
+    });
+    let external = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
+        base64::engine::general_purpose::STANDARD.encode("b.test")
+    );
+
+    // A certificate from a trusted CA, but for another name: no EXTERNAL
+    // offered, and none taken.
+    let (mut c, features) = raw_stream(s2s, "b.test", "localhost");
+    assert!(features.get_child("starttls", ns::TLS).is_some(), "{features}");
+    c.starttls(tls_as(&ca_signed(dir.path(), "wrong.test")));
+    let features = restart(&mut c, "b.test", "localhost");
+    assert_eq!(
+        features.to_xml_in(ns::CLIENT),
+        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
+    );
+    c.send(&external);
+    assert_eq!(
+        c.recv_xml(),
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>"
+    );
+    assert!(matches!(c.next_frame(), Some(shoal_actors::codec::Frame::StreamClose)));
+
+    // One for b.test: EXTERNAL offered and taken.
+    let (mut c, _) = raw_stream(s2s, "b.test", "localhost");
+    c.starttls(tls_as(&ca_signed(dir.path(), "b.test")));
+    let features = restart(&mut c, "b.test", "localhost");
+    let mechanisms = features.get_child("mechanisms", ns::SASL).expect("EXTERNAL offered");
+    assert_eq!(mechanisms.children().next().unwrap().text(), "EXTERNAL");
+    c.send(&external);
+    assert_eq!(c.recv_xml(), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    let features = restart(&mut c, "b.test", "localhost");
+    assert!(features.get_child("mechanisms", ns::SASL).is_none(), "{features}");
+    assert_eq!(s2s_list(&server), ["s2s in localhost b.test external tls N Q up"]);
 }

@@ -7,7 +7,7 @@
 //! server, and routes the peer's stanzas, each from a domain the stream
 //! authenticated and to one of ours.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use crate::error::{SaslCondition, StanzaCondition, StreamCondition, StreamError}
 use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::session::Control;
-use crate::stanza::{Kind, Stanza, StanzaParseError};
+use crate::stanza::{Kind, PresenceType, Stanza, StanzaParseError};
 use crate::xml::Element;
 
 /// Our stream header to a peer: from the domain it asked for, to its
@@ -45,6 +45,63 @@ pub(super) fn header(from: &str, to: Option<&str>, id: &str) -> String {
         escape(id),
         escape(from),
     )
+}
+
+/// Remote users' available presence that came on a stream: when the
+/// stream is lost (its server went away, or the network), the local users
+/// it went to are told they are unavailable, since their server cannot
+/// say so any more. Bounded: past `MAX_PAIRS`, new ones are not kept.
+#[derive(Default)]
+struct SeenAvailable {
+    /// Remote full JID -> the local accounts it is available to.
+    seen: HashMap<Jid, HashSet<BareJid>>,
+    pairs: usize,
+}
+
+impl SeenAvailable {
+    const MAX_PAIRS: usize = 65_536;
+
+    /// Notes presence from a remote user to a local one.
+    fn note(&mut self, stanza: &Stanza) {
+        let (Kind::Presence(kind), Some(from), Some(to)) = (stanza.kind, stanza.from(), stanza.to()) else {
+            return;
+        };
+        if from.resource().is_none() || to.node().is_none() {
+            return;
+        }
+        match kind {
+            PresenceType::Available if self.pairs < Self::MAX_PAIRS => {
+                let added = self.seen.entry(from.clone()).or_default().insert(to.to_bare());
+                self.pairs += usize::from(added);
+            }
+            PresenceType::Unavailable => {
+                if let Some(locals) = self.seen.get_mut(from) {
+                    if locals.remove(&to.to_bare()) {
+                        self.pairs -= 1;
+                    }
+                    if locals.is_empty() {
+                        self.seen.remove(from);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The unavailable presence each local user is owed.
+    fn gone(self) -> impl Iterator<Item = Stanza> {
+        self.seen.into_iter().flat_map(|(remote, locals)| {
+            locals.into_iter().map(move |local| {
+                let el = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable");
+                Stanza::new(
+                    Kind::Presence(PresenceType::Unavailable),
+                    Some(remote.clone()),
+                    Some(local.into()),
+                    el,
+                )
+            })
+        })
+    }
 }
 
 /// Numbers inbound streams, for their entries in the list of streams.
@@ -70,6 +127,10 @@ pub struct S2sIn {
     authenticated: HashSet<String>,
     /// Dialback verifications of this stream in flight.
     verifying: usize,
+    seen: SeenAvailable,
+    /// The stream ended as streams should (either side closed it), not by
+    /// the connection's loss or the peer's error: its users are not gone.
+    clean_end: bool,
     header_sent: bool,
     closing: bool,
 }
@@ -90,6 +151,8 @@ impl S2sIn {
             external: false,
             authenticated: HashSet::new(),
             verifying: 0,
+            seen: SeenAvailable::default(),
+            clean_end: false,
             header_sent: false,
             closing: false,
         }
@@ -231,6 +294,18 @@ impl S2sIn {
         }
         if el.ns() == ns::TLS && el.name() == "starttls" {
             return self.on_starttls(ctx);
+        }
+        if el.is("error", ns::STREAM) {
+            // The peer ends the stream (RFC 6120 §4.9): nothing to answer.
+            log::info!(
+                "{}: {:?} ended its stream: {}",
+                self.peer,
+                self.authenticated,
+                el.to_xml_in(ns::CLIENT)
+            );
+            self.closing = true;
+            self.out.close(Duration::ZERO);
+            return ctx.stop();
         }
         if !self.tls && self.cx.settings.tls_required {
             let err = StreamError::with_text(StreamCondition::PolicyViolation, "use of STARTTLS is required");
@@ -449,7 +524,10 @@ impl S2sIn {
                 let stored = crate::roster::presence::inbound(self.cx.router.clone(), stanza);
                 ctx.wait(stored.into_actor(self));
             }
-            Ok(stanza) => self.cx.router.route(stanza),
+            Ok(stanza) => {
+                self.seen.note(&stanza);
+                self.cx.router.route(stanza)
+            }
             Err(StanzaParseError::Stream(e)) => self.stream_error(ctx, e),
             Err(StanzaParseError::Stanza(e, el)) => {
                 if el.attr("type") != Some("error") {
@@ -488,6 +566,7 @@ impl Actor for S2sIn {
         ctx.run_interval(idle.min(Duration::from_secs(60)), move |act, ctx| {
             if act.conn.silent_for() >= idle {
                 let _ = act.out.send(Bytes::from_static(b"</stream:stream>"));
+                act.clean_end = true;
                 act.closing = true;
                 act.out.close(act.cx.settings.close_linger);
                 ctx.stop();
@@ -497,6 +576,12 @@ impl Actor for S2sIn {
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.cx.inbound.remove(&self.id);
+        if !self.clean_end && !self.cx.shutdown.is_cancelled() {
+            let gone = std::mem::take(&mut self.seen);
+            for unavailable in gone.gone() {
+                self.cx.router.route(unavailable);
+            }
+        }
         if !self.authenticated.is_empty() {
             log::info!("{}: stream from {:?} closed", self.peer, self.authenticated);
         }
@@ -520,6 +605,7 @@ impl StreamHandler<FrameResult> for S2sIn {
             }
             Ok(Frame::StreamClose) => {
                 let _ = self.out.send(Bytes::from_static(b"</stream:stream>"));
+                self.clean_end = true;
                 self.closing = true;
                 self.out.close(Duration::ZERO);
                 ctx.stop();
