@@ -54,10 +54,9 @@ pub struct RosterFollowers(pub Arc<dyn Storage>);
 
 impl FollowerSource for RosterFollowers {
     fn relations(&self, user: &BareJid) -> StorageFuture<Relations> {
-        let storage = self.0.clone();
-        let node = user.node().unwrap_or_default().to_owned();
+        let (storage, user) = (self.0.clone(), user.clone());
         Box::pin(async move {
-            let roster = storage.roster(&node).await?;
+            let roster = storage.roster(&user).await?;
             let pick = |f: fn(&SubState) -> bool| {
                 roster
                     .items
@@ -132,10 +131,9 @@ pub trait ConnectionHandler: Send + Sync + 'static {
         if !extval {
             return Box::pin(std::future::ready(Ok(BindInfo::default())));
         }
-        let storage = storage.clone();
-        let node = user.node().unwrap_or_default().to_owned();
+        let (storage, user) = (storage.clone(), user.clone());
         Box::pin(async move {
-            let profile = storage.profile(&node).await?;
+            let profile = storage.profile(&user).await?;
             Ok(BindInfo {
                 nick: profile.nick,
                 photo_url: profile.photo_url,
@@ -415,7 +413,7 @@ impl PresenceActor {
     fn load(&mut self, user: BareJid, first: PresenceMsg, ctx: &mut Context<Self>) {
         self.users.insert(user.clone(), Entry::Loading(vec![first]));
         let relations = self.source.relations(&user);
-        let profile = self.storage.profile(user.node().unwrap_or_default());
+        let profile = self.storage.profile(&user);
         let loading = async move { (relations.await, profile.await) };
         ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, _| {
             let relations = relations.unwrap_or_else(|e| {

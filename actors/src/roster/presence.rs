@@ -65,7 +65,7 @@ async fn apply(
     let change = Box::new(move |item| transition(item, c, dir, kind, request));
     match router
         .storage()
-        .update_roster_item(user.node().unwrap_or_default(), contact, change)
+        .update_roster_item(user, contact, change)
         .await
     {
         Ok(u) => Some(u),
