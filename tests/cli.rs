@@ -301,7 +301,7 @@ fn passwd_and_del_end_the_accounts_live_sessions() {
     let err = shoal::control::request(&socket, "reboot").unwrap_err();
     assert!(err.contains("unknown command \"reboot\""), "{err}");
     assert_eq!(
-        shoal::control::request(&socket, "kick-user nobody account-deleted"),
+        shoal::control::request(&socket, "kick-user nobody@localhost account-deleted"),
         Ok(Some(vec!["sessions 0".to_owned()]))
     );
 
@@ -358,7 +358,7 @@ fn a_second_server_on_the_same_database_is_refused() {
     );
     // The first server keeps its socket.
     assert_eq!(
-        shoal::control::request(&socket, "kick-user nobody"),
+        shoal::control::request(&socket, "kick-user nobody@localhost"),
         Ok(Some(vec!["sessions 0".to_owned()]))
     );
 }
