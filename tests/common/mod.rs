@@ -335,7 +335,14 @@ impl Client {
 
     /// Direct TLS (XEP-0368): TLS from the first byte.
     pub fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        Client::connect_tls_to(addr, config, "localhost")
+    }
+
+    /// Direct TLS to `domain`: its name in SNI (unless `config` turns SNI
+    /// off), and the name the certificate is checked for.
+    pub fn connect_tls_to(addr: SocketAddr, config: Arc<rustls::ClientConfig>, domain: &str) -> Client {
         let mut c = Client::connect(addr);
+        c.domain = domain.to_owned();
         c.wrap_tls(config);
         c
     }
