@@ -815,7 +815,7 @@ impl Config {
     }
 
     /// The hosted domains with their registration policies, for the router.
-    pub fn hosts(&self) -> Result<Hosts, ConfigError> {
+    pub fn hosted(&self) -> Result<Hosts, ConfigError> {
         let mut hosts = Vec::new();
         for d in self.domain_list() {
             let domain = BareJid::domain_jid(d).map_err(|e| ConfigError::Invalid(format!("domain {d:?}: {e}")))?;
@@ -1097,7 +1097,7 @@ mod tests {
             two.tls_files_of("b.test"),
             Some((Path::new("b.pem"), Path::new("b.key")))
         );
-        let hosts = two.hosts().unwrap();
+        let hosts = two.hosted().unwrap();
         assert_eq!(hosts.len(), 2);
         assert_eq!(hosts.default_host().domain.as_str(), "a.test");
         assert!(hosts.get("b.test").unwrap().registration && !hosts.get("a.test").unwrap().registration);

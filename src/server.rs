@@ -100,7 +100,7 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<ServerHandle, StartError> {
         let config = self.config;
         config.validate()?;
-        let hosts = config.hosts()?;
+        let hosts = config.hosted()?;
         let on_sqlite = self.storage.is_none();
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,

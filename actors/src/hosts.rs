@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn bad_lists_are_refused() {
-        assert_eq!(Hosts::new([]).err(), Some(HostsError::Empty));
+        assert_eq!(Hosts::new(Vec::new()).err(), Some(HostsError::Empty));
         assert_eq!(
             Hosts::new([host("a.test"), host("a.test")]).err(),
             Some(HostsError::Twice("a.test".into()))

@@ -70,7 +70,7 @@ struct Resolver {
 
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(self.certs.pick(hello.server_name(), Some(&self.fallback)).key.clone())
+        Some(self.certs.pick(hello.server_name(), Some(self.fallback.as_str())).key.clone())
     }
 }
 
