@@ -40,11 +40,10 @@ fn setup(db: &std::path::Path, followers: usize) {
     let mut store = SqliteStore::open(db).unwrap();
     let creds = Credentials::derive("pw", 4096);
     let publisher = BareJid::new("pub", "localhost").unwrap();
-    store.create_user("pub", &creds).unwrap();
+    store.create_user(&publisher, &creds).unwrap();
     for i in 0..followers {
-        let name = format!("f{i}");
-        store.create_user(&name, &creds).unwrap();
-        let follower = BareJid::new(&name, "localhost").unwrap();
+        let follower = BareJid::new(&format!("f{i}"), "localhost").unwrap();
+        store.create_user(&follower, &creds).unwrap();
         let item = |jid: &BareJid, s| RosterItem {
             state: SubState {
                 subscription: s,
@@ -55,10 +54,10 @@ fn setup(db: &std::path::Path, followers: usize) {
         };
         let (a, b) = (item(&follower, Subscription::From), item(&publisher, Subscription::To));
         store
-            .update_roster_item("pub", &follower, Box::new(move |_| ItemChange::Put(a)))
+            .update_roster_item(&publisher, &follower, Box::new(move |_| ItemChange::Put(a)))
             .unwrap();
         store
-            .update_roster_item(&name, &publisher, Box::new(move |_| ItemChange::Put(b)))
+            .update_roster_item(&follower, &publisher, Box::new(move |_| ItemChange::Put(b)))
             .unwrap();
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use shoal::{Config, ServerBuilder};
 use shoal_actors::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
-use shoal_actors::jid::Jid;
+use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::ns;
 use shoal_actors::router::Router;
 use shoal_actors::sasl::Credentials;
@@ -40,7 +40,8 @@ impl IqHandler for Motd {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let storage = Arc::new(MemoryStorage::default());
-    storage.create_user("demo", Credentials::derive("demo", 4096)).await?;
+    let demo = BareJid::new("demo", "localhost")?;
+    storage.create_user(&demo, Credentials::derive("demo", 4096)).await?;
 
     let mut config = Config::default();
     config.c2s.listen = vec!["127.0.0.1:0".parse()?];

@@ -42,7 +42,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let graph = Arc::new(FollowGraph::default());
     let jid = |n: &str| BareJid::new(n, "localhost");
     for name in ["alice", "bob", "carol"] {
-        storage.create_user(name, Credentials::derive(name, 4096)).await?;
+        storage
+            .create_user(&jid(name)?, Credentials::derive(name, 4096))
+            .await?;
     }
     graph.follow(&jid("alice")?, &jid("bob")?);
     graph.follow(&jid("carol")?, &jid("alice")?);

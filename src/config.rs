@@ -7,13 +7,20 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use shoal_actors::hosts::{Host, Hosts};
 use shoal_actors::jid::BareJid;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The domain this server serves: the part after '@' in its JIDs.
-    pub domain: String,
+    /// The domain this server serves: the part after '@' in its JIDs. The
+    /// one-domain form of `domains`; unset, and `domains` too: localhost.
+    pub domain: Option<String>,
+    /// The domains this server hosts (virtual hosts), the default first:
+    /// each has its own accounts. Not together with `domain`.
+    pub domains: Vec<String>,
+    /// `[hosts."a.test"]`: one hosted domain's own settings.
+    pub hosts: BTreeMap<String, HostConfig>,
     pub storage: StorageConfig,
     pub c2s: C2sConfig,
     pub registration: RegistrationConfig,
@@ -267,8 +274,8 @@ impl S2sConfig {
         !self.listen.is_empty()
     }
 
-    /// Checks the settings for a server whose domain is `own_domain`.
-    pub fn validate(&self, own_domain: &str) -> Result<(), ConfigError> {
+    /// Checks the settings for a server hosting the domains `hosted`.
+    pub fn validate(&self, hosted: &[&str]) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         let zero = [
             ("connect_timeout_secs", self.connect_timeout_secs),
@@ -289,8 +296,8 @@ impl S2sConfig {
                 Ok(j) => return invalid(format!("{section} {d:?} should be written {:?}", j.as_str())),
                 Err(e) => return invalid(format!("{section} {d:?}: {e}")),
             }
-            if d == own_domain {
-                return invalid(format!("{section} {d:?} is the server's own domain"));
+            if hosted.contains(&d) {
+                return invalid(format!("{section} {d:?} is one of the server's own domains"));
             }
             Ok(())
         };
@@ -320,8 +327,30 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
 }
 
+/// One hosted domain's own settings, `[hosts."a.test"]`; what is left
+/// out is the top-level setting.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// `[hosts."a.test".registration]`: the keys of `[registration]`.
+    pub registration: HostRegistrationConfig,
+    /// PEM: the domain's certificate chain, leaf first, and its key. Unset:
+    /// `[tls]`'s (which must name the domain too), or without that one
+    /// generated for the domain.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+/// `[registration]` for one domain: each key unset is the top-level one.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostRegistrationConfig {
+    pub enabled: Option<bool>,
+    pub max_per_network: Option<u32>,
+}
+
 /// The certificate. Without `cert` and `key`, Shoal generates a
-/// self-signed one for the domain beside the database.
+/// self-signed one for each domain beside the database.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -517,27 +546,6 @@ pub struct SessionsConfig {
     pub max_per_user: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            domain: "localhost".into(),
-            storage: StorageConfig::default(),
-            c2s: C2sConfig::default(),
-            registration: RegistrationConfig::default(),
-            auth: AuthConfig::default(),
-            sessions: SessionsConfig::default(),
-            limits: LimitsConfig::default(),
-            tls: TlsConfig::default(),
-            control: ControlConfig::default(),
-            components: ComponentsConfig::default(),
-            offline: OfflineConfig::default(),
-            sm: SmConfig::default(),
-            mam: MamConfig::default(),
-            s2s: S2sConfig::default(),
-        }
-    }
-}
-
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
@@ -608,11 +616,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        match BareJid::domain_jid(&self.domain) {
-            Ok(d) if d.as_str() == self.domain => {}
-            Ok(d) => return invalid(format!("domain {:?} should be written {:?}", self.domain, d.as_str())),
-            Err(e) => return invalid(format!("domain {:?}: {e}", self.domain)),
-        }
+        self.validate_domains()?;
         if self.c2s.listen.is_empty() {
             return invalid("[c2s] listen needs at least one address".into());
         }
@@ -622,7 +626,7 @@ impl Config {
         if self.c2s.max_outbound_bytes < self.c2s.max_stanza_bytes {
             return invalid("[c2s] max_outbound_bytes must be at least max_stanza_bytes".into());
         }
-        self.s2s.validate(&self.domain)?;
+        self.s2s.validate(&self.domain_list())?;
         if self.sm.max_unacked == 0 || self.sm.ack_request_stanzas == 0 {
             return invalid("[sm] max_unacked and ack_request_stanzas must be at least 1".into());
         }
@@ -655,6 +659,13 @@ impl Config {
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return invalid("[tls] cert and key go together: give both or neither".into());
+        }
+        for (d, h) in &self.hosts {
+            if h.tls_cert.is_some() != h.tls_key.is_some() {
+                return invalid(format!(
+                    "[hosts.{d:?}] tls_cert and tls_key go together: give both or neither"
+                ));
+            }
         }
         if self.auth.max_failures == 0 || self.sessions.max_per_user == 0 {
             return invalid("[auth] max_failures and [sessions] max_per_user must be at least 1".into());
@@ -696,8 +707,10 @@ impl Config {
                 }
                 Err(e) => return invalid(format!("[[components.service]] domain {d:?}: {e}")),
             }
-            if *d == self.domain {
-                return invalid(format!("[[components.service]] {d:?} is the server's own domain"));
+            if self.domain_list().contains(&d.as_str()) {
+                return invalid(format!(
+                    "[[components.service]] {d:?} is one of the server's own domains"
+                ));
             }
             if !seen.insert(d.as_str()) {
                 return invalid(format!("[[components.service]] {d:?} is configured twice"));
@@ -731,9 +744,93 @@ impl Config {
         Ok(())
     }
 
-    /// The domain as a JID (validated by [`Config::validate`]).
+    /// `domain` and `domains`, written as JIDs are, each once; every
+    /// `[hosts]` table for one of them.
+    fn validate_domains(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.domain.is_some() && !self.domains.is_empty() {
+            return invalid(
+                "domain and domains are both set: domain is the one-domain form of domains; keep one".into(),
+            );
+        }
+        let key = if self.domains.is_empty() { "domain" } else { "domains:" };
+        let list = self.domain_list();
+        for (i, d) in list.iter().enumerate() {
+            match BareJid::domain_jid(d) {
+                Ok(j) if j.as_str() == *d => {}
+                Ok(j) => return invalid(format!("{key} {d:?} should be written {:?}", j.as_str())),
+                Err(e) => return invalid(format!("{key} {d:?}: {e}")),
+            }
+            if list[..i].contains(d) {
+                return invalid(format!("domains: {d:?} is listed twice"));
+            }
+        }
+        if let Some(d) = self.hosts.keys().find(|d| !list.contains(&d.as_str())) {
+            return invalid(format!(
+                "[hosts.{d:?}] is not a hosted domain (not in domain or domains)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The hosted domains, the default first: `domains`, or `domain`, or
+    /// localhost.
+    pub fn domain_list(&self) -> Vec<&str> {
+        match (&self.domain, self.domains.is_empty()) {
+            (_, false) => self.domains.iter().map(String::as_str).collect(),
+            (Some(d), true) => vec![d.as_str()],
+            (None, true) => vec!["localhost"],
+        }
+    }
+
+    /// The default domain: the first hosted one.
+    pub fn default_domain(&self) -> &str {
+        self.domain_list()[0]
+    }
+
+    /// The default domain as a JID (validated by [`Config::validate`]).
     pub fn domain_jid(&self) -> Result<BareJid, ConfigError> {
-        BareJid::domain_jid(&self.domain).map_err(|e| ConfigError::Invalid(format!("domain: {e}")))
+        let d = self.default_domain();
+        BareJid::domain_jid(d).map_err(|e| ConfigError::Invalid(format!("domain {d:?}: {e}")))
+    }
+
+    /// The hosted domains with their registration policies, for the router.
+    pub fn hosted(&self) -> Result<Hosts, ConfigError> {
+        let mut hosts = Vec::new();
+        for d in self.domain_list() {
+            let domain = BareJid::domain_jid(d).map_err(|e| ConfigError::Invalid(format!("domain {d:?}: {e}")))?;
+            let (registration, registrations_per_network) = self.registration_of(d);
+            hosts.push(Host {
+                domain,
+                registration,
+                registrations_per_network,
+            });
+        }
+        Hosts::new(hosts).map_err(|e| ConfigError::Invalid(format!("domains: {e}")))
+    }
+
+    /// Whether in-band registration is on at `domain`, and how many
+    /// accounts one source network may register there before waiting:
+    /// `[hosts."domain".registration]`, else `[registration]`.
+    pub fn registration_of(&self, domain: &str) -> (bool, u32) {
+        let own = self.hosts.get(domain).map(|h| &h.registration);
+        let enabled = own
+            .and_then(|r| r.enabled)
+            .unwrap_or_else(|| self.registration_enabled());
+        let per_network = own
+            .and_then(|r| r.max_per_network)
+            .unwrap_or(self.registration.max_per_network);
+        (enabled, per_network)
+    }
+
+    /// The configured certificate and key of `domain`: its own, else
+    /// `[tls]`'s; `None` when Shoal is to generate one.
+    pub fn tls_files_of(&self, domain: &str) -> Option<(&Path, &Path)> {
+        let own = self
+            .hosts
+            .get(domain)
+            .and_then(|h| h.tls_cert.as_deref().zip(h.tls_key.as_deref()));
+        own.or_else(|| self.tls.cert.as_deref().zip(self.tls.key.as_deref()))
     }
 
     /// True when no listener is reachable from another machine.
@@ -745,7 +842,8 @@ impl Config {
             .all(|a| a.ip().is_loopback())
     }
 
-    /// Whether in-band registration is on: as configured, or by default
+    /// Whether in-band registration is on where no domain says otherwise
+    /// (see [`Config::registration_of`]): as configured, or by default
     /// only when no listener is reachable from another machine.
     pub fn registration_enabled(&self) -> bool {
         self.registration.enabled.unwrap_or_else(|| self.loopback_only())
@@ -794,7 +892,7 @@ mod tests {
     fn the_example_file_is_valid_and_complete() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/shoal.example.toml");
         let c = Config::load(&path).unwrap();
-        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.domain_list(), ["localhost"]);
     }
 
     #[test]
@@ -889,7 +987,7 @@ mod tests {
     #[test]
     fn s2s_settings_have_defaults_and_are_checked() {
         let d: S2sConfig = toml::from_str("").unwrap();
-        d.validate("a.test").unwrap();
+        d.validate(&["a.test"]).unwrap();
         assert!(!d.enabled());
         assert_eq!(d.tls, S2sTls::Required);
         assert_eq!(
@@ -910,7 +1008,7 @@ mod tests {
              [hosts]\n\"prosody.test\" = \"127.0.0.4:5269\"\n\"ejabberd.test\" = \"[::1]:5270\"\n",
         )
         .unwrap();
-        set.validate("a.test").unwrap();
+        set.validate(&["a.test"]).unwrap();
         assert!(set.enabled());
         assert_eq!(set.tls, S2sTls::Optional);
         assert_eq!(set.ca_file.as_deref(), Some(Path::new("fixtures/tls/ca.pem")));
@@ -941,7 +1039,7 @@ mod tests {
             ),
         ] {
             let c: S2sConfig = toml::from_str(bad).unwrap();
-            let err = c.validate("a.test").unwrap_err().to_string();
+            let err = c.validate(&["a.test"]).unwrap_err().to_string();
             assert!(err.contains(problem), "{bad}: {err}");
             assert!(err.contains("[s2s"), "{err}");
         }
@@ -960,6 +1058,61 @@ mod tests {
                 .unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("the server's own domain"), "{err}");
+    }
+
+    #[test]
+    fn hosted_domains_and_their_own_settings_are_checked() {
+        assert_eq!(Config::default().domain_list(), ["localhost"]);
+        let single: Config = toml::from_str("domain = 'a.test'").unwrap();
+        single.validate().unwrap();
+        assert_eq!(
+            (single.domain_list(), single.default_domain()),
+            (vec!["a.test"], "a.test")
+        );
+        let two: Config = toml::from_str(
+            "domains = ['a.test', 'b.test']\n[registration]\nenabled = false\nmax_per_network = 3\n\
+             [hosts.'b.test']\ntls_cert = 'b.pem'\ntls_key = 'b.key'\n\
+             [hosts.'b.test'.registration]\nenabled = true\n",
+        )
+        .unwrap();
+        two.validate().unwrap();
+        assert_eq!(two.default_domain(), "a.test");
+        assert_eq!(two.registration_of("a.test"), (false, 3));
+        assert_eq!(two.registration_of("b.test"), (true, 3));
+        assert_eq!(two.tls_files_of("a.test"), None);
+        assert_eq!(
+            two.tls_files_of("b.test"),
+            Some((Path::new("b.pem"), Path::new("b.key")))
+        );
+        let hosts = two.hosted().unwrap();
+        assert_eq!(hosts.len(), 2);
+        assert_eq!(hosts.default_host().domain.as_str(), "a.test");
+        assert!(hosts.get("b.test").unwrap().registration && !hosts.get("a.test").unwrap().registration);
+        for (bad, problem) in [
+            ("domain = 'a.test'\ndomains = ['b.test']", "both set"),
+            ("domains = ['a.test', 'a.test']", "listed twice"),
+            ("domains = ['A.test']", "should be written \"a.test\""),
+            ("domains = ['a.test']\n[hosts.'b.test']", "not a hosted domain"),
+            (
+                "domains = ['a.test']\n[hosts.'a.test']\ntls_cert = 'a.pem'",
+                "go together",
+            ),
+            (
+                "domains = ['a.test', 'bot.test']\n[[components.service]]\ndomain = 'bot.test'\nsecret = 's'",
+                "own domains",
+            ),
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+        }
+        for (bad, problem) in [
+            ("[hosts.'a.test']\ntls_crt = 'x'", "unknown field `tls_crt`"),
+            ("[hosts.'a.test'.registration]\nenable = true", "unknown field `enable`"),
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! closes the connection. Requests are [`ControlCommand`]s:
 //!
 //! ```text
-//! kick-user <username> [password-changed|account-deleted|admin]
+//! kick-user <user@domain> [password-changed|account-deleted|admin]
 //!     -> sessions <n>
 //!     -> ok
-//! delete-user <username>
+//! delete-user <user@domain>
 //!     -> removed <true|false>
 //!     -> sessions <n>
 //!     -> ok
@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use actix::Addr;
 use shoal_actors::error::{StreamCondition, StreamError};
-use shoal_actors::jid::{normalise_localpart, BareJid};
+use shoal_actors::jid::BareJid;
 use shoal_actors::router::Router;
 use shoal_actors::s2s::{LinkInfo, S2sContext};
 use shoal_actors::services::ServiceSummary;
@@ -105,13 +105,13 @@ impl KickReason {
 /// [`fmt::Display`] and one in [`ControlCommand::execute`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControlCommand {
-    /// `kick-user <username> [reason]`: closes every session of the
+    /// `kick-user <user@domain> [reason]`: closes every session of the
     /// account; answers `sessions <n>`, the number closed.
-    KickUser { username: String, reason: KickReason },
-    /// `delete-user <username>`: ends every subscription of the account
+    KickUser { user: BareJid, reason: KickReason },
+    /// `delete-user <user@domain>`: ends every subscription of the account
     /// (its contacts are told), deletes it, and closes its sessions;
     /// answers `removed <true|false>` and `sessions <n>`.
-    DeleteUser { username: String },
+    DeleteUser { user: BareJid },
     /// `list-services`: what is published, one line each:
     /// `service <domain> <kind> <listed|hidden> <since, Unix seconds> <requests in flight> [name]`.
     ListServices,
@@ -122,8 +122,14 @@ pub enum ControlCommand {
     ListS2s,
 }
 
-fn username_arg(user: &str) -> Result<String, String> {
-    normalise_localpart(user).map_err(|e| format!("invalid username {user:?}: {e}"))
+/// An account, named by its bare JID: with several hosted domains a
+/// username alone names none.
+fn account_arg(user: &str) -> Result<BareJid, String> {
+    match BareJid::parse(user) {
+        Ok(jid) if jid.node().is_some() && !user.contains('/') => Ok(jid),
+        Ok(_) => Err(format!("invalid account {user:?}: give user@domain")),
+        Err(e) => Err(format!("invalid account {user:?}: {e}")),
+    }
 }
 
 impl std::str::FromStr for ControlCommand {
@@ -144,10 +150,10 @@ impl std::str::FromStr for ControlCommand {
                         })?;
                         (*user, reason)
                     }
-                    _ => return Err("usage: kick-user <username> [password-changed|account-deleted|admin]".into()),
+                    _ => return Err("usage: kick-user <user@domain> [password-changed|account-deleted|admin]".into()),
                 };
                 Ok(ControlCommand::KickUser {
-                    username: username_arg(user)?,
+                    user: account_arg(user)?,
                     reason,
                 })
             }
@@ -155,9 +161,9 @@ impl std::str::FromStr for ControlCommand {
             "list-s2s" if args.is_empty() => Ok(ControlCommand::ListS2s),
             "delete-user" => match args.as_slice() {
                 [user] => Ok(ControlCommand::DeleteUser {
-                    username: username_arg(user)?,
+                    user: account_arg(user)?,
                 }),
-                _ => Err("usage: delete-user <username>".into()),
+                _ => Err("usage: delete-user <user@domain>".into()),
             },
             other => Err(format!("unknown command {other:?}")),
         }
@@ -167,8 +173,8 @@ impl std::str::FromStr for ControlCommand {
 impl fmt::Display for ControlCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ControlCommand::KickUser { username, reason } => write!(f, "kick-user {username} {}", reason.keyword()),
-            ControlCommand::DeleteUser { username } => write!(f, "delete-user {username}"),
+            ControlCommand::KickUser { user, reason } => write!(f, "kick-user {user} {}", reason.keyword()),
+            ControlCommand::DeleteUser { user } => write!(f, "delete-user {user}"),
             ControlCommand::ListServices => write!(f, "list-services"),
             ControlCommand::ListS2s => write!(f, "list-s2s"),
         }
@@ -184,9 +190,13 @@ pub struct ControlContext {
 }
 
 impl ControlContext {
-    /// The domain served (a bare JID without node).
-    pub fn domain(&self) -> &BareJid {
-        self.router.domain()
+    /// `user`, if it is an account of a hosted domain.
+    fn local(&self, user: BareJid) -> Result<BareJid, String> {
+        if self.router.is_local_user(user.as_jid()) {
+            Ok(user)
+        } else {
+            Err(format!("{user} is not on a domain of this server"))
+        }
     }
 }
 
@@ -204,9 +214,8 @@ impl ControlCommand {
 
     pub async fn execute(self, cx: &ControlContext) -> Result<Vec<String>, String> {
         match self {
-            ControlCommand::KickUser { username, reason } => {
-                let user = BareJid::new(&username, cx.domain().domain())
-                    .map_err(|e| format!("invalid username {username:?}: {e}"))?;
+            ControlCommand::KickUser { user, reason } => {
+                let user = cx.local(user)?;
                 let kick = KickUser {
                     user: user.clone(),
                     error: reason.stream_error(),
@@ -219,9 +228,8 @@ impl ControlCommand {
                 log::info!("{user}: {ended} session(s) ended ({})", reason.keyword());
                 Ok(vec![format!("sessions {ended}")])
             }
-            ControlCommand::DeleteUser { username } => {
-                let user = BareJid::new(&username, cx.domain().domain())
-                    .map_err(|e| format!("invalid username {username:?}: {e}"))?;
+            ControlCommand::DeleteUser { user } => {
+                let user = cx.local(user)?;
                 let removed = shoal_actors::roster::account::remove_account(cx.router.clone(), user.clone())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -605,26 +613,30 @@ mod tests {
 
     #[test]
     fn commands_parse_and_print_back() {
-        let kick = |username: &str, reason| ControlCommand::KickUser {
-            username: username.into(),
+        let kick = |user: &str, reason| ControlCommand::KickUser {
+            user: BareJid::parse(user).unwrap(),
             reason,
         };
         assert_eq!(
-            "kick-user Alice password-changed".parse::<ControlCommand>(),
-            Ok(kick("alice", KickReason::PasswordChanged))
+            "kick-user Alice@A.test password-changed".parse::<ControlCommand>(),
+            Ok(kick("alice@a.test", KickReason::PasswordChanged))
         );
         assert_eq!(
-            "  kick-user bob   account-deleted ".parse::<ControlCommand>(),
-            Ok(kick("bob", KickReason::AccountDeleted))
+            "  kick-user bob@b.test   account-deleted ".parse::<ControlCommand>(),
+            Ok(kick("bob@b.test", KickReason::AccountDeleted))
         );
         assert_eq!(
-            "kick-user carol".parse::<ControlCommand>(),
-            Ok(kick("carol", KickReason::Admin))
+            "kick-user carol@a.test".parse::<ControlCommand>(),
+            Ok(kick("carol@a.test", KickReason::Admin))
         );
         for reason in KickReason::ALL {
-            let command = kick("alice", reason);
+            let command = kick("alice@a.test", reason);
             assert_eq!(command.to_string().parse::<ControlCommand>(), Ok(command));
         }
+        let delete = ControlCommand::DeleteUser {
+            user: BareJid::parse("alice@b.test").unwrap(),
+        };
+        assert_eq!(delete.to_string().parse::<ControlCommand>(), Ok(delete));
     }
 
     #[test]
@@ -635,8 +647,11 @@ mod tests {
         assert_eq!(err("reboot now"), "unknown command \"reboot\"");
         assert!(err("kick-user").starts_with("usage: kick-user"));
         assert!(err("kick-user a b c").starts_with("usage: kick-user"));
-        assert!(err("kick-user alice sideways").starts_with("unknown reason \"sideways\""));
-        assert!(err("kick-user alice@localhost").starts_with("invalid username \"alice@localhost\""));
+        assert!(err("kick-user alice@localhost sideways").starts_with("unknown reason \"sideways\""));
+        // A username alone names no account once several domains are hosted.
+        assert!(err("kick-user alice").starts_with("invalid account \"alice\""));
+        assert!(err("delete-user localhost").starts_with("invalid account \"localhost\""));
+        assert!(err("kick-user alice@localhost/phone").starts_with("invalid account"));
     }
 
     #[tokio::test]
@@ -692,8 +707,11 @@ mod tests {
             });
 
             assert_eq!(
-                ask(&path, "kick-user Alice").await,
-                Ok(Some(vec!["ran kick-user alice admin".into(), "second line".into()]))
+                ask(&path, "kick-user Alice@localhost").await,
+                Ok(Some(vec![
+                    "ran kick-user alice@localhost admin".into(),
+                    "second line".into()
+                ]))
             );
             assert_eq!(
                 ask(&path, "reboot").await,
@@ -722,11 +740,11 @@ mod tests {
             let second = ControlListener::bind(&path).await.err().unwrap();
             assert!(matches!(second, ControlError::InUse(_)), "{second}");
             assert!(second.to_string().contains("shoal.sock"), "{second}");
-            assert!(ask(&path, "kick-user alice").await.unwrap().is_some());
+            assert!(ask(&path, "kick-user alice@localhost").await.unwrap().is_some());
 
             server.stop();
             assert!(!path.exists());
-            assert_eq!(ask(&path, "kick-user alice").await, Ok(None));
+            assert_eq!(ask(&path, "kick-user alice@localhost").await, Ok(None));
         });
     }
 
@@ -738,7 +756,7 @@ mod tests {
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
         assert_eq!(
-            request(&path, "kick-user alice"),
+            request(&path, "kick-user alice@localhost"),
             Ok(None),
             "a stale socket means no server"
         );

@@ -39,11 +39,17 @@ pub fn start(
         max_name_bytes: config.limits.max_name_bytes,
     };
     settings.connections.write_timeout = config.limits.connection_limits().write_timeout;
-    let cert = crate::tls::load_or_generate(config)?;
+    // Each hosted domain's certificate for the streams peers open to it;
+    // the default domain's presented on the links we open.
+    let certs = crate::tls::load_all(config)?;
+    let served = crate::tls::certificates(&certs)?;
+    let ours = &certs[0];
+    let roots = roots(c.ca_file.as_deref())?;
     let tls = S2sTls::new(
-        cert.chain,
-        cert.key,
-        roots(c.ca_file.as_deref())?,
+        served,
+        ours.chain.clone(),
+        ours.key.clone_key(),
+        roots,
         settings.tls_required,
     )?;
     let hosts = StaticHosts::new(c.hosts.iter().map(|(d, a)| (d.clone(), *a)));

@@ -330,7 +330,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         let mut store = SqliteStore::open(&path).unwrap();
-        store.create_user("juliet", &Credentials::derive("pw", 4096)).unwrap();
+        let juliet = BareJid::new("juliet", "localhost").unwrap();
+        store.create_user(&juliet, &Credentials::derive("pw", 4096)).unwrap();
         let writer =
             ArchiveWriter::start(SqliteStore::open(&path).unwrap(), SqliteStore::open(&path).unwrap()).unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -349,13 +350,13 @@ mod tests {
             max: 1000,
             ..ArchiveQuery::default()
         };
-        let page = store.archive_query("juliet", &q).unwrap().unwrap();
+        let page = store.archive_query(&juliet, &q).unwrap().unwrap();
         let ids: Vec<String> = page.messages.iter().map(|m| m.id.clone()).collect();
         let expected: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
         assert_eq!(ids, expected);
         assert!(page.messages.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
         assert_eq!(page.messages[0].ts_ms, 1000);
         runtime.block_on(async { writer.purge(1001).await.unwrap() });
-        assert_eq!(store.archive_query("juliet", &q).unwrap().unwrap().count, 0);
+        assert_eq!(store.archive_query(&juliet, &q).unwrap().unwrap().count, 0);
     }
 }

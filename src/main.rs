@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use shoal::control::{self, ControlCommand, KickReason};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
-use shoal_actors::jid::{normalise_localpart, BareJid, Jid};
+use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::sasl::Credentials;
 
 #[derive(Parser)]
@@ -28,8 +28,9 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
-    /// Print the TLS certificate in use (generating the self-signed one if
-    /// there is none yet), its expiry and fingerprint, then its PEM
+    /// Print the TLS certificate of each hosted domain (generating the
+    /// self-signed one if there is none yet), its expiry and fingerprint,
+    /// then its PEM
     Cert,
     /// Published services of the running server
     Service {
@@ -60,7 +61,8 @@ enum ServiceCommand {
 
 #[derive(Subcommand)]
 enum UserCommand {
-    /// Create an account (the password is read from stdin when omitted)
+    /// Create an account, user@domain (a bare user when one domain is
+    /// hosted); the password is read from stdin when omitted
     Add { jid: String, password: Option<String> },
     /// Delete an account and everything stored for it
     Del { jid: String },
@@ -139,29 +141,46 @@ async fn wait_for_signal() {
 }
 
 fn cert(config: &Config) -> Result<(), String> {
-    let cert = shoal::tls::load_or_generate(config).map_err(|e| e.to_string())?;
-    println!("{}", shoal::tls::describe(&cert));
-    let pem = std::fs::read_to_string(&cert.cert_path).map_err(|e| format!("{}: {e}", cert.cert_path.display()))?;
-    print!("{pem}");
+    let certs = shoal::tls::load_all(config).map_err(|e| e.to_string())?;
+    for (i, cert) in certs.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("{}", shoal::tls::describe(cert));
+        let pem = std::fs::read_to_string(&cert.cert_path).map_err(|e| format!("{}: {e}", cert.cert_path.display()))?;
+        print!("{pem}");
+    }
     Ok(())
 }
 
-/// The account's username from `user@domain` or a bare `user`.
-fn username(config: &Config, jid: &str) -> Result<String, String> {
+/// The account `user@domain` names, at a hosted domain; a bare `user` is
+/// one only when a single domain is hosted.
+fn account(config: &Config, jid: &str) -> Result<BareJid, String> {
+    let domains = config.domain_list();
     if !jid.contains('@') {
-        return normalise_localpart(jid).map_err(|e| format!("invalid username {jid:?}: {e}"));
+        let [domain] = domains.as_slice() else {
+            return Err(format!(
+                "{jid:?} names no domain, and this server hosts several ({}): give user@domain",
+                domains.join(", ")
+            ));
+        };
+        return BareJid::new(jid, domain).map_err(|e| format!("invalid username {jid:?}: {e}"));
     }
     let parsed = Jid::parse(jid).map_err(|e| format!("invalid JID {jid:?}: {e}"))?;
     if parsed.resource().is_some() {
         return Err(format!(
             "{jid:?} has a resource; give a bare JID like alice@{}",
-            config.domain
+            domains[0]
         ));
     }
-    if parsed.domain() != config.domain {
-        return Err(format!("{jid:?} is not on this server's domain ({})", config.domain));
+    if !domains.contains(&parsed.domain()) {
+        let plural = if domains.len() > 1 { "s" } else { "" };
+        return Err(format!(
+            "{jid:?} is not on this server's domain{plural} ({})",
+            domains.join(", ")
+        ));
     }
-    Ok(parsed.node().unwrap_or_default().to_owned())
+    Ok(parsed.to_bare())
 }
 
 fn password(given: Option<String>) -> Result<String, String> {
@@ -183,59 +202,54 @@ fn password(given: Option<String>) -> Result<String, String> {
 }
 
 fn user(config: &Config, command: UserCommand) -> Result<(), String> {
-    let mut store =
-        SqliteStore::open_with(&config.storage.sqlite, config.storage.durability).map_err(|e| e.to_string())?;
+    // Accounts of a database from before several domains were hosted
+    // become the first domain's.
+    let mut store = SqliteStore::open_for_domain(
+        &config.storage.sqlite,
+        config.storage.durability,
+        config.default_domain(),
+    )
+    .map_err(|e| e.to_string())?;
     let iterations = config.auth.scram_iterations;
     match command {
         UserCommand::Add { jid, password: pw } => {
-            let name = username(config, &jid)?;
+            let user = account(config, &jid)?;
             let creds = Credentials::derive(&password(pw)?, iterations);
-            if !store.create_user(&name, &creds).map_err(|e| e.to_string())? {
-                return Err(format!("{name}@{} exists already", config.domain));
+            if !store.create_user(&user, &creds).map_err(|e| e.to_string())? {
+                return Err(format!("{user} exists already"));
             }
-            println!("created {name}@{}", config.domain);
+            println!("created {user}");
         }
         UserCommand::Del { jid } => {
-            let name = username(config, &jid)?;
-            let command = ControlCommand::DeleteUser { username: name.clone() };
+            let user = account(config, &jid)?;
+            let command = ControlCommand::DeleteUser { user: user.clone() };
             let (removed, answer) = match control::request(&config.control_socket(), &command.to_string()) {
                 // A running server tells the contacts and ends the sessions.
                 Ok(Some(lines)) => (lines.iter().any(|l| l == "removed true"), lines),
-                Ok(None) => {
-                    let jid = BareJid::new(&name, &config.domain).map_err(|e| e.to_string())?;
-                    (
-                        store.delete_account(&name, &jid).map_err(|e| e.to_string())?,
-                        Vec::new(),
-                    )
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "the running server could not delete {name}@{}: {e}",
-                        config.domain
-                    ))
-                }
+                Ok(None) => (store.delete_account(&user).map_err(|e| e.to_string())?, Vec::new()),
+                Err(e) => return Err(format!("the running server could not delete {user}: {e}")),
             };
             if !removed {
-                return Err(format!("no such user: {name}@{}", config.domain));
+                return Err(format!("no such user: {user}"));
             }
-            println!("deleted {name}@{}", config.domain);
+            println!("deleted {user}");
             report_ended(&answer);
         }
         UserCommand::Passwd { jid, password: pw } => {
-            let name = username(config, &jid)?;
+            let user = account(config, &jid)?;
             let creds = Credentials::derive(&password(pw)?, iterations);
-            if !store.set_credentials(&name, &creds).map_err(|e| e.to_string())? {
-                return Err(format!("no such user: {name}@{}", config.domain));
+            if !store.set_credentials(&user, &creds).map_err(|e| e.to_string())? {
+                return Err(format!("no such user: {user}"));
             }
-            println!("password of {name}@{} changed", config.domain);
-            end_sessions(config, &name, KickReason::PasswordChanged);
+            println!("password of {user} changed");
+            end_sessions(config, &user, KickReason::PasswordChanged);
         }
         UserCommand::Set { jid, nick, photo_url } => {
-            let name = username(config, &jid)?;
+            let user = account(config, &jid)?;
             if nick.is_none() && photo_url.is_none() {
                 return Err("nothing to set: give --nick and/or --photo-url".into());
             }
-            let current = store.profile(&name).map_err(|e| e.to_string())?;
+            let current = store.profile(&user).map_err(|e| e.to_string())?;
             // An option left out keeps its value; an empty one clears it.
             let pick = |given: Option<String>, old: Option<String>| match given {
                 Some(v) if v.is_empty() => None,
@@ -245,16 +259,16 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
             let nick = pick(nick, current.nick);
             let photo_url = pick(photo_url, current.photo_url);
             if !store
-                .set_profile(&name, nick.as_deref(), photo_url.as_deref())
+                .set_profile(&user, nick.as_deref(), photo_url.as_deref())
                 .map_err(|e| e.to_string())?
             {
-                return Err(format!("no such user: {name}@{}", config.domain));
+                return Err(format!("no such user: {user}"));
             }
-            println!("profile of {name}@{} set", config.domain);
+            println!("profile of {user} set");
         }
         UserCommand::List => {
-            for name in store.list_users().map_err(|e| e.to_string())? {
-                println!("{name}@{}", config.domain);
+            for user in store.list_users().map_err(|e| e.to_string())? {
+                println!("{user}");
             }
         }
     }
@@ -264,20 +278,17 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
 /// Has a running server end the account's sessions: a session opened with
 /// the old password, or of a deleted account, must not outlive the change.
 /// The store has changed already, so a failure here is only a warning.
-fn end_sessions(config: &Config, name: &str, reason: KickReason) {
+fn end_sessions(config: &Config, user: &BareJid, reason: KickReason) {
     let path = config.control_socket();
     let command = ControlCommand::KickUser {
-        username: name.to_owned(),
+        user: user.clone(),
         reason,
     };
     match control::request(&path, &command.to_string()) {
         // No server runs: there are no sessions to end.
         Ok(None) => {}
         Ok(Some(lines)) => report_ended(&lines),
-        Err(e) => eprintln!(
-            "shoal: warning: the change is stored, but ending the live sessions of {name}@{} failed: {e}",
-            config.domain
-        ),
+        Err(e) => eprintln!("shoal: warning: the change is stored, but ending the live sessions of {user} failed: {e}"),
     }
 }
 

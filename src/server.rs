@@ -100,7 +100,7 @@ impl ServerBuilder {
     pub async fn start(self) -> Result<ServerHandle, StartError> {
         let config = self.config;
         config.validate()?;
-        let domain = config.domain_jid()?;
+        let hosts = config.hosted()?;
         let on_sqlite = self.storage.is_none();
         let storage: Arc<dyn Storage> = match self.storage {
             Some(s) => s,
@@ -108,11 +108,13 @@ impl ServerBuilder {
                 &config.storage.sqlite,
                 2,
                 config.limits.roster_limits(),
-                &config.domain,
+                config.default_domain(),
                 config.storage.durability,
             )?),
         };
-        let registration = config.registration_enabled();
+        // Password change and cancellation are answered where some domain
+        // allows registration; the handler checks the asker's domain.
+        let registration = hosts.iter().any(|h| h.registration);
         let mut handlers = xep::standard_iq_handlers(&ServerFeatures {
             registration,
             scram_iterations: config.auth.scram_iterations,
@@ -135,8 +137,18 @@ impl ServerBuilder {
             .unwrap_or_else(|| Arc::new(RosterFollowers(storage.clone())));
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
+        let served: Vec<String> = hosts
+            .iter()
+            .map(|h| {
+                format!(
+                    "{} (registration {})",
+                    h.domain,
+                    if h.registration { "on" } else { "off" }
+                )
+            })
+            .collect();
         let router =
-            Router::new(domain, sessions, handlers, storage, presence).with_offline_quota(config.offline.max_messages);
+            Router::new(hosts, sessions, handlers, storage, presence).with_offline_quota(config.offline.max_messages);
         let router = router.with_mam(config.mam.settings());
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         // Bound before the listeners, so that a second server on this
@@ -161,8 +173,6 @@ impl ServerBuilder {
             connections: config.limits.connection_limits(),
             tls: tls_settings(&config)?,
             allow_plain_without_tls: config.allow_plain_without_tls(),
-            registration,
-            registrations_per_network: config.registration.max_per_network,
             scram_iterations: config.auth.scram_iterations,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
             negotiation_timeout: Duration::from_secs(config.c2s.negotiation_timeout_secs),
@@ -195,7 +205,8 @@ impl ServerBuilder {
             ));
         }
 
-        let direct = cx.config.tls.as_ref().map(|t| t.acceptor.clone());
+        // Before any stream header: SNI picks, else the default domain's.
+        let direct = cx.config.tls.as_ref().map(|t| t.acceptor(None));
         let plain = config.c2s.listen.iter().map(|a| (*a, None));
         let direct_tls = config.c2s.direct_tls_listen.iter().map(|a| (*a, direct.clone()));
         let mut listeners = Vec::new();
@@ -269,11 +280,7 @@ impl ServerBuilder {
         } else {
             None
         };
-        log::info!(
-            "serving {} (registration {})",
-            cx.router.domain(),
-            if registration { "on" } else { "off" }
-        );
+        log::info!("serving {}", served.join(", "));
         let control = control_listener.map(|listener| {
             control::serve(
                 listener,
@@ -542,11 +549,14 @@ fn tls_settings(config: &Config) -> Result<Option<shoal_actors::c2s::io::TlsSett
     if starttls == StartTls::Off && config.c2s.direct_tls_listen.is_empty() {
         return Ok(None);
     }
-    let cert = crate::tls::load_or_generate(config)?;
-    log::info!(
-        "TLS certificate {} (SHA-256 {})",
-        cert.cert_path.display(),
-        crate::tls::fingerprint(&cert)
-    );
-    Ok(Some(crate::tls::settings(&cert, starttls)?))
+    let certs = crate::tls::load_all(config)?;
+    for cert in &certs {
+        log::info!(
+            "TLS certificate of {} {} (SHA-256 {})",
+            cert.domain,
+            cert.cert_path.display(),
+            crate::tls::fingerprint(cert)
+        );
+    }
+    Ok(Some(crate::tls::settings(&certs, starttls)?))
 }

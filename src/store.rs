@@ -1,4 +1,6 @@
-//! The SQLite store: accounts (and later rosters) in one file, WAL mode.
+//! The SQLite store: accounts, each keyed by its bare JID (`user@domain`,
+//! so that every hosted domain has its own), and everything kept for
+//! them, in one file, WAL mode.
 //! [`SqliteStore`] is the blocking API (the CLI uses it directly);
 //! [`SqliteStorage`] puts it behind a `SyncArbiter` of its own threads and
 //! implements the actors' [`Storage`] trait, so no SQLite call ever runs on
@@ -22,10 +24,18 @@ use shoal_actors::xep::rsm::Cursor;
 
 use crate::group_commit::ArchiveWriter;
 
+/// One schema migration.
+enum Migration {
+    Sql(&'static str),
+    /// Accounts keyed by bare JID: see [`key_accounts_by_jid`].
+    AccountsByJid,
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: accounts, with SCRAM keys per hash (never a password).
-    "CREATE TABLE users (
+    Migration::Sql(
+        "CREATE TABLE users (
         username   TEXT PRIMARY KEY,
         created_at INTEGER NOT NULL DEFAULT (unixepoch())
     ) WITHOUT ROWID;
@@ -38,9 +48,11 @@ const MIGRATIONS: &[&str] = &[
         server_key BLOB NOT NULL,
         PRIMARY KEY (username, hash)
     ) WITHOUT ROWID;",
+    ),
     // 2: rosters (RFC 6121) with per-item versions and removal records for
     // XEP-0237, and profiles (vCard, nickname, photo).
-    "CREATE TABLE roster_items (
+    Migration::Sql(
+        "CREATE TABLE roster_items (
         username        TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
         contact         TEXT NOT NULL,
         name            TEXT,
@@ -70,33 +82,41 @@ const MIGRATIONS: &[&str] = &[
         photo_hash TEXT,
         vcard      TEXT
     ) WITHOUT ROWID;",
+    ),
     // 3: secrets the server keeps across restarts (the key of the made-up
     // SCRAM salts of unknown users).
-    "CREATE TABLE server_secrets (
+    Migration::Sql(
+        "CREATE TABLE server_secrets (
         name  TEXT PRIMARY KEY,
         value BLOB NOT NULL
     ) WITHOUT ROWID;",
+    ),
     // 4: subscription pre-approvals (RFC 6121 §3.4).
-    "ALTER TABLE roster_items ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;",
+    Migration::Sql("ALTER TABLE roster_items ADD COLUMN approved INTEGER NOT NULL DEFAULT 0;"),
     // 5: offline messages (XEP-0160), in arrival order per user.
-    "CREATE TABLE offline_messages (
+    Migration::Sql(
+        "CREATE TABLE offline_messages (
         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
         username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
         stanza   TEXT NOT NULL
     );
     CREATE INDEX offline_messages_by_user ON offline_messages (username, seq);",
+    ),
     // 6: blocklists (XEP-0191), normalised JIDs.
-    "CREATE TABLE blocklist (
+    Migration::Sql(
+        "CREATE TABLE blocklist (
         username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
         jid      TEXT NOT NULL,
         PRIMARY KEY (username, jid)
     ) WITHOUT ROWID;",
+    ),
     // 7: message archives (XEP-0313), in commit order (`seq`, never
     // reused), with the owners' preferences. `ts_ms` never decreases
     // with `seq` (the archive writer keeps it so): a time bound is a
     // `seq` bound, found in `archive_by_time`, and every query walks one
     // owner's rows in `seq` order in an index.
-    "CREATE TABLE archive (
+    Migration::Sql(
+        "CREATE TABLE archive (
         seq       INTEGER PRIMARY KEY AUTOINCREMENT,
         owner     TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
         id        TEXT NOT NULL,
@@ -116,7 +136,61 @@ const MIGRATIONS: &[&str] = &[
         always       TEXT NOT NULL DEFAULT '',
         never        TEXT NOT NULL DEFAULT ''
     ) WITHOUT ROWID;",
+    ),
+    // 8: accounts keyed by bare JID (several hosted domains).
+    Migration::AccountsByJid,
 ];
+
+/// Every column that holds an account, by table: migration 8 rewrites
+/// them all, or the foreign keys would not hold at its commit.
+const ACCOUNT_COLUMNS: &[(&str, &str)] = &[
+    ("users", "username"),
+    ("scram_credentials", "username"),
+    ("roster_items", "username"),
+    ("roster_removals", "username"),
+    ("roster_versions", "username"),
+    ("profiles", "username"),
+    ("offline_messages", "username"),
+    ("blocklist", "username"),
+    ("archive", "owner"),
+    ("mam_prefs", "username"),
+];
+
+/// Migration 8: accounts keyed by bare JID, so that several hosted
+/// domains each have their own. Until 7 they were keyed by username,
+/// all of the one domain: each becomes `username@domain`, with `domain`
+/// the first configured one, in every table at once. Without a domain, a
+/// database that has such accounts is refused rather than guessed at.
+fn key_accounts_by_jid(tx: &rusqlite::Transaction<'_>, path: &Path, domain: Option<&str>) -> Result<(), StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // A localpart never holds '@' (RFC 7622 §3.3.1): a row without one is old.
+    let old: i64 = tx
+        .query_row("SELECT count(*) FROM users WHERE instr(username, '@') = 0", [], |r| {
+            r.get(0)
+        })
+        .map_err(open_err)?;
+    if old == 0 {
+        return Ok(());
+    }
+    let Some(domain) = domain else {
+        return Err(StoreError::NeedsDomain {
+            path: path.to_owned(),
+            accounts: old as u64,
+        });
+    };
+    // The accounts and the rows that refer to them change one statement at
+    // a time: the foreign keys are checked at the commit instead.
+    tx.pragma_update(None, "defer_foreign_keys", "ON").map_err(open_err)?;
+    for (table, column) in ACCOUNT_COLUMNS {
+        let sql = format!("UPDATE {table} SET {column} = {column} || '@' || ?1 WHERE instr({column}, '@') = 0");
+        tx.execute(&sql, [domain]).map_err(open_err)?;
+    }
+    log::info!("{}: {old} account(s) moved to the domain {domain}", path.display());
+    Ok(())
+}
 
 /// What one group of archived messages needs to know of each owner, read
 /// once per group: whether the account exists, its preferences, and (once
@@ -195,6 +269,12 @@ pub enum StoreError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("database {path} has schema version {found}, newer than this Shoal knows ({known})")]
     TooNew { path: PathBuf, found: i64, known: usize },
+    #[error(
+        "database {path} has {accounts} account(s) from before Shoal hosted several domains; \
+         open it with the server's configuration (start the server, or run a `shoal user` command) \
+         so that they become accounts of its first domain"
+    )]
+    NeedsDomain { path: PathBuf, accounts: u64 },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot start the archive writer: {0}")]
@@ -233,7 +313,25 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) and migrates the database; this
-    /// connection commits with `durability`.
+    /// connection commits with `durability`. A database with accounts from
+    /// before several domains were hosted is refused
+    /// ([`StoreError::NeedsDomain`]): [`SqliteStore::open_for_domain`]
+    /// moves them.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+        Self::open_migrating(path, durability, None)
+    }
+
+    /// [`SqliteStore::open_with`], for a server whose first domain is
+    /// `default_domain`: accounts from before several domains were hosted
+    /// become its accounts (migration 8).
+    pub fn open_for_domain(
+        path: &Path,
+        durability: Durability,
+        default_domain: &str,
+    ) -> Result<SqliteStore, StoreError> {
+        Self::open_migrating(path, durability, Some(default_domain))
+    }
+
     /// Settings for the archive's writer connection: every group of
     /// messages touches a leaf page per owner in each archive index, so
     /// its cache holds the archive's working set (64 MiB), and the WAL is
@@ -257,7 +355,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn open_with(path: &Path, durability: Durability) -> Result<SqliteStore, StoreError> {
+    fn open_migrating(path: &Path, durability: Durability, domain: Option<&str>) -> Result<SqliteStore, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -278,11 +376,14 @@ impl SqliteStore {
                 known: MIGRATIONS.len(),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(open_err)?;
-            tx.execute_batch(sql).map_err(open_err)?;
+            match migration {
+                Migration::Sql(sql) => tx.execute_batch(sql).map_err(open_err)?,
+                Migration::AccountsByJid => key_accounts_by_jid(&tx, path, domain)?,
+            }
             tx.pragma_update(None, "user_version", (i + 1) as i64)
                 .map_err(open_err)?;
             tx.commit().map_err(open_err)?;
@@ -306,7 +407,8 @@ impl SqliteStore {
         Ok(self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
     }
 
-    pub fn credentials(&self, username: &str) -> Result<Option<Credentials>, StoreError> {
+    pub fn credentials(&self, user: &BareJid) -> Result<Option<Credentials>, StoreError> {
+        let username = user.as_str();
         let mut stmt = self.conn.prepare_cached(
             "SELECT hash, salt, iterations, stored_key, server_key FROM scram_credentials WHERE username = ?1",
         )?;
@@ -344,7 +446,8 @@ impl SqliteStore {
     }
 
     /// Creates an account; `false` when it exists.
-    pub fn create_user(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
+    pub fn create_user(&mut self, user: &BareJid, credentials: &Credentials) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let tx = self.write()?;
         if tx.execute("INSERT OR IGNORE INTO users (username) VALUES (?1)", [username])? == 0 {
             return Ok(false);
@@ -355,7 +458,8 @@ impl SqliteStore {
     }
 
     /// Replaces an account's keys; `false` when there is no such account.
-    pub fn set_credentials(&mut self, username: &str, credentials: &Credentials) -> Result<bool, StoreError> {
+    pub fn set_credentials(&mut self, user: &BareJid, credentials: &Credentials) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let tx = self.write()?;
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
@@ -369,7 +473,8 @@ impl SqliteStore {
     }
 
     /// Deletes an account and all its data; `false` when there was none.
-    pub fn delete_user(&mut self, username: &str) -> Result<bool, StoreError> {
+    pub fn delete_user(&mut self, user: &BareJid) -> Result<bool, StoreError> {
+        let username = user.as_str();
         Ok(self.conn.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
     }
 
@@ -380,7 +485,8 @@ impl SqliteStore {
     /// version, so an account later registered under the name inherits
     /// nobody. A running server does this through its actors instead, so
     /// that the contacts online are told.
-    pub fn delete_account(&mut self, username: &str, jid: &BareJid) -> Result<bool, StoreError> {
+    pub fn delete_account(&mut self, jid: &BareJid) -> Result<bool, StoreError> {
+        let username = jid.as_str();
         let tx = self.write()?;
         let holders: Vec<String> = {
             // Only records with something to end: a second run changes nothing.
@@ -427,12 +533,14 @@ impl SqliteStore {
         Ok(value.try_into().unwrap_or(fresh))
     }
 
-    pub fn list_users(&self) -> Result<Vec<String>, StoreError> {
+    /// Every account, of every domain, sorted.
+    pub fn list_users(&self) -> Result<Vec<BareJid>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT username FROM users ORDER BY username")?;
-        let users = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        Ok(users)
+        let users: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        // Stored normalised by this code: a row that no longer parses is skipped.
+        Ok(users.iter().filter_map(|u| BareJid::parse(u).ok()).collect())
     }
 
     fn roster_version(conn: &Connection, username: &str) -> Result<u64, StoreError> {
@@ -463,7 +571,8 @@ impl SqliteStore {
         Ok(out)
     }
 
-    pub fn roster(&self, username: &str) -> Result<Roster, StoreError> {
+    pub fn roster(&self, user: &BareJid) -> Result<Roster, StoreError> {
+        let username = user.as_str();
         let mut items: Vec<RosterItem> = self
             .items(username, "in_roster AND ?2 = ?2", 0)?
             .into_iter()
@@ -476,7 +585,8 @@ impl SqliteStore {
         })
     }
 
-    pub fn roster_changes(&self, username: &str, since: u64) -> Result<Option<(u64, Vec<RosterChange>)>, StoreError> {
+    pub fn roster_changes(&self, user: &BareJid, since: u64) -> Result<Option<(u64, Vec<RosterChange>)>, StoreError> {
+        let username = user.as_str();
         // One read transaction: a snapshot, so that pruning in between
         // cannot take removals this diff needs after the mark was read.
         let _snapshot = self.conn.unchecked_transaction()?;
@@ -513,7 +623,8 @@ impl SqliteStore {
         Ok(Some((version, changes.into_iter().map(|(_, c)| c).collect())))
     }
 
-    pub fn roster_item(&self, username: &str, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
+    pub fn roster_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>, StoreError> {
+        let username = user.as_str();
         let sql = format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE username = ?1 AND contact = ?2");
         let item = self
             .conn
@@ -527,10 +638,11 @@ impl SqliteStore {
     /// [`Storage::update_roster_item`].
     pub fn update_roster_item(
         &mut self,
-        username: &str,
+        user: &BareJid,
         contact: &BareJid,
         change: RosterFn,
     ) -> Result<RosterUpdate, StoreError> {
+        let username = user.as_str();
         let (limits, kept) = (self.limits, self.kept_removals);
         let tx = self.write()?;
         let update = Self::update_in(&tx, username, contact, &limits, kept, change)?;
@@ -548,7 +660,7 @@ impl SqliteStore {
         change_contact: PairFn,
     ) -> Result<(RosterUpdate, RosterUpdate), StoreError> {
         let (limits, kept) = (self.limits, self.kept_removals);
-        let (un, cn) = (user.node().unwrap_or_default(), contact.node().unwrap_or_default());
+        let (un, cn) = (user.as_str(), contact.as_str());
         let tx = self.write()?;
         let first = Self::update_in(&tx, un, contact, &limits, kept, change_user)?;
         let second = Self::update_in(&tx, cn, user, &limits, kept, |item| change_contact(&first, item))?;
@@ -686,7 +798,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn pending_requests(&self, username: &str) -> Result<Vec<RosterItem>, StoreError> {
+    pub fn pending_requests(&self, user: &BareJid) -> Result<Vec<RosterItem>, StoreError> {
+        let username = user.as_str();
         Ok(self
             .items(username, "pending_in AND ?2 = ?2", 0)?
             .into_iter()
@@ -694,7 +807,8 @@ impl SqliteStore {
             .collect())
     }
 
-    pub fn vcard(&self, username: &str) -> Result<Option<String>, StoreError> {
+    pub fn vcard(&self, user: &BareJid) -> Result<Option<String>, StoreError> {
+        let username = user.as_str();
         let v = self
             .conn
             .query_row("SELECT vcard FROM profiles WHERE username = ?1", [username], |r| {
@@ -704,7 +818,8 @@ impl SqliteStore {
         Ok(v.flatten())
     }
 
-    pub fn set_vcard(&mut self, username: &str, vcard: &str, profile: &Profile) -> Result<(), StoreError> {
+    pub fn set_vcard(&mut self, user: &BareJid, vcard: &str, profile: &Profile) -> Result<(), StoreError> {
+        let username = user.as_str();
         self.conn.execute(
             "INSERT INTO profiles (username, nick, photo_url, photo_hash, vcard)
              SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
@@ -715,7 +830,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub fn profile(&self, username: &str) -> Result<Profile, StoreError> {
+    pub fn profile(&self, user: &BareJid) -> Result<Profile, StoreError> {
+        let username = user.as_str();
         let p = self
             .conn
             .query_row(
@@ -736,7 +852,8 @@ impl SqliteStore {
     /// Stores a message for an offline user; `false` when there is no such
     /// user or `max` are stored (0: no limit). One transaction: the count
     /// and the insert cannot be split by another writer.
-    pub fn store_offline(&mut self, username: &str, message: &str, max: usize) -> Result<bool, StoreError> {
+    pub fn store_offline(&mut self, user: &BareJid, message: &str, max: usize) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let tx = self.write()?;
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
@@ -759,7 +876,8 @@ impl SqliteStore {
     }
 
     /// The user's offline messages, oldest first.
-    pub fn offline_messages(&self, username: &str) -> Result<Vec<(i64, String)>, StoreError> {
+    pub fn offline_messages(&self, user: &BareJid) -> Result<Vec<(i64, String)>, StoreError> {
+        let username = user.as_str();
         let mut stmt = self
             .conn
             .prepare_cached("SELECT seq, stanza FROM offline_messages WHERE username = ?1 ORDER BY seq")?;
@@ -767,7 +885,8 @@ impl SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn delete_offline(&mut self, username: &str, upto: i64) -> Result<(), StoreError> {
+    pub fn delete_offline(&mut self, user: &BareJid, upto: i64) -> Result<(), StoreError> {
+        let username = user.as_str();
         self.conn.execute(
             "DELETE FROM offline_messages WHERE username = ?1 AND seq <= ?2",
             params![username, upto],
@@ -776,7 +895,8 @@ impl SqliteStore {
     }
 
     /// The JIDs the user blocked (XEP-0191), sorted.
-    pub fn blocklist(&self, username: &str) -> Result<Vec<Jid>, StoreError> {
+    pub fn blocklist(&self, user: &BareJid) -> Result<Vec<Jid>, StoreError> {
+        let username = user.as_str();
         let mut stmt = self
             .conn
             .prepare_cached("SELECT jid FROM blocklist WHERE username = ?1 ORDER BY jid")?;
@@ -787,7 +907,8 @@ impl SqliteStore {
     }
 
     /// Adds JIDs to the user's blocklist; `false` when there is no such user.
-    pub fn block(&mut self, username: &str, jids: &[Jid]) -> Result<bool, StoreError> {
+    pub fn block(&mut self, user: &BareJid, jids: &[Jid]) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let tx = self.write()?;
         let exists = tx
             .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
@@ -807,7 +928,8 @@ impl SqliteStore {
     }
 
     /// Removes JIDs from the user's blocklist (`None`: all); those removed.
-    pub fn unblock(&mut self, username: &str, jids: Option<&[Jid]>) -> Result<Vec<Jid>, StoreError> {
+    pub fn unblock(&mut self, user: &BareJid, jids: Option<&[Jid]>) -> Result<Vec<Jid>, StoreError> {
+        let username = user.as_str();
         let tx = self.write()?;
         let removed = match jids {
             None => {
@@ -840,10 +962,11 @@ impl SqliteStore {
     /// Sets nickname and photo URL; `false` when there is no such user.
     pub fn set_profile(
         &mut self,
-        username: &str,
+        user: &BareJid,
         nick: Option<&str>,
         photo_url: Option<&str>,
     ) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let n = self.conn.execute(
             "INSERT INTO profiles (username, nick, photo_url)
              SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
@@ -916,7 +1039,7 @@ impl SqliteStore {
         clock: &mut i64,
         row: &ArchiveRow,
     ) -> Result<(), StoreError> {
-        let owner = row.owner.node().unwrap_or_default();
+        let owner = row.owner.as_str();
         let bare = row.with.to_bare();
         if !owners.contains_key(owner) {
             let exists = conn
@@ -994,13 +1117,15 @@ impl SqliteStore {
     }
 
     /// The user's archiving preferences; `None` when never set.
-    pub fn mam_prefs(&self, username: &str) -> Result<Option<MamPrefs>, StoreError> {
+    pub fn mam_prefs(&self, user: &BareJid) -> Result<Option<MamPrefs>, StoreError> {
+        let username = user.as_str();
         Self::prefs_in(&self.conn, username)
     }
 
     /// Stores the user's archiving preferences; `false` when there is no
     /// such user.
-    pub fn set_mam_prefs(&mut self, username: &str, prefs: &MamPrefs) -> Result<bool, StoreError> {
+    pub fn set_mam_prefs(&mut self, user: &BareJid, prefs: &MamPrefs) -> Result<bool, StoreError> {
+        let username = user.as_str();
         let join = |l: &[Jid]| {
             l.iter()
                 .map(Jid::as_str)
@@ -1044,7 +1169,8 @@ impl SqliteStore {
     /// `seq`, and the page is read in `seq` order from the cursor on. The
     /// count and the first index count entries of the owner's index range
     /// (of one correspondent's, with `with`), without reading messages.
-    pub fn archive_query(&self, username: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>, StoreError> {
+    pub fn archive_query(&self, user: &BareJid, q: &ArchiveQuery) -> Result<Option<ArchivePage>, StoreError> {
+        let username = user.as_str();
         // One snapshot: the count and the page agree.
         let _snapshot = self.conn.unchecked_transaction()?;
         let seq_of = |id: &str| -> Result<Option<i64>, StoreError> {
@@ -1200,9 +1326,6 @@ pub struct SqliteStorage {
     /// Jobs queued or running: the store threads' mailbox is unbounded,
     /// so callers wait here for a place instead of piling jobs up.
     queue: Arc<tokio::sync::Semaphore>,
-    /// The domain served: an account's JID, to clear its contacts'
-    /// records of it when it is deleted.
-    domain: Arc<str>,
     /// Archived messages are written by a thread of their own, in groups.
     writer: ArchiveWriter,
 }
@@ -1211,19 +1334,20 @@ pub struct SqliteStorage {
 pub const STORE_QUEUE: usize = 1024;
 
 impl SqliteStorage {
-    /// Opens the database (migrating it) and starts `threads` store threads,
-    /// which cap rosters at `limits`, and the archive writer, every
-    /// connection committing with `durability`. Must run inside an actix
-    /// System.
+    /// Opens the database (migrating it: accounts from before several
+    /// domains were hosted become `default_domain`'s) and starts `threads`
+    /// store threads, which cap rosters at `limits`, and the archive
+    /// writer, every connection committing with `durability`. Must run
+    /// inside an actix System.
     pub fn start(
         path: &Path,
         threads: usize,
         limits: RosterLimits,
-        domain: &str,
+        default_domain: &str,
         durability: Durability,
     ) -> Result<SqliteStorage, StoreError> {
         let writer = ArchiveWriter::start(
-            SqliteStore::open_with(path, durability)?,
+            SqliteStore::open_for_domain(path, durability, default_domain)?,
             SqliteStore::open_with(path, durability)?,
         )?;
         let path = path.to_owned();
@@ -1241,7 +1365,6 @@ impl SqliteStorage {
         Ok(SqliteStorage {
             addr,
             queue: Arc::new(tokio::sync::Semaphore::new(STORE_QUEUE)),
-            domain: domain.into(),
             writer,
         })
     }
@@ -1261,52 +1384,49 @@ impl SqliteStorage {
 }
 
 impl Storage for SqliteStorage {
-    fn credentials(&self, username: &str) -> StorageFuture<Option<Credentials>> {
-        let u = username.to_owned();
+    fn credentials(&self, user: &BareJid) -> StorageFuture<Option<Credentials>> {
+        let u = user.clone();
         self.query(move |s| s.credentials(&u))
     }
 
-    fn create_user(&self, username: &str, credentials: Credentials) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn create_user(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.create_user(&u, &credentials))
     }
 
-    fn set_credentials(&self, username: &str, credentials: Credentials) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn set_credentials(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.set_credentials(&u, &credentials))
     }
 
     /// Also clears what contacts still hold of the account (a pre-approval,
     /// say) that the running server's unsubscriptions did not end.
-    fn delete_user(&self, username: &str) -> StorageFuture<bool> {
-        let u = username.to_owned();
-        match BareJid::new(&u, &self.domain) {
-            Ok(jid) => self.query(move |s| s.delete_account(&u, &jid)),
-            Err(_) => self.query(move |s| s.delete_user(&u)),
-        }
+    fn delete_user(&self, user: &BareJid) -> StorageFuture<bool> {
+        let u = user.clone();
+        self.query(move |s| s.delete_account(&u))
     }
 
-    fn list_users(&self) -> StorageFuture<Vec<String>> {
+    fn list_users(&self) -> StorageFuture<Vec<BareJid>> {
         self.query(|s| s.list_users())
     }
 
-    fn roster(&self, username: &str) -> StorageFuture<Roster> {
-        let u = username.to_owned();
+    fn roster(&self, user: &BareJid) -> StorageFuture<Roster> {
+        let u = user.clone();
         self.query(move |s| s.roster(&u))
     }
 
-    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
-        let u = username.to_owned();
+    fn roster_changes(&self, user: &BareJid, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
+        let u = user.clone();
         self.query(move |s| s.roster_changes(&u, since))
     }
 
-    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
-        let (u, c) = (username.to_owned(), contact.clone());
+    fn roster_item(&self, user: &BareJid, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
+        let (u, c) = (user.clone(), contact.clone());
         self.query(move |s| s.roster_item(&u, &c))
     }
 
-    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
-        let (u, c) = (username.to_owned(), contact.clone());
+    fn update_roster_item(&self, user: &BareJid, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
+        let (u, c) = (user.clone(), contact.clone());
         self.query(move |s| s.update_roster_item(&u, &c, change))
     }
 
@@ -1321,58 +1441,58 @@ impl Storage for SqliteStorage {
         self.query(move |s| s.update_roster_pair(&u, &c, change_user, change_contact))
     }
 
-    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>> {
-        let u = username.to_owned();
+    fn pending_requests(&self, user: &BareJid) -> StorageFuture<Vec<RosterItem>> {
+        let u = user.clone();
         self.query(move |s| s.pending_requests(&u))
     }
 
-    fn vcard(&self, username: &str) -> StorageFuture<Option<String>> {
-        let u = username.to_owned();
+    fn vcard(&self, user: &BareJid) -> StorageFuture<Option<String>> {
+        let u = user.clone();
         self.query(move |s| s.vcard(&u))
     }
 
-    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()> {
-        let u = username.to_owned();
+    fn set_vcard(&self, user: &BareJid, vcard: String, profile: Profile) -> StorageFuture<()> {
+        let u = user.clone();
         self.query(move |s| s.set_vcard(&u, &vcard, &profile))
     }
 
-    fn profile(&self, username: &str) -> StorageFuture<Profile> {
-        let u = username.to_owned();
+    fn profile(&self, user: &BareJid) -> StorageFuture<Profile> {
+        let u = user.clone();
         self.query(move |s| s.profile(&u))
     }
 
-    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn set_profile(&self, user: &BareJid, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.set_profile(&u, nick.as_deref(), photo_url.as_deref()))
     }
 
-    fn store_offline(&self, username: &str, message: String, max: usize) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn store_offline(&self, user: &BareJid, message: String, max: usize) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.store_offline(&u, &message, max))
     }
 
-    fn offline_messages(&self, username: &str) -> StorageFuture<Vec<(i64, String)>> {
-        let u = username.to_owned();
+    fn offline_messages(&self, user: &BareJid) -> StorageFuture<Vec<(i64, String)>> {
+        let u = user.clone();
         self.query(move |s| s.offline_messages(&u))
     }
 
-    fn delete_offline(&self, username: &str, upto: i64) -> StorageFuture<()> {
-        let u = username.to_owned();
+    fn delete_offline(&self, user: &BareJid, upto: i64) -> StorageFuture<()> {
+        let u = user.clone();
         self.query(move |s| s.delete_offline(&u, upto))
     }
 
-    fn blocklist(&self, username: &str) -> StorageFuture<Vec<Jid>> {
-        let u = username.to_owned();
+    fn blocklist(&self, user: &BareJid) -> StorageFuture<Vec<Jid>> {
+        let u = user.clone();
         self.query(move |s| s.blocklist(&u))
     }
 
-    fn block(&self, username: &str, jids: Vec<Jid>) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn block(&self, user: &BareJid, jids: Vec<Jid>) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.block(&u, &jids))
     }
 
-    fn unblock(&self, username: &str, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
-        let u = username.to_owned();
+    fn unblock(&self, user: &BareJid, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+        let u = user.clone();
         self.query(move |s| s.unblock(&u, jids.as_deref()))
     }
 
@@ -1381,18 +1501,18 @@ impl Storage for SqliteStorage {
         self.writer.archive(rows)
     }
 
-    fn archive_query(&self, username: &str, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
-        let u = username.to_owned();
+    fn archive_query(&self, user: &BareJid, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+        let u = user.clone();
         self.query(move |s| s.archive_query(&u, &query))
     }
 
-    fn mam_prefs(&self, username: &str) -> StorageFuture<Option<MamPrefs>> {
-        let u = username.to_owned();
+    fn mam_prefs(&self, user: &BareJid) -> StorageFuture<Option<MamPrefs>> {
+        let u = user.clone();
         self.query(move |s| s.mam_prefs(&u))
     }
 
-    fn set_mam_prefs(&self, username: &str, prefs: MamPrefs) -> StorageFuture<bool> {
-        let u = username.to_owned();
+    fn set_mam_prefs(&self, user: &BareJid, prefs: MamPrefs) -> StorageFuture<bool> {
+        let u = user.clone();
         self.query(move |s| s.set_mam_prefs(&u, &prefs))
     }
 
@@ -1435,7 +1555,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         for u in users {
-            s.create_user(u, &Credentials::derive("pw", 4096)).unwrap();
+            s.create_user(&jid(u), &Credentials::derive("pw", 4096)).unwrap();
         }
         (dir, s)
     }
@@ -1456,8 +1576,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!((ua.version, ub.version), (1, 0));
-        assert!(s.roster_item("a", &b).unwrap().is_some());
-        assert_eq!(s.roster_item("b", &a).unwrap(), Some(hidden_request("a")));
+        assert!(s.roster_item(&jid("a"), &b).unwrap().is_some());
+        assert_eq!(s.roster_item(&jid("b"), &a).unwrap(), Some(hidden_request("a")));
 
         // The second change fails: the first is rolled back with it.
         let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1470,8 +1590,8 @@ mod tests {
         }));
         assert!(failed.is_err());
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
-        assert!(s.roster_item("a", &b).unwrap().is_some(), "a's side is unchanged");
-        assert_eq!(s.roster("a").unwrap().version, 1);
+        assert!(s.roster_item(&jid("a"), &b).unwrap().is_some(), "a's side is unchanged");
+        assert_eq!(s.roster(&jid("a")).unwrap().version, 1);
         // And the store still works.
         let (ua, _) = s
             .update_roster_pair(
@@ -1482,7 +1602,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ua.version, 2);
-        assert_eq!(s.roster_item("b", &a).unwrap(), None);
+        assert_eq!(s.roster_item(&jid("b"), &a).unwrap(), None);
     }
 
     #[test]
@@ -1494,38 +1614,45 @@ mod tests {
         });
         for c in ["c1", "c2"] {
             assert_eq!(
-                s.update_roster_item("u", &jid(c), put(visible(c))).unwrap().refused,
+                s.update_roster_item(&jid("u"), &jid(c), put(visible(c)))
+                    .unwrap()
+                    .refused,
                 None
             );
         }
-        let full = s.update_roster_item("u", &jid("c3"), put(visible("c3"))).unwrap();
+        let full = s.update_roster_item(&jid("u"), &jid("c3"), put(visible("c3"))).unwrap();
         assert_eq!(full.refused, Some(RosterLimit::Items));
         assert_eq!((full.before, full.after, full.version), (None, None, 2));
-        assert_eq!(s.roster_item("u", &jid("c3")).unwrap(), None);
+        assert_eq!(s.roster_item(&jid("u"), &jid("c3")).unwrap(), None);
         // Changing an item already there is not adding one.
         let renamed = RosterItem {
             name: Some("One".into()),
             ..visible("c1")
         };
         assert_eq!(
-            s.update_roster_item("u", &jid("c1"), put(renamed)).unwrap().refused,
+            s.update_roster_item(&jid("u"), &jid("c1"), put(renamed))
+                .unwrap()
+                .refused,
             None
         );
         // Hidden requests count apart from the roster.
         assert_eq!(
-            s.update_roster_item("u", &jid("r1"), put(hidden_request("r1")))
+            s.update_roster_item(&jid("u"), &jid("r1"), put(hidden_request("r1")))
                 .unwrap()
                 .refused,
             None
         );
         let r2 = s
-            .update_roster_item("u", &jid("r2"), put(hidden_request("r2")))
+            .update_roster_item(&jid("u"), &jid("r2"), put(hidden_request("r2")))
             .unwrap();
         assert_eq!(r2.refused, Some(RosterLimit::Pending));
         // A hidden request turned into an item needs room in the roster.
-        let accepted = s.update_roster_item("u", &jid("r1"), put(visible("r1"))).unwrap();
+        let accepted = s.update_roster_item(&jid("u"), &jid("r1"), put(visible("r1"))).unwrap();
         assert_eq!(accepted.refused, Some(RosterLimit::Items));
-        assert_eq!(s.roster_item("u", &jid("r1")).unwrap(), Some(hidden_request("r1")));
+        assert_eq!(
+            s.roster_item(&jid("u"), &jid("r1")).unwrap(),
+            Some(hidden_request("r1"))
+        );
     }
 
     #[test]
@@ -1533,34 +1660,40 @@ mod tests {
         let (_dir, mut s) = store_with(&["u"]);
         s.kept_removals = 2;
         for c in ["x1", "x2", "x3", "x4"] {
-            s.update_roster_item("u", &jid(c), put(visible(c))).unwrap();
+            s.update_roster_item(&jid("u"), &jid(c), put(visible(c))).unwrap();
         }
         for c in ["x1", "x2", "x3", "x4"] {
-            s.update_roster_item("u", &jid(c), Box::new(|_| ItemChange::Delete))
+            s.update_roster_item(&jid("u"), &jid(c), Box::new(|_| ItemChange::Delete))
                 .unwrap();
         }
         // Removals at versions 5..8; those at 5 and 6 are gone.
         let rows: i64 = s
             .conn
-            .query_row("SELECT count(*) FROM roster_removals WHERE username = 'u'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT count(*) FROM roster_removals WHERE username = 'u@localhost'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(rows, 3, "two removals and the mark");
-        assert_eq!(s.roster_changes("u", 4).unwrap(), None);
-        assert_eq!(s.roster_changes("u", 5).unwrap(), None, "the removal at 6 is gone");
+        assert_eq!(s.roster_changes(&jid("u"), 4).unwrap(), None);
         assert_eq!(
-            s.roster_changes("u", 6).unwrap(),
+            s.roster_changes(&jid("u"), 5).unwrap(),
+            None,
+            "the removal at 6 is gone"
+        );
+        assert_eq!(
+            s.roster_changes(&jid("u"), 6).unwrap(),
             Some((
                 8,
                 vec![RosterChange::Removed(jid("x3")), RosterChange::Removed(jid("x4"))]
             ))
         );
-        assert_eq!(s.roster_changes("u", 8).unwrap(), Some((8, vec![])));
+        assert_eq!(s.roster_changes(&jid("u"), 8).unwrap(), Some((8, vec![])));
         // Re-adding a contact whose removal was pruned is an ordinary update.
-        s.update_roster_item("u", &jid("x1"), put(visible("x1"))).unwrap();
+        s.update_roster_item(&jid("u"), &jid("x1"), put(visible("x1"))).unwrap();
         assert_eq!(
-            s.roster_changes("u", 8).unwrap(),
+            s.roster_changes(&jid("u"), 8).unwrap(),
             Some((9, vec![RosterChange::Updated(visible("x1"))]))
         );
     }
@@ -1573,7 +1706,7 @@ mod tests {
         let path = dir.path().join("t.db");
         SqliteStore::open(&path)
             .unwrap()
-            .create_user("pub", &Credentials::derive("pw", 4096))
+            .create_user(&jid("pub"), &Credentials::derive("pw", 4096))
             .unwrap();
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -1581,13 +1714,13 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut store = SqliteStore::open(&path).unwrap();
                     for i in 0..50 {
-                        let jid = BareJid::new(&format!("f{t}x{i}"), "localhost").unwrap();
+                        let contact = BareJid::new(&format!("f{t}x{i}"), "localhost").unwrap();
                         let item = RosterItem {
                             in_roster: true,
-                            ..RosterItem::new(jid.clone())
+                            ..RosterItem::new(contact.clone())
                         };
                         store
-                            .update_roster_item("pub", &jid, Box::new(move |_| ItemChange::Put(item)))
+                            .update_roster_item(&jid("pub"), &contact, Box::new(move |_| ItemChange::Put(item)))
                             .unwrap();
                     }
                 })
@@ -1596,7 +1729,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let roster = SqliteStore::open(&path).unwrap().roster("pub").unwrap();
+        let roster = SqliteStore::open(&path).unwrap().roster(&jid("pub")).unwrap();
         assert_eq!((roster.items.len(), roster.version), (200, 200));
     }
 
@@ -1609,7 +1742,7 @@ mod tests {
         let mut s = SqliteStore::open(&dir.path().join("t.db")).unwrap();
         let creds = Credentials::derive("pw", 4096);
         for u in ["romeo", "juliet", "nurse"] {
-            s.create_user(u, &creds).unwrap();
+            s.create_user(&jid(u), &creds).unwrap();
         }
         let romeo = BareJid::new("romeo", "localhost").unwrap();
         let state = |subscription, pending_in| SubState {
@@ -1626,16 +1759,103 @@ mod tests {
                 in_roster,
                 ..RosterItem::new(romeo.clone())
             };
-            s.update_roster_item(holder, &romeo, Box::new(move |_| ItemChange::Put(item)))
+            s.update_roster_item(&jid(holder), &romeo, Box::new(move |_| ItemChange::Put(item)))
                 .unwrap();
         }
-        assert!(s.delete_account("romeo", &romeo).unwrap());
-        assert!(!s.delete_account("romeo", &romeo).unwrap());
-        let juliet = s.roster_item("juliet", &romeo).unwrap().unwrap();
+        assert!(s.delete_account(&romeo).unwrap());
+        assert!(!s.delete_account(&romeo).unwrap());
+        let juliet = s.roster_item(&jid("juliet"), &romeo).unwrap().unwrap();
         assert_eq!((juliet.state, juliet.in_roster), (SubState::default(), true));
-        assert_eq!(s.roster("juliet").unwrap().version, 2);
-        assert_eq!(s.roster_item("nurse", &romeo).unwrap(), None);
-        assert!(s.pending_requests("nurse").unwrap().is_empty());
+        assert_eq!(s.roster(&jid("juliet")).unwrap().version, 2);
+        assert_eq!(s.roster_item(&jid("nurse"), &romeo).unwrap(), None);
+        assert!(s.pending_requests(&jid("nurse")).unwrap().is_empty());
+    }
+
+    /// Migration 8: a database from before several domains were hosted,
+    /// its accounts keyed by username alone, is read as the first
+    /// configured domain's, every table along; without a domain it is
+    /// refused rather than guessed at.
+    #[test]
+    fn single_domain_rows_become_the_first_domains_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let creds = Credentials::derive("pw", 4096);
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..7] {
+                let Migration::Sql(sql) = m else {
+                    unreachable!("the first seven are SQL")
+                };
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            let tx = conn.transaction().unwrap();
+            for u in ["juliet", "romeo"] {
+                tx.execute("INSERT INTO users (username) VALUES (?1)", [u]).unwrap();
+                SqliteStore::write_credentials(&tx, u, &creds).unwrap();
+            }
+            tx.execute_batch(
+                "INSERT INTO roster_items (username, contact, subscription, in_roster, ver)
+                     VALUES ('juliet', 'romeo@a.test', 'both', 1, 1);
+                 INSERT INTO roster_versions (username, version) VALUES ('juliet', 1);
+                 INSERT INTO roster_removals (username, contact, ver) VALUES ('juliet', 'tybalt@a.test', 1);
+                 INSERT INTO profiles (username, nick) VALUES ('juliet', 'Jules');
+                 INSERT INTO offline_messages (username, stanza) VALUES ('romeo', '<message/>');
+                 INSERT INTO blocklist (username, jid) VALUES ('romeo', 'tybalt@a.test');
+                 INSERT INTO archive (owner, id, ts_ms, with_bare, with_full, direction, xml)
+                     VALUES ('juliet', 'x', 5, 'romeo@a.test', 'romeo@a.test/r', 'in', '<message/>');
+                 INSERT INTO mam_prefs (username, default_mode) VALUES ('juliet', 'roster');",
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let refused = SqliteStore::open(&path).err().unwrap();
+        assert!(
+            matches!(refused, StoreError::NeedsDomain { accounts: 2, .. }),
+            "{refused}"
+        );
+        let mut s = SqliteStore::open_for_domain(&path, Durability::Normal, "a.test").unwrap();
+        let at = |n: &str| BareJid::new(n, "a.test").unwrap();
+        let (juliet, romeo) = (at("juliet"), at("romeo"));
+        assert_eq!(s.list_users().unwrap(), [juliet.clone(), romeo.clone()]);
+        assert_eq!(s.credentials(&juliet).unwrap(), Some(creds.clone()));
+        assert_eq!(s.credentials(&jid("juliet")).unwrap(), None, "not at another domain");
+        assert_eq!(s.roster(&juliet).unwrap().version, 1);
+        assert_eq!(
+            s.roster_item(&juliet, &romeo).unwrap().map(|i| i.state.subscription),
+            Some(Subscription::Both)
+        );
+        assert_eq!(
+            s.roster_changes(&juliet, 0).unwrap().map(|(v, c)| (v, c.len())),
+            Some((1, 2)),
+            "the item and the removal"
+        );
+        assert_eq!(s.profile(&juliet).unwrap().nick.as_deref(), Some("Jules"));
+        assert_eq!(s.offline_messages(&romeo).unwrap().len(), 1);
+        assert_eq!(s.blocklist(&romeo).unwrap(), [Jid::parse("tybalt@a.test").unwrap()]);
+        assert_eq!(
+            s.mam_prefs(&juliet).unwrap().map(|p| p.default),
+            Some(DefaultPolicy::Roster)
+        );
+        let all = ArchiveQuery {
+            max: 10,
+            ..ArchiveQuery::default()
+        };
+        assert_eq!(s.archive_query(&juliet, &all).unwrap().unwrap().count, 1);
+        let violations: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(violations, 0);
+        // The moved account goes with all it had.
+        assert!(s.delete_user(&romeo).unwrap());
+        assert!(s.offline_messages(&romeo).unwrap().is_empty() && s.blocklist(&romeo).unwrap().is_empty());
+        // Later starts find nothing left to move.
+        drop(s);
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.list_users().unwrap(), [juliet]);
+        let version: i64 = s.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
     }
 
     #[test]
@@ -1645,20 +1865,20 @@ mod tests {
         let creds = Credentials::derive("pw", 4096);
         {
             let mut s = SqliteStore::open(&path).unwrap();
-            assert!(s.create_user("alice", &creds).unwrap());
-            assert!(!s.create_user("alice", &creds).unwrap());
-            assert!(s.create_user("bob", &creds).unwrap());
+            assert!(s.create_user(&jid("alice"), &creds).unwrap());
+            assert!(!s.create_user(&jid("alice"), &creds).unwrap());
+            assert!(s.create_user(&jid("bob"), &creds).unwrap());
         }
         let mut s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.credentials("alice").unwrap(), Some(creds.clone()));
-        assert_eq!(s.list_users().unwrap(), ["alice", "bob"]);
+        assert_eq!(s.credentials(&jid("alice")).unwrap(), Some(creds.clone()));
+        assert_eq!(s.list_users().unwrap(), [jid("alice"), jid("bob")]);
         let new = Credentials::derive("pw2", 4096);
-        assert!(s.set_credentials("alice", &new).unwrap());
-        assert!(!s.set_credentials("carol", &new).unwrap());
-        assert_eq!(s.credentials("alice").unwrap(), Some(new));
-        assert!(s.delete_user("alice").unwrap());
-        assert!(!s.delete_user("alice").unwrap());
-        assert_eq!(s.credentials("alice").unwrap(), None);
+        assert!(s.set_credentials(&jid("alice"), &new).unwrap());
+        assert!(!s.set_credentials(&jid("carol"), &new).unwrap());
+        assert_eq!(s.credentials(&jid("alice")).unwrap(), Some(new));
+        assert!(s.delete_user(&jid("alice")).unwrap());
+        assert!(!s.delete_user(&jid("alice")).unwrap());
+        assert_eq!(s.credentials(&jid("alice")).unwrap(), None);
         let left: i64 = s
             .conn
             .query_row("SELECT count(*) FROM scram_credentials", [], |r| r.get(0))
@@ -1683,7 +1903,7 @@ mod tests {
             max: 100,
             ..ArchiveQuery::default()
         };
-        let page = s.archive_query(owner, &all).unwrap().unwrap();
+        let page = s.archive_query(&jid(owner), &all).unwrap().unwrap();
         page.messages.into_iter().map(|m| m.id).collect()
     }
 
@@ -1771,7 +1991,7 @@ mod tests {
                         max,
                         ..filter.clone()
                     };
-                    let got = s.archive_query("juliet", &q).unwrap();
+                    let got = s.archive_query(&jid("juliet"), &q).unwrap();
                     assert_eq!(norm(got), norm(mam::page_of(&rows, &q)), "{q:?}");
                 }
             }
@@ -1780,7 +2000,11 @@ mod tests {
             after_id: Some("id1".into()),
             ..ArchiveQuery::default()
         };
-        assert_eq!(s.archive_query("romeo", &others).unwrap(), None, "ids are per owner");
+        assert_eq!(
+            s.archive_query(&jid("romeo"), &others).unwrap(),
+            None,
+            "ids are per owner"
+        );
     }
 
     #[test]
@@ -1792,13 +2016,13 @@ mod tests {
             always: vec![tybalt.clone()],
             never: vec![],
         };
-        assert!(s.set_mam_prefs("juliet", &prefs).unwrap());
-        assert!(!s.set_mam_prefs("nobody", &prefs).unwrap());
-        assert_eq!(s.mam_prefs("juliet").unwrap(), Some(prefs));
-        assert_eq!(s.mam_prefs("romeo").unwrap(), None);
-        s.update_roster_item("juliet", &jid("nurse"), put(visible("nurse")))
+        assert!(s.set_mam_prefs(&jid("juliet"), &prefs).unwrap());
+        assert!(!s.set_mam_prefs(&jid("nobody"), &prefs).unwrap());
+        assert_eq!(s.mam_prefs(&jid("juliet")).unwrap(), Some(prefs));
+        assert_eq!(s.mam_prefs(&jid("romeo")).unwrap(), None);
+        s.update_roster_item(&jid("juliet"), &jid("nurse"), put(visible("nurse")))
             .unwrap();
-        assert!(s.block("romeo", &[tybalt]).unwrap());
+        assert!(s.block(&jid("romeo"), &[tybalt]).unwrap());
         let rows = [
             archive_row("juliet", "a", 5, "nurse@localhost/kitchen"),
             archive_row("juliet", "b", 5, "mercutio@localhost/square"),
@@ -1821,11 +2045,11 @@ mod tests {
         let results = s.archive_group(&mut clock, &[&again[..2], &again[2..]]).unwrap();
         assert!(results[0].is_err() && results[1].is_ok());
         assert_eq!(archived(&s, "juliet"), ["a", "c", "h"]);
-        assert!(s.delete_user("juliet").unwrap());
+        assert!(s.delete_user(&jid("juliet")).unwrap());
         let left: (i64, i64) = s
             .conn
             .query_row(
-                "SELECT (SELECT count(*) FROM archive WHERE owner = 'juliet'),
+                "SELECT (SELECT count(*) FROM archive WHERE owner = 'juliet@localhost'),
                         (SELECT count(*) FROM mam_prefs)",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1838,23 +2062,25 @@ mod tests {
     fn blocklists_round_trip_and_go_with_their_user() {
         let (_dir, mut s) = store_with(&["juliet"]);
         let j = |s: &str| Jid::parse(s).unwrap();
-        assert!(s.block("juliet", &[j("romeo@montague.lit"), j("capulet.lit")]).unwrap());
+        assert!(s
+            .block(&jid("juliet"), &[j("romeo@montague.lit"), j("capulet.lit")])
+            .unwrap());
         // Blocking twice changes nothing.
-        assert!(s.block("juliet", &[j("romeo@montague.lit")]).unwrap());
-        assert!(!s.block("nobody", &[j("romeo@montague.lit")]).unwrap());
+        assert!(s.block(&jid("juliet"), &[j("romeo@montague.lit")]).unwrap());
+        assert!(!s.block(&jid("nobody"), &[j("romeo@montague.lit")]).unwrap());
         assert_eq!(
-            s.blocklist("juliet").unwrap(),
+            s.blocklist(&jid("juliet")).unwrap(),
             [j("capulet.lit"), j("romeo@montague.lit")]
         );
         let removed = s
-            .unblock("juliet", Some(&[j("capulet.lit"), j("tybalt@capulet.lit")]))
+            .unblock(&jid("juliet"), Some(&[j("capulet.lit"), j("tybalt@capulet.lit")]))
             .unwrap();
         assert_eq!(removed, [j("capulet.lit")], "only what was there");
-        assert!(s.block("juliet", &[j("nurse@capulet.lit")]).unwrap());
-        assert_eq!(s.unblock("juliet", None).unwrap().len(), 2);
-        assert!(s.blocklist("juliet").unwrap().is_empty());
-        assert!(s.block("juliet", &[j("romeo@montague.lit")]).unwrap());
-        assert!(s.delete_user("juliet").unwrap());
+        assert!(s.block(&jid("juliet"), &[j("nurse@capulet.lit")]).unwrap());
+        assert_eq!(s.unblock(&jid("juliet"), None).unwrap().len(), 2);
+        assert!(s.blocklist(&jid("juliet")).unwrap().is_empty());
+        assert!(s.block(&jid("juliet"), &[j("romeo@montague.lit")]).unwrap());
+        assert!(s.delete_user(&jid("juliet")).unwrap());
         let left: i64 = s
             .conn
             .query_row("SELECT count(*) FROM blocklist", [], |r| r.get(0))

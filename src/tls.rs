@@ -1,15 +1,19 @@
-//! The server certificate: loaded from `[tls] cert` and `key` (PEM, full
+//! The server certificates, one per hosted domain: loaded from the
+//! domain's `tls_cert` and `tls_key`, or `[tls] cert` and `key` (PEM, full
 //! chain), or generated self-signed for the domain at first start and kept
-//! beside the database. Also what `shoal cert` prints, and the
-//! `tls-server-end-point` channel-binding data (RFC 5929 §4.1).
+//! beside the database. A connection gets the one its client names by SNI
+//! (see [`shoal_actors::c2s::io::Certificates`]). Also what `shoal cert`
+//! prints, and the `tls-server-end-point` channel-binding data (RFC 5929
+//! §4.1).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256, Sha384, Sha512};
-use shoal_actors::c2s::io::{StartTls, TlsSettings};
+use shoal_actors::c2s::io::{Certificates, HostCert, StartTls, TlsSettings};
 
 use crate::config::Config;
 
@@ -23,9 +27,13 @@ pub enum TlsError {
     Generate(String),
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("no certificate for the default domain {0}")]
+    NoDefault(String),
 }
 
 pub struct ServerCert {
+    /// The hosted domain it is for.
+    pub domain: String,
     pub chain: Vec<CertificateDer<'static>>,
     pub key: PrivateKeyDer<'static>,
     pub cert_path: PathBuf,
@@ -33,10 +41,19 @@ pub struct ServerCert {
     pub generated: bool,
 }
 
-/// Where a generated certificate and key live: beside the database.
-pub fn generated_paths(config: &Config) -> (PathBuf, PathBuf) {
+/// Where the generated certificate and key of `domain` live: beside the
+/// database, the default domain's with the names a one-domain server has
+/// always used (`shoal.cert.pem`), the others' with their domain in them
+/// (`shoal.b.test.cert.pem`).
+pub fn generated_paths(config: &Config, domain: &str) -> (PathBuf, PathBuf) {
     let db = &config.storage.sqlite;
-    (db.with_extension("cert.pem"), db.with_extension("key.pem"))
+    if domain == config.default_domain() {
+        return (db.with_extension("cert.pem"), db.with_extension("key.pem"));
+    }
+    (
+        db.with_extension(format!("{domain}.cert.pem")),
+        db.with_extension(format!("{domain}.key.pem")),
+    )
 }
 
 pub(crate) fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -61,43 +78,55 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// The configured certificate, or the generated one (made now if missing).
+/// The certificate of every hosted domain, the default domain's first.
+pub fn load_all(config: &Config) -> Result<Vec<ServerCert>, TlsError> {
+    config
+        .domain_list()
+        .into_iter()
+        .map(|d| load_or_generate(config, d))
+        .collect()
+}
+
+/// The certificate configured for `domain` (its own or `[tls]`'s), or its
+/// generated one (made now if missing).
 ///
 /// A configured key that other users can read, or a configured certificate
 /// that does not name the domain, is refused: clients would either trust a
 /// key that is not secret or fail to verify. A generated pair with the
 /// same faults (an old one for another domain, a key made readable) is
 /// made again instead.
-pub fn load_or_generate(config: &Config) -> Result<ServerCert, TlsError> {
-    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+pub fn load_or_generate(config: &Config, domain: &str) -> Result<ServerCert, TlsError> {
+    if let Some((cert, key)) = config.tls_files_of(domain) {
         if let Some(mode) = loose_mode(key) {
             return Err(TlsError::Key {
-                path: key.clone(),
+                path: key.to_owned(),
                 message: format!("is readable by other users (mode {mode:o}); `chmod 600` it"),
             });
         }
         let chain = read_chain(cert)?;
-        if !names_domain(&chain[0], &config.domain) {
+        if !names_domain(&chain[0], domain) {
             return Err(TlsError::Cert {
-                path: cert.clone(),
-                message: format!("does not name the domain {}", config.domain),
+                path: cert.to_owned(),
+                message: format!("does not name the domain {domain}"),
             });
         }
         return Ok(ServerCert {
+            domain: domain.to_owned(),
             chain,
             key: read_key(key)?,
-            cert_path: cert.clone(),
+            cert_path: cert.to_owned(),
             generated: false,
         });
     }
-    let (cert_path, key_path) = generated_paths(config);
-    if let Some(why) = stale_generated(&cert_path, &key_path, &config.domain) {
+    let (cert_path, key_path) = generated_paths(config, domain);
+    if let Some(why) = stale_generated(&cert_path, &key_path, domain) {
         if cert_path.exists() || key_path.exists() {
             log::warn!("{}: {why}; generating a new one", cert_path.display());
         }
-        generate(config, &cert_path, &key_path)?;
+        generate(domain, &cert_path, &key_path)?;
     }
     Ok(ServerCert {
+        domain: domain.to_owned(),
         chain: read_chain(&cert_path)?,
         key: read_key(&key_path)?,
         cert_path,
@@ -159,14 +188,14 @@ fn names_domain(leaf: &[u8], domain: &str) -> bool {
     }
 }
 
-/// Makes a new self-signed pair for the domain: the key owner-only, and
+/// Makes a new self-signed pair for `domain`: the key owner-only, and
 /// written to a fresh file so no earlier (looser) mode survives.
-fn generate(config: &Config, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
-    let mut names = vec![config.domain.clone()];
-    if config.domain == "localhost" {
+fn generate(domain: &str, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let mut names = vec![domain.to_owned()];
+    if domain == "localhost" {
         names.push("127.0.0.1".into());
     }
-    let generated = self_signed(&config.domain, names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = self_signed(domain, names).map_err(|e| TlsError::Generate(e.to_string()))?;
     let write = |path: &Path, pem: String, private: bool| -> Result<(), TlsError> {
         let io = |e: std::io::Error| TlsError::Generate(format!("{}: {e}", path.display()));
         match std::fs::remove_file(path) {
@@ -187,8 +216,7 @@ fn generate(config: &Config, cert_path: &Path, key_path: &Path) -> Result<(), Tl
     write(key_path, generated.signing_key.serialize_pem(), true)?;
     write(cert_path, generated.cert.pem(), false)?;
     log::warn!(
-        "generated a self-signed certificate for {} at {}",
-        config.domain,
+        "generated a self-signed certificate for {domain} at {}",
         cert_path.display()
     );
     Ok(())
@@ -235,19 +263,37 @@ fn server_end_point(leaf: &[u8]) -> Vec<u8> {
 }
 
 /// rustls with its defaults (TLS 1.2 and 1.3 only), ALPN `xmpp-client`
-/// for Direct TLS (XEP-0368).
-pub fn settings(cert: &ServerCert, starttls: StartTls) -> Result<TlsSettings, TlsError> {
+/// for Direct TLS (XEP-0368), serving `certs` (the default domain's
+/// first) by SNI.
+pub fn settings(certs: &[ServerCert], starttls: StartTls) -> Result<TlsSettings, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(cert.chain.clone(), cert.key.clone_key())?;
-    server.alpn_protocols = vec![b"xmpp-client".to_vec()];
-    Ok(TlsSettings {
-        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-        starttls,
-        server_end_point: server_end_point(&cert.chain[0]),
-    })
+    let settings = TlsSettings::new(starttls, certificates(certs)?, |resolver| {
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        server.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        Ok(server)
+    })?;
+    Ok(settings)
+}
+
+/// The hosted domains' certificates, each served to whoever asks for its
+/// domain (the default domain's first), for clients and other servers.
+pub fn certificates(certs: &[ServerCert]) -> Result<Certificates, TlsError> {
+    let provider = rustls::crypto::ring::default_provider();
+    let mut by_domain = HashMap::new();
+    for cert in certs {
+        // Checks that the key is the certificate's, as a single cert did.
+        let key = rustls::sign::CertifiedKey::from_der(cert.chain.clone(), cert.key.clone_key(), &provider)?;
+        let host = HostCert {
+            key: Arc::new(key),
+            server_end_point: server_end_point(&cert.chain[0]),
+        };
+        by_domain.insert(cert.domain.clone(), host);
+    }
+    let default = certs.first().map_or("", |c| c.domain.as_str());
+    Certificates::new(default, by_domain).ok_or_else(|| TlsError::NoDefault(default.to_owned()))
 }
 
 /// What `shoal cert` prints.
@@ -256,6 +302,7 @@ pub fn describe(cert: &ServerCert) -> String {
     if cert.generated {
         out.push_str(" (self-signed, generated by Shoal)");
     }
+    out.push_str(&format!("\ndomain:      {}", cert.domain));
     if let Ok((_, c)) = x509_parser::parse_x509_certificate(&cert.chain[0]) {
         out.push_str(&format!("\nsubject:     {}", c.subject()));
         out.push_str(&format!("\nissuer:      {}", c.issuer()));
@@ -278,7 +325,7 @@ mod tests {
 
     fn config_in(dir: &Path, domain: &str) -> Config {
         let mut config = Config {
-            domain: domain.to_owned(),
+            domain: Some(domain.to_owned()),
             ..Config::default()
         };
         config.storage.sqlite = dir.join("shoal.db");
@@ -293,20 +340,20 @@ mod tests {
     fn a_generated_key_is_private_and_made_again_when_exposed_or_for_another_domain() {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path(), "localhost");
-        let (cert_path, key_path) = generated_paths(&config);
-        let first = load_or_generate(&config).unwrap();
+        let (cert_path, key_path) = generated_paths(&config, "localhost");
+        let first = load_or_generate(&config, "localhost").unwrap();
         assert!(first.generated);
         assert_eq!(mode(&key_path), 0o600);
         // Loaded again as it is.
-        assert_eq!(load_or_generate(&config).unwrap().chain, first.chain);
+        assert_eq!(load_or_generate(&config, "localhost").unwrap().chain, first.chain);
         // A key someone made readable is not used again.
         std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let second = load_or_generate(&config).unwrap();
+        let second = load_or_generate(&config, "localhost").unwrap();
         assert_ne!(second.chain, first.chain);
         assert_eq!(mode(&key_path), 0o600);
         // Nor one made for another domain.
         let other = config_in(dir.path(), "example.org");
-        let third = load_or_generate(&other).unwrap();
+        let third = load_or_generate(&other, "example.org").unwrap();
         assert_ne!(third.chain, second.chain);
         assert!(names_domain(&third.chain[0], "example.org"));
         assert!(!names_domain(&third.chain[0], "localhost"));
@@ -323,13 +370,31 @@ mod tests {
         config.tls.cert = Some(fixtures.join("server.pem"));
         config.tls.key = Some(key.clone());
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = load_or_generate(&config).err().unwrap().to_string();
+        let err = load_or_generate(&config, "localhost").err().unwrap().to_string();
         assert!(err.contains("readable by other users (mode 644)"), "{err}");
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(!load_or_generate(&config).unwrap().generated);
-        config.domain = "example.org".into();
-        let err = load_or_generate(&config).err().unwrap().to_string();
+        assert!(!load_or_generate(&config, "localhost").unwrap().generated);
+        config.domain = Some("example.org".into());
+        let err = load_or_generate(&config, "example.org").err().unwrap().to_string();
         assert!(err.contains("does not name the domain example.org"), "{err}");
+    }
+
+    #[test]
+    fn each_domain_gets_its_own_generated_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path(), "a.test");
+        config.domain = None;
+        config.domains = vec!["a.test".into(), "b.test".into()];
+        let certs = load_all(&config).unwrap();
+        let domains: Vec<&str> = certs.iter().map(|c| c.domain.as_str()).collect();
+        assert_eq!(domains, ["a.test", "b.test"]);
+        assert!(names_domain(&certs[0].chain[0], "a.test") && !names_domain(&certs[0].chain[0], "b.test"));
+        assert!(names_domain(&certs[1].chain[0], "b.test") && !names_domain(&certs[1].chain[0], "a.test"));
+        // The default domain's where a one-domain server keeps it.
+        assert_eq!(certs[0].cert_path, dir.path().join("shoal.cert.pem"));
+        assert_eq!(certs[1].cert_path, dir.path().join("shoal.b.test.cert.pem"));
+        assert_eq!(load_all(&config).unwrap()[1].chain, certs[1].chain, "made once");
+        settings(&certs, StartTls::Optional).unwrap();
     }
 
     #[test]

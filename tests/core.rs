@@ -128,7 +128,10 @@ fn unknown_users_get_the_configured_iterations_and_the_same_salt_after_a_restart
     let mut server = TestServer::with_config(|c| c.auth.scram_iterations = 5000);
     shoal::store::SqliteStore::open(&server.db)
         .unwrap()
-        .create_user("romeo", &shoal_actors::sasl::Credentials::derive("r", 5000))
+        .create_user(
+            &common::account("romeo"),
+            &shoal_actors::sasl::Credentials::derive("r", 5000),
+        )
         .unwrap();
     assert_eq!(scram_challenge(&server, "romeo").1, "5000");
     let (salt, iterations) = scram_challenge(&server, "nobody");

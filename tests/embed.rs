@@ -37,7 +37,7 @@ fn embedded_server_with_custom_storage_handler_and_host_messages() {
         actix_rt::System::new().block_on(async move {
             let storage = Arc::new(MemoryStorage::default());
             storage
-                .create_user("demo", Credentials::derive("demo", 4096))
+                .create_user(&common::account("demo"), Credentials::derive("demo", 4096))
                 .await
                 .unwrap();
             let mut config = Config::default();

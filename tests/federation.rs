@@ -26,7 +26,7 @@ fn server(
     edit: impl FnOnce(&mut Config),
 ) -> TestServer {
     TestServer::with_config(|c| {
-        c.domain = domain.into();
+        c.domain = Some(domain.into());
         c.s2s.listen = vec![listen];
         for (peer, addr) in peers {
             c.s2s.hosts.insert((*peer).into(), *addr);
@@ -555,4 +555,46 @@ fn sasl_external_takes_a_certificate_valid_for_the_domain_and_no_other() {
     let features = restart(&mut c, "b.test", "localhost");
     assert!(features.get_child("mechanisms", ns::SASL).is_none(), "{features}");
     assert_eq!(s2s_list(&server), ["s2s in localhost b.test external tls N Q up"]);
+}
+
+#[test]
+fn each_hosted_domain_federates_on_a_link_of_its_own() {
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |c| {
+        c.domain = None;
+        c.domains = vec!["a.test".into(), "c.test".into()];
+    });
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("c.test", a_s2s)], |_| {});
+    a.add_user("alice@a.test", "pw-a");
+    a.add_user("carol@c.test", "pw-c");
+    b.add_user("bob", "pw-b");
+    let mut alice = a.login_at("a.test", "alice", "pw-a", "r");
+    let mut carol = a.login_at("c.test", "carol", "pw-c", "r");
+    let mut bob = online(&b, "bob", "pw-b");
+    alice.send("<message to='bob@b.test' type='chat' id='m1'><body>from a</body></message>");
+    carol.send("<message to='bob@b.test' type='chat' id='m2'><body>from c</body></message>");
+    let mut got = [recv_unstamped(&mut bob), recv_unstamped(&mut bob)];
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "<message to='bob@b.test' type='chat' id='m1' from='alice@a.test/r'><body>from a</body></message>",
+            "<message to='bob@b.test' type='chat' id='m2' from='carol@c.test/r'><body>from c</body></message>",
+        ]
+    );
+    bob.send("<message to='carol@c.test/r' type='chat' id='m3'><body>to c</body></message>");
+    assert_eq!(
+        recv_unstamped(&mut carol),
+        "<message to='carol@c.test/r' type='chat' id='m3' from='bob@b.test/r'><body>to c</body></message>"
+    );
+    // One link per pair of domains: b.test wrote only to c.test.
+    assert_eq!(
+        s2s_list(&a),
+        [
+            "s2s out a.test b.test dialback tls N Q up",
+            "s2s in c.test b.test dialback tls N Q up",
+            "s2s out c.test b.test dialback tls N Q up",
+        ]
+    );
+    alice.expect_nothing();
 }

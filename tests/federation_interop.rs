@@ -172,7 +172,7 @@ fn federate(kind: &'static str, mode: &str) {
     let domain = peer.domain();
     let peer_s2s = format!("{}:5269", peer.ip());
     let server = TestServer::with_config(|c| {
-        c.domain = "a.test".into();
+        c.domain = Some("a.test".into());
         c.tls.cert = Some(dir.join("a.test.crt"));
         c.tls.key = Some(dir.join("a.test.key"));
         c.s2s.listen = vec![SHOAL_S2S.parse().unwrap()];

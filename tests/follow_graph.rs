@@ -59,13 +59,13 @@ fn one_way_follows_without_rosters() {
         actix_rt::System::new().block_on(async move {
             let storage = Arc::new(MemoryStorage::default());
             let graph = Arc::new(FollowGraph::default());
+            let jid = |n: &str| BareJid::new(n, "localhost").unwrap();
             for name in ["alice", "bob", "carol"] {
                 storage
-                    .create_user(name, Credentials::derive(name, 4096))
+                    .create_user(&jid(name), Credentials::derive(name, 4096))
                     .await
                     .unwrap();
             }
-            let jid = |n: &str| BareJid::new(n, "localhost").unwrap();
             graph.follow(&jid("alice"), &jid("bob"));
             let mut config = Config::default();
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];

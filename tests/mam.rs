@@ -231,7 +231,7 @@ fn an_offline_message_is_archived_under_the_id_it_waits_with() {
     romeo.expect_nothing();
     let store = shoal::store::SqliteStore::open(&server.db).unwrap();
     let deadline = std::time::Instant::now() + common::TIMEOUT;
-    while store.offline_messages("juliet").unwrap().is_empty() {
+    while store.offline_messages(&common::account("juliet")).unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "the message was never stored");
         std::thread::yield_now();
     }
@@ -561,5 +561,12 @@ fn nothing_is_archived_when_the_archive_is_off() {
         max: 10,
         ..Default::default()
     };
-    assert_eq!(store.archive_query("juliet", &all).unwrap().unwrap().count, 0);
+    assert_eq!(
+        store
+            .archive_query(&common::account("juliet"), &all)
+            .unwrap()
+            .unwrap()
+            .count,
+        0
+    );
 }

@@ -101,7 +101,7 @@ fn stored_messages_survive_a_restart() {
     // Stored without a word to the sender: wait until the database has it.
     let store = shoal::store::SqliteStore::open(&server.db).unwrap();
     let deadline = std::time::Instant::now() + common::TIMEOUT;
-    while store.offline_messages("juliet").unwrap().is_empty() {
+    while store.offline_messages(&common::account("juliet")).unwrap().is_empty() {
         assert!(std::time::Instant::now() < deadline, "the message was never stored");
         std::thread::yield_now();
     }

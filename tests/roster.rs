@@ -486,14 +486,14 @@ fn subscription_state_table_over_tcp() {
         };
         SqliteStore::open(&server.db)
             .unwrap()
-            .update_roster_item(user, &jid, Box::new(move |_| change))
+            .update_roster_item(&common::account(user), &jid, Box::new(move |_| change))
             .unwrap();
     };
     let stored = |user: &str, contact: &str| {
         let jid = BareJid::new(contact, "localhost").unwrap();
         SqliteStore::open(&server.db)
             .unwrap()
-            .roster_item(user, &jid)
+            .roster_item(&common::account(user), &jid)
             .unwrap()
             .map(|i| i.state)
             .unwrap_or_default()
@@ -760,7 +760,11 @@ fn pending_requests_are_paced_at_login() {
             ..RosterItem::new(jid.clone())
         };
         store
-            .update_roster_item("victim", &jid, Box::new(move |_| ItemChange::Put(item)))
+            .update_roster_item(
+                &common::account("victim"),
+                &jid,
+                Box::new(move |_| ItemChange::Put(item)),
+            )
             .unwrap();
     }
     // 60 KB of requests; sent at once they would overflow the 10 KB queue.

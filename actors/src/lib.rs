@@ -14,6 +14,7 @@ pub mod c2s;
 pub mod codec;
 pub mod component;
 pub mod error;
+pub mod hosts;
 pub mod iq_handler;
 pub mod jid;
 pub mod ns;

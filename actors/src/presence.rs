@@ -55,10 +55,9 @@ pub struct RosterFollowers(pub Arc<dyn Storage>);
 
 impl FollowerSource for RosterFollowers {
     fn relations(&self, user: &BareJid) -> StorageFuture<Relations> {
-        let storage = self.0.clone();
-        let node = user.node().unwrap_or_default().to_owned();
+        let (storage, user) = (self.0.clone(), user.clone());
         Box::pin(async move {
-            let roster = storage.roster(&node).await?;
+            let roster = storage.roster(&user).await?;
             let pick = |f: fn(&SubState) -> bool| {
                 roster
                     .items
@@ -133,10 +132,9 @@ pub trait ConnectionHandler: Send + Sync + 'static {
         if !extval {
             return Box::pin(std::future::ready(Ok(BindInfo::default())));
         }
-        let storage = storage.clone();
-        let node = user.node().unwrap_or_default().to_owned();
+        let (storage, user) = (storage.clone(), user.clone());
         Box::pin(async move {
-            let profile = storage.profile(&node).await?;
+            let profile = storage.profile(&user).await?;
             Ok(BindInfo {
                 nick: profile.nick,
                 photo_url: profile.photo_url,
@@ -231,14 +229,14 @@ fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, byt
 /// way out (federation) once that is set, one stanza per contact (their
 /// server fans it out to their resources).
 #[derive(Clone, Default)]
-pub struct RemotePresence(Arc<OnceLock<(String, Weak<dyn RemoteRoute>)>>);
+pub struct RemotePresence(Arc<OnceLock<(crate::hosts::Hosts, Weak<dyn RemoteRoute>)>>);
 
 impl RemotePresence {
     /// The way out for `contact`, if it is on another server and
     /// federation is on.
     fn route(&self, contact: &BareJid) -> Option<Arc<dyn RemoteRoute>> {
-        let (local, remote) = self.0.get()?;
-        if contact.domain() == local {
+        let (hosts, remote) = self.0.get()?;
+        if hosts.contains(contact.domain()) {
             return None;
         }
         remote.upgrade()
@@ -247,7 +245,7 @@ impl RemotePresence {
     /// True when `contact` is on another server (whether or not it can be
     /// reached).
     fn is_remote(&self, contact: &BareJid) -> bool {
-        self.0.get().is_some_and(|(local, _)| contact.domain() != local)
+        self.0.get().is_some_and(|(hosts, _)| !hosts.contains(contact.domain()))
     }
 
     /// Sends presence from `from` (a template, as written for local
@@ -468,7 +466,7 @@ impl PresenceActor {
     fn load(&mut self, user: BareJid, first: PresenceMsg, ctx: &mut Context<Self>) {
         self.users.insert(user.clone(), Entry::Loading(vec![first]));
         let relations = self.source.relations(&user);
-        let profile = self.storage.profile(user.node().unwrap_or_default());
+        let profile = self.storage.profile(&user);
         let loading = async move { (relations.await, profile.await) };
         ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, _| {
             let relations = relations.unwrap_or_else(|e| {
@@ -849,10 +847,10 @@ impl PresenceHub {
         }
     }
 
-    /// Presence for users of domains other than `local` goes through
+    /// Presence for users of domains other than `hosts` goes through
     /// `remote` from now on. Set once (by [`crate::router::Router::set_remote`]).
-    pub(crate) fn set_remote(&self, local: String, remote: Weak<dyn RemoteRoute>) {
-        let _ = self.remote.0.set((local, remote));
+    pub(crate) fn set_remote(&self, hosts: crate::hosts::Hosts, remote: Weak<dyn RemoteRoute>) {
+        let _ = self.remote.0.set((hosts, remote));
     }
 
     /// True when `user` is on another server, federation being on.

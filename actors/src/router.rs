@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use futures_util::FutureExt;
 
 use crate::error::{StanzaCondition, StanzaError};
+use crate::hosts::Hosts;
 use crate::iq_handler::{IqHandlerTable, IqRequest, IqScope};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::ns;
@@ -30,7 +31,8 @@ pub struct Router {
 }
 
 struct Inner {
-    domain: BareJid,
+    /// The hosted domains (virtual hosts), the default first.
+    hosts: Hosts,
     sessions: SessionTable,
     iq_handlers: IqHandlerTable,
     storage: Arc<dyn Storage>,
@@ -62,8 +64,10 @@ pub trait RemoteRoute: Send + Sync {
 }
 
 impl Router {
+    /// A router for the hosted domains `hosts` (one domain converts: a
+    /// [`BareJid`] without node).
     pub fn new(
-        domain: BareJid,
+        hosts: impl Into<Hosts>,
         sessions: SessionTable,
         iq_handlers: IqHandlerTable,
         storage: Arc<dyn Storage>,
@@ -71,7 +75,7 @@ impl Router {
     ) -> Router {
         Router {
             inner: Arc::new(Inner {
-                domain,
+                hosts: hosts.into(),
                 sessions,
                 iq_handlers,
                 storage,
@@ -106,9 +110,7 @@ impl Router {
     /// Routes stanzas for other domains through `remote` (federation).
     /// Set once; later calls change nothing.
     pub fn set_remote(&self, remote: Weak<dyn RemoteRoute>) {
-        self.inner
-            .presence
-            .set_remote(self.domain().to_string(), remote.clone());
+        self.inner.presence.set_remote(self.hosts().clone(), remote.clone());
         let _ = self.inner.remote.set(remote);
     }
 
@@ -134,9 +136,26 @@ impl Router {
         &self.inner.presence
     }
 
-    /// The domain this server serves (a bare JID without node).
+    /// The default domain (a bare JID without node): what the server
+    /// names itself where nothing says which hosted domain is meant. Where
+    /// a stanza or stream names one, that one is meant instead.
     pub fn domain(&self) -> &BareJid {
-        &self.inner.domain
+        self.default_domain()
+    }
+
+    /// The first hosted domain.
+    pub fn default_domain(&self) -> &BareJid {
+        &self.inner.hosts.default_host().domain
+    }
+
+    /// The hosted domains, with their policies.
+    pub fn hosts(&self) -> &Hosts {
+        &self.inner.hosts
+    }
+
+    /// True when `domain` is one this server hosts.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.inner.hosts.contains(domain)
     }
 
     pub fn sessions(&self) -> &SessionTable {
@@ -156,9 +175,9 @@ impl Router {
         self.inner.sessions.blocklists()
     }
 
-    /// True when `jid` is an account of this server.
+    /// True when `jid` is an account of this server (of any hosted domain).
     pub fn is_local_user(&self, jid: &Jid) -> bool {
-        jid.node().is_some() && jid.domain() == self.inner.domain.domain()
+        jid.node().is_some() && self.is_local_domain(jid.domain())
     }
 
     /// Routes a stanza whose `from` the server has already stamped. A
@@ -216,7 +235,9 @@ impl Router {
     }
 
     fn route_to(&self, to: Jid, stanza: Stanza, stamped: bool) {
-        if to.domain() != self.inner.domain.domain() {
+        // Any hosted domain is this server: its users talk to another
+        // hosted domain's without a server-to-server link.
+        if !self.is_local_domain(to.domain()) {
             let Some(stanza) = self.to_service(to.domain(), stanza) else {
                 return;
             };
@@ -227,7 +248,7 @@ impl Router {
             };
         }
         match to.node() {
-            None => self.to_server(stanza),
+            None => self.to_server(&to, stanza),
             Some(_) => {
                 // XEP-0359, once: the delivered message, its copies and the
                 // stored one carry the same id (the archive's, when archived).
@@ -250,10 +271,10 @@ impl Router {
         }
     }
 
-    fn to_server(&self, stanza: Stanza) {
+    /// A stanza for the hosted domain `to` names: answered as that domain.
+    fn to_server(&self, to: &Jid, stanza: Stanza) {
         if stanza.is_iq_request() {
-            let target = self.inner.domain.clone();
-            self.dispatch_iq(IqScope::Server, target, stanza);
+            self.dispatch_iq(IqScope::Server, to.to_bare(), stanza);
         }
         // Messages and presence for the server itself, and IQ results, have
         // nobody to go to.
@@ -428,7 +449,7 @@ impl Router {
         {
             return false;
         }
-        if to.domain() != self.inner.domain.domain() || to.node().is_none() {
+        if !self.is_local_domain(to.domain()) || to.node().is_none() {
             self.route(stanza);
             return false;
         }

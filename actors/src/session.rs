@@ -11,6 +11,7 @@
 //! which refuses a sender's excess instead ([`Refused::Busy`]): a flood
 //! costs the flooder its stanzas, never the recipient its connection.
 
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -108,9 +109,44 @@ pub struct Session {
     /// Something waits in `held`: the one thing delivery reads otherwise.
     holding: AtomicBool,
     held: Mutex<Option<Box<crate::xep::csi::Held>>>,
+    /// The roster version of the last push of each of a few recent
+    /// contacts (see [`Session::roster_push_is_current`]). Boxed: most
+    /// sessions get no pushes.
+    pushed: Mutex<Option<Box<Pushed>>>,
 }
 
+/// Contacts and the roster version last pushed of each, oldest first.
+type Pushed = VecDeque<(BareJid, u64)>;
+
+/// Contacts whose last pushed version a session remembers.
+const PUSHES_REMEMBERED: usize = 32;
+
 impl Session {
+    /// True when a roster push of `contact`'s item at `version` is not
+    /// older than the last one this session got for it (and notes it).
+    /// Pushes come from several tasks (the user's own subscription
+    /// stanzas, a contact's arriving from its server), each after its
+    /// storage transaction: the older state of an item must not be the
+    /// last the client sees.
+    pub(crate) fn roster_push_is_current(&self, contact: &BareJid, version: u64) -> bool {
+        let mut pushed = crate::c2s::lock(&self.pushed);
+        let pushed = pushed.get_or_insert_with(Default::default);
+        match pushed.iter_mut().find(|(c, _)| c == contact) {
+            Some((_, last)) if *last > version => false,
+            Some((_, last)) => {
+                *last = version;
+                true
+            }
+            None => {
+                if pushed.len() == PUSHES_REMEMBERED {
+                    pushed.pop_front();
+                }
+                pushed.push_back((contact.clone(), version));
+                true
+            }
+        }
+    }
+
     pub fn new(jid: FullJid, out: Outbound, control: Recipient<Control>) -> Session {
         Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -128,6 +164,7 @@ impl Session {
             inactive: AtomicBool::new(false),
             holding: AtomicBool::new(false),
             held: Mutex::new(None),
+            pushed: Mutex::new(None),
         }
     }
 
@@ -412,5 +449,43 @@ impl SessionTable {
 
     pub(crate) fn count_for(&self, user: &BareJid) -> usize {
         self.users.get(user).map_or(0, |s| s.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::Actor;
+
+    /// An actor that takes control messages and does nothing.
+    struct Nobody;
+
+    impl Actor for Nobody {
+        type Context = actix::Context<Self>;
+    }
+
+    impl actix::Handler<Control> for Nobody {
+        type Result = ();
+
+        fn handle(&mut self, _: Control, _: &mut actix::Context<Self>) {}
+    }
+
+    #[test]
+    fn an_older_roster_push_of_an_item_does_not_follow_a_newer_one() {
+        actix::System::new().block_on(async {
+            let (out, _reader) = Outbound::detached(1 << 16);
+            let jid = FullJid::parse("alice@localhost/r").unwrap();
+            let session = Session::new(jid, out, Nobody.start().recipient());
+            let (bob, carol) = (
+                BareJid::parse("bob@b.test").unwrap(),
+                BareJid::parse("carol@b.test").unwrap(),
+            );
+            assert!(session.roster_push_is_current(&bob, 7));
+            // Another item's older change still goes; this one's does not.
+            assert!(session.roster_push_is_current(&carol, 6));
+            assert!(!session.roster_push_is_current(&bob, 6));
+            assert!(session.roster_push_is_current(&bob, 7));
+            assert!(session.roster_push_is_current(&bob, 8));
+        });
     }
 }

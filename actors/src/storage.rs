@@ -33,39 +33,40 @@ pub struct Profile {
     pub photo_hash: Option<String>,
 }
 
-/// Accounts. Usernames are normalised JID localparts.
+/// Accounts, each keyed by its bare JID (`user@domain`): every hosted
+/// domain has accounts of its own.
 pub trait Storage: Send + Sync + 'static {
     /// The stored keys of a user, or `None` when there is no such user.
-    fn credentials(&self, username: &str) -> StorageFuture<Option<Credentials>>;
+    fn credentials(&self, user: &BareJid) -> StorageFuture<Option<Credentials>>;
 
     /// Creates an account; `false` when it exists already.
-    fn create_user(&self, username: &str, credentials: Credentials) -> StorageFuture<bool>;
+    fn create_user(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool>;
 
     /// Replaces an account's keys; `false` when there is no such user.
-    fn set_credentials(&self, username: &str, credentials: Credentials) -> StorageFuture<bool>;
+    fn set_credentials(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool>;
 
     /// Deletes an account and everything stored for it; `false` when there
     /// was no such user.
-    fn delete_user(&self, username: &str) -> StorageFuture<bool>;
+    fn delete_user(&self, user: &BareJid) -> StorageFuture<bool>;
 
-    /// All usernames, sorted.
-    fn list_users(&self) -> StorageFuture<Vec<String>>;
+    /// All accounts, of every domain, sorted.
+    fn list_users(&self) -> StorageFuture<Vec<BareJid>>;
 
     /// The roster the user sees (records with `in_roster`), and its version.
-    fn roster(&self, username: &str) -> StorageFuture<Roster>;
+    fn roster(&self, user: &BareJid) -> StorageFuture<Roster>;
 
     /// The changes since roster version `since`, with the current version;
     /// `None` when that version is unknown (the client gets the whole roster).
-    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>>;
+    fn roster_changes(&self, user: &BareJid, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>>;
 
     /// One record, hidden ones (pending requests) included.
-    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>>;
+    fn roster_item(&self, user: &BareJid, contact: &BareJid) -> StorageFuture<Option<RosterItem>>;
 
     /// Changes one record in one transaction, bumping the roster version
     /// when what the user sees changes. For an unknown user nothing changes.
     /// A change that would take the user past the store's [`RosterLimits`]
     /// changes nothing and comes back with `refused` set.
-    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate>;
+    fn update_roster_item(&self, user: &BareJid, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate>;
 
     /// Two local users' records for each other, in one transaction: first
     /// `user`'s record for `contact`, then `contact`'s record for `user`.
@@ -81,55 +82,55 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StorageFuture<(RosterUpdate, RosterUpdate)>;
 
     /// Records with an inbound request waiting for the user's answer.
-    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>>;
+    fn pending_requests(&self, user: &BareJid) -> StorageFuture<Vec<RosterItem>>;
 
     /// The stored vCard (XEP-0054), as XML.
-    fn vcard(&self, username: &str) -> StorageFuture<Option<String>>;
+    fn vcard(&self, user: &BareJid) -> StorageFuture<Option<String>>;
 
     /// Stores a vCard and the profile derived from it.
-    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()>;
+    fn set_vcard(&self, user: &BareJid, vcard: String, profile: Profile) -> StorageFuture<()>;
 
-    fn profile(&self, username: &str) -> StorageFuture<Profile>;
+    fn profile(&self, user: &BareJid) -> StorageFuture<Profile>;
 
     /// Sets nickname and photo URL (the photo hash comes from the vCard);
     /// `false` when there is no such user.
-    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool>;
+    fn set_profile(&self, user: &BareJid, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool>;
 
     /// Stores a message for a user who is offline (XEP-0160), after those
     /// stored before; `false` when there is no such user or `max` are
     /// stored already (0: no limit). A storage without offline messages
     /// keeps nothing, and the sender gets an error.
-    fn store_offline(&self, _username: &str, _message: String, _max: usize) -> StorageFuture<bool> {
+    fn store_offline(&self, _user: &BareJid, _message: String, _max: usize) -> StorageFuture<bool> {
         Box::pin(std::future::ready(Ok(false)))
     }
 
     /// The user's stored messages, oldest first, each with its sequence
     /// number.
-    fn offline_messages(&self, _username: &str) -> StorageFuture<Vec<(i64, String)>> {
+    fn offline_messages(&self, _user: &BareJid) -> StorageFuture<Vec<(i64, String)>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
     /// Forgets the user's stored messages up to sequence number `upto`
     /// (delivered).
-    fn delete_offline(&self, _username: &str, _upto: i64) -> StorageFuture<()> {
+    fn delete_offline(&self, _user: &BareJid, _upto: i64) -> StorageFuture<()> {
         Box::pin(std::future::ready(Ok(())))
     }
 
     /// The JIDs the user blocked (XEP-0191), sorted. A storage without
     /// blocklists has none.
-    fn blocklist(&self, _username: &str) -> StorageFuture<Vec<Jid>> {
+    fn blocklist(&self, _user: &BareJid) -> StorageFuture<Vec<Jid>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
     /// Adds JIDs to the user's blocklist; `false` when there is no such
     /// user, or the storage keeps no blocklists (the client is told).
-    fn block(&self, _username: &str, _jids: Vec<Jid>) -> StorageFuture<bool> {
+    fn block(&self, _user: &BareJid, _jids: Vec<Jid>) -> StorageFuture<bool> {
         Box::pin(std::future::ready(Ok(false)))
     }
 
     /// Removes JIDs from the user's blocklist (`None`: all of them); the
     /// ones that were there.
-    fn unblock(&self, _username: &str, _jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+    fn unblock(&self, _user: &BareJid, _jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
@@ -146,18 +147,18 @@ pub trait Storage: Send + Sync + 'static {
 
     /// A page of the user's archive, answered as [`mam::page_of`] answers
     /// it; `None` when an id the query names is not in the archive.
-    fn archive_query(&self, _username: &str, _query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+    fn archive_query(&self, _user: &BareJid, _query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
         Box::pin(std::future::ready(Ok(Some(ArchivePage::empty()))))
     }
 
     /// The user's archiving preferences; `None` when never set.
-    fn mam_prefs(&self, _username: &str) -> StorageFuture<Option<MamPrefs>> {
+    fn mam_prefs(&self, _user: &BareJid) -> StorageFuture<Option<MamPrefs>> {
         Box::pin(std::future::ready(Ok(None)))
     }
 
     /// Stores the user's archiving preferences; `false` when there is no
     /// such user, or the storage keeps no archive.
-    fn set_mam_prefs(&self, _username: &str, _prefs: MamPrefs) -> StorageFuture<bool> {
+    fn set_mam_prefs(&self, _user: &BareJid, _prefs: MamPrefs) -> StorageFuture<bool> {
         Box::pin(std::future::ready(Ok(false)))
     }
 
@@ -174,7 +175,7 @@ pub trait Storage: Send + Sync + 'static {
 /// [`RosterLimits::default`] unless set otherwise.
 #[derive(Default)]
 pub struct MemoryStorage {
-    users: Mutex<BTreeMap<String, MemoryUser>>,
+    users: Mutex<BTreeMap<BareJid, MemoryUser>>,
     limits: RosterLimits,
 }
 
@@ -258,7 +259,7 @@ impl MemoryStorage {
         self
     }
 
-    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut BTreeMap<String, MemoryUser>) -> T) -> StorageFuture<T> {
+    fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut BTreeMap<BareJid, MemoryUser>) -> T) -> StorageFuture<T> {
         let out = match self.users.lock() {
             Ok(mut users) => Ok(f(&mut users)),
             Err(_) => Err(StorageError::Unavailable),
@@ -268,14 +269,14 @@ impl MemoryStorage {
 }
 
 impl Storage for MemoryStorage {
-    fn credentials(&self, username: &str) -> StorageFuture<Option<Credentials>> {
-        let username = username.to_owned();
-        self.with(move |u| u.get(&username).map(|u| u.credentials.clone()))
+    fn credentials(&self, account: &BareJid) -> StorageFuture<Option<Credentials>> {
+        let account = account.clone();
+        self.with(move |u| u.get(&account).map(|u| u.credentials.clone()))
     }
 
-    fn create_user(&self, username: &str, credentials: Credentials) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.entry(username) {
+    fn create_user(&self, account: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.entry(account) {
             std::collections::btree_map::Entry::Occupied(_) => false,
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(MemoryUser {
@@ -295,9 +296,9 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn set_credentials(&self, username: &str, credentials: Credentials) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get_mut(&username) {
+    fn set_credentials(&self, account: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.get_mut(&account) {
             Some(c) => {
                 c.credentials = credentials;
                 true
@@ -306,18 +307,18 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn delete_user(&self, username: &str) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| u.remove(&username).is_some())
+    fn delete_user(&self, account: &BareJid) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| u.remove(&account).is_some())
     }
 
-    fn list_users(&self) -> StorageFuture<Vec<String>> {
+    fn list_users(&self) -> StorageFuture<Vec<BareJid>> {
         self.with(|u| u.keys().cloned().collect())
     }
 
-    fn roster(&self, username: &str) -> StorageFuture<Roster> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get(&username) {
+    fn roster(&self, account: &BareJid) -> StorageFuture<Roster> {
+        let account = account.clone();
+        self.with(move |u| match u.get(&account) {
             None => Roster::default(),
             Some(user) => {
                 let mut items: Vec<RosterItem> = user.roster.values().filter(|i| i.in_roster).cloned().collect();
@@ -330,22 +331,27 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn roster_changes(&self, username: &str, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
-        let username = username.to_owned();
+    fn roster_changes(&self, account: &BareJid, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
+        let account = account.clone();
         self.with(move |u| {
-            let version = u.get(&username).map_or(0, |u| u.roster_version);
+            let version = u.get(&account).map_or(0, |u| u.roster_version);
             (since == version).then(|| (version, Vec::new()))
         })
     }
 
-    fn roster_item(&self, username: &str, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
-        let (username, contact) = (username.to_owned(), contact.clone());
-        self.with(move |u| u.get(&username).and_then(|u| u.roster.get(&contact).cloned()))
+    fn roster_item(&self, account: &BareJid, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
+        let (account, contact) = (account.clone(), contact.clone());
+        self.with(move |u| u.get(&account).and_then(|u| u.roster.get(&contact).cloned()))
     }
 
-    fn update_roster_item(&self, username: &str, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
-        let (username, contact, limits) = (username.to_owned(), contact.clone(), self.limits);
-        self.with(move |u| update_memory_item(u.get_mut(&username), &contact, &limits, change))
+    fn update_roster_item(
+        &self,
+        account: &BareJid,
+        contact: &BareJid,
+        change: RosterFn,
+    ) -> StorageFuture<RosterUpdate> {
+        let (account, contact, limits) = (account.clone(), contact.clone(), self.limits);
+        self.with(move |u| update_memory_item(u.get_mut(&account), &contact, &limits, change))
     }
 
     fn update_roster_pair(
@@ -358,45 +364,44 @@ impl Storage for MemoryStorage {
         let (user, contact, limits) = (user.clone(), contact.clone(), self.limits);
         // One lock held for both: nobody sees one side changed alone.
         self.with(move |u| {
-            let (un, cn) = (user.node().unwrap_or_default(), contact.node().unwrap_or_default());
-            let first = update_memory_item(u.get_mut(un), &contact, &limits, change_user);
-            let second = update_memory_item(u.get_mut(cn), &user, &limits, |item| change_contact(&first, item));
+            let first = update_memory_item(u.get_mut(&user), &contact, &limits, change_user);
+            let second = update_memory_item(u.get_mut(&contact), &user, &limits, |item| change_contact(&first, item));
             (first, second)
         })
     }
 
-    fn pending_requests(&self, username: &str) -> StorageFuture<Vec<RosterItem>> {
-        let username = username.to_owned();
+    fn pending_requests(&self, account: &BareJid) -> StorageFuture<Vec<RosterItem>> {
+        let account = account.clone();
         self.with(move |u| {
-            u.get(&username)
+            u.get(&account)
                 .map(|u| u.roster.values().filter(|i| i.state.pending_in).cloned().collect())
                 .unwrap_or_default()
         })
     }
 
-    fn vcard(&self, username: &str) -> StorageFuture<Option<String>> {
-        let username = username.to_owned();
-        self.with(move |u| u.get(&username).and_then(|u| u.vcard.clone()))
+    fn vcard(&self, account: &BareJid) -> StorageFuture<Option<String>> {
+        let account = account.clone();
+        self.with(move |u| u.get(&account).and_then(|u| u.vcard.clone()))
     }
 
-    fn set_vcard(&self, username: &str, vcard: String, profile: Profile) -> StorageFuture<()> {
-        let username = username.to_owned();
+    fn set_vcard(&self, account: &BareJid, vcard: String, profile: Profile) -> StorageFuture<()> {
+        let account = account.clone();
         self.with(move |u| {
-            if let Some(user) = u.get_mut(&username) {
+            if let Some(user) = u.get_mut(&account) {
                 user.vcard = Some(vcard);
                 user.profile = profile;
             }
         })
     }
 
-    fn profile(&self, username: &str) -> StorageFuture<Profile> {
-        let username = username.to_owned();
-        self.with(move |u| u.get(&username).map(|u| u.profile.clone()).unwrap_or_default())
+    fn profile(&self, account: &BareJid) -> StorageFuture<Profile> {
+        let account = account.clone();
+        self.with(move |u| u.get(&account).map(|u| u.profile.clone()).unwrap_or_default())
     }
 
-    fn set_profile(&self, username: &str, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get_mut(&username) {
+    fn set_profile(&self, account: &BareJid, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.get_mut(&account) {
             Some(user) => {
                 user.profile.nick = nick;
                 user.profile.photo_url = photo_url;
@@ -406,9 +411,9 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn store_offline(&self, username: &str, message: String, max: usize) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get_mut(&username) {
+    fn store_offline(&self, account: &BareJid, message: String, max: usize) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.get_mut(&account) {
             Some(user) if max == 0 || user.offline.len() < max => {
                 user.offline.push_back((user.next_offline, message));
                 user.next_offline += 1;
@@ -418,36 +423,36 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn offline_messages(&self, username: &str) -> StorageFuture<Vec<(i64, String)>> {
-        let username = username.to_owned();
+    fn offline_messages(&self, account: &BareJid) -> StorageFuture<Vec<(i64, String)>> {
+        let account = account.clone();
         self.with(move |u| {
-            u.get(&username)
+            u.get(&account)
                 .map(|u| u.offline.iter().cloned().collect())
                 .unwrap_or_default()
         })
     }
 
-    fn delete_offline(&self, username: &str, upto: i64) -> StorageFuture<()> {
-        let username = username.to_owned();
+    fn delete_offline(&self, account: &BareJid, upto: i64) -> StorageFuture<()> {
+        let account = account.clone();
         self.with(move |u| {
-            if let Some(user) = u.get_mut(&username) {
+            if let Some(user) = u.get_mut(&account) {
                 user.offline.retain(|(seq, _)| *seq > upto);
             }
         })
     }
 
-    fn blocklist(&self, username: &str) -> StorageFuture<Vec<Jid>> {
-        let username = username.to_owned();
+    fn blocklist(&self, account: &BareJid) -> StorageFuture<Vec<Jid>> {
+        let account = account.clone();
         self.with(move |u| {
-            u.get(&username)
+            u.get(&account)
                 .map(|u| u.blocklist.iter().cloned().collect())
                 .unwrap_or_default()
         })
     }
 
-    fn block(&self, username: &str, jids: Vec<Jid>) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get_mut(&username) {
+    fn block(&self, account: &BareJid, jids: Vec<Jid>) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.get_mut(&account) {
             Some(user) => {
                 user.blocklist.extend(jids);
                 true
@@ -456,10 +461,10 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn unblock(&self, username: &str, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
-        let username = username.to_owned();
+    fn unblock(&self, account: &BareJid, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
+        let account = account.clone();
         self.with(move |u| {
-            let Some(user) = u.get_mut(&username) else {
+            let Some(user) = u.get_mut(&account) else {
                 return Vec::new();
             };
             match jids {
@@ -472,7 +477,7 @@ impl Storage for MemoryStorage {
     fn archive(&self, rows: Vec<ArchiveRow>) -> StorageFuture<()> {
         self.with(move |u| {
             for row in rows {
-                let Some(user) = u.get_mut(row.owner.node().unwrap_or_default()) else {
+                let Some(user) = u.get_mut(&row.owner) else {
                     continue;
                 };
                 let in_roster = || {
@@ -487,22 +492,22 @@ impl Storage for MemoryStorage {
         })
     }
 
-    fn archive_query(&self, username: &str, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get(&username) {
+    fn archive_query(&self, account: &BareJid, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
+        let account = account.clone();
+        self.with(move |u| match u.get(&account) {
             Some(user) => mam::page_of(&user.archive, &query),
             None => Some(ArchivePage::empty()),
         })
     }
 
-    fn mam_prefs(&self, username: &str) -> StorageFuture<Option<MamPrefs>> {
-        let username = username.to_owned();
-        self.with(move |u| u.get(&username).and_then(|u| u.mam_prefs.clone()))
+    fn mam_prefs(&self, account: &BareJid) -> StorageFuture<Option<MamPrefs>> {
+        let account = account.clone();
+        self.with(move |u| u.get(&account).and_then(|u| u.mam_prefs.clone()))
     }
 
-    fn set_mam_prefs(&self, username: &str, prefs: MamPrefs) -> StorageFuture<bool> {
-        let username = username.to_owned();
-        self.with(move |u| match u.get_mut(&username) {
+    fn set_mam_prefs(&self, account: &BareJid, prefs: MamPrefs) -> StorageFuture<bool> {
+        let account = account.clone();
+        self.with(move |u| match u.get_mut(&account) {
             Some(user) => {
                 user.mam_prefs = Some(prefs);
                 true

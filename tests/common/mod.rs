@@ -16,12 +16,23 @@ use bytes::BytesMut;
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder};
 use shoal_actors::codec::{CodecLimits, Frame, StreamHeader, XmppCodec};
+use shoal_actors::jid::BareJid;
 use shoal_actors::ns;
 use shoal_actors::sasl::{Credentials, ScramClient, ScramHash};
 use shoal_actors::xml::Element;
 use tokio_util::codec::Decoder;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The account a test names: `alice` is alice@localhost, `alice@a.test`
+/// itself.
+pub fn account(name: &str) -> BareJid {
+    if name.contains('@') {
+        BareJid::parse(name).unwrap()
+    } else {
+        BareJid::new(name, "localhost").unwrap()
+    }
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -104,12 +115,13 @@ impl TestServer {
         self.thread = Some(thread);
     }
 
-    /// Adds many users sharing one password (one key derivation for all).
+    /// Adds many users sharing one password (one key derivation for all);
+    /// see [`account`] for the names.
     pub fn add_users(&self, names: &[String], password: &str) {
         let mut store = SqliteStore::open(&self.db).unwrap();
         let creds = Credentials::derive(password, 4096);
         for name in names {
-            assert!(store.create_user(name, &creds).unwrap());
+            assert!(store.create_user(&self.account(name), &creds).unwrap());
         }
     }
 
@@ -124,19 +136,21 @@ impl TestServer {
         self.component.expect("no component configured")
     }
 
+    /// Adds an account; see [`account`] for the name.
     pub fn add_user(&self, name: &str, password: &str) {
         let mut store = SqliteStore::open(&self.db).unwrap();
-        assert!(store.create_user(name, &Credentials::derive(password, 4096)).unwrap());
+        assert!(store
+            .create_user(&self.account(name), &Credentials::derive(password, 4096))
+            .unwrap());
     }
 
     /// Makes `a` and `b` subscribed to each other ('both'), through the
     /// store: setup for presence tests (the stanza path has its own tests).
     pub fn befriend(&self, a: &str, b: &str) {
-        use shoal_actors::jid::BareJid;
         use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
         let mut store = SqliteStore::open(&self.db).unwrap();
         for (user, contact) in [(a, b), (b, a)] {
-            let jid = BareJid::new(contact, "localhost").unwrap();
+            let (user, jid) = (account(user), account(contact));
             let item = RosterItem {
                 state: SubState {
                     subscription: Subscription::Both,
@@ -146,21 +160,37 @@ impl TestServer {
                 ..RosterItem::new(jid.clone())
             };
             store
-                .update_roster_item(user, &jid, Box::new(move |_| ItemChange::Put(item)))
+                .update_roster_item(&user, &jid, Box::new(move |_| ItemChange::Put(item)))
                 .unwrap();
         }
     }
 
     pub fn connect(&self) -> Client {
         let mut c = Client::connect(self.addr);
-        c.domain = self.config.domain.clone();
+        c.domain = self.config.default_domain().to_owned();
         c
     }
 
     /// A logged-in, bound client (SASL PLAIN), with initial presence sent
     /// only if `available`.
     pub fn login(&self, user: &str, password: &str, resource: &str) -> Client {
-        let mut c = self.authenticated(user, password);
+        self.login_at(self.config.default_domain(), user, password, resource)
+    }
+
+    /// The account a test names on this server: `alice` is alice at its
+    /// default domain, `alice@a.test` itself.
+    pub fn account(&self, name: &str) -> BareJid {
+        if name.contains('@') {
+            BareJid::parse(name).unwrap()
+        } else {
+            BareJid::new(name, self.config.default_domain()).unwrap()
+        }
+    }
+
+    /// [`TestServer::login`] on a stream to `domain`: `user` is the
+    /// localpart of an account there.
+    pub fn login_at(&self, domain: &str, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.authenticated_at(domain, user, password);
         c.bind(Some(resource));
         c
     }
@@ -168,10 +198,17 @@ impl TestServer {
     /// A client that has authenticated (SASL PLAIN) and restarted the
     /// stream, but not bound a resource yet.
     pub fn authenticated(&self, user: &str, password: &str) -> Client {
+        self.authenticated_at(self.config.default_domain(), user, password)
+    }
+
+    /// [`TestServer::authenticated`] on a stream to `domain`.
+    pub fn authenticated_at(&self, domain: &str, user: &str, password: &str) -> Client {
         let mut c = self.connect();
+        c.domain = domain.to_owned();
         c.open();
         c.auth_plain(user, password);
-        assert!(c.recv().is("success", ns::SASL));
+        let outcome = c.recv();
+        assert!(outcome.is("success", ns::SASL), "{outcome}");
         c.open();
         c
     }
@@ -279,9 +316,10 @@ pub struct Client {
     buf: BytesMut,
     pub jid: String,
     pub header: Option<StreamHeader>,
-    next_id: u32,
-    /// The server's domain: the `to` of the stream header and of pings.
+    /// The domain the client's streams are to (their header's `to`), its
+    /// SNI and the name its certificate is checked for.
     pub domain: String,
+    next_id: u32,
 }
 
 pub const OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
@@ -302,14 +340,21 @@ impl Client {
             buf: BytesMut::new(),
             jid: String::new(),
             header: None,
+            domain: "localhost".to_owned(),
             next_id: 0,
-            domain: "localhost".into(),
         }
     }
 
     /// Direct TLS (XEP-0368): TLS from the first byte.
     pub fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> Client {
+        Client::connect_tls_to(addr, config, "localhost")
+    }
+
+    /// Direct TLS to `domain`: its name in SNI (unless `config` turns SNI
+    /// off), and the name the certificate is checked for.
+    pub fn connect_tls_to(addr: SocketAddr, config: Arc<rustls::ClientConfig>, domain: &str) -> Client {
         let mut c = Client::connect(addr);
+        c.domain = domain.to_owned();
         c.wrap_tls(config);
         c
     }
@@ -318,7 +363,7 @@ impl Client {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
             panic!("not plain")
         };
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let name = rustls::pki_types::ServerName::try_from(self.domain.clone()).unwrap();
         let conn = rustls::ClientConnection::new(config, name).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
@@ -417,10 +462,11 @@ impl Client {
         self.recv().to_xml_in(ns::CLIENT)
     }
 
-    /// Opens (or restarts) the stream; returns the features.
+    /// Opens (or restarts) the stream to [`Client::domain`]; returns the
+    /// features.
     pub fn open(&mut self) -> Element {
-        let open = OPEN.replace("'localhost'", &format!("'{}'", self.domain));
-        self.send(&open);
+        let header = OPEN.replacen("to='localhost'", &format!("to='{}'", self.domain), 1);
+        self.send(&header);
         match self.next_frame() {
             Some(Frame::StreamOpen(h)) => self.header = Some(h),
             other => panic!("expected a stream header, got {other:?}"),

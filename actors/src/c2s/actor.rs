@@ -22,6 +22,7 @@ use super::transport::FrameResult;
 use super::C2sContext;
 use crate::codec::{Frame, StreamHeader};
 use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
+use crate::hosts::Host;
 use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::presence::PresenceMsg;
@@ -46,6 +47,10 @@ pub struct C2s {
     pub(super) cx: Arc<C2sContext>,
     pub(super) out: Outbound,
     pub(super) peer: SocketAddr,
+    /// The hosted domain the stream is for: its header's `to` (the
+    /// default domain until one names it). Accounts authenticate and bind
+    /// at it, and the server speaks as it.
+    pub(super) host: Arc<Host>,
     header_sent: bool,
     pub(super) state: State,
     pub(super) auth_failures: u32,
@@ -98,10 +103,12 @@ pub(crate) fn random_id(len: usize) -> String {
 
 impl C2s {
     pub(super) fn new(cx: Arc<C2sContext>, out: Outbound, peer: SocketAddr, conn: Arc<ConnState>) -> C2s {
+        let host = cx.router.hosts().default_host().clone();
         C2s {
             cx,
             out,
             peer,
+            host,
             header_sent: false,
             state: State::Start,
             auth_failures: 0,
@@ -156,8 +163,9 @@ impl C2s {
         }
     }
 
+    /// The stream's domain.
     pub(super) fn domain(&self) -> &BareJid {
-        self.cx.router.domain()
+        &self.host.domain
     }
 
     pub(super) fn send_element(&self, el: &Element) {
@@ -230,8 +238,19 @@ impl C2s {
                 )
             }
         };
-        if let Err(err) = self.check_header(&header) {
-            return self.stream_error(ctx, err);
+        match self.check_header(&header) {
+            Err(err) => return self.stream_error(ctx, err),
+            // A stream restarted after authentication stays at its account's domain.
+            Ok(Some(host))
+                if authenticated
+                    .as_ref()
+                    .is_some_and(|u| u.domain() != host.domain.as_str()) =>
+            {
+                let err = StreamError::with_text(StreamCondition::HostUnknown, "authenticated at another domain");
+                return self.stream_error(ctx, err);
+            }
+            Ok(Some(host)) => self.host = host,
+            Ok(None) => {}
         }
         let to = header.from.as_deref().and_then(|f| Jid::parse(f).ok());
         let lang = header
@@ -262,8 +281,9 @@ impl C2s {
         self.send_element(&features);
     }
 
-    /// RFC 6120 §4.9.1: the header's namespaces, version and `to`.
-    fn check_header(&self, header: &StreamHeader) -> Result<(), StreamError> {
+    /// RFC 6120 §4.9.1: the header's namespaces, version and `to`; the
+    /// hosted domain `to` names, if it names one.
+    fn check_header(&self, header: &StreamHeader) -> Result<Option<Arc<Host>>, StreamError> {
         if header.default_ns.as_deref() != Some(ns::CLIENT) {
             return Err(StreamError::with_text(
                 StreamCondition::InvalidNamespace,
@@ -281,18 +301,18 @@ impl C2s {
                 "XMPP 1.0 is required",
             ));
         }
-        if let Some(to) = &header.to {
-            match Jid::parse(to) {
-                Ok(jid) if jid.as_str() == self.domain().as_str() => {}
-                _ => {
-                    return Err(StreamError::with_text(
-                        StreamCondition::HostUnknown,
-                        format!("this server serves {}", self.domain()),
-                    ))
-                }
-            }
+        let Some(to) = &header.to else { return Ok(None) };
+        // Normalised as JIDs are: `A.Test` is `a.test`; `alice@a.test` is no domain.
+        match Jid::parse(to)
+            .ok()
+            .and_then(|jid| self.cx.router.hosts().get(jid.as_str()).cloned())
+        {
+            Some(host) => Ok(Some(host)),
+            None => Err(StreamError::with_text(
+                StreamCondition::HostUnknown,
+                "no such domain is served here",
+            )),
         }
-        Ok(())
     }
 
     fn on_element(&mut self, ctx: &mut Context<Self>, el: Element) {
@@ -551,8 +571,7 @@ impl C2s {
         };
         actix_rt::spawn(async move {
             let user = paced.session.jid.to_bare();
-            let node = user.node().unwrap_or_default().to_owned();
-            let requests = match router.storage().pending_requests(&node).await {
+            let requests = match router.storage().pending_requests(&user).await {
                 Ok(items) => items
                     .into_iter()
                     .filter_map(|i| i.pending_request)
@@ -568,7 +587,7 @@ impl C2s {
                 crate::xep::offline::waiting(&router, &user).await.into_iter().unzip();
             let delivered = paced.deliver(messages).await;
             if let Some(upto) = delivered.checked_sub(1).and_then(|last| seqs.get(last)) {
-                if let Err(e) = router.storage().delete_offline(&node, *upto).await {
+                if let Err(e) = router.storage().delete_offline(&user, *upto).await {
                     log::error!("{user}: cannot forget delivered offline messages: {e}");
                 }
             }

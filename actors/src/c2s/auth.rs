@@ -21,9 +21,9 @@ use crate::stanza::{IqType, Kind, Stanza};
 use crate::xep::register;
 use crate::xml::Element;
 
-/// The registrations' key in their throttle: not a username (it has a
-/// character no localpart may hold).
-const REGISTERING: &str = "\u{0}register";
+/// The registrations' key in their throttle, with the domain after it:
+/// not an account (it has a character no localpart may hold).
+const REGISTERING: &str = "\u{0}register@";
 
 /// Where a SASL exchange stands.
 pub(crate) enum Sasl {
@@ -90,7 +90,7 @@ impl C2s {
             }
             features.push_child(cb);
         }
-        if self.cx.config.registration && self.passwords_allowed() {
+        if self.host.registration && self.passwords_allowed() {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
         features
@@ -101,7 +101,8 @@ impl C2s {
         if el.is("starttls", ns::TLS) && offered && self.conn.tls().is_none() {
             // RFC 6120 §5.4.2.3: proceed, then the handshake, then a new stream.
             self.send_element(&Element::new("proceed", ns::TLS));
-            self.out.start_tls();
+            // The header's `to` picks the certificate when SNI does not.
+            self.out.start_tls(self.host.clone());
             self.state = State::Start;
             return;
         }
@@ -123,7 +124,7 @@ impl C2s {
             );
         }
         let is_register = el.is("iq", ns::CLIENT) && el.children().next().is_some_and(|p| p.is("query", ns::REGISTER));
-        if is_register && self.cx.config.registration {
+        if is_register && self.host.registration {
             return match Stanza::from_element(el) {
                 Ok(mut iq) => {
                     // Nothing from an unauthenticated client is trusted.
@@ -151,14 +152,15 @@ impl C2s {
             Kind::Iq(IqType::Get) => self.send_stanza(&iq.iq_result(Some(register::form(None)))),
             Kind::Iq(IqType::Set) => {
                 // Registrations count as failures do for logins: a few per
-                // source network, then waits that double.
+                // source network and domain, then waits that double.
                 let limits = ConnectionLimits {
-                    failures_per_account: self.cx.config.registrations_per_network,
+                    failures_per_account: self.host.registrations_per_network,
                     failures_per_network: 0,
                     ..self.cx.config.connections.clone()
                 };
                 let (ip, now) = (self.peer.ip(), Instant::now());
-                if self.cx.registrations.blocked(REGISTERING, ip, &limits, now) {
+                let key = format!("{REGISTERING}{}", self.domain());
+                if self.cx.registrations.blocked(&key, ip, &limits, now) {
                     let err = StanzaError::with_text(
                         StanzaCondition::ResourceConstraint,
                         "too many registrations from your network; try again later",
@@ -170,14 +172,14 @@ impl C2s {
                 }
                 // Every attempt counts, taken or not, and before the work:
                 // parallel streams cannot all slip past the check.
-                self.cx.registrations.failed(REGISTERING, ip, &limits, now);
+                self.cx.registrations.failed(&key, ip, &limits, now);
                 let storage = self.cx.router.storage().clone();
                 let query = iq
                     .payload()
                     .cloned()
                     .unwrap_or_else(|| Element::new("query", ns::REGISTER));
                 let iterations = self.cx.config.scram_iterations;
-                let fut = register::register_account(storage, query, iterations);
+                let fut = register::register_account(storage, self.domain().clone(), query, iterations);
                 ctx.wait(fut.into_actor(self).map(move |res, act, _| {
                     let reply = match res {
                         Ok(_) => Some(iq.iq_result(None)),
@@ -234,7 +236,8 @@ impl C2s {
         }
     }
 
-    /// The account a SASL identity names, checking the authorisation identity.
+    /// The account a SASL identity names, at the stream's domain, checking
+    /// the authorisation identity.
     fn sasl_user(&self, username: &str, authzid: Option<&str>) -> Result<BareJid, SaslFailure> {
         let not_authorized = || SaslFailure::new(SaslCondition::NotAuthorized);
         let node = normalise_localpart(&crate::sasl::saslprep(username)).map_err(|_| not_authorized())?;
@@ -277,9 +280,9 @@ impl C2s {
                 }
                 let fake_salt = self.fake_salt(&user);
                 let fake_iterations = self.cx.config.scram_iterations;
-                let node = user.node().unwrap_or_default().to_owned();
+                let account = user.clone();
                 let check = async move {
-                    let creds = storage.credentials(&node).await?;
+                    let creds = storage.credentials(&account).await?;
                     // An unknown user costs the same PBKDF2 as a wrong password.
                     let ok = crate::sasl::derive_off_loop(move || match creds {
                         Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
@@ -325,8 +328,8 @@ impl C2s {
                 if let Err(f) = self.not_throttled(&user) {
                     return self.sasl_failure(ctx, f);
                 }
-                let node = user.node().unwrap_or_default().to_owned();
-                let lookup = async move { storage.credentials(&node).await };
+                let account = user.clone();
+                let lookup = async move { storage.credentials(&account).await };
                 ctx.wait(lookup.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(creds) => {
                         let creds = creds.map(|c| c.for_hash(hash).clone());
@@ -351,9 +354,7 @@ impl C2s {
         }
         self.send_element(&success);
         // The owner is in: their earlier typos from this network are forgiven.
-        self.cx
-            .throttle
-            .succeeded(user.node().unwrap_or_default(), self.peer.ip());
+        self.cx.throttle.succeeded(user.as_str(), self.peer.ip());
         self.conn.admitted.authenticated();
         self.conn
             .authenticated
@@ -367,11 +368,11 @@ impl C2s {
     /// is not slowed down.
     fn not_throttled(&self, user: &BareJid) -> Result<(), SaslFailure> {
         let limits = &self.cx.config.connections;
-        let node = user.node().unwrap_or_default();
+        // Keyed by bare JID: alice of one domain is not alice of another.
         if self
             .cx
             .throttle
-            .blocked(node, self.peer.ip(), limits, std::time::Instant::now())
+            .blocked(user.as_str(), self.peer.ip(), limits, std::time::Instant::now())
         {
             log::warn!("{}: login for {user} refused: too many failures", self.peer);
             return Err(SaslFailure::with_text(
@@ -385,9 +386,8 @@ impl C2s {
     /// A wrong password: the account's count from the client's network, and
     /// the network's, go up (and with them the wait before the next try).
     fn login_failed(&self, user: &BareJid) {
-        let node = user.node().unwrap_or_default();
         self.cx.throttle.failed(
-            node,
+            user.as_str(),
             self.peer.ip(),
             &self.cx.config.connections,
             std::time::Instant::now(),

@@ -1,9 +1,12 @@
 //! A client connection's byte stream: plain TCP, TLS (RFC 6120 §5
-//! STARTTLS, or XEP-0368 Direct TLS), and the channel-binding data a TLS
-//! connection gives SCRAM-PLUS (RFC 5929, RFC 9266).
+//! STARTTLS, or XEP-0368 Direct TLS) with each hosted domain's own
+//! certificate, and the channel-binding data a TLS connection gives
+//! SCRAM-PLUS (RFC 5929, RFC 9266).
 
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -21,14 +24,110 @@ pub enum StartTls {
     Required,
 }
 
+/// One hosted domain's certificate.
+#[derive(Debug)]
+pub struct HostCert {
+    pub key: Arc<rustls::sign::CertifiedKey>,
+    /// `tls-server-end-point` data: the certificate's hash (RFC 5929 §4.1).
+    pub server_end_point: Vec<u8>,
+}
+
+/// The hosted domains' certificates, and which one a connection gets: the
+/// one of the domain the client named by SNI, if hosted; else the one of
+/// the domain its stream is for (STARTTLS comes after the stream header);
+/// else the default domain's.
+#[derive(Debug)]
+pub struct Certificates {
+    by_domain: HashMap<String, HostCert>,
+    default: String,
+}
+
+impl Certificates {
+    /// `None` when `default` has no certificate among `by_domain`.
+    pub fn new(default: &str, by_domain: HashMap<String, HostCert>) -> Option<Certificates> {
+        by_domain.contains_key(default).then(|| Certificates {
+            by_domain,
+            default: default.to_owned(),
+        })
+    }
+
+    /// The certificate a connection gets; see [`Certificates`].
+    pub fn pick(&self, sni: Option<&str>, stream_domain: Option<&str>) -> &HostCert {
+        // rustls gives SNI lower-cased, as domains are stored.
+        sni.and_then(|d| self.by_domain.get(d))
+            .or_else(|| stream_domain.and_then(|d| self.by_domain.get(d)))
+            .unwrap_or_else(|| &self.by_domain[&self.default])
+    }
+}
+
+/// Picks by SNI, falling back to one domain's certificate: a
+/// configuration per hosted domain carries one, so that a STARTTLS
+/// handshake can fall back to the domain its stream named.
+#[derive(Debug)]
+struct Resolver {
+    certs: Arc<Certificates>,
+    fallback: String,
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.certs
+                .pick(hello.server_name(), Some(self.fallback.as_str()))
+                .key
+                .clone(),
+        )
+    }
+}
+
 /// TLS as the server offers it.
 #[derive(Clone)]
 pub struct TlsSettings {
-    pub acceptor: TlsAcceptor,
     pub starttls: StartTls,
-    /// `tls-server-end-point` data: the hash of our certificate (RFC 5929
-    /// §4.1), the same for every connection.
-    pub server_end_point: Vec<u8>,
+    certs: Arc<Certificates>,
+    /// One per hosted domain, falling back to its certificate (see
+    /// [`Resolver`]).
+    acceptors: Arc<HashMap<String, TlsAcceptor>>,
+}
+
+impl TlsSettings {
+    /// `config` makes a rustls configuration around a certificate
+    /// resolver: protocol versions, ALPN and the like are the host
+    /// program's to choose. It is called once per hosted domain.
+    pub fn new(
+        starttls: StartTls,
+        certs: Certificates,
+        config: impl Fn(Arc<dyn rustls::server::ResolvesServerCert>) -> Result<rustls::ServerConfig, rustls::Error>,
+    ) -> Result<TlsSettings, rustls::Error> {
+        let certs = Arc::new(certs);
+        let mut acceptors = HashMap::with_capacity(certs.by_domain.len());
+        for domain in certs.by_domain.keys() {
+            let resolver = Arc::new(Resolver {
+                certs: certs.clone(),
+                fallback: domain.clone(),
+            });
+            acceptors.insert(domain.clone(), TlsAcceptor::from(Arc::new(config(resolver)?)));
+        }
+        Ok(TlsSettings {
+            starttls,
+            certs,
+            acceptors: Arc::new(acceptors),
+        })
+    }
+
+    /// The acceptor for a stream to `domain`; `None` (Direct TLS: no
+    /// header before the handshake) falls back to the default domain.
+    pub fn acceptor(&self, domain: Option<&str>) -> TlsAcceptor {
+        let fallback = domain
+            .filter(|d| self.acceptors.contains_key(*d))
+            .unwrap_or(self.certs.default.as_str());
+        self.acceptors[fallback].clone()
+    }
+
+    /// The certificates, by domain.
+    pub fn certificates(&self) -> &Certificates {
+        &self.certs
+    }
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -142,18 +241,29 @@ impl Io {
         matches!(self, Io::Tls(_) | Io::TlsClient(_))
     }
 
-    /// The channel bindings, once TLS is up.
-    pub(crate) fn channel_bindings(&self, server_end_point: &[u8]) -> Option<ChannelBindings> {
+    /// The channel bindings, once TLS is up. As the server of a stream to
+    /// `stream_domain`, `tls-server-end-point` hashes the certificate that
+    /// was served, picked as the handshake picked it; as a client (a link
+    /// to another server), there is none.
+    pub(crate) fn channel_bindings(
+        &self,
+        tls: Option<&TlsSettings>,
+        stream_domain: Option<&str>,
+    ) -> Option<ChannelBindings> {
         match self {
-            Io::Tls(tls) => Some(bindings_of(tls.get_ref().1, server_end_point)),
-            Io::TlsClient(tls) => Some(bindings_of(tls.get_ref().1, server_end_point)),
+            Io::Tls(stream) => {
+                let conn = stream.get_ref().1;
+                let served = tls.map(|t| t.certs.pick(conn.server_name(), stream_domain).server_end_point.clone());
+                Some(bindings_of(conn, served.unwrap_or_default()))
+            }
+            Io::TlsClient(stream) => Some(bindings_of(stream.get_ref().1, Vec::new())),
             _ => None,
         }
     }
 }
 
 /// The channel bindings of a TLS connection, either side.
-fn bindings_of<D>(conn: &rustls::ConnectionCommon<D>, server_end_point: &[u8]) -> ChannelBindings {
+fn bindings_of<D>(conn: &rustls::ConnectionCommon<D>, server_end_point: Vec<u8>) -> ChannelBindings {
     let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
         .then(|| {
             conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
@@ -162,7 +272,7 @@ fn bindings_of<D>(conn: &rustls::ConnectionCommon<D>, server_end_point: &[u8]) -
         .flatten();
     ChannelBindings {
         exporter,
-        server_end_point: server_end_point.to_vec(),
+        server_end_point,
         peer_certificates: conn
             .peer_certificates()
             .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect()),

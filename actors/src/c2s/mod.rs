@@ -44,11 +44,6 @@ pub struct C2sConfig {
     pub codec: CodecLimits,
     /// Rates, connection counts, idle pings and login throttling.
     pub connections: ConnectionLimits,
-    /// XEP-0077 registration before authentication.
-    pub registration: bool,
-    /// Accounts one source network may register before each further one
-    /// waits, twice as long each time, like failed logins (0: no limit).
-    pub registrations_per_network: u32,
     /// PBKDF2 iterations for accounts created in-band.
     pub scram_iterations: u32,
     /// Bytes queued for a client that is not reading before it is dropped.
@@ -96,8 +91,6 @@ impl Default for C2sConfig {
         C2sConfig {
             codec: CodecLimits::default(),
             connections: ConnectionLimits::default(),
-            registration: false,
-            registrations_per_network: 5,
             scram_iterations: crate::sasl::MIN_ITERATIONS,
             max_outbound_bytes: 1024 * 1024,
             negotiation_timeout: Duration::from_secs(30),
@@ -127,7 +120,8 @@ pub struct C2sContext {
     pub(crate) secret: [u8; 32],
     pub admission: Arc<Admission>,
     pub throttle: AuthThrottle,
-    /// In-band registrations per source network.
+    /// In-band registrations per source network and domain (each hosted
+    /// domain has its own policy: [`crate::hosts::Host`]).
     pub registrations: AuthThrottle,
     /// Every live connection, for the liveness sweep and shutdown.
     pub connections: sweep::Connections,

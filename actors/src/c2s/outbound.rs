@@ -45,8 +45,10 @@ pub(crate) enum Out {
     Close {
         linger: Duration,
     },
-    /// Flush (the `<proceed/>`), then run the TLS handshake (RFC 6120 §5.4.3.3).
-    StartTls,
+    /// Flush (the `<proceed/>`), then run the TLS handshake (RFC 6120
+    /// §5.4.3.3), with the certificate of this domain unless SNI names
+    /// another hosted one.
+    StartTls(Arc<crate::hosts::Host>),
     /// Bytes that are not a stanza (stream errors and close, XEP-0198's own
     /// elements): never counted or kept for resending.
     Nonza(Bytes),
@@ -452,9 +454,10 @@ impl Outbound {
         self.shared.limit.store(limit, Ordering::Relaxed);
     }
 
-    /// Upgrades to TLS once what is queued has been written.
-    pub(crate) fn start_tls(&self) {
-        let _ = self.push(Out::StartTls);
+    /// Upgrades to TLS once what is queued has been written, for the
+    /// stream to `host`.
+    pub(crate) fn start_tls(&self, host: Arc<crate::hosts::Host>) {
+        let _ = self.push(Out::StartTls(host));
     }
 
     /// Bytes queued and not yet written.
@@ -612,7 +615,7 @@ impl OutboundReader {
                     self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
                     return Some(bytes);
                 }
-                Next::Item(Out::StartTls | Out::Adopt(_)) => continue,
+                Next::Item(Out::StartTls(_) | Out::Adopt(_)) => continue,
                 Next::Item(Out::Close { .. }) | Next::Overflow | Next::End => return None,
             }
         }
@@ -626,7 +629,7 @@ impl OutboundReader {
                     self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
                     return Some(bytes);
                 }
-                Out::StartTls | Out::Adopt(_) => continue,
+                Out::StartTls(_) | Out::Adopt(_) => continue,
                 Out::Close { .. } => return None,
             }
         }

@@ -118,12 +118,14 @@ pub(crate) struct Transport<S: StreamSettings> {
     pub(crate) cx: Arc<S>,
 }
 
-/// Runs the TLS handshake; on success records the channel bindings.
-async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState) -> Option<Io> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade(tls.acceptor.clone())).await {
+/// Runs the TLS handshake of a stream to `domain` (`None` for Direct
+/// TLS, before any stream header); on success records the channel
+/// bindings.
+async fn handshake(io: Io, tls: &TlsSettings, conn: &ConnState, domain: Option<&str>) -> Option<Io> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade(tls.acceptor(domain))).await {
         Ok(Ok(io)) => {
             if let Ok(mut slot) = conn.tls.lock() {
-                *slot = io.channel_bindings(&tls.server_end_point).map(Box::new);
+                *slot = io.channel_bindings(Some(tls), domain).map(Box::new);
             }
             Some(io)
         }
@@ -145,7 +147,7 @@ async fn client_handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.upgrade_client(connector.clone(), name.clone())).await {
         Ok(Ok(io)) => {
             if let Ok(mut slot) = conn.tls.lock() {
-                *slot = io.channel_bindings(&[]).map(Box::new);
+                *slot = io.channel_bindings(None, None).map(Box::new);
             }
             Some(io)
         }
@@ -174,7 +176,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
         if let (Io::TlsPending(..), Some(settings)) = (&io, cx.tls()) {
             // Boxed, as every rarely taken path here: the task's future is
             // allocated per connection, and sized by its largest state.
-            match Box::pin(handshake(io, settings, conn)).await {
+            match Box::pin(handshake(io, settings, conn, None)).await {
                 Some(upgraded) => io = upgraded,
                 None => return,
             }
@@ -198,7 +200,8 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                 biased;
                 next = out.next() => {
                     let mut close = None;
-                    let mut start_tls = false;
+                    // The hosted domain of the stream that asked for TLS.
+                    let mut start_tls = None;
                     let mut adopt = None;
                     match next {
                         Next::Overflow => {
@@ -207,7 +210,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                         }
                         Next::End => return,
                         Next::Item(Out::Close { linger }) => close = Some(linger),
-                        Next::Item(Out::StartTls) => start_tls = true,
+                        Next::Item(Out::StartTls(host)) => start_tls = Some(host),
                         Next::Item(Out::Adopt(shared)) => adopt = Some(shared),
                         Next::Item(Out::Data(first) | Out::Nonza(first)) => {
                             wbuf.extend_from_slice(&first);
@@ -215,7 +218,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                                 match out.try_recv() {
                                     Some(Out::Data(more) | Out::Nonza(more)) => wbuf.extend_from_slice(&more),
                                     Some(Out::Close { linger }) => { close = Some(linger); break; }
-                                    Some(Out::StartTls) => { start_tls = true; break; }
+                                    Some(Out::StartTls(host)) => { start_tls = Some(host); break; }
                                     Some(Out::Adopt(shared)) => { adopt = Some(shared); break; }
                                     None => break,
                                 }
@@ -242,7 +245,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                         // A resumption: this stream carries the resumed session now.
                         *out = OutboundRx::attach(shared);
                     }
-                    if start_tls {
+                    if let Some(host) = start_tls {
                         let write_timeout = cx.limits().write_timeout;
                         let flushed = within(write_timeout, |cx| Pin::new(&mut io).poll_flush(cx)).await;
                         if !flushed || !rbuf.is_empty() {
@@ -252,7 +255,9 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                         let plain = std::mem::replace(&mut io, Io::Closed);
                         let upgraded = match (cx.tls_client(), cx.tls()) {
                             (Some((connector, name)), _) => Box::pin(client_handshake(plain, connector, name, conn)).await,
-                            (None, Some(settings)) => Box::pin(handshake(plain, settings, conn)).await,
+                            (None, Some(settings)) => {
+                                Box::pin(handshake(plain, settings, conn, Some(host.domain.as_str()))).await
+                            }
                             (None, None) => None,
                         };
                         match upgraded {

@@ -43,10 +43,9 @@ pub async fn end_subscriptions(router: &Router, user: &BareJid, contact: &BareJi
 /// Ends every subscription of `user`, then deletes the account; `false`
 /// when there was no such account. The caller ends its sessions.
 pub async fn remove_account(router: Router, user: BareJid) -> Result<bool, StorageError> {
-    let node = user.node().unwrap_or_default().to_owned();
     let storage = router.storage().clone();
-    let mut records: Vec<RosterItem> = storage.roster(&node).await?.items;
-    for pending in storage.pending_requests(&node).await? {
+    let mut records: Vec<RosterItem> = storage.roster(&user).await?.items;
+    for pending in storage.pending_requests(&user).await? {
         if !records.iter().any(|r| r.jid == pending.jid) {
             records.push(pending);
         }
@@ -54,7 +53,7 @@ pub async fn remove_account(router: Router, user: BareJid) -> Result<bool, Stora
     for record in records {
         end_subscriptions(&router, &user, &record.jid, record.state).await;
     }
-    let existed = storage.delete_user(&node).await?;
+    let existed = storage.delete_user(&user).await?;
     if existed {
         log::info!("account {user} removed");
     }

@@ -99,7 +99,6 @@ impl IqHandler for RosterHandler {
         }
         let router = router.clone();
         let user = req.target.clone();
-        let node = user.node().unwrap_or_default().to_owned();
         let storage = router.storage().clone();
         if !req.is_set() {
             let session = req
@@ -114,7 +113,7 @@ impl IqHandler for RosterHandler {
             let since = req.payload().attr("ver").and_then(|v| v.parse::<u64>().ok());
             return Box::pin(async move {
                 if let Some(since) = since {
-                    if let Some((version, changes)) = storage.roster_changes(&node, since).await? {
+                    if let Some((version, changes)) = storage.roster_changes(&user, since).await? {
                         // Up to date, or close: an empty result, then the
                         // changes as pushes (XEP-0237 §4), after the result.
                         if let (Some(s), false) = (session, changes.is_empty()) {
@@ -127,7 +126,7 @@ impl IqHandler for RosterHandler {
                         return Ok(None);
                     }
                 }
-                let roster = storage.roster(&node).await?;
+                let roster = storage.roster(&user).await?;
                 let mut query = Element::new("query", ns::ROSTER).with_attr("ver", roster.version.to_string());
                 for item in &roster.items {
                     query.push_child(item.to_element());
@@ -150,7 +149,7 @@ impl IqHandler for RosterHandler {
                         item.in_roster = true;
                         ItemChange::Put(item)
                     });
-                    let update = storage.update_roster_item(&node, &jid, change).await?;
+                    let update = storage.update_roster_item(&user, &jid, change).await?;
                     if update.refused.is_some() {
                         // RFC 6121 §2.3.3 leaves the roster's size to the
                         // server and names no condition for it: <not-allowed/>
@@ -168,7 +167,7 @@ impl IqHandler for RosterHandler {
                         Some(_) => ItemChange::Delete,
                         None => ItemChange::Keep,
                     });
-                    let update = storage.update_roster_item(&node, &jid, change).await?;
+                    let update = storage.update_roster_item(&user, &jid, change).await?;
                     let Some(before) = update.before.clone().filter(|i| i.in_roster || i.state.pending_in) else {
                         return Err(StanzaError::new(StanzaCondition::ItemNotFound));
                     };

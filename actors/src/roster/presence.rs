@@ -63,11 +63,7 @@ async fn apply(
 ) -> Option<RosterUpdate> {
     let c = contact.clone();
     let change = Box::new(move |item| transition(item, c, dir, kind, request));
-    match router
-        .storage()
-        .update_roster_item(user.node().unwrap_or_default(), contact, change)
-        .await
-    {
+    match router.storage().update_roster_item(user, contact, change).await {
         Ok(u) => Some(u),
         Err(e) => {
             log::error!("{user}: subscription update failed: {e}");
@@ -158,6 +154,13 @@ pub fn push(router: &Router, user: &BareJid, change: &RosterChange, version: u64
 
 /// Pushes one change to one session.
 pub fn push_to(session: &Session, change: &RosterChange, version: u64) {
+    let contact = match change {
+        RosterChange::Updated(item) => &item.jid,
+        RosterChange::Removed(jid) => jid,
+    };
+    if !session.roster_push_is_current(contact, version) {
+        return;
+    }
     let id = format!("push{}", PUSH_ID.fetch_add(1, Ordering::Relaxed));
     let iq = Element::new("iq", ns::CLIENT)
         .with_attr("type", "set")

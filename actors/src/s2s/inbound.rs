@@ -332,9 +332,16 @@ impl S2sIn {
             return self.stream_error(ctx, err);
         }
         self.send_element(&Element::new("proceed", ns::TLS));
-        // The transport runs the handshake once <proceed/> is written, and
-        // then reads a new header.
-        self.out.start_tls();
+        // The transport runs the handshake once <proceed/> is written (with
+        // the certificate of the domain the peer asked for), and then reads
+        // a new header.
+        let hosts = self.cx.router.hosts();
+        let host = self
+            .local
+            .as_deref()
+            .and_then(|d| hosts.get(d))
+            .unwrap_or(hosts.default_host());
+        self.out.start_tls(host.clone());
         self.tls = true;
         self.awaiting_header = true;
     }

@@ -243,7 +243,7 @@ impl S2sContext {
     /// True for a domain this server answers for: a hosted domain or a
     /// published service (whose stanzas it sends on the service's behalf).
     pub fn is_ours(&self, domain: &str) -> bool {
-        self.router.domain().as_str() == domain || self.router.services().get(domain).is_some()
+        self.router.is_local_domain(domain) || self.router.services().get(domain).is_some()
     }
 
     pub fn is_blocked(&self, domain: &str) -> bool {

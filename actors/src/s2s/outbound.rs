@@ -327,7 +327,9 @@ impl S2sOut {
             }
             (Phase::Features, ns::STREAM, "features") => self.on_features(ctx, &el),
             (Phase::Proceed, ns::TLS, "proceed") => {
-                self.out.start_tls();
+                let hosts = self.cx.router.hosts();
+                self.out
+                    .start_tls(hosts.get(&self.local).unwrap_or(hosts.default_host()).clone());
                 self.tls = true;
                 // Sent once the handshake is done: the transport writes in order.
                 self.send_header();

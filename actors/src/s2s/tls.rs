@@ -14,9 +14,9 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
-use crate::c2s::io::{StartTls, TlsSettings};
+use crate::c2s::io::{Certificates, StartTls, TlsSettings};
 
 /// The TLS of a server's federation.
 pub struct S2sTls {
@@ -31,19 +31,28 @@ pub struct S2sTls {
 }
 
 impl S2sTls {
-    /// From our certificate (`chain`, leaf first, and its key) and the
-    /// roots peers' certificates are checked against.
+    /// From our domains' certificates (served by the domain a peer asks
+    /// for), the one presented as a client (`chain`, leaf first, and its
+    /// key), and the roots peers' certificates are checked against.
     pub fn new(
+        certs: Certificates,
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         roots: RootCertStore,
         tls_required: bool,
     ) -> Result<S2sTls, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(Arc::new(AnyCertificate(provider.clone())))
-            .with_single_cert(chain.clone(), key.clone_key())?;
+        let starttls = if tls_required {
+            StartTls::Required
+        } else {
+            StartTls::Optional
+        };
+        let server = TlsSettings::new(starttls, certs, |resolver| {
+            Ok(rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(Arc::new(AnyCertificate(provider.clone())))
+                .with_cert_resolver(resolver))
+        })?;
         let client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
@@ -56,17 +65,8 @@ impl S2sTls {
                     .ok()
             })
             .flatten();
-        let starttls = if tls_required {
-            StartTls::Required
-        } else {
-            StartTls::Optional
-        };
         Ok(S2sTls {
-            server: TlsSettings {
-                acceptor: TlsAcceptor::from(Arc::new(server)),
-                starttls,
-                server_end_point: Vec::new(),
-            },
+            server,
             client: TlsConnector::from(Arc::new(client)),
             roots,
         })

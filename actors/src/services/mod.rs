@@ -138,7 +138,8 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 pub enum PublishError {
     #[error("{0} is published already")]
     Conflict(String),
-    #[error("{0} is the server's own domain")]
+    /// A domain the server hosts: its users' stanzas cannot go elsewhere.
+    #[error("{0} is one of the server's own domains")]
     ServerDomain(String),
 }
 
@@ -198,7 +199,7 @@ impl Router {
         sink: Box<dyn ServiceSink>,
         options: PublishOptions,
     ) -> Result<Publication, PublishError> {
-        if domain == self.domain().domain() {
+        if self.is_local_domain(domain) {
             return Err(PublishError::ServerDomain(domain.to_owned()));
         }
         let services = self.services();

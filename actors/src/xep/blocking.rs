@@ -154,7 +154,7 @@ impl Blocklists {
             p.pins += 1;
             return Ok(());
         }
-        let items = router.storage().blocklist(user.node().unwrap_or_default()).await?;
+        let items = router.storage().blocklist(user).await?;
         let list = Blocklist::new(items);
         match self.users.entry(user.clone()) {
             // Loaded by another session meanwhile, and kept current since.
@@ -241,7 +241,7 @@ pub async fn blocks(router: &Router, user: &BareJid, sender: &Jid) -> bool {
     if let Some(list) = router.blocklists().get(user) {
         return list.blocks(sender);
     }
-    match router.storage().blocklist(user.node().unwrap_or_default()).await {
+    match router.storage().blocklist(user).await {
         Ok(items) => Blocklist::new(items).blocks(sender),
         Err(e) => {
             log::error!("{user}: cannot read the blocklist: {e}");
@@ -356,7 +356,7 @@ impl IqHandler for Blocking {
             return ready(Err(StanzaError::new(StanzaCondition::Forbidden)));
         }
         let payload = req.payload().clone();
-        let (router, node) = (router.clone(), user.node().unwrap_or_default().to_owned());
+        let router = router.clone();
         match (req.is_set(), payload.name()) {
             (false, "blocklist") => {
                 let session = req
@@ -371,7 +371,7 @@ impl IqHandler for Blocking {
                 Box::pin(async move {
                     let list = match router.blocklists().get(&user) {
                         Some(list) => list,
-                        None => Arc::new(Blocklist::new(router.storage().blocklist(&node).await?)),
+                        None => Arc::new(Blocklist::new(router.storage().blocklist(&user).await?)),
                     };
                     let mut out = Element::new("blocklist", NS);
                     for jid in list.jids() {
@@ -392,7 +392,7 @@ impl IqHandler for Blocking {
                     Err(e) => return ready(Err(e)),
                 };
                 Box::pin(async move {
-                    if !router.storage().block(&node, jids.clone()).await? {
+                    if !router.storage().block(&user, jids.clone()).await? {
                         return Err(StanzaError::new(StanzaCondition::FeatureNotImplemented));
                     }
                     router.blocklists().update(router.sessions(), &user, |l| l.with(&jids));
@@ -414,7 +414,7 @@ impl IqHandler for Blocking {
                 Box::pin(async move {
                     // An empty <unblock/> unblocks everyone (§3.5).
                     let all = jids.is_empty();
-                    let removed = router.storage().unblock(&node, (!all).then_some(jids)).await?;
+                    let removed = router.storage().unblock(&user, (!all).then_some(jids)).await?;
                     router.blocklists().update(router.sessions(), &user, |l| match all {
                         true => Blocklist::default(),
                         false => l.without(&removed),

@@ -1,5 +1,7 @@
-//! XEP-0030: Service Discovery. The server is `server/im`; an account is
-//! `account/registered`, answered by the server on the account's behalf.
+//! XEP-0030: Service Discovery. Each hosted domain is a `server/im`,
+//! answering as itself with its own features (in-band registration is
+//! per domain); an account is `account/registered`, answered by the server
+//! on the account's behalf.
 
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
@@ -34,7 +36,12 @@ impl IqHandler for DiscoInfo {
             (IqScope::Account, identity("account", "registered", None))
         };
         let mut query = Element::new("query", ns::DISCO_INFO).with_child(ident);
+        // The target is a hosted domain, or an account at one.
+        let registration = router.hosts().get(req.target.domain()).is_some_and(|h| h.registration);
         for feature in router.iq_handlers().features(scope) {
+            if scope == IqScope::Server && feature == ns::REGISTER && !registration {
+                continue;
+            }
             query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
         }
         if req.target.node().is_none() {
@@ -42,7 +49,7 @@ impl IqHandler for DiscoInfo {
         }
         // An account that does not exist has nobody to answer for it.
         let storage = router.storage().clone();
-        let user = req.target.node().unwrap_or_default().to_owned();
+        let user = req.target.clone();
         Box::pin(async move {
             match storage.credentials(&user).await? {
                 Some(_) => Ok(Some(query)),

@@ -479,11 +479,13 @@ pub fn prepare(router: &Router, mut stanza: Stanza) -> Result<Pending, Stanza> {
         return Err(stanza);
     }
     let to_local = router.is_local_user(&to);
-    // A message to one's own account is archived once, as received.
-    let same_account = from_local && to_local && from.node() == to.node();
-    // Sent copies only of what reaches someone: a local account or a
-    // published service (there are no server-to-server links yet).
-    let reaches = to_local || (to.domain() != router.domain().domain() && router.services().get(to.domain()).is_some());
+    // A message to one's own account is archived once, as received
+    // (alice@a.test and alice@b.test are two accounts).
+    let same_account = from_local && to_local && from.to_bare() == to.to_bare();
+    // Sent copies only of what reaches someone: a local account (of any
+    // hosted domain) or a published service (there are no
+    // server-to-server links yet).
+    let reaches = to_local || (!router.is_local_domain(to.domain()) && router.services().get(to.domain()).is_some());
     let outgoing = from_local && !same_account && reaches;
     if !outgoing && !to_local {
         return Err(stanza);
@@ -719,7 +721,7 @@ impl IqHandler for Mam {
         if !req.from_owner() {
             return ready(Err(StanzaError::new(StanzaCondition::Forbidden)));
         }
-        let node = req.target.node().unwrap_or_default().to_owned();
+        let user = req.target.clone();
         let settings = router.mam().clone();
         let router = router.clone();
         match (req.payload().name(), req.is_set()) {
@@ -733,7 +735,7 @@ impl IqHandler for Mam {
                 let flip = req.payload().has_child("flip-page", NS);
                 let (owner, requester) = (req.target.clone(), req.from.clone());
                 Box::pin(async move {
-                    let Some(page) = router.storage().archive_query(&node, query).await? else {
+                    let Some(page) = router.storage().archive_query(&user, query).await? else {
                         return Err(StanzaError::new(StanzaCondition::ItemNotFound));
                     };
                     // Before the IQ result, through the same queue (§4.2).
@@ -757,7 +759,7 @@ impl IqHandler for Mam {
                 })
             }
             ("prefs", false) => Box::pin(async move {
-                let prefs = router.storage().mam_prefs(&node).await?;
+                let prefs = router.storage().mam_prefs(&user).await?;
                 Ok(Some(prefs_element(
                     &prefs.unwrap_or_else(|| MamPrefs::new(settings.default)),
                 )))
@@ -768,7 +770,7 @@ impl IqHandler for Mam {
                     Err(e) => return ready(Err(e)),
                 };
                 Box::pin(async move {
-                    if !router.storage().set_mam_prefs(&node, prefs.clone()).await? {
+                    if !router.storage().set_mam_prefs(&user, prefs.clone()).await? {
                         return Err(StanzaError::new(StanzaCondition::FeatureNotImplemented));
                     }
                     Ok(Some(prefs_element(&prefs)))

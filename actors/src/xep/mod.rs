@@ -26,7 +26,9 @@ pub mod version;
 /// What the standard handlers need to know about the server.
 #[derive(Clone, Debug)]
 pub struct ServerFeatures {
-    /// XEP-0077 in-band registration (and password change / cancellation).
+    /// XEP-0077 in-band registration (and password change / cancellation)
+    /// on some hosted domain; each domain's own policy is its
+    /// [`crate::hosts::Host`]'s.
     pub registration: bool,
     /// PBKDF2 iterations for newly set passwords.
     pub scram_iterations: u32,

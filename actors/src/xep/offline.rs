@@ -46,8 +46,8 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
     }
     super::carbons::strip_private(&mut message);
     // Stored again (a session ended without acknowledging it): it keeps
-    // the time it first arrived.
-    let domain = router.domain().as_str();
+    // the time it first arrived. Stamped by the recipient's domain.
+    let domain = user.domain();
     let stamped = message
         .element()
         .children()
@@ -58,7 +58,7 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
             .with_attr("stamp", now_stamp());
         message.push_payload(delay);
     }
-    let (router, node, user) = (router.clone(), user.node().unwrap_or_default().to_owned(), user.clone());
+    let (router, user) = (router.clone(), user.clone());
     let order = router.offline_order();
     actix_rt::spawn(async move {
         // Taken in spawn order (the lock is fair): a sender's messages are
@@ -72,12 +72,12 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
             }
         }
         let xml = String::from_utf8_lossy(&message.to_bytes()).into_owned();
-        let stored = router.storage().store_offline(&node, xml, router.offline_quota()).await;
+        let stored = router.storage().store_offline(&user, xml, router.offline_quota()).await;
         match stored {
             Ok(true) => {}
             Ok(false) => router.bounce(&message, StanzaCondition::ServiceUnavailable),
             Err(e) => {
-                log::error!("{node}: cannot store an offline message: {e}");
+                log::error!("{user}: cannot store an offline message: {e}");
                 router.bounce(&message, StanzaCondition::InternalServerError);
             }
         }
@@ -87,8 +87,7 @@ pub fn store(router: &Router, user: &BareJid, mut message: Stanza) {
 /// The user's stored messages, oldest first, with their sequence numbers
 /// (to forget them once delivered).
 pub async fn waiting(router: &Router, user: &BareJid) -> Vec<(i64, Bytes)> {
-    let node = user.node().unwrap_or_default();
-    match router.storage().offline_messages(node).await {
+    match router.storage().offline_messages(user).await {
         Ok(messages) => messages.into_iter().map(|(seq, xml)| (seq, Bytes::from(xml))).collect(),
         Err(e) => {
             log::error!("{user}: cannot read offline messages: {e}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest};
-use crate::jid::normalise_localpart;
+use crate::jid::{normalise_localpart, BareJid};
 use crate::ns;
 use crate::router::Router;
 use crate::sasl::Credentials;
@@ -56,26 +56,28 @@ pub async fn derive_credentials(password: String, iterations: u32) -> Result<Cre
         .ok_or_else(|| StanzaError::new(StanzaCondition::InternalServerError))
 }
 
-/// Creates the account a registration form describes (XEP-0077 §3.1).
+/// Creates the account a registration form describes (XEP-0077 §3.1)
+/// at `domain`, the hosted domain the client's stream is for.
 pub async fn register_account(
     storage: Arc<dyn Storage>,
+    domain: BareJid,
     query: Element,
     iterations: u32,
-) -> Result<String, StanzaError> {
+) -> Result<BareJid, StanzaError> {
     let (Some(username), Some(password)) = (field(&query, "username"), field(&query, "password")) else {
         return Err(not_acceptable("username and password are required"));
     };
-    let username = normalise_localpart(&username)
+    let account = BareJid::new(&username, domain.domain())
         .map_err(|_| StanzaError::with_text(StanzaCondition::JidMalformed, "invalid username"))?;
     // Checked before the key derivation: a taken name costs no PBKDF2.
     // (create_user still refuses a name taken meanwhile.)
-    if storage.credentials(&username).await?.is_some() {
+    if storage.credentials(&account).await?.is_some() {
         return Err(taken());
     }
     let credentials = derive_credentials(password, iterations).await?;
-    if storage.create_user(&username, credentials).await? {
-        log::info!("registered account {username}");
-        Ok(username)
+    if storage.create_user(&account, credentials).await? {
+        log::info!("registered account {account}");
+        Ok(account)
     } else {
         Err(taken())
     }
@@ -96,16 +98,27 @@ pub fn password_changed() -> StreamError {
     StreamError::with_text(StreamCondition::Reset, "password changed")
 }
 
-/// Password change and cancellation for a logged-in user (§3.2, §3.3).
+/// Password change and cancellation for a logged-in user (§3.2, §3.3),
+/// where the domain's policy allows registration.
 pub struct Register {
     pub iterations: u32,
 }
 
 impl IqHandler for Register {
     fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
+        // Asked of the user's own domain, which must let its users register.
+        if !router.hosts().get(req.target.domain()).is_some_and(|h| h.registration) {
+            return ready(Err(StanzaError::new(StanzaCondition::ServiceUnavailable)));
+        }
         let Some(user) = req.from.node().map(str::to_owned) else {
             return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
         };
+        if req.from.domain() != req.target.domain() {
+            return ready(Err(StanzaError::with_text(
+                StanzaCondition::NotAllowed,
+                "not your account",
+            )));
+        }
         if !req.is_set() {
             return ready(Ok(Some(form(Some(&user)))));
         }
@@ -133,8 +146,9 @@ impl IqHandler for Register {
                 return Err(StanzaError::with_text(StanzaCondition::NotAllowed, "not your account"));
             }
             let credentials = derive_credentials(password, iterations).await?;
-            storage.set_credentials(&user, credentials).await?;
-            log::info!("password of {user} changed");
+            let account = from.to_bare();
+            storage.set_credentials(&account, credentials).await?;
+            log::info!("password of {account} changed");
             // Whoever else holds a session of this account (a stolen one,
             // say) must log in again with the new password.
             let asking = from
@@ -144,7 +158,7 @@ impl IqHandler for Register {
                 .and_then(|f| router.sessions().get(&f));
             router
                 .sessions()
-                .kick(&from.to_bare(), &password_changed(), asking.map(|s| s.id));
+                .kick(&account, &password_changed(), asking.map(|s| s.id));
             Ok(None)
         })
     }
@@ -170,13 +184,15 @@ mod tests {
     #[actix_rt::test]
     async fn a_taken_name_costs_no_key_derivation() {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
+        let romeo = BareJid::new("romeo", "a.test").unwrap();
         assert!(storage
-            .create_user("romeo", Credentials::derive("pw", 4096))
+            .create_user(&romeo, Credentials::derive("pw", 4096))
             .await
             .unwrap());
+        let domain = BareJid::domain_jid("a.test").unwrap();
         let answer = tokio::time::timeout(
             std::time::Duration::from_secs(10),
-            register_account(storage, form("romeo"), u32::MAX),
+            register_account(storage, domain, form("romeo"), u32::MAX),
         )
         .await
         .expect("answered without deriving keys");

@@ -37,14 +37,14 @@ pub fn profile_of(vcard: &Element) -> Profile {
 impl IqHandler for VCard {
     fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
         let storage = router.storage().clone();
-        let node = req.target.node().unwrap_or_default().to_owned();
+        let user = req.target.clone();
         if !req.is_set() {
             return Box::pin(async move {
                 // RFC 6121 §8.5.1: nobody answers for an account that does not exist.
-                if storage.credentials(&node).await?.is_none() {
+                if storage.credentials(&user).await?.is_none() {
                     return Err(StanzaError::new(StanzaCondition::ServiceUnavailable));
                 }
-                let stored = storage.vcard(&node).await?;
+                let stored = storage.vcard(&user).await?;
                 let parsed = stored
                     .and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok());
                 Ok(Some(parsed.unwrap_or_else(|| Element::new("vCard", NS))))
@@ -59,10 +59,9 @@ impl IqHandler for VCard {
         }
         let profile = profile_of(&vcard);
         let presence = router.presence().clone();
-        let user = req.target.clone();
         Box::pin(async move {
             let hash = profile.photo_hash.clone();
-            storage.set_vcard(&node, vcard.to_string(), profile).await?;
+            storage.set_vcard(&user, vcard.to_string(), profile).await?;
             presence.send(PresenceMsg::PhotoHash { user, hash });
             Ok(None)
         })

@@ -1,0 +1,165 @@
+//! The domains a server hosts (virtual hosts: ejabberd's `hosts`,
+//! Prosody's `VirtualHost`). Each has its own accounts (storage keys them
+//! by bare JID, so `alice@a.test` and `alice@b.test` are two) and its own
+//! in-band registration policy. The first is the default: what the server
+//! names itself where no stream or stanza says which domain is meant.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::jid::BareJid;
+
+/// One hosted domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// The domain, a bare JID without node.
+    pub domain: BareJid,
+    /// XEP-0077 in-band registration: accounts may be created before
+    /// authentication, and changed or cancelled once logged in.
+    pub registration: bool,
+    /// Accounts one source network may register here before each further
+    /// one waits, twice as long each time, like failed logins (0: no limit).
+    pub registrations_per_network: u32,
+}
+
+impl Host {
+    /// A domain without in-band registration.
+    pub fn new(domain: BareJid) -> Host {
+        Host {
+            domain,
+            registration: false,
+            registrations_per_network: 5,
+        }
+    }
+}
+
+/// Why a list of domains cannot be hosted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostsError {
+    #[error("no hosted domain")]
+    Empty,
+    #[error("{0} is not a domain")]
+    NotADomain(String),
+    #[error("{0} is hosted twice")]
+    Twice(String),
+}
+
+/// The hosted domains, the default first; never empty.
+#[derive(Clone, Debug)]
+pub struct Hosts {
+    list: Vec<Arc<Host>>,
+    /// Positions in `list`, looked up only past [`Hosts::SCANNED`] domains.
+    index: Index,
+}
+
+type Index = HashMap<Box<str>, usize, foldhash::fast::RandomState>;
+
+impl Hosts {
+    /// Up to this many domains are compared one by one: cheaper than
+    /// hashing the name of every stanza's domain, and one is the usual case.
+    const SCANNED: usize = 4;
+
+    pub fn new(hosts: impl IntoIterator<Item = Host>) -> Result<Hosts, HostsError> {
+        let list: Vec<Arc<Host>> = hosts.into_iter().map(Arc::new).collect();
+        if list.is_empty() {
+            return Err(HostsError::Empty);
+        }
+        let mut index: Index = HashMap::with_capacity_and_hasher(list.len(), Default::default());
+        for (i, host) in list.iter().enumerate() {
+            let domain = host.domain.as_str();
+            if host.domain.node().is_some() || host.domain.domain() != domain {
+                return Err(HostsError::NotADomain(domain.to_owned()));
+            }
+            if index.insert(domain.into(), i).is_some() {
+                return Err(HostsError::Twice(domain.to_owned()));
+            }
+        }
+        Ok(Hosts { list, index })
+    }
+
+    /// The default domain's host: the first.
+    pub fn default_host(&self) -> &Arc<Host> {
+        &self.list[0]
+    }
+
+    /// The host of `domain`, if it is hosted here.
+    pub fn get(&self, domain: &str) -> Option<&Arc<Host>> {
+        if self.list.len() <= Self::SCANNED {
+            return self.list.iter().find(|h| h.domain.as_str() == domain);
+        }
+        self.index.get(domain).map(|&i| &self.list[i])
+    }
+
+    pub fn contains(&self, domain: &str) -> bool {
+        self.get(domain).is_some()
+    }
+
+    /// Every hosted domain, the default first.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Host>> {
+        self.list.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Never true: there is always a default domain.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// One domain, without in-band registration.
+impl From<BareJid> for Hosts {
+    fn from(domain: BareJid) -> Hosts {
+        Hosts::from(Host::new(domain))
+    }
+}
+
+impl From<Host> for Hosts {
+    fn from(host: Host) -> Hosts {
+        let mut index: Index = HashMap::with_capacity_and_hasher(1, Default::default());
+        index.insert(host.domain.as_str().into(), 0);
+        Hosts {
+            list: vec![Arc::new(host)],
+            index,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(d: &str) -> Host {
+        Host::new(BareJid::domain_jid(d).unwrap())
+    }
+
+    #[test]
+    fn domains_are_found_by_name_however_many() {
+        for n in [1, 4, 5, 40] {
+            let names: Vec<String> = (0..n).map(|i| format!("d{i}.test")).collect();
+            let hosts = Hosts::new(names.iter().map(|d| host(d))).unwrap();
+            assert_eq!(hosts.default_host().domain.as_str(), "d0.test");
+            for d in &names {
+                assert_eq!(hosts.get(d).map(|h| h.domain.as_str()), Some(d.as_str()));
+            }
+            assert!(!hosts.contains("other.test"));
+            assert!(!hosts.contains("alice@d0.test"));
+        }
+    }
+
+    #[test]
+    fn bad_lists_are_refused() {
+        assert_eq!(Hosts::new(Vec::new()).err(), Some(HostsError::Empty));
+        assert_eq!(
+            Hosts::new([host("a.test"), host("a.test")]).err(),
+            Some(HostsError::Twice("a.test".into()))
+        );
+        let user = Host::new(BareJid::parse("alice@a.test").unwrap());
+        assert_eq!(
+            Hosts::new([user]).err(),
+            Some(HostsError::NotADomain("alice@a.test".into()))
+        );
+    }
+}
