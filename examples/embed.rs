@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The host program greets every session once a minute.
     let sm = server.session_manager().clone();
-    let domain: Jid = server.router().domain().clone().into();
+    let domain: Jid = server.router().default_domain().clone().into();
     let ticker = actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {

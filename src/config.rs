@@ -788,12 +788,6 @@ impl Config {
         self.domain_list()[0]
     }
 
-    /// The default domain as a JID (validated by [`Config::validate`]).
-    pub fn domain_jid(&self) -> Result<BareJid, ConfigError> {
-        let d = self.default_domain();
-        BareJid::domain_jid(d).map_err(|e| ConfigError::Invalid(format!("domain {d:?}: {e}")))
-    }
-
     /// The hosted domains with their registration policies, for the router.
     pub fn hosted(&self) -> Result<Hosts, ConfigError> {
         let mut hosts = Vec::new();

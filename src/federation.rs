@@ -39,19 +39,16 @@ pub fn start(
         max_name_bytes: config.limits.max_name_bytes,
     };
     settings.connections.write_timeout = config.limits.connection_limits().write_timeout;
-    // Each hosted domain's certificate for the streams peers open to it;
-    // the default domain's presented on the links we open.
+    // Each hosted domain's certificate, for the streams peers open to it
+    // and on the links it opens.
     let certs = crate::tls::load_all(config)?;
     let served = crate::tls::certificates(&certs)?;
-    let ours = &certs[0];
+    let clients = certs
+        .iter()
+        .map(|c| (c.domain.clone(), c.chain.clone(), c.key.clone_key()))
+        .collect();
     let roots = roots(c.ca_file.as_deref())?;
-    let tls = S2sTls::new(
-        served,
-        ours.chain.clone(),
-        ours.key.clone_key(),
-        roots,
-        settings.tls_required,
-    )?;
+    let tls = S2sTls::new(served, clients, roots, settings.tls_required)?;
     let hosts = StaticHosts::new(c.hosts.iter().map(|(d, a)| (d.clone(), *a)));
     let resolver: Box<dyn Resolve + Send + Sync> = match Dns::from_system() {
         Ok(dns) => Box::new(StaticThen { hosts, then: dns }),

@@ -181,6 +181,25 @@ fn key_accounts_by_jid(tx: &rusqlite::Transaction<'_>, path: &Path, domain: Opti
             accounts: old as u64,
         });
     };
+    // Rosters tell which domain the accounts were of: a contact that is
+    // one of them is `username@that-domain`. Moving them to another domain
+    // (a command run without the server's --config) is refused: it cannot
+    // be undone.
+    let seen: Option<String> = tx
+        .query_row(
+            "SELECT substr(contact, instr(contact, '@') + 1) AS d FROM roster_items              WHERE instr(contact, '@') > 0                AND substr(contact, 1, instr(contact, '@') - 1) IN (SELECT username FROM users)              GROUP BY d ORDER BY count(*) DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(open_err)?;
+    if let Some(seen) = seen.filter(|d| d != domain) {
+        return Err(StoreError::OtherDomain {
+            path: path.to_owned(),
+            domain: domain.to_owned(),
+            seen,
+        });
+    }
     // The accounts and the rows that refer to them change one statement at
     // a time: the foreign keys are checked at the commit instead.
     tx.pragma_update(None, "defer_foreign_keys", "ON").map_err(open_err)?;
@@ -275,6 +294,16 @@ pub enum StoreError {
          so that they become accounts of its first domain"
     )]
     NeedsDomain { path: PathBuf, accounts: u64 },
+    #[error(
+        "database {path} has accounts from before Shoal hosted several domains, and their rosters \
+         say they are of {seen}, not {domain}: open it with the configuration that serves {seen} \
+         first (--config, with `domain = \"{seen}\"` or {seen} first in `domains`)"
+    )]
+    OtherDomain {
+        path: PathBuf,
+        domain: String,
+        seen: String,
+    },
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("cannot start the archive writer: {0}")]
@@ -1813,6 +1842,15 @@ mod tests {
         assert!(
             matches!(refused, StoreError::NeedsDomain { accounts: 2, .. }),
             "{refused}"
+        );
+        // Nor moved to a domain its rosters say it was not of (a command run
+        // without the server's configuration, say).
+        let wrong = SqliteStore::open_for_domain(&path, Durability::Normal, "localhost")
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&wrong, StoreError::OtherDomain { seen, .. } if seen == "a.test"),
+            "{wrong}"
         );
         let mut s = SqliteStore::open_for_domain(&path, Durability::Normal, "a.test").unwrap();
         let at = |n: &str| BareJid::new(n, "a.test").unwrap();

@@ -387,7 +387,11 @@ fn authenticated_as_b(a_s2s: SocketAddr, b: &TestServer) -> Client {
 fn a_lost_stream_takes_its_users_presence_and_other_domains_are_refused() {
     let (a_s2s, b_s2s) = (free_addr(), free_addr());
     let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
-    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], optional);
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |c| {
+        optional(c);
+        c.domain = None;
+        c.domains = vec!["a.test".into(), "c.test".into()];
+    });
     let b = server("b.test", b_s2s, &[("a.test", a_s2s)], optional);
     a.add_user("alice", "pw-a");
     let mut alice = online(&a, "alice", "pw-a");
@@ -413,6 +417,11 @@ fn a_lost_stream_takes_its_users_presence_and_other_domains_are_refused() {
     // A stanza from a domain the stream did not authenticate.
     let mut peer = authenticated_as_b(a_s2s, &b);
     peer.send("<message from='eve@c.test' to='alice@a.test'><body>hi</body></message>");
+    assert_eq!(stream_error(&peer.recv()), "invalid-from");
+    // One to another domain of ours, which the stream did not authenticate
+    // b.test for (XEP-0220 §2.1.2: pairs of domains).
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<message from='bob@b.test' to='x@c.test'><body>hi</body></message>");
     assert_eq!(stream_error(&peer.recv()), "invalid-from");
     // One to a domain not served here.
     let mut peer = authenticated_as_b(a_s2s, &b);
@@ -472,6 +481,9 @@ fn ca_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::pat
         let out = command.output().expect("openssl");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+    // Shoal refuses a key others may read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     (crt, key)
 }
 
@@ -558,13 +570,25 @@ fn sasl_external_takes_a_certificate_valid_for_the_domain_and_no_other() {
 }
 
 #[test]
-fn each_hosted_domain_federates_on_a_link_of_its_own() {
+fn each_hosted_domain_federates_on_a_link_of_its_own_with_its_own_certificate() {
+    // Certificates from the test CA, which both trust: each link
+    // authenticates by SASL EXTERNAL, with its own domain's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem");
+    let [a_cert, c_cert, b_cert] = ["a.test", "c.test", "b.test"].map(|d| ca_signed(dir.path(), d));
     let (a_s2s, b_s2s) = (free_addr(), free_addr());
     let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |c| {
         c.domain = None;
         c.domains = vec!["a.test".into(), "c.test".into()];
+        (c.tls.cert, c.tls.key) = (Some(a_cert.0), Some(a_cert.1));
+        let host = c.hosts.entry("c.test".into()).or_default();
+        (host.tls_cert, host.tls_key) = (Some(c_cert.0), Some(c_cert.1));
+        c.s2s.ca_file = Some(ca.clone());
     });
-    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("c.test", a_s2s)], |_| {});
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("c.test", a_s2s)], |c| {
+        (c.tls.cert, c.tls.key) = (Some(b_cert.0), Some(b_cert.1));
+        c.s2s.ca_file = Some(ca.clone());
+    });
     a.add_user("alice@a.test", "pw-a");
     a.add_user("carol@c.test", "pw-c");
     b.add_user("bob", "pw-b");
@@ -591,9 +615,9 @@ fn each_hosted_domain_federates_on_a_link_of_its_own() {
     assert_eq!(
         s2s_list(&a),
         [
-            "s2s out a.test b.test dialback tls N Q up",
-            "s2s in c.test b.test dialback tls N Q up",
-            "s2s out c.test b.test dialback tls N Q up",
+            "s2s out a.test b.test external tls N Q up",
+            "s2s in c.test b.test external tls N Q up",
+            "s2s out c.test b.test external tls N Q up",
         ]
     );
     alice.expect_nothing();

@@ -136,14 +136,9 @@ impl Router {
         &self.inner.presence
     }
 
-    /// The default domain (a bare JID without node): what the server
+    /// The first hosted domain (a bare JID without node): what the server
     /// names itself where nothing says which hosted domain is meant. Where
     /// a stanza or stream names one, that one is meant instead.
-    pub fn domain(&self) -> &BareJid {
-        self.default_domain()
-    }
-
-    /// The first hosted domain.
     pub fn default_domain(&self) -> &BareJid {
         &self.inner.hosts.default_host().domain
     }

@@ -131,20 +131,17 @@ impl Session {
     pub(crate) fn roster_push_is_current(&self, contact: &BareJid, version: u64) -> bool {
         let mut pushed = crate::c2s::lock(&self.pushed);
         let pushed = pushed.get_or_insert_with(Default::default);
-        match pushed.iter_mut().find(|(c, _)| c == contact) {
-            Some((_, last)) if *last > version => false,
-            Some((_, last)) => {
-                *last = version;
-                true
-            }
-            None => {
-                if pushed.len() == PUSHES_REMEMBERED {
-                    pushed.pop_front();
-                }
-                pushed.push_back((contact.clone(), version));
-                true
-            }
+        // The most recently pushed last: the least recent is forgotten.
+        let entry = match pushed.iter().position(|(c, _)| c == contact) {
+            Some(i) if pushed[i].1 > version => return false,
+            Some(i) => pushed.remove(i).map(|(c, _)| c),
+            None => None,
+        };
+        if entry.is_none() && pushed.len() == PUSHES_REMEMBERED {
+            pushed.pop_front();
         }
+        pushed.push_back((entry.unwrap_or_else(|| contact.clone()), version));
+        true
     }
 
     pub fn new(jid: FullJid, out: Outbound, control: Recipient<Control>) -> Session {

@@ -24,8 +24,9 @@ use tokio_util::codec::Decoder;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The account a test names: `alice` is alice@localhost, `alice@a.test`
-/// itself.
+/// The account a test names where no server says which domain: `alice`
+/// is alice@localhost, `alice@a.test` itself ([`TestServer::account`]
+/// takes the server's default domain).
 pub fn account(name: &str) -> BareJid {
     if name.contains('@') {
         BareJid::parse(name).unwrap()
@@ -150,7 +151,7 @@ impl TestServer {
         use shoal_actors::roster::{ItemChange, RosterItem, SubState, Subscription};
         let mut store = SqliteStore::open(&self.db).unwrap();
         for (user, contact) in [(a, b), (b, a)] {
-            let (user, jid) = (account(user), account(contact));
+            let (user, jid) = (self.account(user), self.account(contact));
             let item = RosterItem {
                 state: SubState {
                     subscription: Subscription::Both,

@@ -123,11 +123,6 @@ impl TlsSettings {
             .unwrap_or(self.certs.default.as_str());
         self.acceptors[fallback].clone()
     }
-
-    /// The certificates, by domain.
-    pub fn certificates(&self) -> &Certificates {
-        &self.certs
-    }
 }
 
 impl std::fmt::Debug for TlsSettings {

@@ -175,7 +175,7 @@ pub fn accept(cx: Arc<C2sContext>, io: Io, peer: SocketAddr) {
                 "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' id='refused' from='{}' version='1.0'>",
                 crate::ns::CLIENT,
                 crate::ns::STREAM,
-                quick_xml::escape::escape(cx.router.domain().as_str())
+                quick_xml::escape::escape(cx.router.default_domain().as_str())
             );
             // Over Direct TLS there is nobody to tell before the handshake.
             if !matches!(io, Io::TlsPending(..)) {

@@ -130,7 +130,7 @@ impl Component {
         }
         log::debug!("{} (component): {err}", self.peer);
         if !self.header_sent {
-            let domain = self.cx.router.domain().to_string();
+            let domain = self.cx.router.default_domain().to_string();
             self.send_header(&domain, &random_id(16));
         }
         let mut bytes = Vec::new();

@@ -227,7 +227,7 @@ pub fn accept(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr) {
         }
         Err(err) => {
             log::info!("{peer}: component connection refused: {err}");
-            let header = actor::header(cx.router.domain().as_str(), "refused");
+            let header = actor::header(cx.router.default_domain().as_str(), "refused");
             actix_rt::spawn(crate::c2s::refuse(io, header, err));
         }
     }

@@ -104,6 +104,9 @@ impl SeenAvailable {
     }
 }
 
+/// Domain pairs one stream may authenticate.
+const MAX_PAIRS: usize = 1024;
+
 /// Numbers inbound streams, for their entries in the list of streams.
 static STREAMS: AtomicU64 = AtomicU64::new(0);
 
@@ -123,8 +126,9 @@ pub struct S2sIn {
     tls: bool,
     /// SASL EXTERNAL succeeded (for `remote`).
     external: bool,
-    /// The remote domains this stream authenticated.
-    authenticated: HashSet<String>,
+    /// The (local, remote) domain pairs this stream authenticated: stanzas
+    /// go only between them (XEP-0220 §2.1.2, §2.6).
+    authenticated: HashSet<(String, String)>,
     /// Dialback verifications of this stream in flight.
     verifying: usize,
     seen: SeenAvailable,
@@ -183,7 +187,7 @@ impl S2sIn {
             let from = self
                 .local
                 .clone()
-                .unwrap_or_else(|| self.cx.router.domain().to_string());
+                .unwrap_or_else(|| self.cx.router.default_domain().to_string());
             self.header_sent = true;
             let _ = self.out.send(Bytes::from(header(&from, None, &random_id(16))));
         }
@@ -394,12 +398,13 @@ impl S2sIn {
         );
         self.send_element(&Element::new("success", ns::SASL));
         self.external = true;
-        self.authenticate(remote, Auth::External);
+        let local = self.local.clone().unwrap_or_default();
+        self.authenticate(local, remote, Auth::External);
         // RFC 6120 §6.4.6: the peer restarts the stream.
         self.awaiting_header = true;
     }
 
-    fn authenticate(&mut self, remote: String, auth: Auth) {
+    fn authenticate(&mut self, local: String, remote: String, auth: Auth) {
         if self.authenticated.is_empty() {
             self.conn.admitted.authenticated();
             self.conn.authenticated.store(true, Ordering::Relaxed);
@@ -416,9 +421,11 @@ impl S2sIn {
             );
         }
         if let Some(mut entry) = self.cx.inbound.get_mut(&self.id) {
-            entry.remotes.push(remote.clone());
+            if !entry.remotes.contains(&remote) {
+                entry.remotes.push(remote.clone());
+            }
         }
-        self.authenticated.insert(remote);
+        self.authenticated.insert((local, remote));
     }
 
     fn on_dialback(&mut self, ctx: &mut Context<Self>, db: Dialback) {
@@ -452,11 +459,12 @@ impl S2sIn {
         if self.cx.is_blocked(&from) || self.cx.is_ours(&from) {
             return refuse(self, StanzaCondition::Forbidden);
         }
-        if self.authenticated.contains(&from) {
+        let pair = (to.clone(), from.clone());
+        if self.authenticated.contains(&pair) {
             return self.send_dialback(&db.answer(Body::Valid));
         }
         let settings = &self.cx.settings;
-        if self.verifying >= settings.max_verifications_per_stream {
+        if self.verifying >= settings.max_verifications_per_stream || self.authenticated.len() >= MAX_PAIRS {
             return refuse(self, StanzaCondition::ResourceConstraint);
         }
         let Some(slot) = super::outbound::VerificationSlot::take(&self.cx) else {
@@ -475,7 +483,7 @@ impl S2sIn {
             match &body {
                 Body::Valid => {
                     log::info!("{}: {from} authenticated by dialback (for {to})", act.peer);
-                    act.authenticate(from, Auth::Dialback);
+                    act.authenticate(to, from, Auth::Dialback);
                 }
                 Body::Invalid => log::info!("{}: {from}'s dialback key was refused by its server", act.peer),
                 Body::Error(condition) => {
@@ -512,15 +520,17 @@ impl S2sIn {
             );
             return self.stream_error(ctx, err);
         };
-        if !self.authenticated.contains(from.domain()) {
-            let err = StreamError::with_text(
-                StreamCondition::InvalidFrom,
-                "that domain is not authenticated on this stream",
-            );
-            return self.stream_error(ctx, err);
-        }
         if !self.cx.is_ours(to.domain()) {
             let err = StreamError::with_text(StreamCondition::HostUnknown, "that domain is not served here");
+            return self.stream_error(ctx, err);
+        }
+        // Pairs are few (usually one): looked through, not hashed.
+        let paired = |(l, r): &(String, String)| l == to.domain() && r == from.domain();
+        if !self.authenticated.iter().any(paired) {
+            let err = StreamError::with_text(
+                StreamCondition::InvalidFrom,
+                "that domain is not authenticated on this stream (for that recipient's domain)",
+            );
             return self.stream_error(ctx, err);
         }
         match Stanza::from_element(el) {

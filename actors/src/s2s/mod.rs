@@ -328,7 +328,7 @@ pub fn accept(cx: Arc<S2sContext>, io: Io, peer: SocketAddr) {
         }
         Err(err) => {
             log::info!("{peer}: server connection refused: {err}");
-            let header = inbound::header(cx.router.domain().as_str(), None, "refused");
+            let header = inbound::header(cx.router.default_domain().as_str(), None, "refused");
             actix_rt::spawn(crate::c2s::refuse(io, header, err));
         }
     }

@@ -97,7 +97,9 @@ fn header(from: &str, to: &str) -> Bytes {
 /// An outbound stream's settings for its transport task.
 struct OutboundSettings {
     cx: Arc<S2sContext>,
+    /// The remote domain, and our certificate for the local one.
     name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
 }
 
 impl StreamSettings for OutboundSettings {
@@ -117,7 +119,7 @@ impl StreamSettings for OutboundSettings {
     }
 
     fn tls_client(&self) -> Option<(&tokio_rustls::TlsConnector, &ServerName<'static>)> {
-        Some((&self.cx.tls.client, &self.name))
+        Some((&self.connector, &self.name))
     }
 }
 
@@ -162,7 +164,12 @@ pub(super) fn spawn(
         .admit(peer.ip(), &no_limits)
         .map_err(|e| S2sError::Connect(e.to_string()))?;
     let codec = XmppCodec::new(cx.settings.codec).for_server();
-    let settings = Arc::new(OutboundSettings { cx: cx.clone(), name });
+    let connector = cx.tls.client(&local).clone();
+    let settings = Arc::new(OutboundSettings {
+        cx: cx.clone(),
+        name,
+        connector,
+    });
     let limit = cx.settings.max_outbound_bytes;
     let Started { out, frames, conn } = transport::start(Io::Tcp(tcp), codec, settings, admitted, limit, &cx.tasks);
     let (closed_tx, closed_rx) = oneshot::channel();

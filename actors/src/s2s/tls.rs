@@ -6,6 +6,7 @@
 //! against the trusted roots, for the domain the peer claims: that decides
 //! whether SASL EXTERNAL (XEP-0178) is offered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,21 +24,24 @@ pub struct S2sTls {
     /// For streams peers open: asks for (and accepts any) client
     /// certificate.
     pub server: TlsSettings,
-    /// For streams we open: presents our certificate, accepts any.
-    pub client: TlsConnector,
+    /// For streams we open, by local domain: each presents its domain's
+    /// certificate (for SASL EXTERNAL) and accepts any.
+    clients: HashMap<String, TlsConnector>,
+    /// The first domain's, for a local domain with none (a service's).
+    default_client: TlsConnector,
     /// Checks a peer's chain for a domain; `None` with no trusted roots at
     /// all (then nobody can use EXTERNAL).
     roots: Option<Arc<WebPkiServerVerifier>>,
 }
 
 impl S2sTls {
-    /// From our domains' certificates (served by the domain a peer asks
-    /// for), the one presented as a client (`chain`, leaf first, and its
-    /// key), and the roots peers' certificates are checked against.
+    /// From our domains' certificates, served by the domain a peer asks
+    /// for (`certs`) and presented by the domain a link is from (`clients`:
+    /// domain, chain leaf first, key; the first is the default), and the
+    /// roots peers' certificates are checked against.
     pub fn new(
         certs: Certificates,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
+        clients: Vec<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
         roots: RootCertStore,
         tls_required: bool,
     ) -> Result<S2sTls, rustls::Error> {
@@ -53,11 +57,19 @@ impl S2sTls {
                 .with_client_cert_verifier(Arc::new(AnyCertificate(provider.clone())))
                 .with_cert_resolver(resolver))
         })?;
-        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
-            .with_client_auth_cert(chain, key)?;
+        let mut connectors = HashMap::new();
+        let mut default_client = None;
+        for (domain, chain, key) in clients {
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+                .with_client_auth_cert(chain, key)?;
+            let connector = TlsConnector::from(Arc::new(client));
+            default_client.get_or_insert_with(|| connector.clone());
+            connectors.insert(domain, connector);
+        }
+        let default_client = default_client.ok_or(rustls::Error::General("no certificate to present".into()))?;
         let roots = (!roots.is_empty())
             .then(|| {
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
@@ -67,9 +79,15 @@ impl S2sTls {
             .flatten();
         Ok(S2sTls {
             server,
-            client: TlsConnector::from(Arc::new(client)),
+            clients: connectors,
+            default_client,
             roots,
         })
+    }
+
+    /// What a link from `local` presents: that domain's certificate.
+    pub(crate) fn client(&self, local: &str) -> &TlsConnector {
+        self.clients.get(local).unwrap_or(&self.default_client)
     }
 
     /// True when `chain` (leaf first) is valid for `domain` under the
