@@ -235,6 +235,10 @@ pub struct S2sConfig {
     pub max_queued: usize,
     /// Largest stanza a remote server may send once authenticated, in bytes.
     pub max_stanza_bytes: usize,
+    /// Bytes per second read from one stream another server opened, and
+    /// the burst above that rate (ejabberd's s2s shaper, Prosody's s2sin).
+    pub rate_bytes_per_sec: u32,
+    pub burst_bytes: u32,
     /// Remote domains neither connected to nor accepted from: their
     /// senders and ours get `<policy-violation/>`.
     pub blocked: Vec<String>,
@@ -254,6 +258,8 @@ impl Default for S2sConfig {
             idle_timeout_secs: 600,
             max_queued: 1000,
             max_stanza_bytes: 256 * 1024,
+            rate_bytes_per_sec: 1 << 20,
+            burst_bytes: 1 << 20,
             blocked: Vec::new(),
             hosts: BTreeMap::new(),
         }
@@ -282,6 +288,8 @@ impl S2sConfig {
             ("reconnect_after_secs", self.reconnect_after_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("max_queued", self.max_queued as u64),
+            ("rate_bytes_per_sec", u64::from(self.rate_bytes_per_sec)),
+            ("burst_bytes", u64::from(self.burst_bytes)),
         ];
         if let Some((key, _)) = zero.iter().find(|(_, v)| *v == 0) {
             return invalid(format!("[s2s] {key} must be at least 1"));

@@ -39,6 +39,7 @@ pub fn start(
         max_name_bytes: config.limits.max_name_bytes,
     };
     settings.connections.write_timeout = config.limits.connection_limits().write_timeout;
+    (settings.connections.rate, settings.connections.burst) = (c.rate_bytes_per_sec, c.burst_bytes);
     // Each hosted domain's certificate, for the streams peers open to it
     // and on the links it opens.
     let certs = crate::tls::load_all(config)?;

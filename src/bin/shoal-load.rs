@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shoal::load::client::{LoadError, Target};
 use shoal::load::components::{self, ComponentTarget, Mode, Requests};
+use shoal::load::scenarios::Peer;
 use shoal::load::{offline, raise_open_files, roster_storm, rss_kib, scenarios};
 
 #[derive(Parser)]
@@ -45,6 +46,19 @@ struct Cli {
     /// The server's process id, to report its CPU time and memory.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// A second server, federated with the first, whose users are the
+    /// recipients (messages) and followers (fanout): everything crosses a
+    /// server-to-server link. Its c2s address...
+    #[arg(long)]
+    peer_host: Option<String>,
+    #[arg(long, default_value_t = 5222)]
+    peer_port: u16,
+    /// ...its domain...
+    #[arg(long, default_value = "localhost")]
+    peer_domain: String,
+    /// ...and its process id (the CPU reported is both servers').
+    #[arg(long)]
+    peer_pid: Option<u32>,
     /// Logins or registrations in flight at once.
     #[arg(long, default_value_t = 200)]
     parallel: usize,
@@ -159,6 +173,28 @@ fn main() -> ExitCode {
         sources: cli.sources.max(1),
         scram: cli.scram,
     };
+    let peer_addr = cli
+        .peer_host
+        .as_deref()
+        .map(|h| (h, cli.peer_port).to_socket_addrs().ok().and_then(|mut a| a.next()));
+    let peer = match peer_addr {
+        None => None,
+        Some(Some(addr)) => Some(Peer {
+            target: Target {
+                addr,
+                domain: cli.peer_domain.clone(),
+                ..target.clone()
+            },
+            pid: cli.peer_pid,
+        }),
+        Some(None) => {
+            eprintln!(
+                "shoal-load: cannot resolve the peer {:?}:{}",
+                cli.peer_host, cli.peer_port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,9 +222,14 @@ fn main() -> ExitCode {
             eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
         }
         if cli.register {
+            if let Some(peer) = &peer {
+                // Every account on both: harmless, and simple.
+                scenarios::provision(&peer.target, &cli.prefix, accounts, cli.parallel).await?;
+            }
+            let followers_at = peer.as_ref().map_or(&target, |p| &p.target);
             match cli.scenario {
                 Scenario::Fanout { followers, .. } => {
-                    scenarios::provision(&target, &format!("{}f", cli.prefix), followers, cli.parallel).await?;
+                    scenarios::provision(followers_at, &format!("{}f", cli.prefix), followers, cli.parallel).await?;
                     scenarios::provision_one(&target, &format!("{}pub", cli.prefix)).await?;
                 }
                 Scenario::Roster { users, contacts } => {
@@ -220,12 +261,25 @@ fn main() -> ExitCode {
                 window,
                 count,
                 sm,
-            } => scenarios::messages(&target, &cli.prefix, pairs, window, count, sm, cli.server_pid).await,
+            } => {
+                let peer = peer.as_ref();
+                scenarios::messages(&target, peer, &cli.prefix, pairs, window, count, sm, cli.server_pid).await
+            }
             Scenario::Offline { recipients, count, sm } => {
                 offline::offline(&target, &cli.prefix, recipients, count, sm, cli.server_pid).await
             }
             Scenario::Fanout { followers, rounds } => {
-                scenarios::fanout(&target, &cli.prefix, followers, rounds, cli.parallel, cli.server_pid).await
+                let peer = peer.as_ref();
+                scenarios::fanout(
+                    &target,
+                    peer,
+                    &cli.prefix,
+                    followers,
+                    rounds,
+                    cli.parallel,
+                    cli.server_pid,
+                )
+                .await
             }
             Scenario::Roster { users, contacts } => {
                 roster_storm::storm(&target, &cli.prefix, users, contacts, cli.server_pid).await

@@ -13,31 +13,56 @@ use super::{cpu_seconds, rss_kib, Spread};
 
 /// What every scenario reports besides its own figures.
 pub struct Meter {
-    server_pid: Option<u32>,
+    /// The servers measured (two, federated, in the federation runs).
+    pids: Vec<u32>,
     start: Instant,
     driver_cpu: f64,
     server_cpu: Option<f64>,
 }
 
+/// The CPU seconds of all of `pids`, if each is known.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    (!pids.is_empty()).then(|| pids.iter().map(|p| cpu_seconds(*p)).sum::<Option<f64>>())?
+}
+
 impl Meter {
     pub fn start(server_pid: Option<u32>) -> Meter {
+        let pids: Vec<u32> = server_pid.into_iter().collect();
         Meter {
-            server_pid,
+            server_cpu: cpu_of(&pids),
+            pids,
             start: Instant::now(),
             driver_cpu: cpu_seconds(std::process::id()).unwrap_or(0.0),
-            server_cpu: server_pid.and_then(cpu_seconds),
         }
     }
 
-    /// (wall seconds, driver CPU s, server CPU s if known)
+    /// Counts a second server's CPU too (the peer of a federated run).
+    pub fn and(mut self, peer: Option<&Peer>) -> Meter {
+        if let Some(pid) = peer.and_then(|p| p.pid) {
+            self.pids.push(pid);
+            self.server_cpu = cpu_of(&self.pids);
+        }
+        self
+    }
+
+    /// (wall seconds, driver CPU s, servers' CPU s if known)
     pub fn stop(&self) -> (f64, f64, Option<f64>) {
         let driver = cpu_seconds(std::process::id()).unwrap_or(0.0) - self.driver_cpu;
-        let server = match (self.server_pid.and_then(cpu_seconds), self.server_cpu) {
+        let server = match (cpu_of(&self.pids), self.server_cpu) {
             (Some(now), Some(then)) => Some(now - then),
             _ => None,
         };
         (self.start.elapsed().as_secs_f64(), driver, server)
     }
+}
+
+/// A second server, federated with the first: the recipients (messages)
+/// and followers (fan-out) are its users, so that everything crosses a
+/// server-to-server link.
+#[derive(Clone)]
+pub struct Peer {
+    pub target: Target,
+    pub pid: Option<u32>,
 }
 
 pub(crate) fn json_num(v: Option<f64>) -> String {
@@ -170,8 +195,10 @@ pub fn idle(sessions: usize, rss_before: Option<u64>, server_pid: Option<u32>) {
 /// `<r/>`, and each sender asks for an acknowledgement once a window and
 /// after its last message, keeps what it sent until acknowledged, and is
 /// done when all of it is.
+#[allow(clippy::too_many_arguments)]
 pub async fn messages(
     target: &Target,
+    peer: Option<&Peer>,
     prefix: &str,
     pairs: usize,
     window: usize,
@@ -179,6 +206,7 @@ pub async fn messages(
     sm: bool,
     server_pid: Option<u32>,
 ) -> Result<(), LoadError> {
+    let receiving = peer.map_or(target, |p| &p.target);
     let epoch = Instant::now();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -186,13 +214,13 @@ pub async fn messages(
         let (a, b) = (format!("{prefix}{}", 2 * p), format!("{prefix}{}", 2 * p + 1));
         // Available, so that nothing is bounced.
         let sa = Conn::online(target, 2 * p, &a, "m", sm).await?;
-        let sb = Conn::online(target, 2 * p + 1, &b, "m", sm).await?;
-        senders.push((sa, format!("{b}@{}/m", target.domain)));
+        let sb = Conn::online(receiving, 2 * p + 1, &b, "m", sm).await?;
+        senders.push((sa, format!("{b}@{}/m", receiving.domain)));
         receivers.push(sb);
     }
     let out_of_order = Arc::new(AtomicU64::new(0));
     let ack_every = window.max(1);
-    let meter = Meter::start(server_pid);
+    let meter = Meter::start(server_pid).and(peer);
     let mut tasks = Vec::new();
     for ((mut sender, to), mut receiver) in senders.into_iter().zip(receivers) {
         let gate = Arc::new(Semaphore::new(window));
@@ -314,12 +342,14 @@ pub async fn messages(
 /// and the follower just gets the publisher's presence.
 pub async fn fanout(
     target: &Target,
+    peer: Option<&Peer>,
     prefix: &str,
     followers: usize,
     rounds: usize,
     parallel: usize,
     server_pid: Option<u32>,
 ) -> Result<(), LoadError> {
+    let following = peer.map_or(target, |p| &p.target);
     let publisher_name = format!("{prefix}pub");
     let publisher_jid = format!("{publisher_name}@{}", target.domain);
     let (mut publisher, _) = Conn::login(target, 0, &publisher_name, "p", None).await?;
@@ -346,7 +376,7 @@ pub async fn fanout(
     let gate = Arc::new(Semaphore::new(parallel));
     let mut joins = Vec::new();
     for i in 0..followers {
-        let (target, gate, publisher_jid) = (target.clone(), gate.clone(), publisher_jid.clone());
+        let (target, gate, publisher_jid) = (following.clone(), gate.clone(), publisher_jid.clone());
         let user = format!("{prefix}f{i}");
         joins.push(tokio::spawn(async move {
             let _permit = gate.acquire().await;
@@ -395,7 +425,7 @@ pub async fn fanout(
         }));
     }
     drop(done_tx);
-    let meter = Meter::start(server_pid);
+    let meter = Meter::start(server_pid).and(peer);
     let mut to_last = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let t0 = Instant::now();
