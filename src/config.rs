@@ -235,6 +235,9 @@ pub struct S2sConfig {
     pub max_queued: usize,
     /// Largest stanza a remote server may send once authenticated, in bytes.
     pub max_stanza_bytes: usize,
+    /// Seconds a user's IQ request to another domain waits for its answer;
+    /// then the user gets `<remote-server-timeout/>`.
+    pub iq_timeout_secs: u64,
     /// Bytes per second read from one stream another server opened, and
     /// the burst above that rate (ejabberd's s2s shaper, Prosody's s2sin).
     pub rate_bytes_per_sec: u32,
@@ -258,6 +261,7 @@ impl Default for S2sConfig {
             idle_timeout_secs: 600,
             max_queued: 1000,
             max_stanza_bytes: 256 * 1024,
+            iq_timeout_secs: 30,
             rate_bytes_per_sec: 1 << 20,
             burst_bytes: 1 << 20,
             blocked: Vec::new(),
@@ -288,6 +292,7 @@ impl S2sConfig {
             ("reconnect_after_secs", self.reconnect_after_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("max_queued", self.max_queued as u64),
+            ("iq_timeout_secs", self.iq_timeout_secs),
             ("rate_bytes_per_sec", u64::from(self.rate_bytes_per_sec)),
             ("burst_bytes", u64::from(self.burst_bytes)),
         ];

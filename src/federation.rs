@@ -40,6 +40,7 @@ pub fn start(
     };
     settings.connections.write_timeout = config.limits.connection_limits().write_timeout;
     (settings.connections.rate, settings.connections.burst) = (c.rate_bytes_per_sec, c.burst_bytes);
+    settings.requests.iq_timeout = Duration::from_secs(c.iq_timeout_secs);
     // Each hosted domain's certificate, for the streams peers open to it
     // and on the links it opens.
     let certs = crate::tls::load_all(config)?;

@@ -622,3 +622,36 @@ fn each_hosted_domain_federates_on_a_link_of_its_own_with_its_own_certificate() 
     );
     alice.expect_nothing();
 }
+
+#[test]
+fn a_request_to_another_server_is_owed_an_answer() {
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |c| {
+        optional(c);
+        c.s2s.iq_timeout_secs = 1;
+    });
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s)], optional);
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    let mut alice = online(&a, "alice", "pw-a");
+    let mut bob = online(&b, "bob", "pw-b");
+
+    // bob never answers: alice hears from her server when the time is up.
+    alice.send("<iq type='get' id='q1' to='bob@b.test/r'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(bob.recv_until(|e| e.name() == "iq").attr("id"), Some("q1"));
+    assert_eq!(
+        alice.recv_xml(),
+        "<iq id='q1' type='error' from='bob@b.test/r' to='alice@a.test/r'><error type='wait'><remote-server-timeout xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    );
+    // His late answer, and one to nothing alice asked, are not routed: what
+    // follows each on its stream is what alice gets next.
+    bob.send("<iq type='result' id='q1' to='alice@a.test/r'/>");
+    bob.send("<message to='alice@a.test/r' id='after-late'><body>1</body></message>");
+    assert_eq!(alice.recv().attr("id"), Some("after-late"));
+    let mut peer = authenticated_as_b(a_s2s, &b);
+    peer.send("<iq type='result' id='never-asked' from='bob@b.test/r' to='alice@a.test/r'/>");
+    peer.send("<message from='bob@b.test/r' to='alice@a.test/r' id='after-unasked'><body>2</body></message>");
+    assert_eq!(alice.recv().attr("id"), Some("after-unasked"));
+    alice.expect_nothing();
+}

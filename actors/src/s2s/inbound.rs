@@ -533,6 +533,16 @@ impl S2sIn {
             );
             return self.stream_error(ctx, err);
         }
+        // An answer counts only if one of our users asked (and still waits).
+        if el.name() == "iq" && matches!(el.attr("type"), Some("result" | "error")) {
+            let id = el.attr("id").unwrap_or_default();
+            if !self.cx.links.answered(to.domain(), from.domain(), &to, id) {
+                return log::debug!(
+                    "{}: dropped an answer nobody waits for: {from} -> {to} ({id})",
+                    self.peer
+                );
+            }
+        }
         match Stanza::from_element(el) {
             // A subscription change is stored before what follows it on
             // the stream is routed: a contact's `subscribed` then its

@@ -36,6 +36,7 @@ use crate::outbound::{
 use bytes::Bytes;
 
 use crate::jid::Jid;
+use crate::services::delivered::{Delivered, Track};
 use crate::stanza::{IqType, Kind, Stanza};
 
 /// The links by remote domain, then by local domain: found without
@@ -123,15 +124,33 @@ pub(super) enum Outgoing {
 }
 
 impl Outgoing {
-    /// Queues it on a link that is up; what the link refuses goes back.
-    fn send(self, cx: &S2sContext, out: &Outbound) {
+    /// Queues it on `slot`'s link, which is up (`out`); what the link
+    /// refuses goes back. An IQ request is owed its answer from now on.
+    fn send(self, cx: &S2sContext, slot: &Slot, out: &Outbound) {
         let (sender, bytes) = match &self {
-            Outgoing::Stanza(stanza) => (sender_key(stanza.from()), stanza.to_bytes()),
+            Outgoing::Stanza(stanza) => {
+                if stanza.is_iq_request() {
+                    let tracked = crate::c2s::lock(&slot.pending).track(stanza, &cx.settings.requests);
+                    if let Track::Refused(condition) = tracked {
+                        return self.bounce(cx, condition);
+                    }
+                }
+                (sender_key(stanza.from()), stanza.to_bytes())
+            }
             Outgoing::Presence { sender, bytes } => (*sender, bytes.clone()),
         };
         if out.send_routed(sender, bytes).is_err() {
+            if let (Outgoing::Stanza(s), true) = (&self, self.is_request()) {
+                if let (Some(from), Some(id)) = (s.from(), s.id()) {
+                    crate::c2s::lock(&slot.pending).answer(from, id);
+                }
+            }
             self.bounce(cx, StanzaCondition::ResourceConstraint);
         }
+    }
+
+    fn is_request(&self) -> bool {
+        matches!(self, Outgoing::Stanza(s) if s.is_iq_request())
     }
 
     fn bounce(&self, cx: &S2sContext, condition: StanzaCondition) {
@@ -148,6 +167,9 @@ struct Slot {
     since: Mutex<Instant>,
     /// Stanzas delivered so far: a link whose count stands still is idle.
     activity: AtomicU64,
+    /// IQ requests sent on the link whose answers have not come (they come
+    /// on the stream the other server opened).
+    pending: Mutex<Delivered>,
 }
 
 enum State {
@@ -200,7 +222,7 @@ impl Slot {
             State::Up(link) => {
                 let out = link.out.clone();
                 drop(state);
-                item.send(cx, &out);
+                item.send(cx, self, &out);
             }
             State::Connecting(waiting) if waiting.len() < cx.settings.max_queued => waiting.push_back(item),
             State::Connecting(_) => {
@@ -276,10 +298,22 @@ impl Links {
                 state: Mutex::new(State::Idle),
                 since: Mutex::new(Instant::now()),
                 activity: AtomicU64::new(0),
+                pending: Mutex::default(),
             });
             slots.push(slot.clone());
             slot
         }))
+    }
+
+    /// An answer from `remote` to `requester` (at `local`) for request
+    /// `id`: true if one of our requests waited for it (and no longer
+    /// does). Others are not routed: late, repeated, or never asked for.
+    pub(super) fn answered(&self, local: &str, remote: &str, requester: &Jid, id: &str) -> bool {
+        let Some(slots) = self.map.get(remote) else {
+            return false;
+        };
+        let slot = slots.iter().find(|s| s.key.0 == local);
+        slot.is_some_and(|s| crate::c2s::lock(&s.pending).answer(requester, id))
     }
 
     /// Forgets `slot` if it is idle (its link has ended).
@@ -403,7 +437,7 @@ impl Link {
         };
         log::info!("{}: up; {} waiting stanzas sent", self.name(), waiting.len());
         for item in waiting {
-            item.send(&self.cx, &out);
+            item.send(&self.cx, &self.slot, &out);
         }
     }
 
@@ -469,6 +503,16 @@ impl Link {
         self.shut(ctx);
     }
 
+    /// Requests not answered in time go back to their senders.
+    fn expire_requests(&mut self) {
+        let expired = crate::c2s::lock(&self.slot.pending).expired(Instant::now());
+        for waiting in expired {
+            self.cx
+                .router
+                .route(waiting.error(StanzaCondition::RemoteServerTimeout));
+        }
+    }
+
     /// Closes the link once nothing has gone on it for `idle_timeout`.
     fn check_idle(&mut self, ctx: &mut Context<Self>) {
         let now = self.slot.activity.load(Ordering::Relaxed);
@@ -482,7 +526,7 @@ impl Link {
         }
         let mut state = self.slot.lock();
         if let State::Up(link) = &*state {
-            if link.out.queued() == 0 {
+            if link.out.queued() == 0 && crate::c2s::lock(&self.slot.pending).is_empty() {
                 self.slot.set(&mut state, State::Idle);
                 drop(state);
                 log::info!("{}: idle; closed", self.name());
@@ -513,6 +557,7 @@ impl Actor for Link {
         self.manager = Some(manager);
         let tick = (settings.idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
         ctx.run_interval(tick, |act, ctx| act.check_idle(ctx));
+        ctx.run_interval(Duration::from_millis(500), |act, _| act.expire_requests());
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
@@ -521,6 +566,13 @@ impl Actor for Link {
         }
         // An idle slot leaves the table; a failed one stays until it is
         // tried again (the table is bounded by max_links).
+        // Answers cannot be waited for without the link: requests still
+        // waiting go back to their senders.
+        for waiting in crate::c2s::lock(&self.slot.pending).drain() {
+            self.cx
+                .router
+                .route(waiting.error(StanzaCondition::RemoteServerTimeout));
+        }
         self.cx.links.forget_if_idle(&self.slot);
     }
 }

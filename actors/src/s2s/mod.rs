@@ -89,6 +89,11 @@ pub struct S2sSettings {
     pub max_links: usize,
     pub max_verifications: usize,
     pub max_verifications_per_stream: usize,
+    /// IQ requests our users send to another domain, waiting for their
+    /// answers: how long each may wait (then the requester gets
+    /// `<remote-server-timeout/>`), and how many at most, in all and from
+    /// one account (as for a published service).
+    pub requests: crate::services::PublishOptions,
 }
 
 impl Default for S2sSettings {
@@ -121,6 +126,12 @@ impl Default for S2sSettings {
             max_links: 10_000,
             max_verifications: 1024,
             max_verifications_per_stream: 8,
+            requests: crate::services::PublishOptions {
+                iq_timeout: Duration::from_secs(30),
+                max_pending: 10_000,
+                max_pending_per_requester: 100,
+                ..Default::default()
+            },
         }
     }
 }
