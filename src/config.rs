@@ -235,6 +235,10 @@ pub struct S2sConfig {
     pub max_queued: usize,
     /// Largest stanza a remote server may send once authenticated, in bytes.
     pub max_stanza_bytes: usize,
+    /// Streams one remote domain may have authenticated to us at once;
+    /// past it, another is refused (`<resource-constraint/>` to its
+    /// dialback, `<temporary-auth-failure/>` to its SASL EXTERNAL).
+    pub max_streams_per_domain: usize,
     /// Seconds a user's IQ request to another domain waits for its answer;
     /// then the user gets `<remote-server-timeout/>`.
     pub iq_timeout_secs: u64,
@@ -261,6 +265,7 @@ impl Default for S2sConfig {
             idle_timeout_secs: 600,
             max_queued: 1000,
             max_stanza_bytes: 256 * 1024,
+            max_streams_per_domain: 8,
             iq_timeout_secs: 30,
             rate_bytes_per_sec: 1 << 20,
             burst_bytes: 1 << 20,
@@ -293,6 +298,7 @@ impl S2sConfig {
             ("idle_timeout_secs", self.idle_timeout_secs),
             ("max_queued", self.max_queued as u64),
             ("iq_timeout_secs", self.iq_timeout_secs),
+            ("max_streams_per_domain", self.max_streams_per_domain as u64),
             ("rate_bytes_per_sec", u64::from(self.rate_bytes_per_sec)),
             ("burst_bytes", u64::from(self.burst_bytes)),
         ];

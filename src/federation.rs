@@ -29,6 +29,7 @@ pub fn start(
         reconnect_after: Duration::from_secs(c.reconnect_after_secs),
         idle_timeout: Duration::from_secs(c.idle_timeout_secs),
         max_queued: c.max_queued,
+        max_streams_per_domain: c.max_streams_per_domain,
         max_stanza_bytes: c.max_stanza_bytes,
         blocked: c.blocked.iter().cloned().collect::<HashSet<_>>(),
         ..S2sSettings::default()

@@ -655,3 +655,21 @@ fn a_request_to_another_server_is_owed_an_answer() {
     assert_eq!(alice.recv().attr("id"), Some("after-unasked"));
     alice.expect_nothing();
 }
+
+#[test]
+fn one_domain_may_hold_only_so_many_streams() {
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
+    let _a = server("a.test", a_s2s, &[("b.test", b_s2s)], |c| {
+        optional(c);
+        c.s2s.max_streams_per_domain = 1;
+    });
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s)], optional);
+    let _first = authenticated_as_b(a_s2s, &b);
+    let (mut second, _) = raw_stream(a_s2s, "b.test", "a.test");
+    second.send("<db:result from='b.test' to='a.test'>0123456789abcdef</db:result>");
+    assert_eq!(
+        second.recv_xml(),
+        "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='error'><error xmlns='jabber:server' type='cancel'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></result>"
+    );
+}

@@ -385,6 +385,9 @@ impl S2sIn {
         if !authzid.is_empty() && authzid != remote {
             return failure(self, ctx, SaslCondition::InvalidAuthzid, false);
         }
+        if self.too_many_streams(&remote) {
+            return failure(self, ctx, SaslCondition::TemporaryAuthFailure, true);
+        }
         if !self.certificate_is_valid() {
             log::info!(
                 "{}: {remote} tried EXTERNAL with a certificate not valid for it",
@@ -402,6 +405,18 @@ impl S2sIn {
         self.authenticate(local, remote, Auth::External);
         // RFC 6120 §6.4.6: the peer restarts the stream.
         self.awaiting_header = true;
+    }
+
+    /// `remote` has as many other streams authenticated to us as it may
+    /// (`max_streams_per_domain`): a server opening streams without end
+    /// cannot hold as many connections as it likes.
+    fn too_many_streams(&self, remote: &str) -> bool {
+        let others = self
+            .cx
+            .inbound
+            .iter()
+            .filter(|e| *e.key() != self.id && e.remotes.iter().any(|r| r == remote));
+        others.count() >= self.cx.settings.max_streams_per_domain
     }
 
     fn authenticate(&mut self, local: String, remote: String, auth: Auth) {
@@ -464,7 +479,10 @@ impl S2sIn {
             return self.send_dialback(&db.answer(Body::Valid));
         }
         let settings = &self.cx.settings;
-        if self.verifying >= settings.max_verifications_per_stream || self.authenticated.len() >= MAX_PAIRS {
+        if self.verifying >= settings.max_verifications_per_stream
+            || self.authenticated.len() >= MAX_PAIRS
+            || self.too_many_streams(&from)
+        {
             return refuse(self, StanzaCondition::ResourceConstraint);
         }
         let Some(slot) = super::outbound::VerificationSlot::take(&self.cx) else {

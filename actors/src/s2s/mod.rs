@@ -87,6 +87,8 @@ pub struct S2sSettings {
     /// Links (remote domains) at most at once, and dialback verifications
     /// in flight at most, in all and on one stream.
     pub max_links: usize,
+    /// Streams one remote domain may have authenticated to us at once.
+    pub max_streams_per_domain: usize,
     pub max_verifications: usize,
     pub max_verifications_per_stream: usize,
     /// IQ requests our users send to another domain, waiting for their
@@ -124,6 +126,7 @@ impl Default for S2sSettings {
             close_linger: Duration::from_secs(1),
             blocked: HashSet::new(),
             max_links: 10_000,
+            max_streams_per_domain: 8,
             max_verifications: 1024,
             max_verifications_per_stream: 8,
             requests: crate::services::PublishOptions {
