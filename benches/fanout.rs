@@ -69,6 +69,7 @@ fn run(followers: usize, rounds: usize) {
     let mut config = Config::default();
     config.storage.sqlite = db;
     config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.http.listen = Vec::new();
     // Every follower connects from 127.0.0.1 at once.
     config.limits.max_connections_per_ip = 0;
     config.limits.max_unauthenticated = 0;

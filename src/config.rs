@@ -34,6 +34,7 @@ pub struct Config {
     pub sm: SmConfig,
     pub mam: MamConfig,
     pub s2s: S2sConfig,
+    pub http: HttpConfig,
 }
 
 /// The message archive (XEP-0313).
@@ -206,6 +207,33 @@ impl std::fmt::Debug for ComponentServiceConfig {
             .field("rate_bytes_per_sec", &self.rate_bytes_per_sec)
             .field("burst_bytes", &self.burst_bytes)
             .finish()
+    }
+}
+
+/// The HTTP listener, `[http]`: WebSocket clients, their discovery, the
+/// chat page.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Plain HTTP addresses (WebSocket clients use `ws://`); `[]`: none.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS addresses, with the hosted domains' certificates (`wss://`).
+    pub tls_listen: Vec<SocketAddr>,
+    /// Origins of web pages, besides the server's own, whose scripts may
+    /// open XMPP streams (`"https://chat.example.com"`; `"*"`: any page).
+    pub allowed_origins: Vec<String>,
+    /// Converse.js's `dist` directory, served for the page at `/chat`.
+    pub conversejs_dir: PathBuf,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5280))],
+            tls_listen: Vec::new(),
+            allowed_origins: Vec::new(),
+            conversejs_dir: PathBuf::from("conversejs"),
+        }
     }
 }
 
@@ -852,6 +880,9 @@ impl Config {
             .listen
             .iter()
             .chain(&self.c2s.direct_tls_listen)
+            // WebSocket clients are clients too.
+            .chain(&self.http.listen)
+            .chain(&self.http.tls_listen)
             .all(|a| a.ip().is_loopback())
     }
 

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod federation;
 pub mod group_commit;
+pub mod http;
 pub mod load;
 pub mod rlimit;
 pub mod server;

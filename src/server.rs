@@ -227,6 +227,8 @@ impl ServerBuilder {
                 .map(|a| listen(*a))
                 .collect::<Result<_, _>>()?
         };
+        let http_plain: Vec<_> = config.http.listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
+        let http_tls: Vec<_> = config.http.tls_listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
         // Other servers (federation): only when [s2s] listen is set.
         let s2s_listeners: Vec<_> = config.s2s.listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
         let serve = Serve {
@@ -280,6 +282,43 @@ impl ServerBuilder {
         } else {
             None
         };
+        let http = if http_plain.is_empty() && http_tls.is_empty() {
+            None
+        } else {
+            // HTTPS with the clients' certificates, or the domains' own
+            // when clients have no TLS.
+            let own;
+            let certs = match (&cx.config.tls, http_tls.is_empty()) {
+                (_, true) => None,
+                (Some(tls), false) => Some(tls),
+                (None, false) => {
+                    own = crate::tls::settings(&crate::tls::load_all(&config)?, StartTls::Off)?;
+                    Some(&own)
+                }
+            };
+            let std_listeners = |ls: Vec<(TcpListener, SocketAddr)>| -> Result<Vec<_>, StartError> {
+                ls.into_iter()
+                    .map(|(l, addr)| {
+                        l.into_std()
+                            .map(|l| (l, addr))
+                            .map_err(|source| StartError::Listen { addr, source })
+                    })
+                    .collect()
+            };
+            let web = crate::http::Web {
+                c2s: cx.clone(),
+                config: config.http.clone(),
+                domain: config.default_domain().to_owned(),
+                secure: Vec::new(),
+            };
+            let first = config.http.listen.first().or(config.http.tls_listen.first()).copied();
+            let started = crate::http::start(web, std_listeners(http_plain)?, std_listeners(http_tls)?, certs, workers)
+                .map_err(|source| StartError::Listen {
+                    addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                })?;
+            Some(started)
+        };
         log::info!("serving {}", served.join(", "));
         let control = control_listener.map(|listener| {
             control::serve(
@@ -292,6 +331,7 @@ impl ServerBuilder {
             )
         });
         Ok(ServerHandle {
+            http,
             local_addrs,
             direct_tls_addrs,
             component_addrs,
@@ -417,6 +457,8 @@ async fn accept_loop(
 
 /// A running server.
 pub struct ServerHandle {
+    /// The HTTP listeners (`[http]`), if any.
+    http: Option<crate::http::HttpHandle>,
     local_addrs: Vec<SocketAddr>,
     direct_tls_addrs: Vec<SocketAddr>,
     component_addrs: Vec<SocketAddr>,
@@ -454,6 +496,16 @@ impl ServerHandle {
         &self.s2s_addrs
     }
 
+    /// The plain HTTP listeners' addresses (`[http] listen`).
+    pub fn http_addrs(&self) -> &[SocketAddr] {
+        self.http.as_ref().map_or(&[], |h| &h.addrs)
+    }
+
+    /// The HTTPS listeners' addresses (`[http] tls_listen`).
+    pub fn http_tls_addrs(&self) -> &[SocketAddr] {
+        self.http.as_ref().map_or(&[], |h| &h.tls_addrs)
+    }
+
     /// Federation's links and settings, when on.
     pub fn s2s(&self) -> Option<&Arc<shoal_actors::s2s::S2sContext>> {
         self.s2s.as_ref()
@@ -482,6 +534,8 @@ impl ServerHandle {
         if let Some(control) = self.control {
             control.stop();
         }
+        // No new WebSocket streams; the open ones close with the others.
+        let http_stopped = self.http.as_ref().map(|http| http.stop());
         self.cx.shutdown.cancel();
         self.cx.tasks.close();
         let s2s_tasks = self.s2s.as_ref().map(|s2s| {
@@ -497,6 +551,9 @@ impl ServerHandle {
         };
         if tokio::time::timeout(Duration::from_secs(10), closed).await.is_err() {
             log::warn!("some connections did not close in time");
+        }
+        if let Some(stopped) = http_stopped {
+            let _ = tokio::time::timeout(Duration::from_secs(3), stopped).await;
         }
         for arbiter in self.arbiters.iter() {
             arbiter.stop();

@@ -378,6 +378,9 @@ fn write_config(dir: &Path, addr: SocketAddr, durability: &str) -> PathBuf {
          [c2s]\n\
          listen = [\"{addr}\"]\n\
          \n\
+         [http]\n\
+         listen = []\n\
+         \n\
          [offline]\n\
          max_messages = 0\n\
          \n\

@@ -42,6 +42,7 @@ fn embedded_server_with_custom_storage_handler_and_host_messages() {
                 .unwrap();
             let mut config = Config::default();
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            config.http.listen = Vec::new();
             let server = ServerBuilder::new(config)
                 .storage(storage)
                 .iq_handler(IqScope::Server, "urn:example:echo", Arc::new(Echo))

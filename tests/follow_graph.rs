@@ -69,6 +69,7 @@ fn one_way_follows_without_rosters() {
             graph.follow(&jid("alice"), &jid("bob"));
             let mut config = Config::default();
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            config.http.listen = Vec::new();
             let server = ServerBuilder::new(config)
                 .storage(storage)
                 .follower_source(graph)

@@ -25,7 +25,7 @@ impl ChildServer {
         std::fs::write(
             &config,
             format!(
-                "[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n\
+                "[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n[http]\nlisten = []\n\
                  [limits]\npreauth_rate_bytes_per_sec = 67108864\npreauth_burst_bytes = 67108864\n",
                 dir.path().join("shoal.db")
             ),

@@ -72,6 +72,7 @@ fn start(
         actix_rt::System::new().block_on(async move {
             let mut config = Config::default();
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            config.http.listen = Vec::new();
             config.storage.sqlite = db;
             let server = ServerBuilder::new(config).workers(1).start().await.unwrap();
             let router = server.router().clone();

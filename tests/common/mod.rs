@@ -39,12 +39,16 @@ pub struct TestServer {
     pub addr: SocketAddr,
     direct_tls: Option<SocketAddr>,
     component: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
+
+/// Where a started server listens: clients, Direct TLS, components, HTTP.
+struct Listening(SocketAddr, Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
 
 impl TestServer {
     pub fn start() -> TestServer {
@@ -58,12 +62,15 @@ impl TestServer {
         let mut config = Config::default();
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        // No HTTP unless the test asks (the default port is fixed).
+        config.http.listen = Vec::new();
         edit(&mut config);
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(config.clone());
+        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone());
         TestServer {
             addr,
             direct_tls,
             component,
+            http,
             db,
             config,
             _dir: dir,
@@ -72,14 +79,7 @@ impl TestServer {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn spawn(
-        config: Config,
-    ) -> (
-        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
-        tokio::sync::oneshot::Sender<()>,
-        JoinHandle<()>,
-    ) {
+    fn spawn(config: Config) -> (Listening, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -88,10 +88,11 @@ impl TestServer {
                     Ok(s) => s,
                     Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
                 };
-                let _ = addr_tx.send(Ok((
+                let _ = addr_tx.send(Ok(Listening(
                     server.local_addrs()[0],
                     server.direct_tls_addrs().first().copied(),
                     server.component_addrs().first().copied(),
+                    server.http_addrs().first().copied(),
                 )));
                 let _ = stop_rx.await;
                 server.shutdown().await;
@@ -108,10 +109,11 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(self.config.clone());
+        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(self.config.clone());
         self.addr = addr;
         self.direct_tls = direct_tls;
         self.component = component;
+        self.http = http;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -124,6 +126,11 @@ impl TestServer {
         for name in names {
             assert!(store.create_user(&self.account(name), &creds).unwrap());
         }
+    }
+
+    /// The first HTTP listener, if the test configured one (`[http] listen`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("no HTTP listener configured")
     }
 
     /// The first Direct TLS listener, if the test configured one.

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::actor::{C2s, State};
-use super::io::{ChannelBindings, StartTls};
+use super::io::{Carrier, ChannelBindings, StartTls};
 use std::time::Instant;
 
 use super::limits::ConnectionLimits;
@@ -43,13 +43,21 @@ impl C2s {
             .tls
             .as_ref()
             .is_some_and(|t| t.starttls == StartTls::Required);
-        required && self.conn.tls().is_none()
+        required && self.starttls_possible()
     }
 
-    fn mechanism_offered(&self, m: Mechanism, secure: bool) -> bool {
+    /// A socket not yet encrypted; over a WebSocket, TLS is the HTTP
+    /// server's business (RFC 7395 §3.4).
+    fn starttls_possible(&self) -> bool {
+        matches!(self.conn.carrier(), Carrier::Socket { tls: false })
+    }
+
+    /// `bound`: the stream has TLS channel bindings (our own TLS).
+    fn mechanism_offered(&self, m: Mechanism, bound: bool) -> bool {
+        let encrypted = bound || self.conn.carrier() == Carrier::WebSocket { secure: true };
         match m {
-            _ if m.is_plus() => secure,
-            Mechanism::Plain => secure || self.cx.config.allow_plain_without_tls,
+            _ if m.is_plus() => bound,
+            Mechanism::Plain => encrypted || self.cx.config.allow_plain_without_tls,
             _ => true,
         }
     }
@@ -63,7 +71,7 @@ impl C2s {
     pub(super) fn pre_auth_features(&self) -> Element {
         let bindings = self.conn.tls();
         let mut features = Element::new("features", ns::STREAM);
-        if let (Some(tls), None) = (&self.cx.config.tls, &bindings) {
+        if let (Some(tls), true) = (&self.cx.config.tls, self.starttls_possible()) {
             if tls.starttls != StartTls::Off {
                 let mut starttls = Element::new("starttls", ns::TLS);
                 if tls.starttls == StartTls::Required {
@@ -98,7 +106,7 @@ impl C2s {
 
     pub(super) fn on_pre_auth(&mut self, ctx: &mut Context<Self>, el: Element) {
         let offered = self.cx.config.tls.as_ref().is_some_and(|t| t.starttls != StartTls::Off);
-        if el.is("starttls", ns::TLS) && offered && self.conn.tls().is_none() {
+        if el.is("starttls", ns::TLS) && offered && self.starttls_possible() {
             // RFC 6120 §5.4.2.3: proceed, then the handshake, then a new stream.
             self.send_element(&Element::new("proceed", ns::TLS));
             // The header's `to` picks the certificate when SNI does not.

@@ -133,6 +133,27 @@ impl std::fmt::Debug for TlsSettings {
     }
 }
 
+/// What carries a client's stream: a socket (TLS from the start, or
+/// not: STARTTLS may still come), or a WebSocket (RFC 7395), where TLS is
+/// the HTTP server's, and STARTTLS is not offered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Socket { tls: bool },
+    WebSocket { secure: bool },
+}
+
+impl Carrier {
+    /// As sessions are listed and counted: `tcp`, `tls`, `ws`, `wss`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Carrier::Socket { tls: false } => "tcp",
+            Carrier::Socket { tls: true } => "tls",
+            Carrier::WebSocket { secure: false } => "ws",
+            Carrier::WebSocket { secure: true } => "wss",
+        }
+    }
+}
+
 /// The channel bindings of one TLS connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelBindings {
@@ -173,6 +194,8 @@ pub enum Io {
     Tls(Box<TlsStream<TcpStream>>),
     /// A stream we opened (to another server): we are the TLS client.
     TlsClient(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// RFC 7395: the HTTP server's WebSocket, framed at its edges.
+    WebSocket(Box<super::websocket::WebSocketIo>),
     /// Gone (after a failed upgrade).
     Closed,
 }
@@ -182,7 +205,7 @@ impl Io {
     pub(crate) async fn upgrade(self, acceptor: TlsAcceptor) -> io::Result<Io> {
         match self {
             Io::Tcp(tcp) | Io::TlsPending(tcp, _) => Ok(Io::Tls(Box::new(acceptor.accept(tcp).await?))),
-            Io::Tls(_) | Io::TlsClient(_) | Io::Closed => Err(io::Error::other("not a plain stream")),
+            _ => Err(io::Error::other("not a plain stream")),
         }
     }
 
@@ -232,8 +255,13 @@ impl Io {
         }
     }
 
-    pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, Io::Tls(_) | Io::TlsClient(_))
+    /// What carries the stream, as far as a session is concerned.
+    pub(crate) fn carrier(&self) -> Carrier {
+        match self {
+            Io::WebSocket(ws) => Carrier::WebSocket { secure: ws.is_secure() },
+            Io::TlsPending(..) | Io::Tls(_) | Io::TlsClient(_) => Carrier::Socket { tls: true },
+            Io::Tcp(_) | Io::Closed => Carrier::Socket { tls: false },
+        }
     }
 
     /// The channel bindings, once TLS is up. As the server of a stream to
@@ -284,6 +312,7 @@ impl AsyncRead for Io {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Io::TlsClient(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::WebSocket(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -295,6 +324,7 @@ impl AsyncWrite for Io {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Io::TlsClient(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::WebSocket(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Io::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -304,6 +334,7 @@ impl AsyncWrite for Io {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Io::TlsClient(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::WebSocket(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -313,6 +344,7 @@ impl AsyncWrite for Io {
             Io::Tcp(s) | Io::TlsPending(s, _) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Io::TlsClient(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::WebSocket(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Io::Closed => Poll::Ready(Ok(())),
         }
     }

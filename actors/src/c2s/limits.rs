@@ -82,6 +82,8 @@ pub struct ConnState {
     /// Boxed: most connections of a busy server are idle, and most
     /// connections' state is this struct.
     pub(crate) tls: Mutex<Option<Box<super::io::ChannelBindings>>>,
+    /// A WebSocket's, or `None` for a socket (see [`ConnState::carrier`]).
+    websocket: Option<super::io::Carrier>,
     /// Milliseconds since `epoch` at the last read.
     last_read: AtomicU64,
     /// Reads so far: any read after a ping answers it.
@@ -90,11 +92,12 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(admitted: Admitted) -> ConnState {
+    pub(crate) fn new(admitted: Admitted, carrier: super::io::Carrier) -> ConnState {
         ConnState {
             admitted,
             authenticated: AtomicBool::new(false),
             tls: Mutex::new(None),
+            websocket: matches!(carrier, super::io::Carrier::WebSocket { .. }).then_some(carrier),
             last_read: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -110,6 +113,13 @@ impl ConnState {
     /// The channel bindings, if the connection is encrypted.
     pub(crate) fn tls(&self) -> Option<super::io::ChannelBindings> {
         self.tls.lock().ok().and_then(|t| t.as_deref().cloned())
+    }
+
+    /// What carries the stream now (a socket may have turned to TLS).
+    pub fn carrier(&self) -> super::io::Carrier {
+        self.websocket.unwrap_or_else(|| super::io::Carrier::Socket {
+            tls: self.tls.lock().is_ok_and(|t| t.is_some()),
+        })
     }
 
     pub(crate) fn reads(&self) -> u64 {

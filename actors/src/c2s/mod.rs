@@ -14,6 +14,7 @@ pub(crate) mod outbound;
 pub(crate) mod resume;
 mod sweep;
 pub(crate) mod transport;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

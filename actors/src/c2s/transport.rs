@@ -97,7 +97,7 @@ pub(crate) fn start<S: StreamSettings>(
     let (out, out_rx) = super::outbound::Outbound::new(max_outbound);
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, frames) = super::frames::pipe();
-    let conn = Arc::new(ConnState::new(admitted));
+    let conn = Arc::new(ConnState::new(admitted, io.carrier()));
     let transport = Transport {
         codec,
         frames: Some(frames_tx),
@@ -291,7 +291,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                                     let name = if cx.tls_client().is_some() { "proceed" } else { "starttls" };
                                     awaiting_tls = el.is(name, crate::ns::TLS)
                                         && (cx.tls().is_some() || cx.tls_client().is_some())
-                                        && !io.is_tls();
+                                        && matches!(io, Io::Tcp(_));
                                 }
                                 if let Some(tx) = frames.as_ref() {
                                     tx.send(Box::new(Ok(frame)));
