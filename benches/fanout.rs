@@ -97,6 +97,7 @@ fn run(followers: usize, rounds: usize) {
             password: "pw".into(),
             sources: 1,
             scram: false,
+            websocket: None,
         };
         let names: Vec<String> = (0..followers).map(|i| format!("f{i}")).collect();
         for chunk in names.chunks(50) {

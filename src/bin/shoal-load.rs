@@ -40,6 +40,11 @@ struct Cli {
     /// SCRAM-SHA-256 instead of PLAIN (salted passwords cached per account).
     #[arg(long)]
     scram: bool,
+    /// Connect over WebSocket (RFC 7395) at this path of --host:--port
+    /// (e.g. /xmpp-websocket on Shoal's and Prosody's 5280, /ws on
+    /// ejabberd's), instead of TCP.
+    #[arg(long)]
+    websocket: Option<String>,
     /// Spread connections over source addresses 127.0.0.1 ..= 127.0.0.N.
     #[arg(long, default_value_t = 16)]
     sources: u8,
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
         password: cli.password.clone(),
         sources: cli.sources.max(1),
         scram: cli.scram,
+        websocket: cli.websocket.clone(),
     };
     let peer_addr = cli
         .peer_host

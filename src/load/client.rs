@@ -13,8 +13,7 @@ use shoal_actors::codec::{CodecLimits, Frame, XmppCodec};
 use shoal_actors::ns;
 use shoal_actors::sasl::{ScramClient, ScramHash};
 use shoal_actors::xml::Element;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio_util::codec::FramedRead;
 
@@ -45,14 +44,19 @@ pub struct Target {
     /// port limit of one address.
     pub sources: u8,
     pub scram: bool,
+    /// Over a WebSocket (RFC 7395) at this path of `addr`, instead of TCP.
+    pub websocket: Option<String>,
 }
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Stream management's namespace (XEP-0198).
 pub const SM: &str = "urn:xmpp:sm:3";
 
 pub struct Conn {
-    rx: FramedRead<OwnedReadHalf, XmppCodec>,
-    tx: OwnedWriteHalf,
+    rx: FramedRead<Reader, XmppCodec>,
+    tx: Writer,
     /// Bytes a write has not taken yet: a cancelled write loses nothing,
     /// the next one goes on from here.
     pending: Vec<u8>,
@@ -154,7 +158,16 @@ impl Conn {
         }
         let stream = socket.connect(target.addr).await?;
         stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
+        let (r, w): (Reader, Writer) = match &target.websocket {
+            None => {
+                let (r, w) = stream.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Some(path) => {
+                let (r, w) = tokio::io::split(super::websocket::connect(stream, target.addr, path).await?);
+                (Box::new(r), Box::new(w))
+            }
+        };
         Ok(Conn {
             rx: FramedRead::new(r, XmppCodec::new(CodecLimits::default())),
             tx: w,

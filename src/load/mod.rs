@@ -8,6 +8,7 @@ pub mod components;
 pub mod offline;
 pub mod roster_storm;
 pub mod scenarios;
+pub mod websocket;
 
 use std::time::Duration;
 
