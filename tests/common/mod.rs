@@ -39,6 +39,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     direct_tls: Option<SocketAddr>,
     component: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
     _dir: tempfile::TempDir,
@@ -59,11 +60,12 @@ impl TestServer {
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         edit(&mut config);
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(config.clone());
+        let ((addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone());
         TestServer {
             addr,
             direct_tls,
             component,
+            http,
             db,
             config,
             _dir: dir,
@@ -76,7 +78,7 @@ impl TestServer {
     fn spawn(
         config: Config,
     ) -> (
-        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
+        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>),
         tokio::sync::oneshot::Sender<()>,
         JoinHandle<()>,
     ) {
@@ -92,6 +94,7 @@ impl TestServer {
                     server.local_addrs()[0],
                     server.direct_tls_addrs().first().copied(),
                     server.component_addrs().first().copied(),
+                    server.http_addrs().first().copied(),
                 )));
                 let _ = stop_rx.await;
                 server.shutdown().await;
@@ -108,10 +111,11 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(self.config.clone());
+        let ((addr, direct_tls, component, http), stop, thread) = Self::spawn(self.config.clone());
         self.addr = addr;
         self.direct_tls = direct_tls;
         self.component = component;
+        self.http = http;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -135,6 +139,11 @@ impl TestServer {
     /// component.
     pub fn component_addr(&self) -> SocketAddr {
         self.component.expect("no component configured")
+    }
+
+    /// The first HTTP listener (`[http] listen`), if the test configured one.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("no HTTP listener configured")
     }
 
     /// Adds an account; see [`account`] for the name.
@@ -731,4 +740,69 @@ impl Client {
         stream.set_nonblocking(false).unwrap();
         Client::over(stream)
     }
+}
+
+/// An HTTP response, as [`http`] read it: header names in lower case.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`, so the
+/// response ends where the connection does): `method target`, these
+/// headers, this body (its Content-Length is the test's to give).
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    // A server refusing the request may answer without reading the body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("timed out waiting for the HTTP response ({} bytes read)", raw.len())
+            }
+            // A reset after the response: keep what came.
+            Err(_) => break,
+        }
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8(raw[..end].to_vec()).expect("response head is not UTF-8");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let reply = HttpReply {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    };
+    assert_ne!(reply.header("transfer-encoding"), Some("chunked"), "not decoded here");
+    reply
 }
