@@ -35,6 +35,50 @@ pub struct Config {
     pub mam: MamConfig,
     pub s2s: S2sConfig,
     pub http: HttpConfig,
+    pub upload: UploadConfig,
+}
+
+/// XEP-0363 HTTP File Upload, `[upload]`: a published service that hands
+/// out upload slots, served over the HTTP listener (see [`crate::upload`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Off by default: it stores users' files on this machine, and its URLs
+    /// must be reachable by clients (see `url`).
+    pub enabled: bool,
+    /// The service's domain. Unset: `upload.` and the default domain.
+    pub domain: Option<String>,
+    /// Where the files are kept. Unset: beside the database, with the
+    /// extension `uploads` (`./shoal.uploads` for `./shoal.db`).
+    pub dir: Option<PathBuf>,
+    /// The public base URL of the slots (what the HTTP listener serves as
+    /// `/upload`). Unset: `http://` and the first `[http]` address, then
+    /// `/upload`.
+    pub url: Option<String>,
+    /// Largest file, in bytes; larger requests get `<file-too-large/>`.
+    pub max_file_bytes: u64,
+    /// Bytes one user may have stored (or reserved by slots not yet
+    /// filled); 0: no quota.
+    pub quota_bytes: u64,
+    /// Seconds a file is kept after its upload; 0: forever.
+    pub expire_after_secs: u64,
+    /// Seconds a slot's PUT URL is valid for, from the slot being given.
+    pub slot_timeout_secs: u64,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: false,
+            domain: None,
+            dir: None,
+            url: None,
+            max_file_bytes: 10 * 1024 * 1024,
+            quota_bytes: 100 * 1024 * 1024,
+            expire_after_secs: 7 * 86_400,
+            slot_timeout_secs: 300,
+        }
+    }
 }
 
 /// The message archive (XEP-0313).
@@ -636,6 +680,8 @@ impl Default for SessionsConfig {
 pub const MAX_MAM_PAGE: usize = 1000;
 /// `[mam] retention_days`, at most (about a hundred years): 0 is forever.
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
+/// `[upload] expire_after_secs`, at most (about a hundred years): 0 is forever.
+pub const MAX_UPLOAD_EXPIRY_SECS: u64 = 36_500 * 86_400;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -727,7 +773,67 @@ impl Config {
                 "[mam] retention_days must be at most {MAX_RETENTION_DAYS} (0 keeps messages forever)"
             ));
         }
-        self.validate_components()
+        self.validate_components()?;
+        self.validate_upload()
+    }
+
+    fn validate_upload(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let u = &self.upload;
+        if u.enabled && self.http.listen.is_empty() && self.http.tls_listen.is_empty() {
+            return invalid("[upload] enabled needs an HTTP listener ([http] listen or tls_listen)".into());
+        }
+        if u.max_file_bytes == 0 || u.slot_timeout_secs == 0 {
+            return invalid("[upload] max_file_bytes and slot_timeout_secs must be at least 1".into());
+        }
+        if u.quota_bytes != 0 && u.quota_bytes < u.max_file_bytes {
+            return invalid("[upload] quota_bytes must be 0 (no quota) or at least max_file_bytes".into());
+        }
+        if u.expire_after_secs > MAX_UPLOAD_EXPIRY_SECS {
+            return invalid(format!(
+                "[upload] expire_after_secs must be at most {MAX_UPLOAD_EXPIRY_SECS} (0 keeps files forever)"
+            ));
+        }
+        let domain = self.upload_domain();
+        match BareJid::domain_jid(&domain) {
+            Ok(j) if j.as_str() == domain => {}
+            Ok(j) => return invalid(format!("[upload] domain {domain:?} should be written {:?}", j.as_str())),
+            Err(e) => return invalid(format!("[upload] domain {domain:?}: {e}")),
+        }
+        if self.domain_list().contains(&domain.as_str()) {
+            return invalid(format!("[upload] domain {domain:?} is one of the server's own domains"));
+        }
+        if self.components.services.iter().any(|s| s.domain == domain) {
+            return invalid(format!("[upload] domain {domain:?} is also a component's"));
+        }
+        if let Some(url) = &u.url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+            if host.is_none_or(str::is_empty) || url.contains(['?', '#']) || url.chars().any(char::is_whitespace) {
+                return invalid(format!(
+                    "[upload] url {url:?} must be an http:// or https:// URL without query or fragment"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upload service's domain: `[upload] domain`, or `upload.` and
+    /// the default domain.
+    pub fn upload_domain(&self) -> String {
+        self.upload
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("upload.{}", self.default_domain()))
+    }
+
+    /// Where uploaded files are kept: `[upload] dir`, or beside the
+    /// database (`./shoal.uploads` for `./shoal.db`), so that they follow it.
+    pub fn upload_dir(&self) -> PathBuf {
+        self.upload
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.storage.sqlite.with_extension("uploads"))
     }
 
     fn validate_components(&self) -> Result<(), ConfigError> {
@@ -1157,6 +1263,55 @@ mod tests {
             let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
             assert!(err.contains(problem), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn upload_settings_have_defaults_and_are_checked() {
+        let d = Config::default();
+        d.validate().unwrap();
+        assert!(!d.upload.enabled);
+        assert_eq!(d.upload_domain(), "upload.localhost");
+        assert_eq!(d.upload_dir(), Path::new("./shoal.uploads"));
+        assert_eq!(
+            (
+                d.upload.max_file_bytes,
+                d.upload.quota_bytes,
+                d.upload.expire_after_secs,
+                d.upload.slot_timeout_secs
+            ),
+            (10_485_760, 104_857_600, 604_800, 300)
+        );
+        let set: Config = toml::from_str(
+            "domain = 'a.test'\n[storage]\nsqlite = '/var/lib/shoal/data.db'\n\
+             [upload]\nenabled = true\nurl = 'https://files.a.test/xmpp'\nquota_bytes = 0",
+        )
+        .unwrap();
+        set.validate().unwrap();
+        assert_eq!(set.upload_domain(), "upload.a.test");
+        assert_eq!(set.upload_dir(), Path::new("/var/lib/shoal/data.uploads"));
+        for (bad, problem) in [
+            ("[upload]\nmax_file_bytes = 0", "max_file_bytes"),
+            ("[upload]\nslot_timeout_secs = 0", "slot_timeout_secs"),
+            ("[upload]\nmax_file_bytes = 200\nquota_bytes = 100", "quota_bytes"),
+            ("[upload]\nexpire_after_secs = 99999999999", "expire_after_secs"),
+            ("[upload]\ndomain = 'localhost'", "own domains"),
+            ("[upload]\ndomain = 'Up.localhost'", "should be written \"up.localhost\""),
+            (
+                "[upload]\ndomain = 'bot.localhost'\n[[components.service]]\ndomain = 'bot.localhost'\nsecret = 's'",
+                "component",
+            ),
+            ("[upload]\nurl = 'ftp://x/upload'", "http:// or https://"),
+            ("[upload]\nurl = 'https:///upload'", "http:// or https://"),
+            ("[upload]\nurl = 'https://x/upload?a=b'", "without query"),
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+        }
+        let typo = toml::from_str::<Config>("[upload]\nmax_file_size = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown field `max_file_size`"), "{typo}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The batteries-included Shoal XMPP server: TOML [`config`], the SQLite
 //! [`store`], and a [`server::ServerBuilder`] that starts the actors of
-//! [`shoal_actors`] inside an actix System, with its listeners.
+//! [`shoal_actors`] inside an actix System, with its listeners; HTTP
+//! file [`upload`] (XEP-0363).
 
 pub mod config;
 pub mod control;
@@ -14,6 +15,7 @@ pub mod rlimit;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod upload;
 
 pub use config::Config;
 pub use server::{ServerBuilder, ServerHandle, StartError};

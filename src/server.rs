@@ -41,6 +41,8 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Upload(#[from] crate::upload::UploadError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -305,11 +307,19 @@ impl ServerBuilder {
                     })
                     .collect()
             };
+            // Upload URLs name the first listener unless [upload] url says.
+            let base = match (http_plain.first(), http_tls.first()) {
+                (Some((_, addr)), _) => format!("http://{addr}"),
+                (None, Some((_, addr))) => format!("https://{addr}"),
+                (None, None) => unreachable!("some listener"),
+            };
+            let upload = crate::upload::start(&config, &router, &base, &config.http.allowed_origins)?;
             let web = crate::http::Web {
                 c2s: cx.clone(),
                 config: config.http.clone(),
                 domain: config.default_domain().to_owned(),
                 secure: Vec::new(),
+                upload,
             };
             let first = config.http.listen.first().or(config.http.tls_listen.first()).copied();
             let started = crate::http::start(web, std_listeners(http_plain)?, std_listeners(http_tls)?, certs, workers)

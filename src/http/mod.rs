@@ -26,6 +26,8 @@ pub struct Web {
     pub domain: String,
     /// Streams on these listeners are over TLS.
     pub secure: Vec<SocketAddr>,
+    /// XEP-0363's PUT and GET, when `[upload] enabled`.
+    pub upload: Option<Arc<crate::upload::Upload>>,
 }
 
 /// The running HTTP server.
@@ -54,13 +56,21 @@ pub fn start(
 ) -> std::io::Result<HttpHandle> {
     let mut web = web;
     web.secure = tls.iter().map(|(_, a)| *a).collect();
+    let upload = web.upload.clone().map(web::Data::new);
     let web = web::Data::new(web);
     let server = HttpServer::new(move || {
+        let upload = upload.clone();
         App::new()
             .app_data(web.clone())
             .configure(websocket::routes)
             .configure(host_meta::routes)
             .configure(chat::routes)
+            .configure(move |cfg| {
+                if let Some(upload) = upload {
+                    cfg.app_data(upload);
+                    crate::upload::http::routes(cfg);
+                }
+            })
     })
     .workers(workers)
     // The server's own shutdown stops this one; signals are main's.

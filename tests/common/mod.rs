@@ -739,3 +739,68 @@ impl Client {
         Client::over(stream)
     }
 }
+
+/// An HTTP response, as [`http`] read it: header names in lower case.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`, so the
+/// response ends where the connection does): `method target`, these
+/// headers, this body (its Content-Length is the test's to give).
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpReply {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("send");
+    // A server refusing the request may answer without reading the body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                panic!("timed out waiting for the HTTP response ({} bytes read)", raw.len())
+            }
+            // A reset after the response: keep what came.
+            Err(_) => break,
+        }
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8(raw[..end].to_vec()).expect("response head is not UTF-8");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let reply = HttpReply {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    };
+    assert_ne!(reply.header("transfer-encoding"), Some("chunked"), "not decoded here");
+    reply
+}
