@@ -39,6 +39,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     direct_tls: Option<SocketAddr>,
     component: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
     _dir: tempfile::TempDir,
@@ -59,11 +60,12 @@ impl TestServer {
         config.storage.sqlite = db.clone();
         config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
         edit(&mut config);
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(config.clone());
+        let ((addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone());
         TestServer {
             addr,
             direct_tls,
             component,
+            http,
             db,
             config,
             _dir: dir,
@@ -76,7 +78,7 @@ impl TestServer {
     fn spawn(
         config: Config,
     ) -> (
-        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>),
+        (SocketAddr, Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>),
         tokio::sync::oneshot::Sender<()>,
         JoinHandle<()>,
     ) {
@@ -92,6 +94,7 @@ impl TestServer {
                     server.local_addrs()[0],
                     server.direct_tls_addrs().first().copied(),
                     server.component_addrs().first().copied(),
+                    server.http_addrs().first().copied(),
                 )));
                 let _ = stop_rx.await;
                 server.shutdown().await;
@@ -108,10 +111,11 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let ((addr, direct_tls, component), stop, thread) = Self::spawn(self.config.clone());
+        let ((addr, direct_tls, component, http), stop, thread) = Self::spawn(self.config.clone());
         self.addr = addr;
         self.direct_tls = direct_tls;
         self.component = component;
+        self.http = http;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -135,6 +139,12 @@ impl TestServer {
     /// component.
     pub fn component_addr(&self) -> SocketAddr {
         self.component.expect("no component configured")
+    }
+
+    /// The first HTTP listener (WebSocket, /chat), if the test configured
+    /// one.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("no [http] listener configured")
     }
 
     /// Adds an account; see [`account`] for the name.
