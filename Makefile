@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: federation-peers run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp clean
+.PHONY: federation-peers run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp web-deps chromium conversejs clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -32,7 +32,7 @@ soak:
 	SHOAL_SOAK_MESSAGES=$(SOAK_MESSAGES) SHOAL_SOAK_KILLS=$(SOAK_KILLS) \
 	  $(CARGO) test --release --test durability -- --nocapture
 
-interop-deps: $(VENV)/.installed debian-slixmpp federation-peers
+interop-deps: $(VENV)/.installed debian-slixmpp federation-peers web-deps
 
 # Debian's Prosody and ejabberd, federation partners in
 # tests/federation_interop.rs (fixtures/peers/federation.sh runs them).
@@ -43,6 +43,34 @@ federation-peers:
 debian-slixmpp:
 	$(DEBIAN_PY) -c 'import slixmpp' 2>/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-slixmpp; }
+
+# The real-browser test (tests/web.rs): Debian's chromium, and Converse.js
+# and playwright-core at the versions tests/web/package-lock.json pins.
+# No install scripts run: neither package needs one, and playwright's would
+# fetch a browser of its own.
+WEB := tests/web
+
+web-deps: chromium $(WEB)/node_modules/.installed
+
+chromium:
+	test -x /usr/bin/chromium || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	npm ci --prefix $(WEB) --ignore-scripts --no-audit --no-fund
+	touch $@
+
+# Converse.js for Shoal's /chat page: its dist/ unpacked into ./conversejs,
+# where [http] conversejs_dir points by default; the version the browser
+# test pins.
+CONVERSEJS_VERSION := $(shell sed -n 's/^ *"converse\.js": "\(.*\)".*/\1/p' $(WEB)/package.json)
+
+conversejs:
+	rm -rf conversejs conversejs.tmp && mkdir conversejs.tmp
+	cd conversejs.tmp && npm pack --silent converse.js@$(CONVERSEJS_VERSION) > /dev/null && \
+	  tar xzf converse.js-$(CONVERSEJS_VERSION).tgz package/dist
+	mv conversejs.tmp/package/dist conversejs && rm -rf conversejs.tmp
+	@echo "Converse.js $(CONVERSEJS_VERSION) is in ./conversejs: open http://127.0.0.1:5280/chat"
 
 $(VENV)/.installed: tests/interop/requirements.txt
 	python3 -m venv $(VENV)
@@ -75,4 +103,4 @@ fuzz:
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(WEB)/node_modules

@@ -286,7 +286,7 @@ fn the_chat_page_serves_converse_or_says_how_to_install_it() {
     std::fs::write(dist.path().join("converse.min.js"), "/* converse */").unwrap();
     let (status, _, body) = get(addr, "/chat");
     assert_eq!(status, 200);
-    assert!(body.contains("<script src=\"/chat/dist/converse.min.js\""), "{body}");
+    assert!(body.contains("<script type=\"module\" src=\"/chat/dist/converse.min.js\""), "{body}");
     assert!(body.contains("+ '/xmpp-websocket'"), "{body}");
     assert!(body.contains("default_domain: 'localhost'"), "{body}");
     let (status, head, body) = get(addr, "/chat/dist/converse.min.js");

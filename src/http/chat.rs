@@ -57,7 +57,9 @@ async fn page(web: web::Data<Web>) -> HttpResponse {
 }
 
 /// The page: Converse.js full screen, logging in over this listener's
-/// WebSocket, accounts at `domain` by default.
+/// WebSocket, accounts at `domain` by default. Converse 14 is an ES
+/// module: both scripts are modules (the inline one runs once the library
+/// has set `window.converse`).
 fn chat_page(domain: &str, registration: bool) -> String {
     // Domains are letters, digits, dots and hyphens: nothing to escape in
     // a JavaScript string, but a configured one is checked all the same.
@@ -73,13 +75,13 @@ fn chat_page(domain: &str, registration: bool) -> String {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Chat at {domain}</title>
 <link rel="stylesheet" href="/chat/dist/converse.min.css">
-<script src="/chat/dist/converse.min.js" charset="utf-8"></script>
+<script type="module" src="/chat/dist/converse.min.js"></script>
 </head>
 <body class="converse-fullscreen">
 <noscript>This chat needs JavaScript.</noscript>
-<script>
+<script type="module">
 converse.initialize({{
-  assets_path: '/chat/dist/',
+  assets_path: '/chat/dist',
   websocket_url: (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/xmpp-websocket',
   discover_connection_methods: false,
   view_mode: 'fullscreen',
