@@ -156,7 +156,7 @@ impl C2s {
                 let limits = ConnectionLimits {
                     failures_per_account: self.host.registrations_per_network,
                     failures_per_network: 0,
-                    ..self.cx.config.connections.clone()
+                    ..self.cx.limits().clone()
                 };
                 let (ip, now) = (self.peer.ip(), Instant::now());
                 let key = format!("{REGISTERING}{}", self.domain());
@@ -367,7 +367,7 @@ impl C2s {
     /// that must wait after failing for many accounts. Elsewhere the account
     /// is not slowed down.
     fn not_throttled(&self, user: &BareJid) -> Result<(), SaslFailure> {
-        let limits = &self.cx.config.connections;
+        let limits = self.cx.limits();
         // Keyed by bare JID: alice of one domain is not alice of another.
         if self
             .cx
@@ -389,7 +389,7 @@ impl C2s {
         self.cx.throttle.failed(
             user.as_str(),
             self.peer.ip(),
-            &self.cx.config.connections,
+            self.cx.limits(),
             std::time::Instant::now(),
         );
     }

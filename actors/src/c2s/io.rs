@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -60,31 +60,51 @@ impl Certificates {
     }
 }
 
+/// The certificates in force: each handshake reads them, a reload
+/// replaces them whole ([`TlsSettings::set_certificates`]).
+#[derive(Debug)]
+struct InForce(RwLock<Arc<Certificates>>);
+
+impl InForce {
+    fn get(&self) -> Arc<Certificates> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 /// Picks by SNI, falling back to one domain's certificate: a
 /// configuration per hosted domain carries one, so that a STARTTLS
 /// handshake can fall back to the domain its stream named.
 #[derive(Debug)]
 struct Resolver {
-    certs: Arc<Certificates>,
+    certs: Arc<InForce>,
     fallback: String,
 }
 
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        Some(
-            self.certs
-                .pick(hello.server_name(), Some(self.fallback.as_str()))
-                .key
-                .clone(),
-        )
+        let certs = self.certs.get();
+        Some(certs.pick(hello.server_name(), Some(self.fallback.as_str())).key.clone())
     }
+}
+
+/// New certificates that cannot replace those in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The domains served are fixed at start.
+    #[error("the certificates are for other domains ({0}) than those served")]
+    OtherDomains(String),
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
 }
 
 /// TLS as the server offers it.
 #[derive(Clone)]
 pub struct TlsSettings {
     pub starttls: StartTls,
-    certs: Arc<Certificates>,
+    /// Shared with every acceptor's resolver.
+    certs: Arc<InForce>,
+    /// The default domain: its acceptor takes Direct TLS.
+    default: String,
     /// One per hosted domain, falling back to its certificate (see
     /// [`Resolver`]).
     acceptors: Arc<HashMap<String, TlsAcceptor>>,
@@ -99,18 +119,21 @@ impl TlsSettings {
         certs: Certificates,
         config: impl Fn(Arc<dyn rustls::server::ResolvesServerCert>) -> Result<rustls::ServerConfig, rustls::Error>,
     ) -> Result<TlsSettings, rustls::Error> {
-        let certs = Arc::new(certs);
-        let mut acceptors = HashMap::with_capacity(certs.by_domain.len());
-        for domain in certs.by_domain.keys() {
+        let default = certs.default.clone();
+        let domains: Vec<String> = certs.by_domain.keys().cloned().collect();
+        let certs = Arc::new(InForce(RwLock::new(Arc::new(certs))));
+        let mut acceptors = HashMap::with_capacity(domains.len());
+        for domain in domains {
             let resolver = Arc::new(Resolver {
                 certs: certs.clone(),
                 fallback: domain.clone(),
             });
-            acceptors.insert(domain.clone(), TlsAcceptor::from(Arc::new(config(resolver)?)));
+            acceptors.insert(domain, TlsAcceptor::from(Arc::new(config(resolver)?)));
         }
         Ok(TlsSettings {
             starttls,
             certs,
+            default,
             acceptors: Arc::new(acceptors),
         })
     }
@@ -120,8 +143,29 @@ impl TlsSettings {
     pub fn acceptor(&self, domain: Option<&str>) -> TlsAcceptor {
         let fallback = domain
             .filter(|d| self.acceptors.contains_key(*d))
-            .unwrap_or(self.certs.default.as_str());
+            .unwrap_or(self.default.as_str());
         self.acceptors[fallback].clone()
+    }
+
+    /// The certificates in force.
+    pub fn certificates(&self) -> Arc<Certificates> {
+        self.certs.get()
+    }
+
+    /// Serves `certs` from the next handshake on (a renewed certificate):
+    /// connections already encrypted keep theirs. They must be for the
+    /// domains served, the same default first.
+    pub fn set_certificates(&self, certs: Certificates) -> Result<(), ReplaceError> {
+        let same = certs.default == self.default
+            && certs.by_domain.len() == self.acceptors.len()
+            && certs.by_domain.keys().all(|d| self.acceptors.contains_key(d));
+        if !same {
+            let mut domains: Vec<&str> = certs.by_domain.keys().map(String::as_str).collect();
+            domains.sort_unstable();
+            return Err(ReplaceError::OtherDomains(domains.join(", ")));
+        }
+        *self.certs.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certs);
+        Ok(())
     }
 }
 
@@ -248,7 +292,13 @@ impl Io {
         match self {
             Io::Tls(stream) => {
                 let conn = stream.get_ref().1;
-                let served = tls.map(|t| t.certs.pick(conn.server_name(), stream_domain).server_end_point.clone());
+                // Picked again from those in force: a reload between the
+                // handshake and here (a moment) would give the new
+                // certificate's hash, and that login's -PLUS would fail.
+                let served = tls.map(|t| {
+                    let certs = t.certificates();
+                    certs.pick(conn.server_name(), stream_domain).server_end_point.clone()
+                });
                 Some(bindings_of(conn, served.unwrap_or_default()))
             }
             Io::TlsClient(stream) => Some(bindings_of(stream.get_ref().1, Vec::new())),

@@ -67,7 +67,7 @@ pub(crate) trait StreamSettings: Send + Sync + 'static {
 
 impl StreamSettings for C2sContext {
     fn limits(&self) -> &ConnectionLimits {
-        &self.config.connections
+        C2sContext::limits(self)
     }
 
     fn tls(&self) -> Option<&TlsSettings> {
