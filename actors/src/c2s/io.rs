@@ -83,7 +83,12 @@ struct Resolver {
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let certs = self.certs.get();
-        Some(certs.pick(hello.server_name(), Some(self.fallback.as_str())).key.clone())
+        Some(
+            certs
+                .pick(hello.server_name(), Some(self.fallback.as_str()))
+                .key
+                .clone(),
+        )
     }
 }
 

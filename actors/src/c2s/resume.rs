@@ -189,7 +189,11 @@ impl C2s {
             settings.resume_timeout.min(Duration::from_secs(u64::from(m)))
         });
         let id = resumable.then(|| random_id(24));
-        session.set_sm_status(if resumable { SmStatus::Resumable } else { SmStatus::Enabled });
+        let status = match resumable {
+            true => SmStatus::Resumable,
+            false => SmStatus::Enabled,
+        };
+        session.set_sm_status(status);
         if let Some(id) = &id {
             let user = session.jid.to_bare();
             self.cx.sm.do_send(Resumable {
