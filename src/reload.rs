@@ -29,8 +29,52 @@ use shoal_actors::hosts::HostsError;
 use shoal_actors::router::Router;
 use shoal_actors::s2s::S2sContext;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LimitsConfig};
 use crate::tls::{ServerCert, TlsError};
+
+/// The names of the fields that differ between two values of one struct.
+macro_rules! changed {
+    ($a:expr, $b:expr, [$($key:ident),+ $(,)?]) => {{
+        let (a, b) = (&$a, &$b);
+        let mut keys: Vec<&'static str> = Vec::new();
+        $(
+            if format!("{:?}", a.$key) != format!("{:?}", b.$key) {
+                keys.push(stringify!($key));
+            }
+        )+
+        keys
+    }};
+}
+
+/// Sets the fields named of one struct from another.
+macro_rules! copy_fields {
+    ($to:expr, $from:expr, [$($key:ident),+ $(,)?]) => {
+        $( $to.$key = $from.$key; )+
+    };
+}
+
+/// Calls `$m!(ARGS [keys])` with the keys of `[limits]` that rule
+/// connections (those of `LimitsConfig::connection_limits`): they reload.
+macro_rules! connection_limit_keys {
+    ($m:ident!($($args:tt)*)) => {
+        $m!($($args)* [
+            rate_bytes_per_sec,
+            burst_bytes,
+            preauth_rate_bytes_per_sec,
+            preauth_burst_bytes,
+            max_connections_per_ip,
+            max_unauthenticated,
+            idle_timeout_secs,
+            ping_timeout_secs,
+            write_timeout_secs,
+            auth_failures_per_account,
+            auth_failures_per_network,
+            auth_throttle_max_delay_secs,
+            auth_failure_window_secs,
+            auth_throttle_entries,
+        ])
+    };
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -205,64 +249,16 @@ fn apply(running: &Config, new: &Config, components: bool) -> Config {
     // Every key of `[hosts."d"]` reloads: registration and certificates.
     c.hosts = new.hosts.clone();
     c.registration = new.registration.clone();
-    let (l, n) = (&mut c.limits, &new.limits);
-    // Those of `LimitsConfig::connection_limits`.
-    l.rate_bytes_per_sec = n.rate_bytes_per_sec;
-    l.burst_bytes = n.burst_bytes;
-    l.preauth_rate_bytes_per_sec = n.preauth_rate_bytes_per_sec;
-    l.preauth_burst_bytes = n.preauth_burst_bytes;
-    l.max_connections_per_ip = n.max_connections_per_ip;
-    l.max_unauthenticated = n.max_unauthenticated;
-    l.idle_timeout_secs = n.idle_timeout_secs;
-    l.ping_timeout_secs = n.ping_timeout_secs;
-    l.write_timeout_secs = n.write_timeout_secs;
-    l.auth_failures_per_account = n.auth_failures_per_account;
-    l.auth_failures_per_network = n.auth_failures_per_network;
-    l.auth_throttle_max_delay_secs = n.auth_throttle_max_delay_secs;
-    l.auth_failure_window_secs = n.auth_failure_window_secs;
-    l.auth_throttle_entries = n.auth_throttle_entries;
+    connection_limit_keys!(copy_fields!(c.limits, new.limits,));
     if components {
         c.components.services = new.components.services.clone();
     }
     c
 }
 
-/// The names of the fields that differ between two values of one struct.
-macro_rules! changed {
-    ($a:expr, $b:expr, [$($key:ident),+ $(,)?]) => {{
-        let (a, b) = (&$a, &$b);
-        let mut keys: Vec<&'static str> = Vec::new();
-        $(
-            if format!("{:?}", a.$key) != format!("{:?}", b.$key) {
-                keys.push(stringify!($key));
-            }
-        )+
-        keys
-    }};
-}
-
 /// The keys of `[limits]` that reload and differ.
-fn limit_keys(a: &crate::config::LimitsConfig, b: &crate::config::LimitsConfig) -> Vec<&'static str> {
-    changed!(
-        a,
-        b,
-        [
-            rate_bytes_per_sec,
-            burst_bytes,
-            preauth_rate_bytes_per_sec,
-            preauth_burst_bytes,
-            max_connections_per_ip,
-            max_unauthenticated,
-            idle_timeout_secs,
-            ping_timeout_secs,
-            write_timeout_secs,
-            auth_failures_per_account,
-            auth_failures_per_network,
-            auth_throttle_max_delay_secs,
-            auth_failure_window_secs,
-            auth_throttle_entries,
-        ]
-    )
+fn limit_keys(a: &LimitsConfig, b: &LimitsConfig) -> Vec<&'static str> {
+    connection_limit_keys!(changed!(a, b,))
 }
 
 fn differs(a: &impl Debug, b: &impl Debug) -> bool {
@@ -436,8 +432,8 @@ fn component_changes(old: &Config, new: &Config) -> Vec<(String, &'static str)> 
 mod tests {
     use super::*;
 
-    fn config(toml: &str) -> Config {
-        let c: Config = toml::from_str(toml).unwrap();
+    fn config(text: &str) -> Config {
+        let c: Config = toml::from_str(text).unwrap();
         c.validate().unwrap();
         c
     }
