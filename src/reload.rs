@@ -186,16 +186,21 @@ impl Reloader {
             report.push(format!("limits: {}", keys.join(", ")));
         }
 
-        self.router.hosts().set_policies(&hosts)?;
+        let mut registration = Vec::new();
         for domain in applied.domain_list() {
             let (was, now) = (old.registration_of(domain), applied.registration_of(domain));
             if was != now {
                 let (on, per_network) = now;
                 let state = if on { "on" } else { "off" };
-                report.push(format!(
+                registration.push(format!(
                     "registration at {domain}: {state} ({per_network} accounts per network before waits)"
                 ));
             }
+        }
+        // Only on a change: each policy put in force is kept (see `Current`).
+        if !registration.is_empty() {
+            self.router.hosts().set_policies(&hosts)?;
+            report.append(&mut registration);
         }
 
         if let Some(components) = &self.components {

@@ -4,8 +4,11 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{any_certificate, shoal, Client, TestServer};
@@ -132,9 +135,9 @@ fn row(cells: &[&str]) -> Vec<String> {
 
 #[test]
 fn sessions_are_listed_counted_and_kicked() {
+    let before = now();
     let (mut server, _) = server();
     let cli = server.config_file().to_owned();
-    let before = now();
     let mut alice = server.login("alice", "pw", "phone");
     alice.announce("<presence><show>away</show><priority>5</priority></presence>");
     let mut bob = login_tls(&server, "bob", "laptop");
@@ -371,4 +374,68 @@ fn reload_renews_the_certificate_and_keeps_sessions() {
     let features = probe.open();
     assert!(!features.has_child("register", ns::REGISTER_FEATURE), "{features}");
     bob.sync();
+}
+
+/// The `shoal` binary serving, as a child process; killed when dropped.
+struct Serving(Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sighup_reloads_as_the_command_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    certificate(&cert, &key);
+    let file = dir.path().join("shoal.toml");
+    std::fs::write(&file, config_text(dir.path(), "")).unwrap();
+    let mut server = Serving(
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The log, a line at a time, read on a thread of its own.
+    let (lines, log) = mpsc::channel();
+    let stderr = server.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = log.recv_timeout(common::TIMEOUT).expect("the server's log");
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    wait_for("serving localhost");
+    // Answered once the server waits for signals: its handlers are in place.
+    let (ok, _, err) = shoal(&file, &["stats"], None);
+    assert!(ok, "{err}");
+
+    let renewed = certificate(&cert, &key);
+    // SAFETY: kill has no memory effects; the pid is our child's.
+    let sent = unsafe { libc::kill(server.0.id() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(sent, 0);
+    wait_for(&format!(
+        "reload: certificate of localhost: SHA-256 {}",
+        fingerprint(&renewed)
+    ));
+    // It serves on, and another reload finds nothing new.
+    assert_eq!(
+        shoal(&file, &["reload"], None),
+        (true, "nothing changed\n".into(), String::new())
+    );
 }
