@@ -152,7 +152,7 @@ pub struct Session {
     /// Its connection, for the server's session list; `None` for a session
     /// the host program made without one.
     link: Mutex<Option<Link>>,
-    /// An [`SmStatus`], as its index.
+    /// An [`SmStatus`], as its number.
     sm: AtomicU8,
     out: Outbound,
     /// The connection's actor; another one after a resumption (XEP-0198).
