@@ -77,14 +77,14 @@ impl TestServer {
     }
 
     /// A server started from a configuration file, `shoal.toml` in its
-    /// temporary directory, as `toml` writes it (given the directory,
-    /// where it may put other files first): the file a reload reads
-    /// again. Its database and control socket are where it says.
-    pub fn from_file(toml: impl FnOnce(&Path) -> String) -> TestServer {
+    /// temporary directory, with the text `text` makes (given the
+    /// directory, where it may put other files first): the file a reload
+    /// reads again. Its database and control socket are where it says.
+    pub fn from_file(text: impl FnOnce(&Path) -> String) -> TestServer {
         let _ = env_logger::builder().is_test(true).try_init();
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("shoal.toml");
-        std::fs::write(&file, toml(dir.path())).unwrap();
+        std::fs::write(&file, text(dir.path())).unwrap();
         let config = Config::load(&file).expect("the test's configuration");
         let ((addr, direct_tls, component), stop, thread) = Self::spawn(config.clone(), Some(file.clone()));
         TestServer {
