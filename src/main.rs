@@ -352,9 +352,9 @@ fn ended(lines: &[String]) -> usize {
 
 /// Says how many sessions a running server ended, if any.
 fn report_ended(lines: &[String]) {
-    match ended(lines) {
-        0 => {}
-        n => println!("ended {n} session(s) on the running server"),
+    let n = ended(lines);
+    if n > 0 {
+        println!("ended {n} session(s) on the running server");
     }
 }
 
