@@ -23,7 +23,22 @@
 //! list-s2s
 //!     -> s2s <in|out> <local> <remote> <auth> <tls> <seconds> <queued> <state>
 //!     -> ok
+//! list-sessions [<user@domain>|<user@domain/resource>]
+//!     -> session <transport> <ip:port> <since> <priority> <presence> <sm> <full JID>
+//!     -> ok
+//! kick-session [password-changed|account-deleted|admin] <user@domain/resource>
+//!     -> sessions <0|1>
+//!     -> ok
+//! stats
+//!     -> stat <name> <value>
+//!     -> ok
+//! reload
+//!     -> <what changed, one line each>
+//!     -> [needs a restart: <the keys that differ but do not reload>]
+//!     -> ok
 //! ```
+//!
+//! A JID that ends a request or a line may hold spaces (a resource may).
 //!
 //! Unix only, like the rest of the server (see `rlimit`).
 
@@ -34,19 +49,23 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use actix::Addr;
 use shoal_actors::error::{StreamCondition, StreamError};
-use shoal_actors::jid::BareJid;
+use shoal_actors::jid::{BareJid, FullJid, Jid};
 use shoal_actors::router::Router;
-use shoal_actors::s2s::{LinkInfo, S2sContext};
+use shoal_actors::s2s::{Direction, LinkInfo, S2sContext};
 use shoal_actors::services::ServiceSummary;
+use shoal_actors::session::{Control, Session, Transport};
 use shoal_actors::session_manager::{KickUser, SessionManager};
 use shoal_actors::xep::register;
+use shoal_actors::xml::{parse_element, NsBindings, ParseLimits};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::reload::Reloader;
 
 /// Longest request line, without its line end.
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -120,6 +139,19 @@ pub enum ControlCommand {
     /// <seconds in this state> <queued> <state>`, the state last (a failed
     /// link's says why, in words). Nothing when federation is off.
     ListS2s,
+    /// `list-sessions [jid]`: the live sessions (of one account, or the
+    /// one session a full JID names), sorted by JID, one line each; see
+    /// [`session_line`].
+    ListSessions { of: Option<Jid> },
+    /// `kick-session [reason] <user@domain/resource>`: closes one session;
+    /// answers `sessions <n>`, 1 or 0.
+    KickSession { jid: FullJid, reason: KickReason },
+    /// `stats`: `stat <name> <value>` lines; see [`ControlContext::stats`].
+    Stats,
+    /// `reload`: reads the configuration file again; answers what changed
+    /// (see [`crate::reload`]). A configuration that does not load is
+    /// refused with the reason, and nothing changes.
+    Reload,
 }
 
 /// An account, named by its bare JID: with several hosted domains a
@@ -132,24 +164,40 @@ fn account_arg(user: &str) -> Result<BareJid, String> {
     }
 }
 
+/// An account or one of its sessions: `user@domain[/resource]`.
+fn user_arg(jid: &str) -> Result<Jid, String> {
+    match Jid::parse(jid) {
+        Ok(j) if j.node().is_some() => Ok(j),
+        Ok(_) => Err(format!("invalid JID {jid:?}: give user@domain or user@domain/resource")),
+        Err(e) => Err(format!("invalid JID {jid:?}: {e}")),
+    }
+}
+
+fn reason_arg(word: &str) -> Result<KickReason, String> {
+    KickReason::from_keyword(word).ok_or_else(|| {
+        let known: Vec<&str> = KickReason::ALL.iter().map(|r| r.keyword()).collect();
+        format!("unknown reason {word:?}; expected one of {}", known.join(", "))
+    })
+}
+
 impl std::str::FromStr for ControlCommand {
     type Err = String;
 
     fn from_str(line: &str) -> Result<ControlCommand, String> {
-        let mut words = line.split_ascii_whitespace();
-        let name = words.next().ok_or("empty request")?;
-        let args: Vec<&str> = words.collect();
+        let line = line.trim();
+        // What follows the name: words, or one JID that may hold spaces.
+        let (name, rest) = line
+            .split_once(|c: char| c.is_ascii_whitespace())
+            .map_or((line, ""), |(name, rest)| (name, rest.trim()));
+        if name.is_empty() {
+            return Err("empty request".into());
+        }
+        let args: Vec<&str> = rest.split_ascii_whitespace().collect();
         match name {
             "kick-user" => {
                 let (user, reason) = match args.as_slice() {
                     [user] => (*user, KickReason::Admin),
-                    [user, word] => {
-                        let reason = KickReason::from_keyword(word).ok_or_else(|| {
-                            let known: Vec<&str> = KickReason::ALL.iter().map(|r| r.keyword()).collect();
-                            format!("unknown reason {word:?}; expected one of {}", known.join(", "))
-                        })?;
-                        (*user, reason)
-                    }
+                    [user, word] => (*user, reason_arg(word)?),
                     _ => return Err("usage: kick-user <user@domain> [password-changed|account-deleted|admin]".into()),
                 };
                 Ok(ControlCommand::KickUser {
@@ -159,6 +207,24 @@ impl std::str::FromStr for ControlCommand {
             }
             "list-services" if args.is_empty() => Ok(ControlCommand::ListServices),
             "list-s2s" if args.is_empty() => Ok(ControlCommand::ListS2s),
+            "stats" if args.is_empty() => Ok(ControlCommand::Stats),
+            "reload" if args.is_empty() => Ok(ControlCommand::Reload),
+            "list-sessions" if rest.is_empty() => Ok(ControlCommand::ListSessions { of: None }),
+            "list-sessions" => Ok(ControlCommand::ListSessions {
+                of: Some(user_arg(rest)?),
+            }),
+            "kick-session" => {
+                let usage = "usage: kick-session [password-changed|account-deleted|admin] <user@domain/resource>";
+                let (reason, jid) = match rest.split_once(|c: char| c.is_ascii_whitespace()) {
+                    Some((word, jid)) if KickReason::from_keyword(word).is_some() => (reason_arg(word)?, jid.trim()),
+                    _ if rest.is_empty() => return Err(usage.into()),
+                    _ => (KickReason::Admin, rest),
+                };
+                match user_arg(jid)?.try_into_full() {
+                    Ok(jid) => Ok(ControlCommand::KickSession { jid, reason }),
+                    Err(_) => Err(format!("{jid:?} names no session: give user@domain/resource")),
+                }
+            }
             "delete-user" => match args.as_slice() {
                 [user] => Ok(ControlCommand::DeleteUser {
                     user: account_arg(user)?,
@@ -177,6 +243,11 @@ impl fmt::Display for ControlCommand {
             ControlCommand::DeleteUser { user } => write!(f, "delete-user {user}"),
             ControlCommand::ListServices => write!(f, "list-services"),
             ControlCommand::ListS2s => write!(f, "list-s2s"),
+            ControlCommand::ListSessions { of: None } => write!(f, "list-sessions"),
+            ControlCommand::ListSessions { of: Some(jid) } => write!(f, "list-sessions {jid}"),
+            ControlCommand::KickSession { jid, reason } => write!(f, "kick-session {} {jid}", reason.keyword()),
+            ControlCommand::Stats => write!(f, "stats"),
+            ControlCommand::Reload => write!(f, "reload"),
         }
     }
 }
@@ -187,6 +258,9 @@ pub struct ControlContext {
     pub router: Router,
     /// Federation, when on.
     pub s2s: Option<Arc<S2sContext>>,
+    pub reloader: Arc<Reloader>,
+    /// When the server started.
+    pub started: Instant,
 }
 
 impl ControlContext {
@@ -208,7 +282,14 @@ impl ControlCommand {
     pub fn answer_within(&self) -> Duration {
         match self {
             ControlCommand::DeleteUser { .. } => Duration::from_secs(600),
-            ControlCommand::KickUser { .. } | ControlCommand::ListServices | ControlCommand::ListS2s => TIMEOUT,
+            // Certificates are read (or generated) and checked.
+            ControlCommand::Reload => Duration::from_secs(60),
+            ControlCommand::KickUser { .. }
+            | ControlCommand::KickSession { .. }
+            | ControlCommand::ListServices
+            | ControlCommand::ListS2s
+            | ControlCommand::ListSessions { .. }
+            | ControlCommand::Stats => TIMEOUT,
         }
     }
 
@@ -243,7 +324,135 @@ impl ControlCommand {
                 .flat_map(|s2s| s2s.links())
                 .map(|l| s2s_line(&l))
                 .collect()),
+            ControlCommand::ListSessions { of } => {
+                let mut sessions = match &of {
+                    None => cx.router.sessions().all(),
+                    Some(jid) => cx.router.sessions().resources(&jid.to_bare()),
+                };
+                if let Some(resource) = of.as_ref().and_then(Jid::resource) {
+                    sessions.retain(|s| s.jid.resource() == resource);
+                }
+                sessions.sort_by(|a, b| a.jid.cmp(&b.jid));
+                Ok(sessions.iter().map(|s| session_line(s)).collect())
+            }
+            ControlCommand::KickSession { jid, reason } => {
+                let ended = match cx.router.sessions().get(&jid) {
+                    Some(session) => {
+                        session.control(Control::Kick(reason.stream_error()));
+                        log::info!("{jid}: session ended ({})", reason.keyword());
+                        1
+                    }
+                    None => 0,
+                };
+                Ok(vec![format!("sessions {ended}")])
+            }
+            ControlCommand::Stats => Ok(cx
+                .stats()
+                .into_iter()
+                .map(|(name, value)| format!("stat {name} {value}"))
+                .collect()),
+            ControlCommand::Reload => cx
+                .reloader
+                .reload()
+                .map_err(|e| format!("{e}; the configuration in force is unchanged")),
         }
+    }
+}
+
+impl ControlContext {
+    /// The server's counts, by name: `uptime-secs`; `sessions`, and those
+    /// of each transport (`sessions-tcp`...) and waiting to be resumed
+    /// (`sessions-detached`); `accounts-online`; `services` published, of
+    /// which `components`; `s2s-in` and `s2s-out`, the authenticated
+    /// streams with other servers; `memory-rss-bytes` where the system
+    /// tells it.
+    fn stats(&self) -> Vec<(String, u64)> {
+        let sessions = self.router.sessions().all();
+        let mut out = vec![
+            ("uptime-secs".to_owned(), self.started.elapsed().as_secs()),
+            ("sessions".to_owned(), sessions.len() as u64),
+        ];
+        for transport in Transport::ALL {
+            let n = sessions
+                .iter()
+                .filter(|s| s.link().is_some_and(|l| l.transport == transport))
+                .count();
+            out.push((format!("sessions-{}", transport.as_str()), n as u64));
+        }
+        let detached = sessions
+            .iter()
+            .filter(|s| s.sm_status() == shoal_actors::session::SmStatus::Detached)
+            .count();
+        out.push(("sessions-detached".to_owned(), detached as u64));
+        let mut accounts: Vec<BareJid> = sessions.iter().map(|s| s.jid.to_bare()).collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        out.push(("accounts-online".to_owned(), accounts.len() as u64));
+        let services = self.router.services().list();
+        let components = services.iter().filter(|s| s.kind == "component").count();
+        out.push(("services".to_owned(), services.len() as u64));
+        out.push(("components".to_owned(), components as u64));
+        let links: Vec<LinkInfo> = self.s2s.iter().flat_map(|s2s| s2s.links()).collect();
+        for direction in [Direction::In, Direction::Out] {
+            // Authenticated: up, not connecting nor failed.
+            let n = links
+                .iter()
+                .filter(|l| l.direction == direction && l.auth.is_some())
+                .count();
+            out.push((format!("s2s-{}", direction.as_str()), n as u64));
+        }
+        if let Some(rss) = resident_bytes() {
+            out.push(("memory-rss-bytes".to_owned(), rss));
+        }
+        out
+    }
+}
+
+/// This process's resident set, from /proc/self/statm (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions; it answers -1 for an unknown name.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|page| pages * page)
+}
+
+/// One session as `list-sessions` answers it: `session <tcp|tls|websocket|
+/// websocket-tls|-> <peer ip:port|-> <bound at, Unix seconds> <priority|->
+/// <presence> <off|enabled|resumable|detached> <full JID>`. The presence is
+/// `-` before the first available presence and after unavailable, else its
+/// `<show/>` (`available` without one). The JID is last: a resource may
+/// hold spaces.
+fn session_line(s: &Session) -> String {
+    let link = s.link();
+    let transport = link.map_or("-", |l| l.transport.as_str());
+    let peer = link.map_or_else(|| "-".to_owned(), |l| l.peer.to_string());
+    let since = s.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let priority = s.priority().map_or_else(|| "-".to_owned(), |p| p.to_string());
+    let presence = match s.priority() {
+        None => "-",
+        Some(_) => s.last_presence().as_deref().map_or("available", show),
+    };
+    format!(
+        "session {transport} {peer} {since} {priority} {presence} {} {}",
+        s.sm_status().as_str(),
+        s.jid
+    )
+}
+
+/// The `<show/>` of a serialised presence: `available` without one (or
+/// with one RFC 6121 §4.7.2.1 does not define).
+fn show(presence: &[u8]) -> &'static str {
+    let limits = ParseLimits::default();
+    let shown = parse_element(presence, &NsBindings::client(), &limits)
+        .ok()
+        .and_then(|p| p.get_child("show", shoal_actors::ns::CLIENT).map(|s| s.text()));
+    match shown.as_deref().map(str::trim) {
+        Some("away") => "away",
+        Some("chat") => "chat",
+        Some("dnd") => "dnd",
+        Some("xa") => "xa",
+        _ => "available",
     }
 }
 
@@ -637,6 +846,33 @@ mod tests {
             user: BareJid::parse("alice@b.test").unwrap(),
         };
         assert_eq!(delete.to_string().parse::<ControlCommand>(), Ok(delete));
+
+        // A session's JID may hold spaces: it ends the request.
+        let phone = FullJid::parse("alice@a.test/My Phone").unwrap();
+        assert_eq!(
+            "kick-session alice@A.test/My Phone".parse::<ControlCommand>(),
+            Ok(ControlCommand::KickSession {
+                jid: phone.clone(),
+                reason: KickReason::Admin
+            })
+        );
+        for command in [
+            ControlCommand::KickSession {
+                jid: phone.clone(),
+                reason: KickReason::PasswordChanged,
+            },
+            ControlCommand::ListSessions { of: None },
+            ControlCommand::ListSessions {
+                of: Some(phone.as_jid().clone()),
+            },
+            ControlCommand::ListSessions {
+                of: Some(Jid::parse("bob@b.test").unwrap()),
+            },
+            ControlCommand::Stats,
+            ControlCommand::Reload,
+        ] {
+            assert_eq!(command.to_string().parse::<ControlCommand>(), Ok(command));
+        }
     }
 
     #[test]
@@ -652,6 +888,13 @@ mod tests {
         assert!(err("kick-user alice").starts_with("invalid account \"alice\""));
         assert!(err("delete-user localhost").starts_with("invalid account \"localhost\""));
         assert!(err("kick-user alice@localhost/phone").starts_with("invalid account"));
+        assert!(err("kick-session").starts_with("usage: kick-session"));
+        assert_eq!(
+            err("kick-session admin alice@localhost"),
+            "\"alice@localhost\" names no session: give user@domain/resource"
+        );
+        assert!(err("list-sessions localhost").starts_with("invalid JID \"localhost\""));
+        assert_eq!(err("reload now"), "unknown command \"reload\"");
     }
 
     #[tokio::test]

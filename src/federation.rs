@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_actors::router::Router;
+use shoal_actors::s2s::tls::ClientCertificates;
 use shoal_actors::s2s::{Dns, Resolve, S2sContext, S2sSettings, S2sTls, StaticHosts, StaticThen};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, S2sTls as TlsMode};
-use crate::tls::TlsError;
+use crate::tls::{ServerCert, TlsError};
 
-/// Starts federation for `router`, with `secret` for dialback keys (kept
-/// in the database, so that keys survive a restart); `Err` names what is
-/// wrong.
+/// Starts federation for `router`, with each hosted domain's certificate
+/// (`certs`, the default domain's first) and `secret` for dialback keys
+/// (kept in the database, so that keys survive a restart); `Err` names
+/// what is wrong.
 pub fn start(
     config: &Config,
+    certs: &[ServerCert],
     router: Router,
     secret: Vec<u8>,
     shutdown: CancellationToken,
@@ -44,14 +47,9 @@ pub fn start(
     settings.requests.iq_timeout = Duration::from_secs(c.iq_timeout_secs);
     // Each hosted domain's certificate, for the streams peers open to it
     // and on the links it opens.
-    let certs = crate::tls::load_all(config)?;
-    let served = crate::tls::certificates(&certs)?;
-    let clients = certs
-        .iter()
-        .map(|c| (c.domain.clone(), c.chain.clone(), c.key.clone_key()))
-        .collect();
+    let served = crate::tls::certificates(certs)?;
     let roots = roots(c.ca_file.as_deref())?;
-    let tls = S2sTls::new(served, clients, roots, settings.tls_required)?;
+    let tls = S2sTls::new(served, client_certificates(certs), roots, settings.tls_required)?;
     let hosts = StaticHosts::new(c.hosts.iter().map(|(d, a)| (d.clone(), *a)));
     let resolver: Box<dyn Resolve + Send + Sync> = match Dns::from_system() {
         Ok(dns) => Box::new(StaticThen { hosts, then: dns }),
@@ -61,6 +59,14 @@ pub fn start(
         }
     };
     Ok(S2sContext::new(router, settings, tls, secret, resolver, shutdown))
+}
+
+/// What the links we open present: each domain's certificate.
+pub(crate) fn client_certificates(certs: &[ServerCert]) -> ClientCertificates {
+    certs
+        .iter()
+        .map(|c| (c.domain.clone(), c.chain.clone(), c.key.clone_key()))
+        .collect()
 }
 
 /// The system's roots and `[s2s] ca_file`'s.

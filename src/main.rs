@@ -1,13 +1,13 @@
-//! The `shoal` command: serve, or manage accounts.
+//! The `shoal` command: serve, or manage accounts and the running server.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal::control::{self, ControlCommand, KickReason};
 use shoal::store::SqliteStore;
-use shoal::{Config, ServerBuilder};
+use shoal::{Config, ServerBuilder, ServerHandle};
 use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::sasl::Credentials;
 
@@ -42,6 +42,33 @@ enum Command {
         #[command(subcommand)]
         command: S2sCommand,
     },
+    /// The running server's client sessions
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// The running server's counts: sessions, accounts online, services,
+    /// links with other servers, uptime, memory
+    Stats,
+    /// Have the running server read its configuration file again (as
+    /// SIGHUP does): certificates, limits, registration and components
+    /// change without dropping a session
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Each live session: JID, transport, address, since when, priority,
+    /// presence, stream management
+    List {
+        /// Only this account's sessions (user@domain), or this one
+        /// (user@domain/resource)
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// End a session (user@domain/resource), or all of an account's
+    /// (user@domain), with a <policy-violation/> stream error
+    Kick { jid: String },
 }
 
 #[derive(Subcommand)]
@@ -86,13 +113,16 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
-        None => serve(config),
+        None => serve(config, cli.config),
         Some(Command::User { command }) => user(&config, command),
         Some(Command::Cert) => cert(&config),
         Some(Command::Service { command }) => service(&config, command),
         Some(Command::S2s {
             command: S2sCommand::List,
         }) => s2s_list(&config),
+        Some(Command::Session { command }) => session(&config, command),
+        Some(Command::Stats) => stats(&config),
+        Some(Command::Reload) => reload(&config),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,34 +140,54 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, String> {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
+/// Serves `config`, read from `path` (which SIGHUP reads again).
+fn serve(config: Config, path: Option<PathBuf>) -> Result<(), String> {
     log::info!("open files limit: {}", shoal::rlimit::raise_open_files());
     actix_rt::System::new().block_on(async move {
-        let server = ServerBuilder::new(config).start().await.map_err(|e| e.to_string())?;
-        wait_for_signal().await;
+        let mut builder = ServerBuilder::new(config);
+        if let Some(path) = path {
+            builder = builder.config_file(path);
+        }
+        let server = builder.start().await.map_err(|e| e.to_string())?;
+        run_until_stopped(&server).await;
         server.shutdown().await;
         Ok(())
     })
 }
 
-async fn wait_for_signal() {
+/// Until Ctrl-C or SIGTERM; each SIGHUP reloads the configuration, as
+/// `shoal reload` does (its answer goes to the log).
+async fn run_until_stopped(server: &ServerHandle) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        match (signal(SignalKind::terminate()), signal(SignalKind::hangup())) {
+            (Ok(mut term), Ok(mut hup)) => loop {
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => {
+                        log::info!("SIGHUP: reloading the configuration");
+                        // The reload logs what changed.
+                        if let Err(e) = server.reload() {
+                            log::error!("reload refused: {e}; the configuration in force is unchanged");
+                        }
+                    }
                 }
-            }
-            Err(_) => {
+            },
+            (term, hup) => {
+                if let Err(e) = term.and(hup) {
+                    log::warn!("cannot handle SIGTERM and SIGHUP: {e}");
+                }
                 let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    {
+        let _ = server;
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn cert(config: &Config) -> Result<(), String> {
@@ -292,22 +342,36 @@ fn end_sessions(config: &Config, user: &BareJid, reason: KickReason) {
     }
 }
 
+/// How many sessions a running server says it ended.
+fn ended(lines: &[String]) -> usize {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix("sessions ")?.parse::<usize>().ok())
+        .unwrap_or(0)
+}
+
 /// Says how many sessions a running server ended, if any.
 fn report_ended(lines: &[String]) {
-    let ended = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("sessions ")?.parse::<usize>().ok());
-    if let Some(n) = ended.filter(|n| *n > 0) {
+    let n = ended(lines);
+    if n > 0 {
         println!("ended {n} session(s) on the running server");
     }
+}
+
+/// Asks the running server; an error when none runs.
+fn ask(config: &Config, command: &ControlCommand) -> Result<Vec<String>, String> {
+    let path = config.control_socket();
+    control::request(&path, &command.to_string())?.ok_or_else(|| not_running(&path))
+}
+
+fn not_running(socket: &Path) -> String {
+    format!("the server is not running (no answer on {})", socket.display())
 }
 
 fn service(config: &Config, command: ServiceCommand) -> Result<(), String> {
     match command {
         ServiceCommand::List => {
-            let path = config.control_socket();
-            let lines = control::request(&path, &ControlCommand::ListServices.to_string())?
-                .ok_or_else(|| format!("no server is running (no answer on {})", path.display()))?;
+            let lines = ask(config, &ControlCommand::ListServices)?;
             println!(
                 "{:<32} {:<10} {:<7} {:<20} {:>9}  name",
                 "domain", "kind", "listing", "since (UTC)", "in flight"
@@ -325,11 +389,8 @@ fn service(config: &Config, command: ServiceCommand) -> Result<(), String> {
     Ok(())
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn s2s_list(config: &Config) -> Result<(), String> {
-    let path = config.control_socket();
-    let lines = control::request(&path, &ControlCommand::ListS2s.to_string())?
-        .ok_or_else(|| format!("no server is running (no answer on {})", path.display()))?;
+    let lines = ask(config, &ControlCommand::ListS2s)?;
     println!(
         "{:<4} {:<24} {:<24} {:<9} {:<5} {:>8} {:>8}  state",
         "dir", "local", "remote", "auth", "tls", "for (s)", "queued"
@@ -343,6 +404,72 @@ fn s2s_list(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// An account (see [`account`]), or one of its sessions: `JID/resource`.
+fn account_or_session(config: &Config, jid: &str) -> Result<Jid, String> {
+    match jid.split_once('/') {
+        None => Ok(Jid::from(account(config, jid)?)),
+        Some((user, resource)) => account(config, user)?
+            .with_resource(resource)
+            .map(Jid::from)
+            .map_err(|e| format!("invalid resource {resource:?}: {e}")),
+    }
+}
+
+fn session(config: &Config, command: SessionCommand) -> Result<(), String> {
+    match command {
+        SessionCommand::List { user } => {
+            let of = user.map(|u| account_or_session(config, &u)).transpose()?;
+            let lines = ask(config, &ControlCommand::ListSessions { of })?;
+            println!(
+                "{:<40} {:<13} {:<22} {:<19} {:>8}  {:<11} sm",
+                "jid", "transport", "peer", "since (UTC)", "priority", "presence"
+            );
+            for line in lines {
+                let fields: Vec<&str> = line.splitn(8, ' ').collect();
+                if let ["session", transport, peer, since, priority, presence, sm, jid] = fields.as_slice() {
+                    let since = since.parse::<u64>().map_or_else(|_| since.to_string(), utc);
+                    println!("{jid:<40} {transport:<13} {peer:<22} {since:<19} {priority:>8}  {presence:<11} {sm}");
+                }
+            }
+        }
+        SessionCommand::Kick { jid } => {
+            let target = account_or_session(config, &jid)?;
+            let command = match target.clone().try_into_full() {
+                Ok(jid) => ControlCommand::KickSession {
+                    jid,
+                    reason: KickReason::Admin,
+                },
+                Err(_) => ControlCommand::KickUser {
+                    user: target.to_bare(),
+                    reason: KickReason::Admin,
+                },
+            };
+            match ended(&ask(config, &command)?) {
+                0 => return Err(format!("no live session of {target}")),
+                n => println!("ended {n} session(s) of {target}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stats(config: &Config) -> Result<(), String> {
+    for line in ask(config, &ControlCommand::Stats)? {
+        if let Some((name, value)) = line.strip_prefix("stat ").and_then(|l| l.split_once(' ')) {
+            println!("{name:<20} {value}");
+        }
+    }
+    Ok(())
+}
+
+fn reload(config: &Config) -> Result<(), String> {
+    for line in ask(config, &ControlCommand::Reload)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` (UTC).
 fn utc(secs: u64) -> String {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     i64::try_from(secs)

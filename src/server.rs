@@ -4,12 +4,13 @@
 //! tests and embedders all start Shoal through [`ServerBuilder`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
-use shoal_actors::c2s::io::{Io, StartTls};
+use shoal_actors::c2s::io::{Io, StartTls, TlsSettings};
 use shoal_actors::c2s::{self, C2sConfig, C2sContext, SmSettings};
 use shoal_actors::codec::CodecLimits;
 use shoal_actors::component::{self, ComponentConfig, ComponentContext, ComponentService};
@@ -28,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ComponentConflict, Config, ConfigError, StartTlsMode};
 use crate::control::{self, ControlContext, ControlError, ControlListener, ControlServer};
+use crate::reload::{ReloadError, Reloader};
 use crate::store::{SqliteStorage, StoreError};
-use crate::tls::TlsError;
+use crate::tls::{ServerCert, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,6 +51,8 @@ pub enum StartError {
 
 pub struct ServerBuilder {
     config: Config,
+    /// Where `config` was read from: what a reload reads again.
+    config_file: Option<PathBuf>,
     storage: Option<Arc<dyn Storage>>,
     iq_handlers: Vec<(IqScope, String, Arc<dyn IqHandler>)>,
     workers: Option<usize>,
@@ -60,12 +64,22 @@ impl ServerBuilder {
     pub fn new(config: Config) -> ServerBuilder {
         ServerBuilder {
             config,
+            config_file: None,
             storage: None,
             iq_handlers: Vec::new(),
             workers: None,
             followers: None,
             hooks: None,
         }
+    }
+
+    /// The file the configuration was read from: a reload (`shoal reload`,
+    /// SIGHUP, [`ServerHandle::reload`]) reads it again. Without one there
+    /// is nothing to reload.
+    pub fn config_file(mut self, path: PathBuf) -> Self {
+        // The working directory is not the server's to keep.
+        self.config_file = Some(std::path::absolute(&path).unwrap_or(path));
+        self
     }
 
     /// Takes followers and followees from this source instead of rosters.
@@ -100,6 +114,7 @@ impl ServerBuilder {
 
     /// Starts everything. Must be awaited inside a running actix System.
     pub async fn start(self) -> Result<ServerHandle, StartError> {
+        let started = Instant::now();
         let config = self.config;
         config.validate()?;
         let hosts = config.hosted()?;
@@ -114,11 +129,11 @@ impl ServerBuilder {
                 config.storage.durability,
             )?),
         };
-        // Password change and cancellation are answered where some domain
-        // allows registration; the handler checks the asker's domain.
-        let registration = hosts.iter().any(|h| h.registration);
+        // Password change and cancellation are answered where the asker's
+        // domain allows registration: the handler checks that policy at
+        // each request, which a reload may change.
         let mut handlers = xep::standard_iq_handlers(&ServerFeatures {
-            registration,
+            registration: true,
             scram_iterations: config.auth.scram_iterations,
         });
         // XEP-0313, on the account (its disco#info lists it).
@@ -162,6 +177,7 @@ impl ServerBuilder {
             None if on_sqlite => Some(ControlListener::bind(&config.control_socket()).await?),
             None => None,
         };
+        let certs = certificates(&config)?;
         let c2s_config = C2sConfig {
             codec: CodecLimits {
                 max_stanza_bytes: config.c2s.max_stanza_bytes,
@@ -173,7 +189,7 @@ impl ServerBuilder {
                 },
             },
             connections: config.limits.connection_limits(),
-            tls: tls_settings(&config)?,
+            tls: tls_settings(&config, &certs)?,
             allow_plain_without_tls: config.allow_plain_without_tls(),
             scram_iterations: config.auth.scram_iterations,
             max_outbound_bytes: config.c2s.max_outbound_bytes,
@@ -257,11 +273,13 @@ impl ServerBuilder {
             router.services().expect(&service.domain);
         }
         let mut component_addrs = Vec::new();
+        let mut components = None;
         if !component_listeners.is_empty() {
             // One shutdown and one set of tasks for clients and components.
             let ccx = ComponentContext::new(router.clone(), component_config(&config, &cx.config))
                 .with_shutdown(cx.shutdown.clone(), cx.tasks.clone());
             let ccx = Arc::new(ccx);
+            components = Some(ccx.clone());
             for (listener, local) in component_listeners {
                 log::info!("listening for components on {local}");
                 component_addrs.push(local);
@@ -271,7 +289,8 @@ impl ServerBuilder {
         }
         let mut s2s_addrs = Vec::new();
         let s2s = if config.s2s.enabled() {
-            let s2s = crate::federation::start(&config, router.clone(), dialback_secret.to_vec(), cx.shutdown.clone())?;
+            let secret = dialback_secret.to_vec();
+            let s2s = crate::federation::start(&config, &certs, router.clone(), secret, cx.shutdown.clone())?;
             for (listener, local) in s2s_listeners {
                 log::info!("listening for servers on {local}");
                 s2s_addrs.push(local);
@@ -330,6 +349,14 @@ impl ServerBuilder {
             Some(started)
         };
         log::info!("serving {}", served.join(", "));
+        let reloader = Arc::new(Reloader::new(
+            self.config_file,
+            config,
+            &certs,
+            cx.clone(),
+            components,
+            s2s.clone(),
+        ));
         let control = control_listener.map(|listener| {
             control::serve(
                 listener,
@@ -337,6 +364,8 @@ impl ServerBuilder {
                     sm: sm.clone(),
                     router: router.clone(),
                     s2s: s2s.clone(),
+                    reloader: reloader.clone(),
+                    started,
                 },
             )
         });
@@ -348,6 +377,7 @@ impl ServerBuilder {
             s2s_addrs,
             s2s,
             control,
+            reloader,
             sm,
             cx,
             arbiters,
@@ -478,6 +508,7 @@ pub struct ServerHandle {
     /// The control socket (`None` with an embedder's storage and no
     /// `[control] socket`).
     control: Option<ControlServer>,
+    reloader: Arc<Reloader>,
     sm: Addr<SessionManager>,
     cx: Arc<C2sContext>,
     arbiters: Arc<Vec<Arbiter>>,
@@ -530,6 +561,13 @@ impl ServerHandle {
         &self.cx.router
     }
 
+    /// Reads the configuration file again and puts what it changes in
+    /// force (see [`crate::reload`]); answers what changed. On an error,
+    /// nothing did. What `shoal reload` and SIGHUP do.
+    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        self.reloader.reload()
+    }
+
     /// The path of the control socket, if the server has one.
     pub fn control_socket(&self) -> Option<&std::path::Path> {
         self.control.as_ref().map(ControlServer::path)
@@ -571,11 +609,10 @@ impl ServerHandle {
     }
 }
 
-/// Component settings as configured, with the clients' limits as the
-/// defaults of each component's own.
-fn component_config(config: &Config, clients: &C2sConfig) -> ComponentConfig {
-    let c = &config.components;
-    let services = c
+/// The components configured (`[[components.service]]`).
+pub(crate) fn component_services(config: &Config) -> Vec<ComponentService> {
+    config
+        .components
         .services
         .iter()
         .map(|s| ComponentService {
@@ -587,9 +624,15 @@ fn component_config(config: &Config, clients: &C2sConfig) -> ComponentConfig {
             rate_bytes_per_sec: s.rate_bytes_per_sec,
             burst_bytes: s.burst_bytes,
         })
-        .collect();
+        .collect()
+}
+
+/// Component settings as configured, with the clients' limits as the
+/// defaults of each component's own.
+fn component_config(config: &Config, clients: &C2sConfig) -> ComponentConfig {
+    let c = &config.components;
     ComponentConfig {
-        services,
+        services: component_services(config),
         conflict: match c.conflict {
             ComponentConflict::KickOld => ConflictPolicy::KickOld,
             ComponentConflict::KickNew => ConflictPolicy::KickNew,
@@ -606,15 +649,24 @@ fn component_config(config: &Config, clients: &C2sConfig) -> ComponentConfig {
     }
 }
 
-/// TLS as configured: `None` when neither STARTTLS nor Direct TLS is on.
-fn tls_settings(config: &Config) -> Result<Option<shoal_actors::c2s::io::TlsSettings>, TlsError> {
-    let starttls = match config.starttls() {
+fn starttls(config: &Config) -> StartTls {
+    match config.starttls() {
         StartTlsMode::Off => StartTls::Off,
         StartTlsMode::Optional => StartTls::Optional,
         StartTlsMode::Required => StartTls::Required,
-    };
-    if starttls == StartTls::Off && config.c2s.direct_tls_listen.is_empty() {
-        return Ok(None);
+    }
+}
+
+/// True when clients are offered TLS: STARTTLS or Direct TLS.
+fn clients_tls(config: &Config) -> bool {
+    starttls(config) != StartTls::Off || !config.c2s.direct_tls_listen.is_empty()
+}
+
+/// Each hosted domain's certificate (the default domain's first), when
+/// TLS is served at all: to clients, or to other servers.
+fn certificates(config: &Config) -> Result<Vec<ServerCert>, TlsError> {
+    if !clients_tls(config) && !config.s2s.enabled() {
+        return Ok(Vec::new());
     }
     let certs = crate::tls::load_all(config)?;
     for cert in &certs {
@@ -625,5 +677,14 @@ fn tls_settings(config: &Config) -> Result<Option<shoal_actors::c2s::io::TlsSett
             crate::tls::fingerprint(cert)
         );
     }
-    Ok(Some(crate::tls::settings(&certs, starttls)?))
+    Ok(certs)
+}
+
+/// TLS for clients as configured: `None` when neither STARTTLS nor Direct
+/// TLS is on.
+fn tls_settings(config: &Config, certs: &[ServerCert]) -> Result<Option<TlsSettings>, TlsError> {
+    if !clients_tls(config) {
+        return Ok(None);
+    }
+    Ok(Some(crate::tls::settings(certs, starttls(config))?))
 }

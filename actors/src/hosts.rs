@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::current::Current;
 use crate::jid::BareJid;
 
 /// One hosted domain.
@@ -42,12 +43,17 @@ pub enum HostsError {
     NotADomain(String),
     #[error("{0} is hosted twice")]
     Twice(String),
+    /// New policies are for the domains hosted, in the same order.
+    #[error("the domains hosted cannot change while the server runs")]
+    OtherDomains,
 }
 
-/// The hosted domains, the default first; never empty.
+/// The hosted domains, the default first; never empty. Clones share the
+/// policies in force ([`Hosts::set_policies`]).
 #[derive(Clone, Debug)]
 pub struct Hosts {
-    list: Vec<Arc<Host>>,
+    /// Read for every stanza; replaced whole by a reload.
+    list: Arc<Current<Vec<Arc<Host>>>>,
     /// Positions in `list`, looked up only past [`Hosts::SCANNED`] domains.
     index: Index,
 }
@@ -74,20 +80,36 @@ impl Hosts {
                 return Err(HostsError::Twice(domain.to_owned()));
             }
         }
-        Ok(Hosts { list, index })
+        Ok(Hosts {
+            list: Arc::new(Current::new(list)),
+            index,
+        })
     }
 
     /// The default domain's host: the first.
     pub fn default_host(&self) -> &Arc<Host> {
-        &self.list[0]
+        &self.list.get()[0]
     }
 
     /// The host of `domain`, if it is hosted here.
     pub fn get(&self, domain: &str) -> Option<&Arc<Host>> {
-        if self.list.len() <= Self::SCANNED {
-            return self.list.iter().find(|h| h.domain.as_str() == domain);
+        let list = self.list.get();
+        if list.len() <= Self::SCANNED {
+            return list.iter().find(|h| h.domain.as_str() == domain);
         }
-        self.index.get(domain).map(|&i| &self.list[i])
+        self.index.get(domain).map(|&i| &list[i])
+    }
+
+    /// Puts `new`'s policies (in-band registration) in force, for every
+    /// clone of these hosts: the streams opened from now on, and requests,
+    /// see them. `new` must host the same domains in the same order.
+    pub fn set_policies(&self, new: &Hosts) -> Result<(), HostsError> {
+        let (ours, theirs) = (self.list.get(), new.list.get());
+        if ours.len() != theirs.len() || ours.iter().zip(theirs).any(|(a, b)| a.domain != b.domain) {
+            return Err(HostsError::OtherDomains);
+        }
+        self.list.set(theirs.clone());
+        Ok(())
     }
 
     pub fn contains(&self, domain: &str) -> bool {
@@ -96,11 +118,11 @@ impl Hosts {
 
     /// Every hosted domain, the default first.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Host>> {
-        self.list.iter()
+        self.list.get().iter()
     }
 
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.list.get().len()
     }
 
     /// Never true: there is always a default domain.
@@ -121,7 +143,7 @@ impl From<Host> for Hosts {
         let mut index: Index = HashMap::with_capacity_and_hasher(1, Default::default());
         index.insert(host.domain.as_str().into(), 0);
         Hosts {
-            list: vec![Arc::new(host)],
+            list: Arc::new(Current::new(vec![Arc::new(host)])),
             index,
         }
     }
@@ -146,6 +168,25 @@ mod tests {
             }
             assert!(!hosts.contains("other.test"));
             assert!(!hosts.contains("alice@d0.test"));
+        }
+    }
+
+    #[test]
+    fn new_policies_reach_every_clone_and_keep_the_domains() {
+        let hosts = Hosts::new([host("a.test"), host("b.test")]).unwrap();
+        let shared = hosts.clone();
+        let open = |d: &str| Host {
+            registration: true,
+            ..host(d)
+        };
+        hosts
+            .set_policies(&Hosts::new([host("a.test"), open("b.test")]).unwrap())
+            .unwrap();
+        assert!(!shared.get("a.test").unwrap().registration);
+        assert!(shared.get("b.test").unwrap().registration);
+        for other in [vec![host("b.test"), host("a.test")], vec![host("a.test")]] {
+            let err = hosts.set_policies(&Hosts::new(other).unwrap());
+            assert_eq!(err, Err(HostsError::OtherDomains));
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod c2s;
 pub mod codec;
 pub mod component;
+pub mod current;
 pub mod error;
 pub mod hosts;
 pub mod iq_handler;

@@ -13,8 +13,10 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::SystemTime;
 
 use actix::{Message, Recipient};
 use bytes::Bytes;
@@ -77,10 +79,81 @@ pub enum Refused {
     Busy,
 }
 
+/// How a session's client is connected. More come as transports do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Transport {
+    /// A TCP stream without TLS.
+    Tcp,
+    /// TLS, after STARTTLS or from the first byte (XEP-0368).
+    Tls,
+    /// XMPP over WebSocket (RFC 7395), in the clear...
+    WebSocket,
+    /// ...and over TLS.
+    WebSocketTls,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 4] = [
+        Transport::Tcp,
+        Transport::Tls,
+        Transport::WebSocket,
+        Transport::WebSocketTls,
+    ];
+
+    /// Its name in the server's listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+            Transport::WebSocket => "websocket",
+            Transport::WebSocketTls => "websocket-tls",
+        }
+    }
+}
+
+/// The connection that carries a session now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub transport: Transport,
+    pub peer: SocketAddr,
+}
+
+/// Stream management (XEP-0198) as a session has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SmStatus {
+    Off = 0,
+    /// Acknowledgements, without resumption.
+    Enabled = 1,
+    Resumable = 2,
+    /// The connection is gone; the session waits to be resumed.
+    Detached = 3,
+}
+
+impl SmStatus {
+    /// Its name in the server's listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmStatus::Off => "off",
+            SmStatus::Enabled => "enabled",
+            SmStatus::Resumable => "resumable",
+            SmStatus::Detached => "detached",
+        }
+    }
+}
+
 pub struct Session {
     /// Tells this session apart from a later one with the same full JID.
     pub id: u64,
     pub jid: FullJid,
+    /// When it was bound.
+    pub since: SystemTime,
+    /// Its connection, for the server's session list; `None` for a session
+    /// the host program made without one.
+    link: Mutex<Option<Link>>,
+    /// An [`SmStatus`], as its number.
+    sm: AtomicU8,
     out: Outbound,
     /// The connection's actor; another one after a resumption (XEP-0198).
     control: Mutex<Recipient<Control>>,
@@ -148,6 +221,9 @@ impl Session {
         Session {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             jid,
+            since: SystemTime::now(),
+            link: Mutex::new(None),
+            sm: AtomicU8::new(0),
             out,
             control: Mutex::new(control),
             priority: AtomicI32::new(UNAVAILABLE),
@@ -163,6 +239,29 @@ impl Session {
             held: Mutex::new(None),
             pushed: Mutex::new(None),
         }
+    }
+
+    /// The connection that carries the session (the last one, while it
+    /// waits to be resumed).
+    pub fn link(&self) -> Option<Link> {
+        *crate::c2s::lock(&self.link)
+    }
+
+    pub fn set_link(&self, link: Link) {
+        *crate::c2s::lock(&self.link) = Some(link);
+    }
+
+    pub fn sm_status(&self) -> SmStatus {
+        match self.sm.load(Ordering::Relaxed) {
+            1 => SmStatus::Enabled,
+            2 => SmStatus::Resumable,
+            3 => SmStatus::Detached,
+            _ => SmStatus::Off,
+        }
+    }
+
+    pub(crate) fn set_sm_status(&self, status: SmStatus) {
+        self.sm.store(status as u8, Ordering::Relaxed);
     }
 
     /// Counts one more request in flight, unless `max` are already.

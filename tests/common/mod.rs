@@ -6,7 +6,8 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct TestServer {
     http: Option<SocketAddr>,
     pub db: PathBuf,
     config: Config,
+    /// The file it was started from, if any ([`TestServer::from_file`]).
+    config_file: Option<PathBuf>,
     _dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -65,7 +68,7 @@ impl TestServer {
         // No HTTP unless the test asks (the default port is fixed).
         config.http.listen = Vec::new();
         edit(&mut config);
-        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone());
+        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone(), None);
         TestServer {
             addr,
             direct_tls,
@@ -73,18 +76,62 @@ impl TestServer {
             http,
             db,
             config,
+            config_file: None,
             _dir: dir,
             stop: Some(stop),
             thread: Some(thread),
         }
     }
 
-    fn spawn(config: Config) -> (Listening, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
+    /// A server started from a configuration file, `shoal.toml` in its
+    /// temporary directory, with the text `text` makes (given the
+    /// directory, where it may put other files first): the file a reload
+    /// reads again. Its database and control socket are where it says.
+    pub fn from_file(text: impl FnOnce(&Path) -> String) -> TestServer {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("shoal.toml");
+        std::fs::write(&file, text(dir.path())).unwrap();
+        let config = Config::load(&file).expect("the test's configuration");
+        let (Listening(addr, direct_tls, component, http), stop, thread) =
+            Self::spawn(config.clone(), Some(file.clone()));
+        TestServer {
+            addr,
+            direct_tls,
+            component,
+            http,
+            db: config.storage.sqlite.clone(),
+            config,
+            config_file: Some(file),
+            _dir: dir,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// The file the server was started from ([`TestServer::from_file`]).
+    pub fn config_file(&self) -> &Path {
+        self.config_file.as_deref().expect("not started from a file")
+    }
+
+    /// The server's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    fn spawn(
+        config: Config,
+        config_file: Option<PathBuf>,
+    ) -> (Listening, tokio::sync::oneshot::Sender<()>, JoinHandle<()>) {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
-                let server = match ServerBuilder::new(config).workers(2).start().await {
+                let mut builder = ServerBuilder::new(config).workers(2);
+                if let Some(file) = config_file {
+                    builder = builder.config_file(file);
+                }
+                let server = match builder.start().await {
                     Ok(s) => s,
                     Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
                 };
@@ -109,7 +156,8 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(self.config.clone());
+        let (Listening(addr, direct_tls, component, http), stop, thread) =
+            Self::spawn(self.config.clone(), self.config_file.clone());
         self.addr = addr;
         self.direct_tls = direct_tls;
         self.component = component;
@@ -301,6 +349,82 @@ pub fn tls_client(versions: &[&'static rustls::SupportedProtocolVersion], alpn: 
     Arc::new(config)
 }
 
+/// Accepts any certificate: the test reads the one served instead.
+#[derive(Debug)]
+pub struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS client that takes any certificate, sending SNI or not.
+pub fn any_certificate(sni: bool) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.enable_sni = sni;
+    Arc::new(config)
+}
+
+/// Runs the `shoal` command, `shoal --config FILE ARGS`, with `stdin`;
+/// returns (success, stdout, stderr).
+pub fn shoal(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The fixture key. Git checks it out readable by everyone, which the
 /// server refuses: it is made owner-only first (git records no such
 /// mode, so the tree stays clean).
@@ -412,6 +536,11 @@ impl Client {
             }
             other => panic!("unknown binding {other}"),
         }
+    }
+
+    /// The client's own address: the peer the server sees.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.tcp().local_addr().unwrap()
     }
 
     /// The connection, for tests that write in their own way.

@@ -135,7 +135,7 @@ impl C2s {
             return;
         }
         let State::Bound(session) = &self.state else { return };
-        let limits = &self.cx.config.connections;
+        let limits = self.cx.limits();
         let silent = self.conn.silent_for();
         match self.ping_sent {
             Some((_, reads)) if self.conn.reads() > reads => self.ping_sent = None,

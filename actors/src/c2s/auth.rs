@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
 use super::actor::{C2s, State};
-use super::io::{Carrier, ChannelBindings, StartTls};
+use super::io::{ChannelBindings, StartTls};
 use std::time::Instant;
 
 use super::limits::ConnectionLimits;
@@ -17,6 +17,7 @@ use crate::jid::{normalise_localpart, BareJid};
 use crate::ns;
 use crate::sasl::scram::{ChannelBindingRequest, ClientFirst};
 use crate::sasl::{plain, Mechanism, ScramHash, ScramServer};
+use crate::session::Transport;
 use crate::stanza::{IqType, Kind, Stanza};
 use crate::xep::register;
 use crate::xml::Element;
@@ -49,12 +50,12 @@ impl C2s {
     /// A socket not yet encrypted; over a WebSocket, TLS is the HTTP
     /// server's business (RFC 7395 §3.4).
     fn starttls_possible(&self) -> bool {
-        matches!(self.conn.carrier(), Carrier::Socket { tls: false })
+        self.conn.transport() == Transport::Tcp
     }
 
     /// `bound`: the stream has TLS channel bindings (our own TLS).
     fn mechanism_offered(&self, m: Mechanism, bound: bool) -> bool {
-        let encrypted = bound || self.conn.carrier() == Carrier::WebSocket { secure: true };
+        let encrypted = bound || self.conn.transport() == Transport::WebSocketTls;
         match m {
             _ if m.is_plus() => bound,
             Mechanism::Plain => encrypted || self.cx.config.allow_plain_without_tls,
@@ -164,7 +165,7 @@ impl C2s {
                 let limits = ConnectionLimits {
                     failures_per_account: self.host.registrations_per_network,
                     failures_per_network: 0,
-                    ..self.cx.config.connections.clone()
+                    ..self.cx.limits().clone()
                 };
                 let (ip, now) = (self.peer.ip(), Instant::now());
                 let key = format!("{REGISTERING}{}", self.domain());
@@ -375,7 +376,7 @@ impl C2s {
     /// that must wait after failing for many accounts. Elsewhere the account
     /// is not slowed down.
     fn not_throttled(&self, user: &BareJid) -> Result<(), SaslFailure> {
-        let limits = &self.cx.config.connections;
+        let limits = self.cx.limits();
         // Keyed by bare JID: alice of one domain is not alice of another.
         if self
             .cx
@@ -397,7 +398,7 @@ impl C2s {
         self.cx.throttle.failed(
             user.as_str(),
             self.peer.ip(),
-            &self.cx.config.connections,
+            self.cx.limits(),
             std::time::Instant::now(),
         );
     }

@@ -11,7 +11,7 @@ use crate::error::{StanzaCondition, StanzaError, StreamCondition, StreamError};
 use crate::jid::{normalise_resourcepart, FullJid};
 use crate::ns;
 use crate::presence::BindInfo;
-use crate::session::Session;
+use crate::session::{Link, Session, Transport};
 use crate::session_manager::Register;
 use crate::stanza::{IqType, Kind, Stanza};
 use crate::xml::Element;
@@ -83,7 +83,9 @@ impl C2s {
 
     /// Binds `jid` with the SessionManager and answers the bind request.
     fn bind_session(&mut self, ctx: &mut Context<Self>, iq: Stanza, jid: FullJid, extval: Option<BindInfo>) {
-        let session = Arc::new(Session::new(jid, self.out.clone(), ctx.address().recipient()));
+        let session = Session::new(jid, self.out.clone(), ctx.address().recipient());
+        session.set_link(self.link());
+        let session = Arc::new(session);
         let (router, sm, user) = (self.cx.router.clone(), self.cx.sm.clone(), session.jid.to_bare());
         let registering = {
             let session = session.clone();
@@ -124,5 +126,17 @@ impl C2s {
                 }
             }
         }));
+    }
+
+    /// This connection as the server's session list shows it.
+    pub(super) fn link(&self) -> Link {
+        Link {
+            transport: self.transport(),
+            peer: self.peer,
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        self.conn.transport()
     }
 }

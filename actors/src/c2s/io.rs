@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -15,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::session::Transport;
 
 /// When clients may, or must, negotiate TLS on a plain listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,19 +62,31 @@ impl Certificates {
     }
 }
 
+/// The certificates in force: each handshake reads them, a reload
+/// replaces them whole ([`TlsSettings::set_certificates`]).
+#[derive(Debug)]
+struct InForce(RwLock<Arc<Certificates>>);
+
+impl InForce {
+    fn get(&self) -> Arc<Certificates> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
 /// Picks by SNI, falling back to one domain's certificate: a
 /// configuration per hosted domain carries one, so that a STARTTLS
 /// handshake can fall back to the domain its stream named.
 #[derive(Debug)]
 struct Resolver {
-    certs: Arc<Certificates>,
+    certs: Arc<InForce>,
     fallback: String,
 }
 
 impl rustls::server::ResolvesServerCert for Resolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let certs = self.certs.get();
         Some(
-            self.certs
+            certs
                 .pick(hello.server_name(), Some(self.fallback.as_str()))
                 .key
                 .clone(),
@@ -80,11 +94,24 @@ impl rustls::server::ResolvesServerCert for Resolver {
     }
 }
 
+/// New certificates that cannot replace those in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The domains served are fixed at start.
+    #[error("the certificates are for other domains ({0}) than those served")]
+    OtherDomains(String),
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
 /// TLS as the server offers it.
 #[derive(Clone)]
 pub struct TlsSettings {
     pub starttls: StartTls,
-    certs: Arc<Certificates>,
+    /// Shared with every acceptor's resolver.
+    certs: Arc<InForce>,
+    /// The default domain: its acceptor takes Direct TLS.
+    default: String,
     /// One per hosted domain, falling back to its certificate (see
     /// [`Resolver`]).
     acceptors: Arc<HashMap<String, TlsAcceptor>>,
@@ -99,18 +126,21 @@ impl TlsSettings {
         certs: Certificates,
         config: impl Fn(Arc<dyn rustls::server::ResolvesServerCert>) -> Result<rustls::ServerConfig, rustls::Error>,
     ) -> Result<TlsSettings, rustls::Error> {
-        let certs = Arc::new(certs);
-        let mut acceptors = HashMap::with_capacity(certs.by_domain.len());
-        for domain in certs.by_domain.keys() {
+        let default = certs.default.clone();
+        let domains: Vec<String> = certs.by_domain.keys().cloned().collect();
+        let certs = Arc::new(InForce(RwLock::new(Arc::new(certs))));
+        let mut acceptors = HashMap::with_capacity(domains.len());
+        for domain in domains {
             let resolver = Arc::new(Resolver {
                 certs: certs.clone(),
                 fallback: domain.clone(),
             });
-            acceptors.insert(domain.clone(), TlsAcceptor::from(Arc::new(config(resolver)?)));
+            acceptors.insert(domain, TlsAcceptor::from(Arc::new(config(resolver)?)));
         }
         Ok(TlsSettings {
             starttls,
             certs,
+            default,
             acceptors: Arc::new(acceptors),
         })
     }
@@ -120,8 +150,29 @@ impl TlsSettings {
     pub fn acceptor(&self, domain: Option<&str>) -> TlsAcceptor {
         let fallback = domain
             .filter(|d| self.acceptors.contains_key(*d))
-            .unwrap_or(self.certs.default.as_str());
+            .unwrap_or(self.default.as_str());
         self.acceptors[fallback].clone()
+    }
+
+    /// The certificates in force.
+    pub fn certificates(&self) -> Arc<Certificates> {
+        self.certs.get()
+    }
+
+    /// Serves `certs` from the next handshake on (a renewed certificate):
+    /// connections already encrypted keep theirs. They must be for the
+    /// domains served, the same default first.
+    pub fn set_certificates(&self, certs: Certificates) -> Result<(), ReplaceError> {
+        let same = certs.default == self.default
+            && certs.by_domain.len() == self.acceptors.len()
+            && certs.by_domain.keys().all(|d| self.acceptors.contains_key(d));
+        if !same {
+            let mut domains: Vec<&str> = certs.by_domain.keys().map(String::as_str).collect();
+            domains.sort_unstable();
+            return Err(ReplaceError::OtherDomains(domains.join(", ")));
+        }
+        *self.certs.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(certs);
+        Ok(())
     }
 }
 
@@ -130,27 +181,6 @@ impl std::fmt::Debug for TlsSettings {
         f.debug_struct("TlsSettings")
             .field("starttls", &self.starttls)
             .finish_non_exhaustive()
-    }
-}
-
-/// What carries a client's stream: a socket (TLS from the start, or
-/// not: STARTTLS may still come), or a WebSocket (RFC 7395), where TLS is
-/// the HTTP server's, and STARTTLS is not offered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Carrier {
-    Socket { tls: bool },
-    WebSocket { secure: bool },
-}
-
-impl Carrier {
-    /// As sessions are listed and counted: `tcp`, `tls`, `ws`, `wss`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Carrier::Socket { tls: false } => "tcp",
-            Carrier::Socket { tls: true } => "tls",
-            Carrier::WebSocket { secure: false } => "ws",
-            Carrier::WebSocket { secure: true } => "wss",
-        }
     }
 }
 
@@ -256,11 +286,12 @@ impl Io {
     }
 
     /// What carries the stream, as far as a session is concerned.
-    pub(crate) fn carrier(&self) -> Carrier {
+    pub(crate) fn transport(&self) -> Transport {
         match self {
-            Io::WebSocket(ws) => Carrier::WebSocket { secure: ws.is_secure() },
-            Io::TlsPending(..) | Io::Tls(_) | Io::TlsClient(_) => Carrier::Socket { tls: true },
-            Io::Tcp(_) | Io::Closed => Carrier::Socket { tls: false },
+            Io::WebSocket(ws) if ws.is_secure() => Transport::WebSocketTls,
+            Io::WebSocket(_) => Transport::WebSocket,
+            Io::TlsPending(..) | Io::Tls(_) | Io::TlsClient(_) => Transport::Tls,
+            Io::Tcp(_) | Io::Closed => Transport::Tcp,
         }
     }
 
@@ -276,7 +307,13 @@ impl Io {
         match self {
             Io::Tls(stream) => {
                 let conn = stream.get_ref().1;
-                let served = tls.map(|t| t.certs.pick(conn.server_name(), stream_domain).server_end_point.clone());
+                // Picked again from those in force: a reload between the
+                // handshake and here (a moment) would give the new
+                // certificate's hash, and that login's -PLUS would fail.
+                let served = tls.map(|t| {
+                    let certs = t.certificates();
+                    certs.pick(conn.server_name(), stream_domain).server_end_point.clone()
+                });
                 Some(bindings_of(conn, served.unwrap_or_default()))
             }
             Io::TlsClient(stream) => Some(bindings_of(stream.get_ref().1, Vec::new())),

@@ -82,8 +82,8 @@ pub struct ConnState {
     /// Boxed: most connections of a busy server are idle, and most
     /// connections' state is this struct.
     pub(crate) tls: Mutex<Option<Box<super::io::ChannelBindings>>>,
-    /// A WebSocket's, or `None` for a socket (see [`ConnState::carrier`]).
-    websocket: Option<super::io::Carrier>,
+    /// A WebSocket's, or `None` for a socket (see [`ConnState::transport`]).
+    websocket: Option<crate::session::Transport>,
     /// Milliseconds since `epoch` at the last read.
     last_read: AtomicU64,
     /// Reads so far: any read after a ping answers it.
@@ -92,12 +92,16 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(admitted: Admitted, carrier: super::io::Carrier) -> ConnState {
+    pub(crate) fn new(admitted: Admitted, transport: crate::session::Transport) -> ConnState {
         ConnState {
             admitted,
             authenticated: AtomicBool::new(false),
             tls: Mutex::new(None),
-            websocket: matches!(carrier, super::io::Carrier::WebSocket { .. }).then_some(carrier),
+            websocket: matches!(
+                transport,
+                crate::session::Transport::WebSocket | crate::session::Transport::WebSocketTls
+            )
+            .then_some(transport),
             last_read: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -115,10 +119,13 @@ impl ConnState {
         self.tls.lock().ok().and_then(|t| t.as_deref().cloned())
     }
 
-    /// What carries the stream now (a socket may have turned to TLS).
-    pub fn carrier(&self) -> super::io::Carrier {
-        self.websocket.unwrap_or_else(|| super::io::Carrier::Socket {
-            tls: self.tls.lock().is_ok_and(|t| t.is_some()),
+    /// What carries the stream now (a socket may have turned to TLS:
+    /// STARTTLS, or Direct TLS first).
+    pub fn transport(&self) -> crate::session::Transport {
+        self.websocket.unwrap_or(if self.tls.lock().is_ok_and(|t| t.is_some()) {
+            crate::session::Transport::Tls
+        } else {
+            crate::session::Transport::Tcp
         })
     }
 

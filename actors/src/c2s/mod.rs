@@ -32,6 +32,7 @@ pub use outbound::{Outbound, OutboundReader, SendError};
 pub use resume::{ResumeRefused, Resumed};
 
 use crate::codec::{CodecLimits, XmppCodec};
+use crate::current::Current;
 use crate::error::StreamError;
 use crate::presence::ConnectionHandler;
 use crate::router::Router;
@@ -43,7 +44,8 @@ use limits::{Admission, Admitted, AuthThrottle, ConnectionLimits};
 #[derive(Clone, Debug)]
 pub struct C2sConfig {
     pub codec: CodecLimits,
-    /// Rates, connection counts, idle pings and login throttling.
+    /// Rates, connection counts, idle pings and login throttling, at start:
+    /// those in force are [`C2sContext::limits`] (a reload may change them).
     pub connections: ConnectionLimits,
     /// PBKDF2 iterations for accounts created in-band.
     pub scram_iterations: u32,
@@ -126,6 +128,8 @@ pub struct C2sContext {
     pub registrations: AuthThrottle,
     /// Every live connection, for the liveness sweep and shutdown.
     pub connections: sweep::Connections,
+    /// The limits in force; see [`C2sContext::limits`].
+    limits: Current<ConnectionLimits>,
 }
 
 impl C2sContext {
@@ -138,6 +142,7 @@ impl C2sContext {
         C2sContext {
             router,
             sm,
+            limits: Current::new(config.connections.clone()),
             config,
             hooks,
             shutdown: CancellationToken::new(),
@@ -155,6 +160,17 @@ impl C2sContext {
         self.secret = secret;
         self
     }
+
+    /// The connection limits in force: read at each use (every read of a
+    /// connection), so that a reload reaches the connections already open.
+    pub fn limits(&self) -> &ConnectionLimits {
+        self.limits.get()
+    }
+
+    /// Puts new connection limits in force (a reload).
+    pub fn set_limits(&self, limits: ConnectionLimits) {
+        self.limits.set(limits);
+    }
 }
 
 /// Locks one of a connection's small shared structures. Nothing that holds
@@ -166,7 +182,7 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
 /// Takes a new connection on the current arbiter: admits it (per-IP and
 /// unauthenticated limits) and starts it, or refuses it with a stream error.
 pub fn accept(cx: Arc<C2sContext>, io: Io, peer: SocketAddr) {
-    match cx.admission.admit(peer.ip(), &cx.config.connections) {
+    match cx.admission.admit(peer.ip(), cx.limits()) {
         Ok(admitted) => {
             spawn(cx, io, peer, admitted);
         }

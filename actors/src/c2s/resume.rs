@@ -30,7 +30,7 @@ use crate::error::{StanzaCondition, StreamCondition, StreamError};
 use crate::jid::Jid;
 use crate::ns;
 use crate::router::Router;
-use crate::session::{Control, Session};
+use crate::session::{Control, Session, SmStatus};
 use crate::session_manager::{Resumable, Resume};
 use crate::stanza::Stanza;
 use crate::xep::sm::{self, Nonza};
@@ -189,6 +189,11 @@ impl C2s {
             settings.resume_timeout.min(Duration::from_secs(u64::from(m)))
         });
         let id = resumable.then(|| random_id(24));
+        let status = match resumable {
+            true => SmStatus::Resumable,
+            false => SmStatus::Enabled,
+        };
+        session.set_sm_status(status);
         if let Some(id) = &id {
             let user = session.jid.to_bare();
             self.cx.sm.do_send(Resumable {
@@ -236,6 +241,8 @@ impl C2s {
     /// Carries on with a session handed over by its old connection.
     fn take_over(&mut self, ctx: &mut Context<Self>, previd: &str, mut resumed: Resumed) {
         log::info!("{}: resumed {}", self.peer, resumed.session.jid);
+        resumed.session.set_link(self.link());
+        resumed.session.set_sm_status(SmStatus::Resumable);
         // Written on this stream's own queue, then the transport switches
         // to the session's, where the unacknowledged stanzas come first.
         self.out.send_nonza(sm::resumed(previd, resumed.sm.received));
@@ -273,6 +280,7 @@ impl C2s {
                 self.peer,
                 session.jid
             );
+            session.set_sm_status(SmStatus::Detached);
         }
         self.out.detach();
         self.parked = true;

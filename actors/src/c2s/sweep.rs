@@ -45,7 +45,7 @@ pub(super) fn track(cx: &Arc<C2sContext>, addr: WeakAddr<C2s>) {
 async fn sweep(cx: Weak<C2sContext>) {
     let (period, shutdown) = match cx.upgrade() {
         Some(cx) => {
-            let limits = &cx.config.connections;
+            let limits = cx.limits();
             let period = (limits.idle_timeout.min(limits.ping_timeout) / 4).max(Duration::from_millis(100));
             (period, cx.shutdown.clone())
         }

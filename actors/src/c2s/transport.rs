@@ -67,7 +67,7 @@ pub(crate) trait StreamSettings: Send + Sync + 'static {
 
 impl StreamSettings for C2sContext {
     fn limits(&self) -> &ConnectionLimits {
-        &self.config.connections
+        C2sContext::limits(self)
     }
 
     fn tls(&self) -> Option<&TlsSettings> {
@@ -97,7 +97,7 @@ pub(crate) fn start<S: StreamSettings>(
     let (out, out_rx) = super::outbound::Outbound::new(max_outbound);
     // A few frames of slack; past that, reading the socket waits for the actor.
     let (frames_tx, frames) = super::frames::pipe();
-    let conn = Arc::new(ConnState::new(admitted, io.carrier()));
+    let conn = Arc::new(ConnState::new(admitted, io.transport()));
     let transport = Transport {
         codec,
         frames: Some(frames_tx),

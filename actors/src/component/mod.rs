@@ -32,6 +32,7 @@ use crate::c2s::limits::{Admission, Admitted, ConnectionLimits};
 use crate::c2s::transport::{self, StreamSettings};
 use crate::c2s::C2sConfig;
 use crate::codec::{CodecLimits, XmppCodec};
+use crate::current::Current;
 use crate::router::Router;
 use crate::services::ConflictPolicy;
 
@@ -117,12 +118,22 @@ pub(crate) struct Service {
     pub(crate) max_outbound_bytes: usize,
 }
 
+/// What a reload may change: the configured components, and the clients'
+/// limits, which are those of a connection until it has shaken hands and
+/// the defaults of each component's own.
+struct Configured {
+    /// By domain.
+    services: HashMap<String, Arc<Service>>,
+    connections: ConnectionLimits,
+}
+
 /// What every component connection of a server shares.
 pub struct ComponentContext {
     pub router: Router,
+    /// As started: the components and the clients' limits in force are
+    /// in `configured` (a reload may change them).
     pub config: ComponentConfig,
-    /// The configured components by domain.
-    services: HashMap<String, Arc<Service>>,
+    configured: Current<Configured>,
     /// Cancelled at shutdown: every stream is closed with `<system-shutdown/>`.
     pub shutdown: CancellationToken,
     /// The transport tasks, to wait for their last bytes at shutdown.
@@ -134,28 +145,11 @@ pub struct ComponentContext {
 
 impl ComponentContext {
     pub fn new(router: Router, config: ComponentConfig) -> ComponentContext {
-        let services = config
-            .services
-            .iter()
-            .map(|s| {
-                let mut codec = config.codec;
-                codec.max_stanza_bytes = s.max_stanza_bytes.unwrap_or(codec.max_stanza_bytes);
-                let mut connections = config.connections.clone();
-                connections.rate = s.rate_bytes_per_sec.unwrap_or(connections.rate);
-                connections.burst = s.burst_bytes.unwrap_or(connections.burst);
-                let service = Service {
-                    config: s.clone(),
-                    codec,
-                    connections,
-                    max_outbound_bytes: s.max_outbound_bytes.unwrap_or(config.max_outbound_bytes),
-                };
-                (s.domain.clone(), Arc::new(service))
-            })
-            .collect();
+        let configured = configure(&config, &config.services, config.connections.clone());
         ComponentContext {
             router,
             config,
-            services,
+            configured: Current::new(configured),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             admission: Arc::new(Admission::default()),
@@ -171,8 +165,45 @@ impl ComponentContext {
     }
 
     pub(crate) fn service(&self, domain: &str) -> Option<&Arc<Service>> {
-        self.services.get(domain)
+        self.configured.get().services.get(domain)
     }
+
+    /// The clients' limits in force: those of a connection that has not
+    /// shaken hands yet.
+    pub fn limits(&self) -> &ConnectionLimits {
+        &self.configured.get().connections
+    }
+
+    /// Puts new component settings in force (a reload): `services` (their
+    /// secrets and limits) and the clients' limits `connections`. Streams
+    /// that have shaken hands keep their component's settings; a domain
+    /// left out takes no new connection.
+    pub fn set_services(&self, services: &[ComponentService], connections: ConnectionLimits) {
+        self.configured.set(configure(&self.config, services, connections));
+    }
+}
+
+/// `services` with their limits resolved: their own, else the clients'
+/// (`connections`, and `config`'s codec and queue limits).
+fn configure(config: &ComponentConfig, services: &[ComponentService], connections: ConnectionLimits) -> Configured {
+    let services = services
+        .iter()
+        .map(|s| {
+            let mut codec = config.codec;
+            codec.max_stanza_bytes = s.max_stanza_bytes.unwrap_or(codec.max_stanza_bytes);
+            let mut own = connections.clone();
+            own.rate = s.rate_bytes_per_sec.unwrap_or(own.rate);
+            own.burst = s.burst_bytes.unwrap_or(own.burst);
+            let service = Service {
+                config: s.clone(),
+                codec,
+                connections: own,
+                max_outbound_bytes: s.max_outbound_bytes.unwrap_or(config.max_outbound_bytes),
+            };
+            (s.domain.clone(), Arc::new(service))
+        })
+        .collect();
+    Configured { services, connections }
 }
 
 /// What `<handshake>` must hold for stream `stream_id` and `secret`:
@@ -201,9 +232,10 @@ impl StreamLimits {
 
 impl StreamSettings for StreamLimits {
     fn limits(&self) -> &ConnectionLimits {
-        self.service
-            .get()
-            .map_or(&self.cx.config.connections, |s| &s.connections)
+        match self.service.get() {
+            Some(service) => &service.connections,
+            None => self.cx.limits(),
+        }
     }
 
     /// XEP-0114 has no TLS: components connect over loopback or a trusted
@@ -221,7 +253,7 @@ impl StreamSettings for StreamLimits {
 /// (per-IP and not-yet-shaken-hands limits) and starts it, or refuses it
 /// with a stream error.
 pub fn accept(cx: Arc<ComponentContext>, io: Io, peer: SocketAddr) {
-    match cx.admission.admit(peer.ip(), &cx.config.connections) {
+    match cx.admission.admit(peer.ip(), cx.limits()) {
         Ok(admitted) => {
             spawn(cx, io, peer, admitted);
         }

@@ -164,7 +164,7 @@ pub(super) fn spawn(
         .admit(peer.ip(), &no_limits)
         .map_err(|e| S2sError::Connect(e.to_string()))?;
     let codec = XmppCodec::new(cx.settings.codec).for_server();
-    let connector = cx.tls.client(&local).clone();
+    let connector = cx.tls.client(&local);
     let settings = Arc::new(OutboundSettings {
         cx: cx.clone(),
         name,

@@ -7,7 +7,7 @@
 //! whether SASL EXTERNAL (XEP-0178) is offered.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -17,21 +17,51 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
-use crate::c2s::io::{Certificates, StartTls, TlsSettings};
+use crate::c2s::io::{Certificates, ReplaceError, StartTls, TlsSettings};
+
+/// Our domains' certificates as presented by their TLS clients: domain,
+/// chain leaf first, key; the first is the default.
+pub type ClientCertificates = Vec<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>;
 
 /// The TLS of a server's federation.
 pub struct S2sTls {
     /// For streams peers open: asks for (and accepts any) client
     /// certificate.
     pub server: TlsSettings,
-    /// For streams we open, by local domain: each presents its domain's
-    /// certificate (for SASL EXTERNAL) and accepts any.
-    clients: HashMap<String, TlsConnector>,
-    /// The first domain's, for a local domain with none (a service's).
-    default_client: TlsConnector,
+    /// For streams we open; a reload replaces them whole.
+    clients: RwLock<Arc<Clients>>,
     /// Checks a peer's chain for a domain; `None` with no trusted roots at
     /// all (then nobody can use EXTERNAL).
     roots: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// The TLS clients of the streams we open.
+struct Clients {
+    /// By local domain: each presents its domain's certificate (for SASL
+    /// EXTERNAL) and accepts any.
+    by_domain: HashMap<String, TlsConnector>,
+    /// The first domain's, for a local domain with none (a service's).
+    default: TlsConnector,
+}
+
+impl Clients {
+    fn new(provider: &Arc<CryptoProvider>, certs: ClientCertificates) -> Result<Clients, rustls::Error> {
+        let mut by_domain = HashMap::new();
+        let mut default = None;
+        for (domain, chain, key) in certs {
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
+                .with_client_auth_cert(chain, key)?;
+            let connector = TlsConnector::from(Arc::new(client));
+            default.get_or_insert_with(|| connector.clone());
+            by_domain.insert(domain, connector);
+        }
+        let default = default.ok_or(rustls::Error::General("no certificate to present".into()))?;
+        Ok(Clients { by_domain, default })
+    }
 }
 
 impl S2sTls {
@@ -41,7 +71,7 @@ impl S2sTls {
     /// roots peers' certificates are checked against.
     pub fn new(
         certs: Certificates,
-        clients: Vec<(String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        clients: ClientCertificates,
         roots: RootCertStore,
         tls_required: bool,
     ) -> Result<S2sTls, rustls::Error> {
@@ -57,37 +87,36 @@ impl S2sTls {
                 .with_client_cert_verifier(Arc::new(AnyCertificate(provider.clone())))
                 .with_cert_resolver(resolver))
         })?;
-        let mut connectors = HashMap::new();
-        let mut default_client = None;
-        for (domain, chain, key) in clients {
-            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider.clone())))
-                .with_client_auth_cert(chain, key)?;
-            let connector = TlsConnector::from(Arc::new(client));
-            default_client.get_or_insert_with(|| connector.clone());
-            connectors.insert(domain, connector);
-        }
-        let default_client = default_client.ok_or(rustls::Error::General("no certificate to present".into()))?;
+        let clients = Clients::new(&provider, clients)?;
         let roots = (!roots.is_empty())
             .then(|| {
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .ok()
             })
             .flatten();
         Ok(S2sTls {
             server,
-            clients: connectors,
-            default_client,
+            clients: RwLock::new(Arc::new(clients)),
             roots,
+            provider,
         })
     }
 
     /// What a link from `local` presents: that domain's certificate.
-    pub(crate) fn client(&self, local: &str) -> &TlsConnector {
-        self.clients.get(local).unwrap_or(&self.default_client)
+    pub(crate) fn client(&self, local: &str) -> TlsConnector {
+        let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+        clients.by_domain.get(local).unwrap_or(&clients.default).clone()
+    }
+
+    /// Renewed certificates, as [`S2sTls::new`] takes them, for the
+    /// streams opened from now on, both ways; streams up keep theirs.
+    /// On an error nothing changes.
+    pub fn set_certificates(&self, certs: Certificates, clients: ClientCertificates) -> Result<(), ReplaceError> {
+        let clients = Clients::new(&self.provider, clients)?;
+        self.server.set_certificates(certs)?;
+        *self.clients.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(clients);
+        Ok(())
     }
 
     /// True when `chain` (leaf first) is valid for `domain` under the
