@@ -296,3 +296,29 @@ fn the_chat_page_serves_converse_or_says_how_to_install_it() {
     assert_eq!(get(addr, "/chat/dist/../Cargo.toml").0, 404);
     assert_eq!(get(addr, "/chat/dist/%2e%2e/Cargo.toml").0, 404);
 }
+
+#[test]
+fn shoal_session_list_shows_websocket_and_tcp_sessions() {
+    let server = TestServer::from_file(|dir| {
+        format!(
+            "[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n[http]\nlisten = ['127.0.0.1:0']\n",
+            dir.join("shoal.db")
+        )
+    });
+    server.add_user("alice", "wonderland");
+    server.add_user("bob", "builder");
+    let mut alice = Ws::connect(server.http_addr());
+    alice.login("alice", "wonderland", "web");
+    let _bob = server.login("bob", "builder", "tcp");
+    let (ok, out, err) = common::shoal(server.config_file(), &["session", "list"], None);
+    assert!(ok, "{err}");
+    let web_peer = alice.ws.get_ref().local_addr().unwrap().to_string();
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().take(3).collect())
+        .collect();
+    assert_eq!(rows[0], ["alice@localhost/web", "websocket", web_peer.as_str()]);
+    assert_eq!(rows[1][..2], ["bob@localhost/tcp", "tcp"]);
+    assert_eq!(rows.len(), 2, "{out}");
+}
