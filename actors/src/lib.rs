@@ -17,6 +17,7 @@ pub mod error;
 pub mod hosts;
 pub mod iq_handler;
 pub mod jid;
+pub mod metrics;
 pub mod ns;
 pub mod outbound;
 pub mod presence;
