@@ -112,6 +112,11 @@ impl ConnState {
         self.tls.lock().ok().and_then(|t| t.as_deref().cloned())
     }
 
+    /// True once TLS is up (without copying the bindings).
+    pub(crate) fn is_tls(&self) -> bool {
+        self.tls.lock().is_ok_and(|t| t.is_some())
+    }
+
     pub(crate) fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
