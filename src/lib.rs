@@ -9,6 +9,7 @@ pub mod control;
 pub mod federation;
 pub mod group_commit;
 pub mod load;
+pub mod metrics;
 pub mod rlimit;
 pub mod server;
 pub mod store;
