@@ -397,7 +397,11 @@ static SHARDS: Mutex<Shards> = Mutex::new(Shards {
 thread_local! {
     static MINE: Arc<Slots> = {
         let slots = Arc::new(Slots::new());
-        crate::c2s::lock(&SHARDS).live.push(slots.clone());
+        let mut shards = crate::c2s::lock(&SHARDS);
+        // Threads that ended are folded in here too: without an exporter
+        // nothing else would, and short-lived threads would pile up.
+        shards.sum();
+        shards.live.push(slots.clone());
         slots
     };
 }
