@@ -268,6 +268,10 @@ pub struct HttpConfig {
     pub allowed_origins: Vec<String>,
     /// Converse.js's `dist` directory, served for the page at `/chat`.
     pub conversejs_dir: PathBuf,
+    /// Prometheus metrics at `/metrics`; false: none are kept at all.
+    pub metrics: bool,
+    /// Networks besides loopback that may read `/metrics`.
+    pub metrics_allow: Vec<crate::metrics::Network>,
 }
 
 impl Default for HttpConfig {
@@ -277,6 +281,8 @@ impl Default for HttpConfig {
             tls_listen: Vec::new(),
             allowed_origins: Vec::new(),
             conversejs_dir: PathBuf::from("conversejs"),
+            metrics: true,
+            metrics_allow: Vec::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shoal_actors::metrics::{StorageOp, StorageTimer};
 use shoal_actors::storage::{StorageError, StorageFuture};
 use shoal_actors::xep::mam::ArchiveRow;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -107,24 +108,27 @@ impl ArchiveWriter {
 
     /// Archives one message's rows; done once they are committed.
     pub fn archive(&self, rows: Vec<ArchiveRow>) -> StorageFuture<()> {
-        self.submit(Work::Archive(rows))
+        self.submit(Work::Archive(rows), StorageTimer::start(StorageOp::Archive))
     }
 
     /// Deletes what was received before `before_ms`; done once all is gone.
     pub fn purge(&self, before_ms: i64) -> StorageFuture<()> {
-        self.submit(Work::Purge(before_ms))
+        self.submit(Work::Purge(before_ms), StorageTimer::start(StorageOp::PurgeArchive))
     }
 
-    fn submit(&self, work: Work) -> StorageFuture<()> {
+    /// Queues `work`; `timer` runs until it is done.
+    fn submit(&self, work: Work, timer: StorageTimer) -> StorageFuture<()> {
         // Queued now, in the order of the calls, when a place is free and
         // no job is waiting for one.
         if self.waiting.load(Ordering::Acquire) == 0 {
             match self.places.clone().try_acquire_owned() {
                 Ok(place) => {
                     let done = self.send(work, place);
-                    return Box::pin(async move { done?.await.map_err(|_| StorageError::Unavailable)? });
+                    return Box::pin(timer.time(async move { done?.await.map_err(|_| StorageError::Unavailable)? }));
                 }
-                Err(TryAcquireError::Closed) => return Box::pin(std::future::ready(Err(StorageError::Unavailable))),
+                Err(TryAcquireError::Closed) => {
+                    return Box::pin(timer.time(std::future::ready(Err::<(), _>(StorageError::Unavailable))))
+                }
                 Err(TryAcquireError::NoPermits) => {}
             }
         }
@@ -132,12 +136,12 @@ impl ArchiveWriter {
         // one thread's futures first ask in the order they were made.
         let waiting = Waiting::new(&self.waiting);
         let this = self.clone();
-        Box::pin(async move {
+        Box::pin(timer.time(async move {
             let place = this.places.clone().acquire_owned().await;
             drop(waiting);
             let place = place.map_err(|_| StorageError::Unavailable)?;
             this.send(work, place)?.await.map_err(|_| StorageError::Unavailable)?
-        })
+        }))
     }
 
     fn send(
@@ -276,6 +280,7 @@ fn gather(jobs: &Receiver<Job>, group: &mut Vec<Job>, busy: bool) {
 
 /// Writes one group in one transaction, then answers its jobs in order.
 fn write(store: &mut SqliteStore, clock: &mut i64, messages: Vec<Job>) {
+    shoal_actors::metrics::archive_group(messages.len());
     let rows: Vec<&[ArchiveRow]> = messages
         .iter()
         .map(|job| match &job.work {

@@ -11,6 +11,7 @@ pub mod federation;
 pub mod group_commit;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod reload;
 pub mod rlimit;
 pub mod server;

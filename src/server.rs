@@ -117,6 +117,20 @@ impl ServerBuilder {
         let started = Instant::now();
         let config = self.config;
         config.validate()?;
+        // First: what is counted before the recorder is in place is never
+        // counted (the handles are taken once).
+        let http_on = !(config.http.listen.is_empty() && config.http.tls_listen.is_empty());
+        let metrics = if http_on && config.http.metrics {
+            match crate::metrics::install() {
+                Ok(handle) => Some(crate::metrics::MetricsEndpoint::new(handle, config.http.metrics_allow.clone())),
+                Err(e) => {
+                    log::warn!("{e}: /metrics is off");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let hosts = config.hosted()?;
         let on_sqlite = self.storage.is_none();
         let storage: Arc<dyn Storage> = match self.storage {
@@ -339,6 +353,7 @@ impl ServerBuilder {
                 domain: config.default_domain().to_owned(),
                 secure: Vec::new(),
                 upload,
+                metrics,
             };
             let first = config.http.listen.first().or(config.http.tls_listen.first()).copied();
             let started = crate::http::start(web, std_listeners(http_plain)?, std_listeners(http_tls)?, certs, workers)

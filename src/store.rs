@@ -13,6 +13,7 @@ use actix::{Actor, Addr, Handler, Message, SyncArbiter, SyncContext};
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use shoal_actors::jid::{BareJid, Jid};
+use shoal_actors::metrics::{StorageOp, StorageTimer};
 use shoal_actors::roster::{
     ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
 };
@@ -1398,65 +1399,69 @@ impl SqliteStorage {
         })
     }
 
+    /// Runs `f` on a store thread; timed as `op` from now until it is done.
     fn query<R: Send + 'static>(
         &self,
+        op: StorageOp,
         f: impl FnOnce(&mut SqliteStore) -> Result<R, StoreError> + Send + 'static,
     ) -> StorageFuture<R> {
         let (addr, queue) = (self.addr.clone(), self.queue.clone());
-        Box::pin(async move {
+        Box::pin(StorageTimer::start(op).time(async move {
             let _place = queue.acquire().await.map_err(|_| StorageError::Unavailable)?;
             addr.send(Query(Box::new(f)))
                 .await
                 .map_err(|_| StorageError::Unavailable)?
-        })
+        }))
     }
 }
 
 impl Storage for SqliteStorage {
     fn credentials(&self, user: &BareJid) -> StorageFuture<Option<Credentials>> {
         let u = user.clone();
-        self.query(move |s| s.credentials(&u))
+        self.query(StorageOp::Credentials, move |s| s.credentials(&u))
     }
 
     fn create_user(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.create_user(&u, &credentials))
+        self.query(StorageOp::CreateUser, move |s| s.create_user(&u, &credentials))
     }
 
     fn set_credentials(&self, user: &BareJid, credentials: Credentials) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.set_credentials(&u, &credentials))
+        self.query(StorageOp::SetCredentials, move |s| s.set_credentials(&u, &credentials))
     }
 
     /// Also clears what contacts still hold of the account (a pre-approval,
     /// say) that the running server's unsubscriptions did not end.
     fn delete_user(&self, user: &BareJid) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.delete_account(&u))
+        self.query(StorageOp::DeleteUser, move |s| s.delete_account(&u))
     }
 
     fn list_users(&self) -> StorageFuture<Vec<BareJid>> {
-        self.query(|s| s.list_users())
+        self.query(StorageOp::ListUsers, |s| s.list_users())
     }
 
     fn roster(&self, user: &BareJid) -> StorageFuture<Roster> {
         let u = user.clone();
-        self.query(move |s| s.roster(&u))
+        self.query(StorageOp::Roster, move |s| s.roster(&u))
     }
 
     fn roster_changes(&self, user: &BareJid, since: u64) -> StorageFuture<Option<(u64, Vec<RosterChange>)>> {
         let u = user.clone();
-        self.query(move |s| s.roster_changes(&u, since))
+        self.query(StorageOp::RosterChanges, move |s| s.roster_changes(&u, since))
     }
 
     fn roster_item(&self, user: &BareJid, contact: &BareJid) -> StorageFuture<Option<RosterItem>> {
         let (u, c) = (user.clone(), contact.clone());
-        self.query(move |s| s.roster_item(&u, &c))
+        self.query(StorageOp::RosterItem, move |s| s.roster_item(&u, &c))
     }
 
     fn update_roster_item(&self, user: &BareJid, contact: &BareJid, change: RosterFn) -> StorageFuture<RosterUpdate> {
         let (u, c) = (user.clone(), contact.clone());
-        self.query(move |s| s.update_roster_item(&u, &c, change))
+        self.query(StorageOp::UpdateRosterItem, move |s| {
+            s.update_roster_item(&u, &c, change)
+        })
     }
 
     fn update_roster_pair(
@@ -1467,62 +1472,66 @@ impl Storage for SqliteStorage {
         change_contact: PairFn,
     ) -> StorageFuture<(RosterUpdate, RosterUpdate)> {
         let (u, c) = (user.clone(), contact.clone());
-        self.query(move |s| s.update_roster_pair(&u, &c, change_user, change_contact))
+        self.query(StorageOp::UpdateRosterPair, move |s| {
+            s.update_roster_pair(&u, &c, change_user, change_contact)
+        })
     }
 
     fn pending_requests(&self, user: &BareJid) -> StorageFuture<Vec<RosterItem>> {
         let u = user.clone();
-        self.query(move |s| s.pending_requests(&u))
+        self.query(StorageOp::PendingRequests, move |s| s.pending_requests(&u))
     }
 
     fn vcard(&self, user: &BareJid) -> StorageFuture<Option<String>> {
         let u = user.clone();
-        self.query(move |s| s.vcard(&u))
+        self.query(StorageOp::Vcard, move |s| s.vcard(&u))
     }
 
     fn set_vcard(&self, user: &BareJid, vcard: String, profile: Profile) -> StorageFuture<()> {
         let u = user.clone();
-        self.query(move |s| s.set_vcard(&u, &vcard, &profile))
+        self.query(StorageOp::SetVcard, move |s| s.set_vcard(&u, &vcard, &profile))
     }
 
     fn profile(&self, user: &BareJid) -> StorageFuture<Profile> {
         let u = user.clone();
-        self.query(move |s| s.profile(&u))
+        self.query(StorageOp::Profile, move |s| s.profile(&u))
     }
 
     fn set_profile(&self, user: &BareJid, nick: Option<String>, photo_url: Option<String>) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.set_profile(&u, nick.as_deref(), photo_url.as_deref()))
+        self.query(StorageOp::SetProfile, move |s| {
+            s.set_profile(&u, nick.as_deref(), photo_url.as_deref())
+        })
     }
 
     fn store_offline(&self, user: &BareJid, message: String, max: usize) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.store_offline(&u, &message, max))
+        self.query(StorageOp::StoreOffline, move |s| s.store_offline(&u, &message, max))
     }
 
     fn offline_messages(&self, user: &BareJid) -> StorageFuture<Vec<(i64, String)>> {
         let u = user.clone();
-        self.query(move |s| s.offline_messages(&u))
+        self.query(StorageOp::OfflineMessages, move |s| s.offline_messages(&u))
     }
 
     fn delete_offline(&self, user: &BareJid, upto: i64) -> StorageFuture<()> {
         let u = user.clone();
-        self.query(move |s| s.delete_offline(&u, upto))
+        self.query(StorageOp::DeleteOffline, move |s| s.delete_offline(&u, upto))
     }
 
     fn blocklist(&self, user: &BareJid) -> StorageFuture<Vec<Jid>> {
         let u = user.clone();
-        self.query(move |s| s.blocklist(&u))
+        self.query(StorageOp::Blocklist, move |s| s.blocklist(&u))
     }
 
     fn block(&self, user: &BareJid, jids: Vec<Jid>) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.block(&u, &jids))
+        self.query(StorageOp::Block, move |s| s.block(&u, &jids))
     }
 
     fn unblock(&self, user: &BareJid, jids: Option<Vec<Jid>>) -> StorageFuture<Vec<Jid>> {
         let u = user.clone();
-        self.query(move |s| s.unblock(&u, jids.as_deref()))
+        self.query(StorageOp::Unblock, move |s| s.unblock(&u, jids.as_deref()))
     }
 
     /// Queued for the archive writer at once (see [`ArchiveWriter`]).
@@ -1532,17 +1541,17 @@ impl Storage for SqliteStorage {
 
     fn archive_query(&self, user: &BareJid, query: ArchiveQuery) -> StorageFuture<Option<ArchivePage>> {
         let u = user.clone();
-        self.query(move |s| s.archive_query(&u, &query))
+        self.query(StorageOp::ArchiveQuery, move |s| s.archive_query(&u, &query))
     }
 
     fn mam_prefs(&self, user: &BareJid) -> StorageFuture<Option<MamPrefs>> {
         let u = user.clone();
-        self.query(move |s| s.mam_prefs(&u))
+        self.query(StorageOp::MamPrefs, move |s| s.mam_prefs(&u))
     }
 
     fn set_mam_prefs(&self, user: &BareJid, prefs: MamPrefs) -> StorageFuture<bool> {
         let u = user.clone();
-        self.query(move |s| s.set_mam_prefs(&u, &prefs))
+        self.query(StorageOp::SetMamPrefs, move |s| s.set_mam_prefs(&u, &prefs))
     }
 
     /// Done by the archive writer, between groups.

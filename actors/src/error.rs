@@ -7,17 +7,21 @@ use std::borrow::Cow;
 use crate::ns;
 use crate::xml::Element;
 
-macro_rules! conditions {
+/// An enum of names on the wire: RFC conditions here, metric label values
+/// in [`crate::metrics`].
+macro_rules! wire_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident => $wire:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $name { $($variant),+ }
         impl $name {
-            /// The element name of this condition on the wire.
+            /// Every value, in declaration order (`value as usize` is its index).
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+            /// Its name on the wire.
             pub fn as_str(self) -> &'static str {
                 match self { $(Self::$variant => $wire),+ }
             }
-            /// Looks a condition up by its element name.
+            /// Looks a value up by its name on the wire.
             pub fn from_name(name: &str) -> Option<Self> {
                 match name { $($wire => Some(Self::$variant),)+ _ => None }
             }
@@ -29,8 +33,9 @@ macro_rules! conditions {
         }
     };
 }
+pub(crate) use wire_enum;
 
-conditions! {
+wire_enum! {
     /// RFC 6120 §4.9.3 stream error conditions.
     StreamCondition {
         BadFormat => "bad-format",
@@ -61,7 +66,7 @@ conditions! {
     }
 }
 
-conditions! {
+wire_enum! {
     /// RFC 6120 §8.3.3 stanza error conditions.
     StanzaCondition {
         BadRequest => "bad-request",
@@ -92,7 +97,7 @@ conditions! {
     }
 }
 
-conditions! {
+wire_enum! {
     /// RFC 6120 §6.5 SASL failure conditions.
     SaslCondition {
         Aborted => "aborted",
@@ -109,7 +114,7 @@ conditions! {
     }
 }
 
-conditions! {
+wire_enum! {
     /// RFC 6120 §8.3.2 error types: what the sender should do about it.
     StanzaErrorType {
         Auth => "auth",

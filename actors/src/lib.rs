@@ -18,6 +18,7 @@ pub mod error;
 pub mod hosts;
 pub mod iq_handler;
 pub mod jid;
+pub mod metrics;
 pub mod ns;
 pub mod outbound;
 pub mod presence;

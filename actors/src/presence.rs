@@ -198,30 +198,32 @@ fn template_of(presence: &Element) -> Bytes {
 }
 
 /// Queues `bytes` from `origin` for every available resource of `user`,
-/// serialising nothing when there is none. A session too far behind drops
-/// it ([`Session::deliver_from`]): under backpressure a contact's presence
-/// may be lost, which the next change repairs, but it never disconnects
-/// the follower nor errors back to the sender.
-fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, bytes: impl FnOnce() -> Bytes) {
+/// serialising nothing when there is none; how many took it. A session
+/// too far behind drops it ([`Session::deliver_from`]): under
+/// backpressure a contact's presence may be lost, which the next change
+/// repairs, but it never disconnects the follower nor errors back to the
+/// sender.
+fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, bytes: impl FnOnce() -> Bytes) -> usize {
     sessions.with_resources(user, |all| {
         // XEP-0191: not from someone the user blocked (a flag read, if anyone online blocks).
         if sessions.blocklists().blocks_inbound(user, all, origin.jid()) {
-            return;
+            return 0;
         }
         let mut available = all.iter().filter(|s| s.priority().is_some()).peekable();
         if available.peek().is_none() {
-            return;
+            return 0;
         }
         let bytes = bytes();
+        let mut reached = 0;
         while let Some(s) = available.next() {
             if available.peek().is_none() {
                 // The last (usually the only) one takes the bytes: a clone
                 // would allocate a shared header.
-                let _ = s.deliver_presence(origin, bytes);
-                return;
+                return reached + usize::from(s.deliver_presence(origin, bytes).is_ok());
             }
-            let _ = s.deliver_presence(origin, bytes.clone());
+            reached += usize::from(s.deliver_presence(origin, bytes.clone()).is_ok());
         }
+        reached
     })
 }
 
@@ -283,16 +285,18 @@ impl PresenceEvent<'_> {
     /// to the user's own available resources and the sender (RFC 6121
     /// §4.2.2, §4.4.2, §4.5.2), and to those that got directed presence.
     pub fn broadcast(&self) {
+        let fanout = crate::metrics::Fanout::start();
+        let mut reached = 0;
         let user = self.session.jid.to_bare();
         if !self.replaced {
             for follower in self.followers {
-                self.send_to(follower);
+                reached += self.send_to(follower);
             }
-            self.send_to(&user);
+            reached += self.send_to(&user);
             // An available sender got it above; one that sent unavailable
             // is no longer among the available resources.
             if self.reflect && self.session.priority().is_none() {
-                self.session.deliver(addressed(&self.template, user.as_str()));
+                reached += usize::from(self.session.deliver(addressed(&self.template, user.as_str())));
             }
         }
         for jid in self.directed {
@@ -302,6 +306,7 @@ impl PresenceEvent<'_> {
             }
             if let Some(remote) = self.remote.route(&bare) {
                 RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, jid);
+                reached += 1;
                 continue;
             }
             match jid.clone().try_into_full() {
@@ -314,27 +319,31 @@ impl PresenceEvent<'_> {
                         {
                             continue;
                         }
-                        let _ = s.deliver_presence(self.origin, addressed(&self.template, full.as_str()));
+                        let delivered = s.deliver_presence(self.origin, addressed(&self.template, full.as_str()));
+                        reached += usize::from(delivered.is_ok());
                     }
                 }
-                Err(_) => self.send_to(&bare),
+                Err(_) => reached += self.send_to(&bare),
             }
         }
+        fanout.done(reached);
     }
 
-    /// Sends the presence to the available resources of one contact.
-    pub fn send_to(&self, contact: &BareJid) {
+    /// Sends the presence to the available resources of one contact; how
+    /// many got it (a contact on another server counts once).
+    pub fn send_to(&self, contact: &BareJid) -> usize {
         // XEP-0191 §3.3: never to someone the user blocked.
         let lists = self.sessions.blocklists();
         if self.session.is_blocking() && lists.blocks_outbound(self.session.jid.as_jid(), contact.as_jid()) {
-            return;
+            return 0;
         }
         if let Some(remote) = self.remote.route(contact) {
-            return RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, contact.as_jid());
+            RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, contact.as_jid());
+            return 1;
         }
         to_available(self.sessions, contact, self.origin, || {
             addressed(&self.template, contact.as_str())
-        });
+        })
     }
 
     /// Delivers to this session the last presence of every available

@@ -262,6 +262,7 @@ impl Router {
     /// Sends the error reply of `stanza` back to its sender.
     pub fn bounce(&self, stanza: &Stanza, condition: StanzaCondition) {
         if let Some(reply) = stanza.error_reply(&StanzaError::new(condition)) {
+            crate::metrics::bounce(condition);
             self.route(reply);
         }
     }

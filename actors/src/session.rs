@@ -318,7 +318,12 @@ impl Session {
     /// limit (it is being closed).
     pub fn deliver(&self, bytes: Bytes) -> bool {
         self.release_held();
-        self.out.send(bytes).is_ok()
+        let kind = crate::metrics::StanzaKind::of_bytes(&bytes);
+        let sent = self.out.send(bytes).is_ok();
+        if sent {
+            delivered(kind);
+        }
+        sent
     }
 
     /// XEP-0352: the client is inactive (`true`) or active again; on
@@ -368,7 +373,10 @@ impl Session {
     fn flush_held(&self) {
         let mut held = crate::c2s::lock(&self.held);
         for (key, bytes) in held.take().map(|mut h| h.take()).unwrap_or_default() {
-            let _ = self.out.send_routed(key, bytes);
+            let kind = crate::metrics::StanzaKind::of_bytes(&bytes);
+            if self.out.send_routed(key, bytes).is_ok() {
+                delivered(kind);
+            }
         }
         self.holding.store(false, Ordering::SeqCst);
     }
@@ -383,15 +391,21 @@ impl Session {
         let own = origin.jid.is_none_or(|from| {
             from.domain() == self.jid.domain() && (from.node().is_none() || from.node() == self.jid.node())
         });
+        let kind = crate::metrics::StanzaKind::of_bytes(&bytes);
         let sent = if own {
             self.out.send(bytes)
         } else {
             self.out.send_routed(origin.key, bytes)
         };
         match sent {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                delivered(kind);
+                Ok(())
+            }
             Err(SendError::Busy) => Err(Refused::Busy),
             Err(SendError::Overfull) => {
+                // Queued all the same, for where the session's leftovers go.
+                delivered(kind);
                 self.control(Control::Expire);
                 Ok(())
             }
@@ -455,6 +469,13 @@ impl Session {
 
     pub fn set_carbons(&self, enabled: bool) {
         self.carbons.store(enabled, Ordering::Relaxed);
+    }
+}
+
+/// A stanza of `kind` was queued for a client session.
+fn delivered(kind: Option<crate::metrics::StanzaKind>) {
+    if let Some(kind) = kind {
+        crate::metrics::stanza(crate::metrics::Stream::C2s, crate::metrics::Direction::Out, kind);
     }
 }
 

@@ -28,6 +28,8 @@ pub struct Web {
     pub secure: Vec<SocketAddr>,
     /// XEP-0363's PUT and GET, when `[upload] enabled`.
     pub upload: Option<Arc<crate::upload::Upload>>,
+    /// `/metrics`, when `[http] metrics`.
+    pub metrics: Option<crate::metrics::MetricsEndpoint>,
 }
 
 /// The running HTTP server.
@@ -57,9 +59,11 @@ pub fn start(
     let mut web = web;
     web.secure = tls.iter().map(|(_, a)| *a).collect();
     let upload = web.upload.clone().map(web::Data::new);
+    let metrics = web.metrics.take().map(web::Data::new);
     let web = web::Data::new(web);
     let server = HttpServer::new(move || {
         let upload = upload.clone();
+        let metrics = metrics.clone();
         App::new()
             .app_data(web.clone())
             .configure(websocket::routes)
@@ -69,6 +73,10 @@ pub fn start(
                 if let Some(upload) = upload {
                     cfg.app_data(upload);
                     crate::upload::http::routes(cfg);
+                }
+                if let Some(metrics) = metrics {
+                    cfg.app_data(metrics);
+                    crate::metrics::routes(cfg);
                 }
             })
     })

@@ -81,6 +81,11 @@ pub struct C2s {
     ping_sent: Option<(Instant, u64)>,
     /// Closes the stream if it is not bound in time; cancelled once bound.
     pub(super) negotiation_deadline: Option<SpawnHandle>,
+    /// The mechanism of the SASL exchange under way, for the metrics.
+    pub(super) mechanism: Option<crate::sasl::Mechanism>,
+    /// Counts the bound session in the metrics while this connection
+    /// carries it.
+    pub(super) live: Option<crate::metrics::LiveSession>,
 }
 
 /// Everyone who got directed presence, forgotten: they are owed
@@ -124,6 +129,8 @@ impl C2s {
             conn,
             ping_sent: None,
             negotiation_deadline: None,
+            mechanism: None,
+            live: None,
         }
     }
 
@@ -169,6 +176,12 @@ impl C2s {
     }
 
     pub(super) fn send_element(&self, el: &Element) {
+        // Stream features, SASL and TLS elements are no stanzas.
+        if el.ns() == ns::CLIENT {
+            if let Some(kind) = crate::metrics::StanzaKind::from_name(el.name()) {
+                crate::metrics::stanza(crate::metrics::Stream::C2s, crate::metrics::Direction::Out, kind);
+            }
+        }
         let mut buf = Vec::with_capacity(128);
         el.write_to(&mut buf, ns::CLIENT);
         // A full queue closes the connection by itself.
@@ -176,6 +189,8 @@ impl C2s {
     }
 
     pub(super) fn send_stanza(&self, stanza: &Stanza) {
+        let kind = stanza.kind.into();
+        crate::metrics::stanza(crate::metrics::Stream::C2s, crate::metrics::Direction::Out, kind);
         let _ = self.out.send(stanza.to_bytes());
     }
 
@@ -379,6 +394,8 @@ impl C2s {
             Ok(s) => s,
             Err(e) => return self.reject(ctx, e),
         };
+        let kind = stanza.kind.into();
+        crate::metrics::stanza(crate::metrics::Stream::C2s, crate::metrics::Direction::In, kind);
         stanza.set_from(Some(session.jid.clone().into()));
         match stanza.kind {
             Kind::Iq(IqType::Get | IqType::Set) if self.is_for_server(&stanza) => {

@@ -208,6 +208,12 @@ impl C2s {
             return;
         };
         let sasl = std::mem::replace(sasl, Sasl::Idle);
+        // What a failure of this element is counted against.
+        self.mechanism = match (el.name(), &sasl) {
+            ("auth", _) => el.attr("mechanism").and_then(Mechanism::from_name),
+            (_, Sasl::AwaitInitial(m) | Sasl::AwaitScramFinal(_, _, m)) => Some(*m),
+            (_, Sasl::Idle) => None,
+        };
         let data = match el.text().trim() {
             // "=" is an empty response; no text at all is no response.
             "=" => Some(Vec::new()),
@@ -357,6 +363,7 @@ impl C2s {
 
     fn sasl_success(&mut self, user: BareJid, mech: Mechanism, additional: Option<Vec<u8>>) {
         log::info!("{}: authenticated as {user} with {}", self.peer, mech.name());
+        crate::metrics::login(Some(mech), true);
         let mut success = Element::new("success", ns::SASL);
         if let Some(data) = additional {
             success.push_text(B64.encode(data));
@@ -418,6 +425,7 @@ impl C2s {
             return;
         }
         self.auth_failures += 1;
+        crate::metrics::login(self.mechanism, false);
         log::info!("{}: authentication failed: {}", self.peer, failure.condition);
         if self.auth_failures >= self.cx.config.max_auth_failures {
             self.stream_error(

@@ -113,6 +113,7 @@ impl C2s {
                         );
                     }
                     act.state = State::Bound(session);
+                    act.live = Some(crate::metrics::LiveSession::new(act.transport()));
                     // Negotiated: the deadline's timer is no longer needed.
                     if let Some(timer) = act.negotiation_deadline.take() {
                         ctx.cancel_future(timer);
@@ -136,7 +137,7 @@ impl C2s {
         }
     }
 
-    fn transport(&self) -> Transport {
+    pub(super) fn transport(&self) -> Transport {
         self.conn.transport()
     }
 }

@@ -188,6 +188,25 @@ impl Shared {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         super::lock(&self.queue)
     }
+
+    /// Counts `n` more bytes queued; the queue's new total.
+    fn add_queued(&self, n: usize) -> usize {
+        crate::metrics::queued_bytes(n as i64);
+        self.queued.fetch_add(n, Ordering::AcqRel) + n
+    }
+
+    /// Counts `n` bytes written, or taken back.
+    pub(crate) fn sub_queued(&self, n: usize) {
+        crate::metrics::queued_bytes(-(n as i64));
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // What was never written leaves the total with its queue.
+        crate::metrics::queued_bytes(-(*self.queued.get_mut() as i64));
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -268,7 +287,7 @@ impl Outbound {
             return Err(SendError::Overflow);
         }
         let len = data.len();
-        let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
+        let queued = self.shared.add_queued(len);
         if queued + self.shared.unacked_bytes.load(Ordering::Acquire) > self.shared.limit.load(Ordering::Relaxed) {
             if !self.shared.overflowed.swap(true, Ordering::AcqRel) {
                 self.shared.transport.wake();
@@ -322,11 +341,11 @@ impl Outbound {
                 }
                 queue.overfull = true;
                 // Kept for the session's end (`seal`), which comes next.
-                self.shared.queued.fetch_add(len, Ordering::AcqRel);
+                self.shared.add_queued(len);
                 queue.items.push_back(Queued::Own(Out::Data(data)));
                 return Err(SendError::Overfull);
             }
-            self.shared.queued.fetch_add(len, Ordering::AcqRel);
+            self.shared.add_queued(len);
             queue.items.push_back(Queued::Routed { data, sender });
         }
         self.shared.transport.wake();
@@ -335,7 +354,7 @@ impl Outbound {
 
     /// Queues bytes that are not a stanza: XEP-0198 never counts them.
     pub(crate) fn send_nonza(&self, data: Bytes) {
-        self.shared.queued.fetch_add(data.len(), Ordering::AcqRel);
+        self.shared.add_queued(data.len());
         let _ = self.push(Out::Nonza(data));
     }
 
@@ -350,7 +369,7 @@ impl Outbound {
             max_unacked,
             request_every: request_every.max(1),
         });
-        self.shared.queued.fetch_add(enabled.len(), Ordering::AcqRel);
+        self.shared.add_queued(enabled.len());
         {
             let mut queue = self.shared.queue();
             if queue.receiver_gone {
@@ -428,7 +447,7 @@ impl Outbound {
         for item in std::mem::take(&mut queue.items) {
             match item {
                 Queued::Own(Out::Data(data)) | Queued::Routed { data, .. } => {
-                    self.shared.queued.fetch_sub(data.len(), Ordering::AcqRel);
+                    self.shared.sub_queued(data.len());
                     left.push(data);
                 }
                 other => kept.push_back(other),
@@ -581,7 +600,7 @@ impl OutboundRx {
                 acks.requested = acks.acked;
                 let bytes: usize = resend.iter().map(|b| b.len()).sum();
                 shared.unacked_bytes.fetch_sub(bytes, Ordering::AcqRel);
-                shared.queued.fetch_add(bytes, Ordering::AcqRel);
+                shared.add_queued(bytes);
                 for data in resend.into_iter().rev() {
                     queue.items.push_front(Queued::Own(Out::Data(data)));
                 }
@@ -612,7 +631,7 @@ impl OutboundReader {
         loop {
             match self.0.next().await {
                 Next::Item(Out::Data(bytes) | Out::Nonza(bytes)) => {
-                    self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    self.0.shared.sub_queued(bytes.len());
                     return Some(bytes);
                 }
                 Next::Item(Out::StartTls(_) | Out::Adopt(_)) => continue,
@@ -626,7 +645,7 @@ impl OutboundReader {
         loop {
             match self.0.try_recv()? {
                 Out::Data(bytes) | Out::Nonza(bytes) => {
-                    self.0.shared.queued.fetch_sub(bytes.len(), Ordering::AcqRel);
+                    self.0.shared.sub_queued(bytes.len());
                     return Some(bytes);
                 }
                 Out::StartTls(_) | Out::Adopt(_) => continue,
@@ -714,7 +733,7 @@ mod tests {
     fn take(rx: &OutboundRx) -> usize {
         match rx.try_recv() {
             Some(Out::Data(b)) => {
-                rx.shared.queued.fetch_sub(b.len(), Ordering::AcqRel);
+                rx.shared.sub_queued(b.len());
                 b.len()
             }
             _ => 0,
@@ -771,7 +790,7 @@ mod tests {
     fn written(rx: &OutboundRx) -> Vec<Bytes> {
         std::iter::from_fn(|| match rx.try_recv()? {
             Out::Data(b) | Out::Nonza(b) => {
-                rx.shared.queued.fetch_sub(b.len(), Ordering::AcqRel);
+                rx.shared.sub_queued(b.len());
                 Some(b)
             }
             _ => None,

@@ -255,6 +255,8 @@ impl C2s {
         resumed.sm.answering = false;
         self.sm = Some(resumed.sm);
         self.state = State::Bound(resumed.session);
+        // Counted on this connection now; the old one let it go.
+        self.live = Some(crate::metrics::LiveSession::new(self.transport()));
         if let Some(timer) = self.negotiation_deadline.take() {
             ctx.cancel_future(timer);
         }
@@ -365,6 +367,7 @@ impl C2s {
         self.parked = false;
         self.closing = true;
         self.state = State::Start;
+        self.live = None;
         // Nothing more from this actor reaches the session's queue (an
         // acknowledgement it was still to send would count behind the new
         // connection's back): its own end is a queue nobody reads.

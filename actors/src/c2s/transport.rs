@@ -235,7 +235,7 @@ pub(crate) fn run<S: StreamSettings>(mut io: Io, mut t: Transport<S>) -> impl st
                             // Nothing is kept for a connection that is quiet.
                             wbuf = Vec::new();
                             out.release();
-                            out.shared.queued.fetch_sub(written, Ordering::AcqRel);
+                            out.shared.sub_queued(written);
                             if !ok {
                                 return;
                             }

@@ -196,6 +196,7 @@ impl Component {
         // Constant time: how much of a guess matched must not show.
         if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
             log::info!("{}: wrong secret for component {domain}", self.peer);
+            crate::metrics::component_handshake(false);
             let err = StreamError::with_text(StreamCondition::NotAuthorized, "wrong handshake");
             return self.stream_error(ctx, err);
         }
@@ -232,6 +233,7 @@ impl Component {
         match router.publish(&domain, Box::new(sink), options) {
             Ok(publication) => {
                 log::info!("{}: component {domain} connected", self.peer);
+                crate::metrics::component_handshake(true);
                 self.state = State::Connected(publication);
             }
             Err(PublishError::Conflict(_)) => {

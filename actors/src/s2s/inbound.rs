@@ -423,6 +423,7 @@ impl S2sIn {
         if self.authenticated.is_empty() {
             self.conn.admitted.authenticated();
             self.conn.authenticated.store(true, Ordering::Relaxed);
+            crate::metrics::s2s_stream(crate::metrics::Direction::In, true);
             self.cx.inbound.insert(
                 self.id,
                 InboundEntry {
@@ -561,7 +562,12 @@ impl S2sIn {
                 );
             }
         }
-        match Stanza::from_element(el) {
+        let stanza = Stanza::from_element(el);
+        if let Ok(stanza) = &stanza {
+            let kind = stanza.kind.into();
+            crate::metrics::stanza(crate::metrics::Stream::S2s, crate::metrics::Direction::In, kind);
+        }
+        match stanza {
             // A subscription change is stored before what follows it on
             // the stream is routed: a contact's `subscribed` then its
             // presence reach the user in that order (RFC 6121 §3.1.5).
@@ -620,7 +626,9 @@ impl Actor for S2sIn {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.cx.inbound.remove(&self.id);
+        if self.cx.inbound.remove(&self.id).is_some() {
+            crate::metrics::s2s_stream(crate::metrics::Direction::In, false);
+        }
         if !self.clean_end && !self.cx.shutdown.is_cancelled() {
             let gone = std::mem::take(&mut self.seen);
             for unavailable in gone.gone() {

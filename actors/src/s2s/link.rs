@@ -127,7 +127,7 @@ impl Outgoing {
     /// Queues it on `slot`'s link, which is up (`out`); what the link
     /// refuses goes back. An IQ request is owed its answer from now on.
     fn send(self, cx: &S2sContext, slot: &Slot, out: &Outbound) {
-        let (sender, bytes) = match &self {
+        let (sender, bytes, kind) = match &self {
             Outgoing::Stanza(stanza) => {
                 if stanza.is_iq_request() {
                     let tracked = crate::c2s::lock(&slot.pending).track(stanza, &cx.settings.requests);
@@ -135,11 +135,14 @@ impl Outgoing {
                         return self.bounce(cx, condition);
                     }
                 }
-                (sender_key(stanza.from()), stanza.to_bytes())
+                let kind = crate::metrics::StanzaKind::from(stanza.kind);
+                (sender_key(stanza.from()), stanza.to_bytes(), kind)
             }
-            Outgoing::Presence { sender, bytes } => (*sender, bytes.clone()),
+            Outgoing::Presence { sender, bytes } => (*sender, bytes.clone(), crate::metrics::StanzaKind::Presence),
         };
-        if out.send_routed(sender, bytes).is_err() {
+        if out.send_routed(sender, bytes).is_ok() {
+            crate::metrics::stanza(crate::metrics::Stream::S2s, crate::metrics::Direction::Out, kind);
+        } else {
             if let (Outgoing::Stanza(s), true) = (&self, self.is_request()) {
                 if let (Some(from), Some(id)) = (s.from(), s.id()) {
                     crate::c2s::lock(&slot.pending).answer(from, id);
@@ -189,6 +192,10 @@ impl Slot {
     }
 
     fn set(&self, state: &mut State, next: State) {
+        let up = matches!(next, State::Up(_));
+        if matches!(state, State::Up(_)) != up {
+            crate::metrics::s2s_stream(crate::metrics::Direction::Out, up);
+        }
         *state = next;
         *crate::c2s::lock(&self.since) = Instant::now();
     }
@@ -247,6 +254,15 @@ impl Slot {
                     quiet_since: Instant::now(),
                 });
             }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A link still up when the table goes (the server is stopping).
+        if matches!(*self.lock(), State::Up(_)) {
+            crate::metrics::s2s_stream(crate::metrics::Direction::Out, false);
         }
     }
 }
@@ -497,6 +513,7 @@ impl Link {
             waiting.len(),
             condition.as_str()
         );
+        crate::metrics::s2s_connect_failure(condition);
         for item in &waiting {
             item.bounce(&self.cx, condition);
         }
@@ -507,6 +524,7 @@ impl Link {
     fn expire_requests(&mut self) {
         let expired = crate::c2s::lock(&self.slot.pending).expired(Instant::now());
         for waiting in expired {
+            crate::metrics::s2s_iq_timeout();
             self.cx
                 .router
                 .route(waiting.error(StanzaCondition::RemoteServerTimeout));

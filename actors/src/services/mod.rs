@@ -222,6 +222,8 @@ impl Router {
                 None
             }
         };
+        // Counted off once withdrawn (`withdraw`), as the old one is now.
+        crate::metrics::service(published.options.kind, true);
         if let Some(old) = old {
             log::info!("{domain}: replaced by a new publication");
             old.sink.replaced();
@@ -251,6 +253,7 @@ impl Router {
                 for p in services {
                     let expired = crate::c2s::lock(&p.pending).expired(now);
                     for waiting in expired {
+                        crate::metrics::service_iq_timeout();
                         router.route(waiting.error(StanzaCondition::RemoteServerTimeout));
                     }
                 }
@@ -279,7 +282,10 @@ impl Router {
                 return None;
             }
         }
-        if !published.sink.deliver(&stanza) {
+        if published.sink.deliver(&stanza) {
+            let kind = stanza.kind.into();
+            crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::Out, kind);
+        } else {
             if let (true, Some(from), Some(id)) = (stanza.is_iq_request(), stanza.from(), stanza.id()) {
                 crate::c2s::lock(&published.pending).answer(from, id);
             }
@@ -297,6 +303,7 @@ impl Router {
         if published.rescinded.swap(true, Ordering::AcqRel) {
             return;
         }
+        crate::metrics::service(published.options.kind, false);
         self.services()
             .table
             .remove_if(&published.domain, |_, p| p.id == published.id);
@@ -341,6 +348,8 @@ impl Publication {
                 return Ok(());
             }
         }
+        let kind = stanza.kind.into();
+        crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::In, kind);
         self.router.route(stanza);
         Ok(())
     }

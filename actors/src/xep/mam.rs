@@ -556,7 +556,9 @@ impl Pending {
         } = self;
         let committed = router.storage().archive(rows);
         Box::pin(async move {
-            if let Err(e) = committed.await {
+            let committed = committed.await;
+            crate::metrics::archived(committed.is_ok());
+            if let Err(e) = committed {
                 log::error!("cannot archive a message (delivered anyway): {e}");
             }
             router.route_archived(stanza, stamped);
