@@ -460,16 +460,27 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        Ok(sha1.zip(sha256).map(|(sha1, sha256)| Credentials { sha1, sha256 }))
+        // An account imported from another server may have one hash's keys.
+        if sha1.is_none() && sha256.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials { sha1, sha256 }))
     }
 
+    /// Stores the account's keys; a hash it has none for loses those it had.
     fn write_credentials(tx: &rusqlite::Transaction<'_>, username: &str, c: &Credentials) -> Result<(), StoreError> {
-        for (hash, k) in [("SHA-1", &c.sha1), ("SHA-256", &c.sha256)] {
-            tx.execute(
-                "INSERT OR REPLACE INTO scram_credentials (username, hash, salt, iterations, stored_key, server_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![username, hash, k.salt, k.iterations, k.stored_key, k.server_key],
-            )?;
+        for (hash, keys) in [("SHA-1", &c.sha1), ("SHA-256", &c.sha256)] {
+            match keys {
+                Some(k) => tx.execute(
+                    "INSERT OR REPLACE INTO scram_credentials (username, hash, salt, iterations, stored_key, server_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![username, hash, k.salt, k.iterations, k.stored_key, k.server_key],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM scram_credentials WHERE username = ?1 AND hash = ?2",
+                    params![username, hash],
+                )?,
+            };
         }
         Ok(())
     }
