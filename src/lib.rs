@@ -9,6 +9,8 @@ pub mod control;
 pub mod federation;
 pub mod group_commit;
 pub mod load;
+pub mod migrate;
+pub mod portable;
 pub mod rlimit;
 pub mod server;
 pub mod store;
