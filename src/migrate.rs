@@ -233,8 +233,7 @@ pub fn export(config: &Config, path: &Path) -> Result<usize, MigrateError> {
         progress.tick(exported, Some(users.len()));
     }
     progress.finish();
-    let out = writer.finish().map_err(write_err)?;
-    drop(out);
+    writer.finish().map_err(write_err)?;
     Ok(exported)
 }
 

@@ -146,7 +146,7 @@ impl AccountReader {
                 self.begin(&path)?;
                 continue;
             };
-            match file.next()? {
+            match file.advance()? {
                 Next::Account(account) => return Ok(Some(*account)),
                 Next::Include(href) => {
                     let path = file.include_path(&href)?;
@@ -257,7 +257,8 @@ impl FileReader {
         self.scopes.last().cloned().unwrap_or_else(NsBindings::empty)
     }
 
-    fn next(&mut self) -> Result<Next, PortableError> {
+    /// Reads on to the next account, include, or the end of the file.
+    fn advance(&mut self) -> Result<Next, PortableError> {
         let mut buf = Vec::new();
         loop {
             let event = self.read(&mut buf)?;
@@ -606,7 +607,7 @@ fn scram_keys(el: &Element, hash: ScramHash) -> Result<ScramCredentials, String>
             ));
         };
         salt = B64
-            .decode(&salt)
+            .decode(salt.as_slice())
             .map_err(|e| format!("<salt/> is not base64 (twice): {e}"))?;
         (stored_key, server_key) = (stored, server);
     }
@@ -1062,20 +1063,12 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(
-            items,
-            [
-                (
-                    "romeo@montague.lit".into(),
-                    "both",
-                    false,
-                    true,
-                    vec!["Friends".to_string()]
-                ),
-                ("nurse@capulet.lit".into(), "none", true, true, vec![]),
-                ("tybalt@capulet.lit".into(), "none", false, false, vec![]),
-            ]
-        );
+        let expected: Vec<(String, &str, bool, bool, Vec<String>)> = vec![
+            ("romeo@montague.lit".into(), "both", false, true, vec!["Friends".into()]),
+            ("nurse@capulet.lit".into(), "none", true, true, vec![]),
+            ("tybalt@capulet.lit".into(), "none", false, false, vec![]),
+        ];
+        assert_eq!(items, expected);
         assert!(juliet.roster[2].state.pending_in);
         assert_eq!(
             juliet.roster[2].pending_request.as_deref(),

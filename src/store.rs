@@ -2032,7 +2032,7 @@ mod tests {
         let data = AccountData {
             jid: jid("juliet"),
             credentials: sha1_only.clone(),
-            roster: vec![nurse.clone(), romeo.clone()],
+            roster: vec![nurse.clone(), romeo],
             vcard: Some((
                 "<vCard xmlns='vcard-temp'><NICKNAME>Jules</NICKNAME></vCard>".into(),
                 Profile {

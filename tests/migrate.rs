@@ -18,10 +18,10 @@ use shoal_actors::ns;
 use shoal_actors::sasl::ScramHash;
 use shoal_actors::xml::Element;
 
-/// Command-line arguments of mixed kinds: words and paths.
+/// Command-line arguments of mixed kinds: words and paths (borrowed).
 macro_rules! args {
     ($($arg:expr),* $(,)?) => {
-        vec![$(OsString::from($arg)),*]
+        vec![$(OsString::from(std::ffi::OsStr::new(&$arg))),*]
     };
 }
 
@@ -110,7 +110,7 @@ fn waiting_request(c: &mut Client) -> String {
 fn ejabberd_users_log_in_with_their_old_passwords_and_find_their_rosters() {
     let s = Setup::new();
     assert_eq!(
-        s.shoal(args!["import", &ejabberd_export()]),
+        s.shoal(args!["import", ejabberd_export()]),
         (
             true,
             format!(
@@ -272,7 +272,7 @@ fn an_export_imports_into_another_server_unchanged() {
 
     let export = a.dir.path().join("export.xml");
     assert_eq!(
-        a.shoal(args!["export", &export]),
+        a.shoal(args!["export", export]),
         (
             true,
             format!("exported 7 account(s) to {}\n", export.display()),
@@ -289,7 +289,7 @@ fn an_export_imports_into_another_server_unchanged() {
         a.shoal(args!["export", "-"]),
         (true, written.clone(), "exported 7 account(s)\n".into())
     );
-    let (ok, _, err) = a.shoal(args!["export", &export]);
+    let (ok, _, err) = a.shoal(args!["export", export]);
     assert!(
         !ok && err.starts_with(&format!("shoal: {}: ", export.display())),
         "{err}"
@@ -297,7 +297,7 @@ fn an_export_imports_into_another_server_unchanged() {
 
     let b = Setup::new();
     assert_eq!(
-        b.shoal(args!["import", &export]),
+        b.shoal(args!["import", export]),
         (true, format!("imported 7 account(s)\n6 {ONE_HASH}\n"), String::new())
     );
     let (from, to) = (
@@ -332,11 +332,11 @@ fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
     };
     let missing = s.dir.path().join("missing.xml");
     assert_eq!(
-        refused(args!["import", &missing]),
+        refused(args!["import", missing]),
         format!("shoal: {}: No such file or directory (os error 2)\n", missing.display())
     );
     let html = s.file("page.xml", "<html><body/></html>");
-    let err = refused(args!["import", &html]);
+    let err = refused(args!["import", html]);
     assert!(
         err.starts_with(&format!("shoal: {}:1:", html.display()))
             && err.ends_with(
@@ -353,7 +353,7 @@ fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
          <query xmlns='jabber:iq:roster'><item jid='good@ejabberd.test' subscription='maybe'/></query>\n\
          </user>\n</host>\n</server-data>\n",
     );
-    let err = refused(args!["import", &broken]);
+    let err = refused(args!["import", broken]);
     assert!(
         err.starts_with(&format!("shoal: {}:4:", broken.display()))
             && err.ends_with(": account bad@ejabberd.test: roster item good@ejabberd.test: subscription \"maybe\"\n"),
@@ -363,14 +363,14 @@ fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
         "truncated.xml",
         "<server-data xmlns='urn:xmpp:pie:0'><host jid='ejabberd.test'><user name='u' password='p'>",
     );
-    let err = refused(args!["import", &truncated]);
+    let err = refused(args!["import", truncated]);
     assert!(
         err.contains("the file ends inside the account u@ejabberd.test"),
         "{err}"
     );
     let empty = s.file("empty.xml", "<server-data xmlns='urn:xmpp:pie:0'/>");
     assert_eq!(
-        refused(args!["import", &empty]),
+        refused(args!["import", empty]),
         "shoal: there are no accounts in the files; nothing was imported\n"
     );
 
@@ -381,12 +381,12 @@ fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
          <host jid='ejabberd.test'><user name='tybalt' password='t1'/></host></server-data>",
     );
     assert_eq!(
-        refused(args!["import", &two]),
+        refused(args!["import", two]),
         "shoal: accounts of domains this server does not host: other.example (x@other.example); add the domains \
          to the configuration (`domains`), or leave their accounts out with --skip-unhosted; nothing was imported\n"
     );
     assert_eq!(
-        s.shoal(args!["import", "--skip-unhosted", &two]),
+        s.shoal(args!["import", "--skip-unhosted", two]),
         (
             true,
             "imported 1 account(s)\n1 from passwords in the clear (Shoal keeps SCRAM keys derived from them)\n\
@@ -403,14 +403,14 @@ fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
          <query xmlns='jabber:iq:roster'><item jid='mercutio@ejabberd.test' name='Mercutio'/></query>\
          </user></host></server-data>",
     );
-    let (ok, _, err) = s.shoal(args!["import", &again]);
+    let (ok, _, err) = s.shoal(args!["import", again]);
     assert!(!ok);
     assert_eq!(
         err,
         "shoal: 1 account(s) exist already: tybalt@ejabberd.test; --replace replaces them, deleting all they had; \
          nothing was imported\n"
     );
-    assert!(s.shoal(args!["import", "--replace", &again]).0);
+    assert!(s.shoal(args!["import", "--replace", again]).0);
     assert_eq!(
         s.scram("ejabberd.test", ScramHash::Sha256, "tybalt", "t1")
             .to_xml_in(ns::CLIENT),
@@ -432,7 +432,7 @@ fn includes_stay_beside_the_file() {
         "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>\
          <xi:include href='/etc/passwd'/></server-data>",
     );
-    let (ok, _, err) = s.shoal(args!["import", &outside]);
+    let (ok, _, err) = s.shoal(args!["import", outside]);
     assert!(
         !ok && err.ends_with("<xi:include href=\"/etc/passwd\"/>: only files beside this one are read\n"),
         "{err}"
@@ -446,6 +446,6 @@ fn includes_stay_beside_the_file() {
         "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>\
          <xi:include href='host.xml'/></server-data>",
     );
-    assert!(s.shoal(args!["import", &main, &host]).0, "host.xml is read once");
+    assert!(s.shoal(args!["import", main, host]).0, "host.xml is read once");
     assert_eq!(s.shoal(args!["user", "list"]).1, "benvolio@prosody.test\n");
 }
