@@ -12,6 +12,8 @@ pub mod group_commit;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod migrate;
+pub mod portable;
 pub mod reload;
 pub mod rlimit;
 pub mod server;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shoal::control::{self, ControlCommand, KickReason};
+use shoal::migrate::{self, ImportOptions};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder, ServerHandle};
 use shoal_actors::jid::{BareJid, Jid};
@@ -42,6 +43,28 @@ enum Command {
         #[command(subcommand)]
         command: S2sCommand,
     },
+    /// Import accounts from XEP-0227 files (ejabberd's export_piefxis,
+    /// Prosody's xep0227 store, shoal export): their passwords or SCRAM
+    /// keys, rosters, vCards and offline messages. The files are checked
+    /// whole first: nothing is imported if one is malformed, or an account
+    /// exists already or is of a domain this server does not host
+    Import {
+        /// The files: for ejabberd the one that includes the others, for
+        /// Prosody every account's (a file given twice, or given and
+        /// included too, is read once)
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Replace accounts that exist already, deleting all they had
+        #[arg(long)]
+        replace: bool,
+        /// Leave out accounts of domains this server does not host
+        #[arg(long)]
+        skip_unhosted: bool,
+    },
+    /// Export every account to a XEP-0227 file (`-`: standard output):
+    /// SCRAM keys, roster, vCard and offline messages. The file is made
+    /// readable by its owner only, and never over an existing one
+    Export { file: PathBuf },
     /// The running server's client sessions
     Session {
         #[command(subcommand)]
@@ -120,6 +143,12 @@ fn main() -> ExitCode {
         Some(Command::S2s {
             command: S2sCommand::List,
         }) => s2s_list(&config),
+        Some(Command::Import {
+            files,
+            replace,
+            skip_unhosted,
+        }) => import(&config, &files, ImportOptions { replace, skip_unhosted }),
+        Some(Command::Export { file }) => export(&config, &file),
         Some(Command::Session { command }) => session(&config, command),
         Some(Command::Stats) => stats(&config),
         Some(Command::Reload) => reload(&config),
@@ -321,6 +350,52 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
                 println!("{user}");
             }
         }
+    }
+    Ok(())
+}
+
+fn import(config: &Config, files: &[PathBuf], options: ImportOptions) -> Result<(), String> {
+    let report = migrate::import(config, files, options).map_err(|e| e.to_string())?;
+    println!("imported {} account(s)", report.imported);
+    if report.from_passwords > 0 {
+        println!(
+            "{} from passwords in the clear (Shoal keeps SCRAM keys derived from them)",
+            report.from_passwords
+        );
+    }
+    if report.one_hash > 0 {
+        println!(
+            "{} with keys for one SCRAM hash only (SCRAM-SHA-1 from ejabberd and Prosody): they log in with that \
+             mechanism or PLAIN until their first PLAIN login or password change adds the other",
+            report.one_hash
+        );
+    }
+    if report.skipped > 0 {
+        println!("{} of domains not hosted here left out", report.skipped);
+    }
+    for user in &report.replaced {
+        // The sessions of what was there before must not outlive it.
+        end_sessions(config, user, KickReason::Admin);
+    }
+    if !report.taken.is_empty() {
+        let taken: Vec<String> = report.taken.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "{} account(s) were made on the running server while importing, and were not imported: {}",
+            taken.len(),
+            taken.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn export(config: &Config, file: &std::path::Path) -> Result<(), String> {
+    let count = migrate::export(config, file).map_err(|e| e.to_string())?;
+    let message = format!("exported {count} account(s)");
+    // Standard output may be the export itself.
+    if file == std::path::Path::new("-") {
+        eprintln!("{message}");
+    } else {
+        println!("{message} to {}", file.display());
     }
     Ok(())
 }

@@ -461,16 +461,27 @@ impl SqliteStore {
                 _ => {}
             }
         }
-        Ok(sha1.zip(sha256).map(|(sha1, sha256)| Credentials { sha1, sha256 }))
+        // An account imported from another server may have one hash's keys.
+        if sha1.is_none() && sha256.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Credentials { sha1, sha256 }))
     }
 
+    /// Stores the account's keys; a hash it has none for loses those it had.
     fn write_credentials(tx: &rusqlite::Transaction<'_>, username: &str, c: &Credentials) -> Result<(), StoreError> {
-        for (hash, k) in [("SHA-1", &c.sha1), ("SHA-256", &c.sha256)] {
-            tx.execute(
-                "INSERT OR REPLACE INTO scram_credentials (username, hash, salt, iterations, stored_key, server_key)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![username, hash, k.salt, k.iterations, k.stored_key, k.server_key],
-            )?;
+        for (hash, keys) in [("SHA-1", &c.sha1), ("SHA-256", &c.sha256)] {
+            match keys {
+                Some(k) => tx.execute(
+                    "INSERT OR REPLACE INTO scram_credentials (username, hash, salt, iterations, stored_key, server_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![username, hash, k.salt, k.iterations, k.stored_key, k.server_key],
+                )?,
+                None => tx.execute(
+                    "DELETE FROM scram_credentials WHERE username = ?1 AND hash = ?2",
+                    params![username, hash],
+                )?,
+            };
         }
         Ok(())
     }
@@ -758,25 +769,7 @@ impl SqliteStore {
         }
         match &update.after {
             Some(item) => {
-                let groups: Vec<&str> = item.groups.iter().map(String::as_str).collect();
-                tx.execute(
-                    "INSERT OR REPLACE INTO roster_items (username, contact, name, groups, subscription,
-                         pending_out, pending_in, in_roster, pending_request, ver, approved)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                    params![
-                        username,
-                        contact.as_str(),
-                        item.name,
-                        groups.join(&GROUP_SEPARATOR.to_string()),
-                        item.state.subscription.as_str(),
-                        item.state.pending_out,
-                        item.state.pending_in,
-                        item.in_roster,
-                        item.pending_request,
-                        update.version as i64,
-                        item.state.approved,
-                    ],
-                )?;
+                Self::put_item(tx, username, contact, item, update.version)?;
                 if item.in_roster {
                     tx.execute(
                         "DELETE FROM roster_removals WHERE username = ?1 AND contact = ?2",
@@ -799,6 +792,36 @@ impl SqliteStore {
             Self::prune_removals(tx, username, kept_removals)?;
         }
         Ok(update)
+    }
+
+    /// Writes one record, at roster version `ver`.
+    fn put_item(
+        tx: &rusqlite::Transaction<'_>,
+        username: &str,
+        contact: &BareJid,
+        item: &RosterItem,
+        ver: u64,
+    ) -> Result<(), StoreError> {
+        let groups: Vec<&str> = item.groups.iter().map(String::as_str).collect();
+        tx.execute(
+            "INSERT OR REPLACE INTO roster_items (username, contact, name, groups, subscription,
+                 pending_out, pending_in, in_roster, pending_request, ver, approved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                username,
+                contact.as_str(),
+                item.name,
+                groups.join(&GROUP_SEPARATOR.to_string()),
+                item.state.subscription.as_str(),
+                item.state.pending_out,
+                item.state.pending_in,
+                item.in_roster,
+                item.pending_request,
+                ver as i64,
+                item.state.approved,
+            ],
+        )?;
+        Ok(())
     }
 
     /// Keeps a user's newest `kept` removal records: without this they
@@ -1004,6 +1027,99 @@ impl SqliteStore {
             params![username, nick, photo_url],
         )?;
         Ok(n > 0)
+    }
+}
+
+/// An account with what moves with it between servers (XEP-0227): what
+/// `shoal import` writes and `shoal export` reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountData {
+    pub jid: BareJid,
+    pub credentials: Credentials,
+    /// The roster, and the requests waiting for the user's answer from
+    /// contacts not in it (records with `in_roster` false).
+    pub roster: Vec<RosterItem>,
+    /// The vCard (XML) and the profile derived from it.
+    pub vcard: Option<(String, Profile)>,
+    /// Offline messages (XML, as stored), oldest first.
+    pub offline: Vec<String>,
+}
+
+/// Whole accounts, for migrations (`shoal import`, `shoal export`).
+impl SqliteStore {
+    /// Creates an account with all it brings, in one transaction; `false`,
+    /// with nothing written, when it exists and `replace` is not set. With
+    /// `replace` an existing account is deleted first, with all it had
+    /// (its archive too). The roster starts at version 1: a client that
+    /// cached the old server's (a higher version, or not a number) gets it
+    /// whole.
+    pub fn import_account(&mut self, account: &AccountData, replace: bool) -> Result<bool, StoreError> {
+        const VERSION: u64 = 1;
+        let username = account.jid.as_str();
+        let tx = self.write()?;
+        if replace {
+            tx.execute("DELETE FROM users WHERE username = ?1", [username])?;
+        }
+        if tx.execute("INSERT OR IGNORE INTO users (username) VALUES (?1)", [username])? == 0 {
+            return Ok(false);
+        }
+        Self::write_credentials(&tx, username, &account.credentials)?;
+        for item in &account.roster {
+            Self::put_item(&tx, username, &item.jid, item, VERSION)?;
+        }
+        if !account.roster.is_empty() {
+            tx.execute(
+                "INSERT INTO roster_versions (username, version) VALUES (?1, ?2)",
+                params![username, VERSION as i64],
+            )?;
+        }
+        if let Some((vcard, profile)) = &account.vcard {
+            tx.execute(
+                "INSERT INTO profiles (username, nick, photo_url, photo_hash, vcard) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![username, profile.nick, profile.photo_url, profile.photo_hash, vcard],
+            )?;
+        }
+        for message in &account.offline {
+            tx.execute(
+                "INSERT INTO offline_messages (username, stanza) VALUES (?1, ?2)",
+                params![username, message],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// A read transaction: what is read until it ends is one snapshot (an
+    /// export sees every account as of one moment, whatever a running
+    /// server writes meanwhile).
+    pub fn snapshot(&self) -> Result<rusqlite::Transaction<'_>, StoreError> {
+        Ok(self.conn.unchecked_transaction()?)
+    }
+
+    /// An account with all [`AccountData`] holds; `None` when there is no
+    /// such account.
+    pub fn account_data(&self, user: &BareJid) -> Result<Option<AccountData>, StoreError> {
+        let Some(credentials) = self.credentials(user)? else {
+            return Ok(None);
+        };
+        let mut roster: Vec<RosterItem> = self
+            .items(user.as_str(), "?2 = ?2", 0)?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        roster.sort_by(|a, b| a.jid.cmp(&b.jid));
+        let vcard = match self.vcard(user)? {
+            Some(xml) => Some((xml, self.profile(user)?)),
+            None => None,
+        };
+        let offline = self.offline_messages(user)?.into_iter().map(|(_, xml)| xml).collect();
+        Ok(Some(AccountData {
+            jid: user.clone(),
+            credentials,
+            roster,
+            vcard,
+            offline,
+        }))
     }
 }
 
@@ -1903,6 +2019,52 @@ mod tests {
         assert_eq!(s.list_users().unwrap(), [juliet]);
         let version: i64 = s.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version as usize, MIGRATIONS.len());
+    }
+
+    /// An imported account comes back whole, with keys for one hash only
+    /// if that is all it brought; an existing one is refused, or replaced
+    /// with all it had.
+    #[test]
+    fn imported_accounts_read_back_whole() {
+        let (_dir, mut s) = store_with(&["juliet"]);
+        let mut romeo = visible("romeo");
+        romeo.name = Some("Romeo".into());
+        romeo.groups = vec!["Montagues".into(), "Friends".into()];
+        romeo.state.subscription = Subscription::Both;
+        let mut nurse = hidden_request("nurse");
+        nurse.pending_request =
+            Some("<presence to='juliet@localhost' type='subscribe' from='nurse@localhost'/>".into());
+        let sha1_only = Credentials {
+            sha1: Credentials::derive("pw", 4096).sha1,
+            sha256: None,
+        };
+        let data = AccountData {
+            jid: jid("juliet"),
+            credentials: sha1_only.clone(),
+            roster: vec![nurse.clone(), romeo],
+            vcard: Some((
+                "<vCard xmlns='vcard-temp'><NICKNAME>Jules</NICKNAME></vCard>".into(),
+                Profile {
+                    nick: Some("Jules".into()),
+                    ..Profile::default()
+                },
+            )),
+            offline: vec!["<message to='juliet@localhost'><body>1</body></message>".into()],
+        };
+        assert!(!s.import_account(&data, false).unwrap(), "juliet exists");
+        assert!(s.import_account(&data, true).unwrap());
+        let mut expected = data.clone();
+        expected.roster.sort_by(|a, b| a.jid.cmp(&b.jid));
+        assert_eq!(s.account_data(&jid("juliet")).unwrap(), Some(expected));
+        assert_eq!(s.credentials(&jid("juliet")).unwrap(), Some(sha1_only));
+        assert_eq!(s.roster(&jid("juliet")).unwrap().version, 1);
+        assert_eq!(s.pending_requests(&jid("juliet")).unwrap(), [nurse]);
+        assert_eq!(s.profile(&jid("juliet")).unwrap().nick.as_deref(), Some("Jules"));
+        assert_eq!(s.account_data(&jid("nobody")).unwrap(), None);
+        // A password later gives it both hashes.
+        let both = Credentials::derive("pw2", 4096);
+        assert!(s.set_credentials(&jid("juliet"), &both).unwrap());
+        assert_eq!(s.credentials(&jid("juliet")).unwrap(), Some(both));
     }
 
     #[test]

@@ -227,6 +227,44 @@ fn a_slixmpp_component_is_listed_answers_and_echoes_through_shoal() {
     }
 }
 
+/// An account imported from ejabberd has SCRAM-SHA-1 keys only: slixmpp's
+/// own first choice, SCRAM-SHA-256, is refused with `<invalid-mechanism/>`,
+/// and slixmpp (Debian's and PyPI's) logs in with SCRAM-SHA-1 on the same
+/// stream, finding the roster the account had.
+#[test]
+fn slixmpp_logs_in_to_an_account_imported_from_ejabberd() {
+    let (Some(pypi), Some(debian)) = (python(), debian_python()) else {
+        return;
+    };
+    let export = common::ejabberd_export();
+    for (python, name) in [(&debian, "debian"), (&pypi, "pypi")] {
+        let domains = ["ejabberd.test", "plain.ejabberd.test"];
+        let server = TestServer::with_config(|c| c.domains = domains.iter().map(|d| d.to_string()).collect());
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("shoal.toml");
+        let toml = format!("domains = {domains:?}\n[storage]\nsqlite = {:?}\n", server.db);
+        std::fs::write(&config, toml).unwrap();
+        let (ok, out, err) = common::run_shoal(&config, [std::ffi::OsStr::new("import"), export.as_os_str()], None);
+        assert!(ok, "{out}{err}");
+        let stdout = run_script_in(
+            python,
+            "slixmpp_migrated.py",
+            server.addr,
+            &["romeo@ejabberd.test", "romeo-pw", "juliet@ejabberd.test"],
+        );
+        assert_eq!(
+            stdout.lines().collect::<Vec<_>>(),
+            [
+                "refused: SCRAM-SHA-256 invalid-mechanism",
+                "logged in with SCRAM-SHA-1",
+                "juliet@ejabberd.test: both",
+                "OK",
+            ],
+            "{name} slixmpp"
+        );
+    }
+}
+
 /// Runs `script` under Debian's slixmpp and PyPI's, each against a fresh
 /// server with the accounts alice, bob and carol (Debian's slixmpp 1.8
 /// cannot register in-band: it holds back the IQ until a session starts),

@@ -7,7 +7,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,6 +23,58 @@ use shoal_actors::xml::Element;
 use tokio_util::codec::Decoder;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The files of a real export in fixtures/migrate/ (made by its
+/// make-exports.sh), sorted.
+pub fn migration_fixtures(dir: &str) -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/migrate")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+}
+
+/// ejabberd's export (`ejabberdctl export_piefxis`): the file of
+/// `<xi:include/>`s (the hosts' files beside it have the host in their
+/// names, after a `_`).
+pub fn ejabberd_export() -> PathBuf {
+    let main: Vec<PathBuf> = migration_fixtures("ejabberd")
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().contains('_'))
+        .collect();
+    assert_eq!(main.len(), 1, "{main:?}");
+    main[0].clone()
+}
+
+/// Runs `shoal --config CONFIG ARGS` as a user would, with `stdin` as its
+/// input; returns (success, stdout, stderr).
+pub fn run_shoal(
+    config: &std::path::Path,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 /// The account a test names where no server says which domain: `alice`
 /// is alice@localhost, `alice@a.test` itself ([`TestServer::account`]
@@ -404,25 +455,7 @@ pub fn any_certificate(sni: bool) -> Arc<rustls::ClientConfig> {
 /// Runs the `shoal` command, `shoal --config FILE ARGS`, with `stdin`;
 /// returns (success, stdout, stderr).
 pub fn shoal(config: &Path, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_shoal(config, args, stdin)
 }
 
 /// The fixture key. Git checks it out readable by everyone, which the

@@ -16,7 +16,7 @@ use crate::error::{SaslCondition, SaslFailure, StanzaCondition, StanzaError, Str
 use crate::jid::{normalise_localpart, BareJid};
 use crate::ns;
 use crate::sasl::scram::{ChannelBindingRequest, ClientFirst};
-use crate::sasl::{plain, Mechanism, ScramHash, ScramServer};
+use crate::sasl::{plain, Credentials, Mechanism, ScramHash, ScramServer};
 use crate::session::Transport;
 use crate::stanza::{IqType, Kind, Stanza};
 use crate::xep::register;
@@ -294,20 +294,34 @@ impl C2s {
                     return self.sasl_failure(ctx, f);
                 }
                 let fake_salt = self.fake_salt(&user);
-                let fake_iterations = self.cx.config.scram_iterations;
+                // What new keys get, and what made-up ones claim.
+                let iterations = self.cx.config.scram_iterations;
                 let account = user.clone();
                 let check = async move {
                     let creds = storage.credentials(&account).await?;
                     // An unknown user costs the same PBKDF2 as a wrong password.
-                    let ok = crate::sasl::derive_off_loop(move || match creds {
-                        Some(c) => c.sha256.verify_password(ScramHash::Sha256, &msg.password),
+                    // An account imported with keys for one hash gets both
+                    // from the password it just proved (once).
+                    let (ok, completed) = crate::sasl::derive_off_loop(move || match creds {
+                        Some(c) => {
+                            let ok = c.verify_password(&msg.password);
+                            let completed =
+                                (ok && !c.is_complete()).then(|| Credentials::derive(&msg.password, iterations));
+                            (ok, completed)
+                        }
                         None => {
-                            ScramHash::Sha256.salted_password(&msg.password, &fake_salt, fake_iterations);
-                            false
+                            ScramHash::Sha256.salted_password(&msg.password, &fake_salt, iterations);
+                            (false, None)
                         }
                     })
                     .await
-                    .unwrap_or(false);
+                    .unwrap_or((false, None));
+                    if let Some(completed) = completed {
+                        // The login stands either way: the keys it has still work.
+                        if let Err(e) = storage.set_credentials(&account, completed).await {
+                            log::warn!("{account}: cannot store the keys derived at login: {e}");
+                        }
+                    }
                     Ok::<bool, crate::error::StorageError>(ok)
                 };
                 ctx.wait(check.into_actor(self).map(move |res, act, ctx| match res {
@@ -347,7 +361,17 @@ impl C2s {
                 let lookup = async move { storage.credentials(&account).await };
                 ctx.wait(lookup.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(creds) => {
-                        let creds = creds.map(|c| c.for_hash(hash).clone());
+                        let creds = match creds {
+                            None => None,
+                            Some(c) => match c.for_hash(hash) {
+                                Some(keys) => Some(keys.clone()),
+                                // Imported with the other hash's keys only: no
+                                // password was tried (the login throttle does
+                                // not count it); the client may try another
+                                // mechanism.
+                                None => return act.sasl_failure(ctx, no_keys_for(hash)),
+                            },
+                        };
                         let fake_salt = act.fake_salt(&user);
                         let fake_iterations = act.cx.config.scram_iterations;
                         let (server, server_first) =
@@ -445,6 +469,20 @@ enum Refusal {
     /// (`tls-unique` on TLS 1.3, or from a TLS stack that hides it).
     UnsupportedType(SaslFailure),
     Other(SaslFailure),
+}
+
+/// An account imported from another server may have SCRAM keys for one
+/// hash only (ejabberd's and Prosody's default, SHA-1): the other hash's
+/// mechanisms cannot be verified until a password gives it both.
+fn no_keys_for(hash: ScramHash) -> SaslFailure {
+    let (missing, usable) = match hash {
+        ScramHash::Sha1 => ("SCRAM-SHA-1", "SCRAM-SHA-256"),
+        ScramHash::Sha256 => ("SCRAM-SHA-256", "SCRAM-SHA-1"),
+    };
+    SaslFailure::with_text(
+        SaslCondition::InvalidMechanism,
+        format!("this account has no {missing} keys yet: use {usable}, or PLAIN once to add them"),
+    )
 }
 
 /// The channel-binding data a SCRAM exchange must carry (RFC 5802 §6), or

@@ -86,12 +86,12 @@ fn truncated(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The inbound request as stored for redelivery at login: only what the
-/// user needs to decide (who, their status text and XEP-0172 nickname),
-/// truncated. Storing the whole stanza let anyone park up to a full
-/// stanza per request in the account and have it sent at every login.
-fn stored_request(stanza: &Stanza, user: &BareJid, contact: &BareJid) -> String {
-    let el = stanza.element();
+/// The inbound request (`<presence type='subscribe'/>` from `contact`) as
+/// stored for redelivery at login: only what the user needs to decide
+/// (who, their status text and XEP-0172 nickname), truncated. Storing the
+/// whole stanza let anyone park up to a full stanza per request in the
+/// account and have it sent at every login. Also what an import stores.
+pub fn stored_request(el: &Element, user: &BareJid, contact: &BareJid) -> String {
     let mut request = Element::new("presence", ns::CLIENT)
         .with_attr("to", user.as_str())
         .with_attr("type", "subscribe")
@@ -221,7 +221,7 @@ pub async fn outbound(router: Router, user: FullJid, mut stanza: Stanza) {
 /// other not. What follows (the contact's delivery and pushes, then the
 /// user's push) goes out in the same order as for [`forward`].
 async fn outbound_local(router: Router, user: BareJid, contact: BareJid, kind: PresenceType, mut stanza: Stanza) {
-    let request = (kind == PresenceType::Subscribe).then(|| stored_request(&stanza, &contact, &user));
+    let request = (kind == PresenceType::Subscribe).then(|| stored_request(stanza.element(), &contact, &user));
     let (c, u) = (contact.clone(), user.clone());
     let change_user: RosterFn = Box::new(move |item| transition(item, c, Direction::Outbound, kind, None));
     let change_contact: PairFn = Box::new(move |first: &RosterUpdate, item| {
@@ -281,7 +281,7 @@ pub async fn inbound(router: Router, stanza: Stanza) {
             return;
         }
     }
-    let request = (kind == PresenceType::Subscribe).then(|| stored_request(&stanza, &user, &contact));
+    let request = (kind == PresenceType::Subscribe).then(|| stored_request(stanza.element(), &user, &contact));
     let Some(update) = apply(&router, &user, &contact, Direction::Inbound, kind, request).await else {
         return;
     };

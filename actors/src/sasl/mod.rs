@@ -63,11 +63,14 @@ impl Mechanism {
     }
 }
 
-/// What an account stores: SCRAM keys for each supported hash.
+/// What an account stores: SCRAM keys for each supported hash. An account
+/// made here has both; one imported from another server may have keys for
+/// one hash only (ejabberd and Prosody keep SCRAM-SHA-1 keys by default),
+/// until a password (a PLAIN login, a password change) gives it both.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
-    pub sha1: ScramCredentials,
-    pub sha256: ScramCredentials,
+    pub sha1: Option<ScramCredentials>,
+    pub sha256: Option<ScramCredentials>,
 }
 
 /// RFC 7677 asks for at least 4096 iterations.
@@ -79,15 +82,41 @@ impl Credentials {
     pub fn derive(password: &str, iterations: u32) -> Credentials {
         let iterations = iterations.max(MIN_ITERATIONS);
         Credentials {
-            sha1: ScramCredentials::derive(ScramHash::Sha1, password, &random_salt(), iterations),
-            sha256: ScramCredentials::derive(ScramHash::Sha256, password, &random_salt(), iterations),
+            sha1: Some(ScramCredentials::derive(
+                ScramHash::Sha1,
+                password,
+                &random_salt(),
+                iterations,
+            )),
+            sha256: Some(ScramCredentials::derive(
+                ScramHash::Sha256,
+                password,
+                &random_salt(),
+                iterations,
+            )),
         }
     }
 
-    pub fn for_hash(&self, hash: ScramHash) -> &ScramCredentials {
+    /// The keys for `hash`, if the account has them.
+    pub fn for_hash(&self, hash: ScramHash) -> Option<&ScramCredentials> {
         match hash {
-            ScramHash::Sha1 => &self.sha1,
-            ScramHash::Sha256 => &self.sha256,
+            ScramHash::Sha1 => self.sha1.as_ref(),
+            ScramHash::Sha256 => self.sha256.as_ref(),
+        }
+    }
+
+    /// Keys for every hash Shoal offers.
+    pub fn is_complete(&self) -> bool {
+        self.sha1.is_some() && self.sha256.is_some()
+    }
+
+    /// Checks a plaintext password (SASL PLAIN) against the strongest keys
+    /// the account has. Costs one PBKDF2 run.
+    pub fn verify_password(&self, password: &str) -> bool {
+        match (&self.sha256, &self.sha1) {
+            (Some(keys), _) => keys.verify_password(ScramHash::Sha256, password),
+            (None, Some(keys)) => keys.verify_password(ScramHash::Sha1, password),
+            (None, None) => false,
         }
     }
 }

@@ -8,8 +8,7 @@ mod parser;
 pub use element::{Element, Node};
 // For what is written as literal text (XEP-0220's `db:` elements).
 pub(crate) use element::{escape_attr, escape_text};
-pub(crate) use parser::open_element;
-pub use parser::{parse_element, NsBindings, ParseLimits};
+pub use parser::{open_element, parse_element, NsBindings, ParseLimits, TreeBuilder};
 
 /// An element written as a client would send it: the unit tests' input.
 #[cfg(test)]

@@ -151,7 +151,7 @@ fn split_qname(qname: &str) -> (Option<&str>, &str) {
 
 /// Reads a start tag's attributes, declaring namespaces into `bindings`, and
 /// returns the element with its name resolved.
-pub(crate) fn open_element(
+pub fn open_element(
     start: &BytesStart<'_>,
     bindings: &mut NsBindings,
     limits: &ParseLimits,
@@ -248,56 +248,79 @@ pub fn parse_element(bytes: &[u8], bindings: &NsBindings, limits: &ParseLimits) 
     let config = reader.config_mut();
     config.check_end_names = true;
     config.expand_empty_elements = false;
-
-    let mut bindings = bindings.clone();
-    // Each open element with the binding depth to restore when it closes.
-    let mut stack: Vec<(Element, usize)> = Vec::new();
+    let mut builder = TreeBuilder::new(bindings.clone(), *limits);
     loop {
         let event = reader.read_event().map_err(|e| not_well_formed(e.to_string()))?;
+        if let Some(el) = builder.feed(event)? {
+            return Ok(el);
+        }
+    }
+}
+
+/// Builds one element from quick-xml events, checked as [`parse_element`]
+/// (which runs on it) checks a stanza. For readers of longer documents
+/// that take them apart themselves, element by element (a XEP-0227 file,
+/// one account at a time): they feed the events of one element, from its
+/// start tag to its end tag, and get the element back at the end.
+pub struct TreeBuilder {
+    bindings: NsBindings,
+    limits: ParseLimits,
+    /// Each open element with the binding depth to restore when it closes.
+    stack: Vec<(Element, usize)>,
+}
+
+impl TreeBuilder {
+    /// `bindings` are those in scope where the element stands.
+    pub fn new(bindings: NsBindings, limits: ParseLimits) -> TreeBuilder {
+        TreeBuilder {
+            bindings,
+            limits,
+            stack: Vec::new(),
+        }
+    }
+
+    /// Takes one event; the element, once its end tag has come. Text
+    /// before the start tag is ignored.
+    pub fn feed(&mut self, event: Event<'_>) -> Result<Option<Element>, StreamError> {
         match event {
             Event::Start(start) => {
-                if stack.len() >= limits.max_depth {
-                    return Err(StreamError::with_text(
-                        StreamCondition::PolicyViolation,
-                        "elements nested too deeply",
-                    ));
-                }
-                let mark = bindings.len();
-                let el = open_element(&start, &mut bindings, limits)?;
-                stack.push((el, mark));
+                self.check_depth()?;
+                let mark = self.bindings.len();
+                let el = open_element(&start, &mut self.bindings, &self.limits)?;
+                self.stack.push((el, mark));
+                Ok(None)
             }
             Event::Empty(start) => {
-                if stack.len() >= limits.max_depth {
-                    return Err(StreamError::with_text(
-                        StreamCondition::PolicyViolation,
-                        "elements nested too deeply",
-                    ));
-                }
-                let mark = bindings.len();
-                let el = open_element(&start, &mut bindings, limits)?;
-                bindings.truncate(mark);
-                match stack.last_mut() {
-                    Some((parent, _)) => parent.push_child(el),
-                    None => return Ok(el),
-                }
+                self.check_depth()?;
+                let mark = self.bindings.len();
+                let el = open_element(&start, &mut self.bindings, &self.limits)?;
+                self.bindings.truncate(mark);
+                Ok(self.close(el))
             }
             Event::End(_) => {
-                let (el, mark) = stack.pop().ok_or_else(|| not_well_formed("unexpected end tag"))?;
-                bindings.truncate(mark);
-                match stack.last_mut() {
-                    Some((parent, _)) => parent.push_child(el),
-                    None => return Ok(el),
-                }
+                let (el, mark) = self.stack.pop().ok_or_else(|| not_well_formed("unexpected end tag"))?;
+                self.bindings.truncate(mark);
+                Ok(self.close(el))
             }
             Event::Text(t) => {
-                if let Some((el, _)) = stack.last_mut() {
+                // Checked here too for readers of other input than a
+                // stanza, which parse_element has checked whole.
+                if has_forbidden_control(t.as_bytes()) {
+                    return Err(not_well_formed("control character"));
+                }
+                if let Some((el, _)) = self.stack.last_mut() {
                     el.push_text(t.xml10_content());
                 }
+                Ok(None)
             }
             Event::CData(c) => {
-                if let Some((el, _)) = stack.last_mut() {
+                if has_forbidden_control(c.as_bytes()) {
+                    return Err(not_well_formed("control character"));
+                }
+                if let Some((el, _)) = self.stack.last_mut() {
                     el.push_text(c.as_ref());
                 }
+                Ok(None)
             }
             Event::GeneralRef(r) => {
                 let ch = match r.resolve_char_ref() {
@@ -315,13 +338,35 @@ pub fn parse_element(bytes: &[u8], bindings: &NsBindings, limits: &ParseLimits) 
                 if (ch as u32) < 0x20 && !matches!(ch, '\t' | '\n' | '\r') {
                     return Err(not_well_formed("character reference to a control character"));
                 }
-                if let Some((el, _)) = stack.last_mut() {
+                if let Some((el, _)) = self.stack.last_mut() {
                     let mut buf = [0u8; 4];
                     el.push_text(&*ch.encode_utf8(&mut buf));
                 }
+                Ok(None)
             }
-            Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => return Err(restricted()),
-            Event::Eof => return Err(not_well_formed("incomplete element")),
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) | Event::DocType(_) => Err(restricted()),
+            Event::Eof => Err(not_well_formed("incomplete element")),
+        }
+    }
+
+    fn check_depth(&self) -> Result<(), StreamError> {
+        if self.stack.len() >= self.limits.max_depth {
+            return Err(StreamError::with_text(
+                StreamCondition::PolicyViolation,
+                "elements nested too deeply",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A complete element goes into its parent; the outermost is done.
+    fn close(&mut self, el: Element) -> Option<Element> {
+        match self.stack.last_mut() {
+            Some((parent, _)) => {
+                parent.push_child(el);
+                None
+            }
+            None => Some(el),
         }
     }
 }
