@@ -1301,7 +1301,10 @@ mod tests {
             ("[upload]\nmax_file_bytes = 200\nquota_bytes = 100", "quota_bytes"),
             ("[upload]\nexpire_after_secs = 99999999999", "expire_after_secs"),
             ("[upload]\ndomain = 'localhost'", "own domains"),
-            ("[upload]\ndomain = 'Up.localhost'", "should be written \"up.localhost\""),
+            (
+                "[upload]\ndomain = 'Up.localhost'",
+                "should be written \"up.localhost\"",
+            ),
             (
                 "[upload]\ndomain = 'bot.localhost'\n[[components.service]]\ndomain = 'bot.localhost'\nsecret = 's'",
                 "component",

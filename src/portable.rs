@@ -426,20 +426,23 @@ impl FileReader {
         let at = self.error("");
         let mut parts = Vec::new();
         let mut buf = Vec::new();
-        while !empty {
-            let event = self.read(&mut buf)?;
-            let (start, child_empty) = match &event {
-                Event::Start(start) => (start, false),
-                Event::Empty(start) => (start, true),
-                Event::End(_) => break,
-                Event::Eof => return Err(self.error(format!("the file ends inside the account {jid}"))),
-                _ => continue,
-            };
-            let (child, _) = self.open_tag(start, &scope)?;
-            if kept(&child) {
-                parts.push(self.build(event, &scope)?);
-            } else if !child_empty {
-                self.skip()?;
+        // An empty <user/> has no children to read.
+        if !empty {
+            loop {
+                let event = self.read(&mut buf)?;
+                let (start, child_empty) = match &event {
+                    Event::Start(start) => (start, false),
+                    Event::Empty(start) => (start, true),
+                    Event::End(_) => break,
+                    Event::Eof => return Err(self.error(format!("the file ends inside the account {jid}"))),
+                    _ => continue,
+                };
+                let (child, _) = self.open_tag(start, &scope)?;
+                if kept(&child) {
+                    parts.push(self.build(event, &scope)?);
+                } else if !child_empty {
+                    self.skip()?;
+                }
             }
         }
         account(jid.clone(), user.attr("password"), parts).map_err(|message| match at {

@@ -122,7 +122,10 @@ impl ServerBuilder {
         let http_on = !(config.http.listen.is_empty() && config.http.tls_listen.is_empty());
         let metrics = if http_on && config.http.metrics {
             match crate::metrics::install() {
-                Ok(handle) => Some(crate::metrics::MetricsEndpoint::new(handle, config.http.metrics_allow.clone())),
+                Ok(handle) => Some(crate::metrics::MetricsEndpoint::new(
+                    handle,
+                    config.http.metrics_allow.clone(),
+                )),
                 Err(e) => {
                     log::warn!("{e}: /metrics is off");
                     None
@@ -259,8 +262,18 @@ impl ServerBuilder {
                 .map(|a| listen(*a))
                 .collect::<Result<_, _>>()?
         };
-        let http_plain: Vec<_> = config.http.listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
-        let http_tls: Vec<_> = config.http.tls_listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
+        let http_plain: Vec<_> = config
+            .http
+            .listen
+            .iter()
+            .map(|a| listen(*a))
+            .collect::<Result<_, _>>()?;
+        let http_tls: Vec<_> = config
+            .http
+            .tls_listen
+            .iter()
+            .map(|a| listen(*a))
+            .collect::<Result<_, _>>()?;
         // Other servers (federation): only when [s2s] listen is set.
         let s2s_listeners: Vec<_> = config.s2s.listen.iter().map(|a| listen(*a)).collect::<Result<_, _>>()?;
         let serve = Serve {
@@ -356,11 +369,17 @@ impl ServerBuilder {
                 metrics,
             };
             let first = config.http.listen.first().or(config.http.tls_listen.first()).copied();
-            let started = crate::http::start(web, std_listeners(http_plain)?, std_listeners(http_tls)?, certs, workers)
-                .map_err(|source| StartError::Listen {
-                    addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-                    source,
-                })?;
+            let started = crate::http::start(
+                web,
+                std_listeners(http_plain)?,
+                std_listeners(http_tls)?,
+                certs,
+                workers,
+            )
+            .map_err(|source| StartError::Listen {
+                addr: first.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source,
+            })?;
             Some(started)
         };
         log::info!("serving {}", served.join(", "));

@@ -303,7 +303,10 @@ fn a_second_server_on_the_same_database_is_refused() {
     let config = dir.path().join("second.toml");
     std::fs::write(
         &config,
-        format!("[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n[http]\nlisten = []\n", server.db),
+        format!(
+            "[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\n[http]\nlisten = []\n",
+            server.db
+        ),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))

@@ -251,7 +251,10 @@ fn a_scripted_session_moves_each_counter_by_exactly_what_it_did() {
     // The same figures, as Prometheus reads them from the HTTP listener.
     let reply = common::http(server.http_addr(), "GET", "/metrics", &[], b"");
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("content-type"), Some("text/plain; version=0.0.4; charset=utf-8"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
     let over_http = Scrape::parse(&String::from_utf8(reply.body).unwrap());
     let plain = key_of(scheme::C2S_LOGINS, &[("mechanism", "PLAIN"), ("result", "success")]);
     assert_eq!(over_http.get(&plain), before.get(&plain) + 2.0);

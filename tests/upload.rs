@@ -131,11 +131,18 @@ fn a_file_put_in_a_slot_comes_back_byte_identical() {
 
     let got = http(addr, "GET", &path, &[], b"");
     assert_eq!(got.status, 200);
-    assert!(got.body == data, "the file came back changed ({} bytes)", got.body.len());
+    assert!(
+        got.body == data,
+        "the file came back changed ({} bytes)",
+        got.body.len()
+    );
     for (name, value) in [
         ("content-type", "application/x-test"),
         ("content-length", "600"),
-        ("content-disposition", "attachment; filename*=UTF-8''tr%C3%A8s%20cool.bin"),
+        (
+            "content-disposition",
+            "attachment; filename*=UTF-8''tr%C3%A8s%20cool.bin",
+        ),
         ("x-content-type-options", "nosniff"),
         ("access-control-allow-origin", "*"),
     ] {

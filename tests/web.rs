@@ -57,10 +57,12 @@ fn skip(why: &str) -> Option<Tools> {
 
 fn tools() -> Option<Tools> {
     // converse.mjs takes the same variable.
-    let chromium = std::env::var_os("CHROMIUM")
-        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     if !chromium.exists() {
-        return skip(&format!("no chromium at {}: apt-get install chromium", chromium.display()));
+        return skip(&format!(
+            "no chromium at {}: apt-get install chromium",
+            chromium.display()
+        ));
     }
     let packages = web_dir().join("node_modules");
     if !packages.join("playwright-core").is_dir() || !conversejs_dist().join("converse.min.js").is_file() {
@@ -142,7 +144,14 @@ fn converse_in_chromium_logs_in_over_websocket_and_answers_a_slixmpp_user() {
         .arg(web_dir().join("converse.mjs"))
         .arg("--url")
         .arg(format!("http://{}/chat", server.http_addr()))
-        .args(["--jid", "alice@localhost", "--password", "alice-pass", "--peer", "bob@localhost"])
+        .args([
+            "--jid",
+            "alice@localhost",
+            "--password",
+            "alice-pass",
+            "--peer",
+            "bob@localhost",
+        ])
         .args(["--expect", MESSAGE, "--reply", REPLY])
         .arg("--screenshot")
         .arg(&screenshot)
@@ -186,12 +195,18 @@ fn converse_in_chromium_logs_in_over_websocket_and_answers_a_slixmpp_user() {
     assert_eq!(reply.attr("type"), Some("chat"), "{peer_log}");
     let from = Jid::parse(reply.attr("from").expect("from")).expect("from is a JID");
     assert_eq!(from.to_bare().to_string(), "alice@localhost", "{peer_log}");
-    assert!(from.resource().is_some_and(|r| !r.is_empty()), "from a full JID: {peer_log}");
+    assert!(
+        from.resource().is_some_and(|r| !r.is_empty()),
+        "from a full JID: {peer_log}"
+    );
     let to = Jid::parse(reply.attr("to").expect("to")).expect("to is a JID");
     assert_eq!(to.to_bare().to_string(), "bob@localhost", "{peer_log}");
     let body = reply.get_child("body", ns::CLIENT).expect("a body");
     assert_eq!(body.text(), REPLY);
-    assert!(reply.has_child("active", "http://jabber.org/protocol/chatstates"), "{peer_log}");
+    assert!(
+        reply.has_child("active", "http://jabber.org/protocol/chatstates"),
+        "{peer_log}"
+    );
     let origin = reply.get_child("origin-id", "urn:xmpp:sid:0").expect("an origin-id");
     assert_eq!(origin.attr("id"), reply.attr("id"), "{peer_log}");
 

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use base64::Engine;
-use common::{unsid, TestServer, TIMEOUT};
+use common::{fixture_tls, tls_client, unsid, Stream, TestServer, TIMEOUT};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
 use tungstenite::protocol::frame::coding::CloseCode;
@@ -27,19 +27,38 @@ fn server() -> TestServer {
 }
 
 struct Ws {
-    ws: WebSocket<TcpStream>,
+    ws: WebSocket<Stream>,
 }
 
 /// Opens a WebSocket to `/xmpp-websocket` with these extra headers; the
 /// HTTP status when the server refuses.
 fn connect_with(addr: SocketAddr, headers: &[(&'static str, &str)]) -> Result<Ws, u16> {
-    let mut req = format!("ws://{addr}/xmpp-websocket").into_client_request().unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    handshake(format!("ws://{addr}/xmpp-websocket"), Stream::Plain(tcp), headers)
+}
+
+/// `wss://`: TLS to `localhost` with the fixture CA, then the WebSocket.
+fn connect_tls(addr: SocketAddr) -> Ws {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(tls_client(rustls::ALL_VERSIONS, &["http/1.1"]), name).unwrap();
+    let tls = Stream::Tls(Box::new(rustls::StreamOwned::new(conn, tcp)));
+    handshake(
+        format!("wss://localhost:{}/xmpp-websocket", addr.port()),
+        tls,
+        &[("sec-websocket-protocol", "xmpp")],
+    )
+    .expect("accepted")
+}
+
+fn handshake(url: String, stream: Stream, headers: &[(&'static str, &str)]) -> Result<Ws, u16> {
+    let mut req = url.into_client_request().unwrap();
     for (name, value) in headers {
         req.headers_mut().insert(*name, HeaderValue::from_str(value).unwrap());
     }
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(TIMEOUT)).unwrap();
-    match tungstenite::client(req, tcp) {
+    match tungstenite::client(req, stream) {
         Ok((ws, response)) => {
             // §3.1: the subprotocol echoed.
             assert_eq!(response.headers()["sec-websocket-protocol"], "xmpp");
@@ -91,6 +110,10 @@ impl Ws {
         assert!(features.starts_with("<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"));
         assert!(!features.contains("starttls"), "{features}");
         assert!(features.contains("<mechanism>PLAIN</mechanism>"), "{features}");
+        self.auth_and_bind(user, password, resource);
+    }
+
+    fn auth_and_bind(&mut self, user: &str, password: &str, resource: &str) {
         let b64 = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
         self.send(&format!(
             "<auth xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\" mechanism=\"PLAIN\">{b64}</auth>"
@@ -98,7 +121,10 @@ impl Ws {
         assert_eq!(self.recv(), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
         self.open();
         let features = self.recv();
-        assert!(features.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"), "{features}");
+        assert!(
+            features.contains("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"),
+            "{features}"
+        );
         self.send(&format!(
             "<iq xmlns=\"jabber:client\" type=\"set\" id=\"b1\"><bind xmlns=\"urn:ietf:params:xml:ns:xmpp-bind\">\
              <resource>{resource}</resource></bind></iq>"
@@ -229,7 +255,10 @@ fn the_websocket_needs_the_xmpp_subprotocol_and_an_allowed_origin() {
     let evil = [("sec-websocket-protocol", "xmpp"), ("origin", "https://evil.example")];
     assert_eq!(connect_with(addr, &evil).err(), Some(403));
     // The configured origin, and the server's own pages.
-    let listed = [("sec-websocket-protocol", "xmpp"), ("origin", "https://chat.example.com")];
+    let listed = [
+        ("sec-websocket-protocol", "xmpp"),
+        ("origin", "https://chat.example.com"),
+    ];
     assert!(connect_with(addr, &listed).is_ok());
     let own = format!("http://{addr}");
     assert!(connect_with(addr, &[("sec-websocket-protocol", "xmpp"), ("origin", own.as_str())]).is_ok());
@@ -286,7 +315,10 @@ fn the_chat_page_serves_converse_or_says_how_to_install_it() {
     std::fs::write(dist.path().join("converse.min.js"), "/* converse */").unwrap();
     let (status, _, body) = get(addr, "/chat");
     assert_eq!(status, 200);
-    assert!(body.contains("<script type=\"module\" src=\"/chat/dist/converse.min.js\""), "{body}");
+    assert!(
+        body.contains("<script type=\"module\" src=\"/chat/dist/converse.min.js\""),
+        "{body}"
+    );
     assert!(body.contains("+ '/xmpp-websocket'"), "{body}");
     assert!(body.contains("default_domain: 'localhost'"), "{body}");
     let (status, head, body) = get(addr, "/chat/dist/converse.min.js");
@@ -312,7 +344,10 @@ fn shoal_session_list_shows_websocket_and_tcp_sessions() {
     let _bob = server.login("bob", "builder", "tcp");
     let (ok, out, err) = common::shoal(server.config_file(), &["session", "list"], None);
     assert!(ok, "{err}");
-    let web_peer = alice.ws.get_ref().local_addr().unwrap().to_string();
+    let Stream::Plain(tcp) = alice.ws.get_ref() else {
+        panic!("plain")
+    };
+    let web_peer = tcp.local_addr().unwrap().to_string();
     let rows: Vec<Vec<&str>> = out
         .lines()
         .skip(1)
@@ -321,4 +356,30 @@ fn shoal_session_list_shows_websocket_and_tcp_sessions() {
     assert_eq!(rows[0], ["alice@localhost/web", "websocket", web_peer.as_str()]);
     assert_eq!(rows[1][..2], ["bob@localhost/tcp", "tcp"]);
     assert_eq!(rows.len(), 2, "{out}");
+}
+
+#[test]
+fn wss_on_the_tls_listener_is_encrypted_enough_for_plain() {
+    let server = TestServer::with_config(|c| {
+        fixture_tls(c);
+        c.http.listen = Vec::new();
+        c.http.tls_listen = vec!["127.0.0.1:0".parse().unwrap()];
+        // PLAIN only where the stream is encrypted.
+        c.c2s.allow_plain_without_tls = Some(false);
+    });
+    server.add_user("alice", "wonderland");
+    let addr = server.http_tls_addr();
+    let mut alice = connect_tls(addr);
+    alice.open();
+    let features = alice.recv();
+    assert!(!features.contains("starttls"), "{features}");
+    assert!(features.contains("<mechanism>PLAIN</mechanism>"), "{features}");
+    // No channel bindings from the HTTP server's TLS: no -PLUS.
+    assert!(!features.contains("-PLUS"), "{features}");
+    alice.auth_and_bind("alice", "wonderland", "secure");
+    alice.send("<iq xmlns=\"jabber:client\" type=\"get\" id=\"p\"><ping xmlns=\"urn:xmpp:ping\"/></iq>");
+    assert_eq!(
+        alice.recv(),
+        "<iq xmlns='jabber:client' id='p' type='result' to='alice@localhost/secure'/>"
+    );
 }

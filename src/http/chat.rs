@@ -24,10 +24,7 @@ async fn file(
 ) -> actix_web::Result<HttpResponse> {
     let rel = std::path::Path::new(path.as_str());
     // Only plain names below the directory.
-    if rel
-        .components()
-        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-    {
+    if rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
         return Ok(HttpResponse::NotFound().finish());
     }
     let full = web.config.conversejs_dir.join(rel);

@@ -95,7 +95,9 @@ async fn put(req: HttpRequest, mut body: web::Payload, upload: web::Data<Arc<Upl
         Err(refusal) => {
             // The path is the capability: not logged.
             log::debug!("upload PUT refused: {}", refusal.reason());
-            response.content_type("text/plain; charset=utf-8").body(refusal.reason())
+            response
+                .content_type("text/plain; charset=utf-8")
+                .body(refusal.reason())
         }
     }
 }
@@ -212,10 +214,21 @@ mod tests {
 
     #[test]
     fn only_media_and_plain_text_are_shown_inline() {
-        for t in ["image/png", "IMAGE/JPEG", "video/mp4", "audio/ogg; codecs=opus", "text/plain; charset=utf-8"] {
+        for t in [
+            "image/png",
+            "IMAGE/JPEG",
+            "video/mp4",
+            "audio/ogg; codecs=opus",
+            "text/plain; charset=utf-8",
+        ] {
             assert!(inline(Some(t)), "{t}");
         }
-        for t in ["image/svg+xml", "text/html", "application/pdf", "application/octet-stream"] {
+        for t in [
+            "image/svg+xml",
+            "text/html",
+            "application/pdf",
+            "application/octet-stream",
+        ] {
             assert!(!inline(Some(t)), "{t}");
         }
         assert!(!inline(None));

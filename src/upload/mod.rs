@@ -227,10 +227,16 @@ pub enum Refusal {
     /// Not a user of this server.
     NotLocal,
     BadRequest(&'static str),
-    TooLarge { max: u64 },
+    TooLarge {
+        max: u64,
+    },
     /// Over the user's quota; `retry_ms`: when enough of what they have
     /// stored or reserved expires, if anything does.
-    OverQuota { used: u64, quota: u64, retry_ms: Option<i64> },
+    OverQuota {
+        used: u64,
+        quota: u64,
+        retry_ms: Option<i64>,
+    },
 }
 
 impl Refusal {
@@ -239,7 +245,10 @@ impl Refusal {
     pub fn error(&self) -> (StanzaError, Option<Element>) {
         match self {
             Refusal::NotLocal => (
-                StanzaError::with_text(StanzaCondition::NotAllowed, "only users of this server may upload files"),
+                StanzaError::with_text(
+                    StanzaCondition::NotAllowed,
+                    "only users of this server may upload files",
+                ),
                 None,
             ),
             Refusal::BadRequest(text) => (StanzaError::with_text(StanzaCondition::BadRequest, *text), None),
@@ -522,23 +531,29 @@ impl Upload {
             None => return Err(PutRefusal::LengthRequired),
             Some(n) if n > slot.size => return Err(PutRefusal::TooLarge),
             Some(n) if n < slot.size => {
-                return Err(PutRefusal::BadRequest("Content-Length is not the size the slot was given for"))
+                return Err(PutRefusal::BadRequest(
+                    "Content-Length is not the size the slot was given for",
+                ))
             }
             Some(_) => {}
         }
         let given = content_type.map(str::trim).filter(|t| !t.is_empty());
         let content_type = match (&slot.content_type, given) {
             (Some(declared), Some(given)) if declared.eq_ignore_ascii_case(given) => Some(declared.clone()),
-            (Some(_), _) => return Err(PutRefusal::BadRequest("Content-Type is not the one the slot was given for")),
+            (Some(_), _) => {
+                return Err(PutRefusal::BadRequest(
+                    "Content-Type is not the one the slot was given for",
+                ))
+            }
             (None, Some(given)) if valid_content_type(given) => Some(given.to_owned()),
             (None, Some(_)) => return Err(PutRefusal::BadRequest("Content-Type is not a media type")),
             (None, None) => None,
         };
         slot.uploading = true;
-        let part = self.settings.dir.join(format!(
-            "{id}.{}.part",
-            self.next_part.fetch_add(1, Ordering::Relaxed)
-        ));
+        let part = self
+            .settings
+            .dir
+            .join(format!("{id}.{}.part", self.next_part.fetch_add(1, Ordering::Relaxed)));
         Ok(Claim {
             upload: self.clone(),
             id,
@@ -810,7 +825,14 @@ mod tests {
         );
         let long = format!("{written}0");
         let wide = format!("{}é", &written[..30]);
-        for bad in ["", "0123", "00FF10AA00FF10AA00FF10AA00FF10AA", &long, &"g".repeat(32), &wide] {
+        for bad in [
+            "",
+            "0123",
+            "00FF10AA00FF10AA00FF10AA00FF10AA",
+            &long,
+            &"g".repeat(32),
+            &wide,
+        ] {
             assert_eq!(SlotId::parse(bad), None, "{bad:?}");
         }
         assert!(is_part_suffix(".12.part") && !is_part_suffix(".part") && !is_part_suffix("..part"));
@@ -840,9 +862,16 @@ mod tests {
             ("filename='..' size='1'", "the filename is not usable"),
             ("filename='a' size='-1'", "the request needs a size in bytes"),
             ("filename='a'", "the request needs a size in bytes"),
-            ("filename='a' size='1' content-type='jpeg'", "the content-type is not a media type"),
+            (
+                "filename='a' size='1' content-type='jpeg'",
+                "the content-type is not a media type",
+            ),
         ] {
-            assert_eq!(SlotRequest::parse(&el(attrs)), Err(Refusal::BadRequest(problem)), "{attrs}");
+            assert_eq!(
+                SlotRequest::parse(&el(attrs)),
+                Err(Refusal::BadRequest(problem)),
+                "{attrs}"
+            );
         }
     }
 
@@ -923,7 +952,10 @@ mod tests {
         let id = SlotId::parse(url.rsplit('/').nth(1).unwrap()).unwrap();
         let claim = |name: &str, length: Option<u64>, t: Option<&str>| upload.claim(id, name, length, t).err();
         assert_eq!(claim("b.txt", Some(5), Some("text/plain")), Some(PutRefusal::NotFound));
-        assert_eq!(claim("a.txt", None, Some("text/plain")), Some(PutRefusal::LengthRequired));
+        assert_eq!(
+            claim("a.txt", None, Some("text/plain")),
+            Some(PutRefusal::LengthRequired)
+        );
         assert_eq!(claim("a.txt", Some(6), Some("text/plain")), Some(PutRefusal::TooLarge));
         assert!(matches!(
             claim("a.txt", Some(4), Some("text/plain")),
@@ -979,7 +1011,10 @@ mod tests {
             ..stored
         };
         assert_eq!(Stored::from_meta(&untyped.to_meta()), Some(untyped));
-        assert_eq!(Stored::from_meta("owner=alice@localhost\nname=../x\nsize=1\ncreated=1\n"), None);
+        assert_eq!(
+            Stored::from_meta("owner=alice@localhost\nname=../x\nsize=1\ncreated=1\n"),
+            None
+        );
         assert_eq!(Stored::from_meta("garbage"), None);
     }
 }

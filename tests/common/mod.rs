@@ -89,9 +89,7 @@ pub fn account(name: &str) -> BareJid {
 
 pub struct TestServer {
     pub addr: SocketAddr,
-    direct_tls: Option<SocketAddr>,
-    component: Option<SocketAddr>,
-    http: Option<SocketAddr>,
+    at: Listening,
     pub db: PathBuf,
     config: Config,
     /// The file it was started from, if any ([`TestServer::from_file`]).
@@ -102,7 +100,13 @@ pub struct TestServer {
 }
 
 /// Where a started server listens: clients, Direct TLS, components, HTTP.
-struct Listening(SocketAddr, Option<SocketAddr>, Option<SocketAddr>, Option<SocketAddr>);
+struct Listening {
+    c2s: SocketAddr,
+    direct_tls: Option<SocketAddr>,
+    component: Option<SocketAddr>,
+    http: Option<SocketAddr>,
+    http_tls: Option<SocketAddr>,
+}
 
 impl TestServer {
     pub fn start() -> TestServer {
@@ -119,12 +123,10 @@ impl TestServer {
         // No HTTP unless the test asks (the default port is fixed).
         config.http.listen = Vec::new();
         edit(&mut config);
-        let (Listening(addr, direct_tls, component, http), stop, thread) = Self::spawn(config.clone(), None);
+        let (at, stop, thread) = Self::spawn(config.clone(), None);
         TestServer {
-            addr,
-            direct_tls,
-            component,
-            http,
+            addr: at.c2s,
+            at,
             db,
             config,
             config_file: None,
@@ -144,13 +146,10 @@ impl TestServer {
         let file = dir.path().join("shoal.toml");
         std::fs::write(&file, text(dir.path())).unwrap();
         let config = Config::load(&file).expect("the test's configuration");
-        let (Listening(addr, direct_tls, component, http), stop, thread) =
-            Self::spawn(config.clone(), Some(file.clone()));
+        let (at, stop, thread) = Self::spawn(config.clone(), Some(file.clone()));
         TestServer {
-            addr,
-            direct_tls,
-            component,
-            http,
+            addr: at.c2s,
+            at,
             db: config.storage.sqlite.clone(),
             config,
             config_file: Some(file),
@@ -186,12 +185,13 @@ impl TestServer {
                     Ok(s) => s,
                     Err(e) => return drop(addr_tx.send(Err(e.to_string()))),
                 };
-                let _ = addr_tx.send(Ok(Listening(
-                    server.local_addrs()[0],
-                    server.direct_tls_addrs().first().copied(),
-                    server.component_addrs().first().copied(),
-                    server.http_addrs().first().copied(),
-                )));
+                let _ = addr_tx.send(Ok(Listening {
+                    c2s: server.local_addrs()[0],
+                    direct_tls: server.direct_tls_addrs().first().copied(),
+                    component: server.component_addrs().first().copied(),
+                    http: server.http_addrs().first().copied(),
+                    http_tls: server.http_tls_addrs().first().copied(),
+                }));
                 let _ = stop_rx.await;
                 server.shutdown().await;
             });
@@ -207,12 +207,9 @@ impl TestServer {
     /// new port).
     pub fn restart(&mut self) {
         self.stop();
-        let (Listening(addr, direct_tls, component, http), stop, thread) =
-            Self::spawn(self.config.clone(), self.config_file.clone());
-        self.addr = addr;
-        self.direct_tls = direct_tls;
-        self.component = component;
-        self.http = http;
+        let (at, stop, thread) = Self::spawn(self.config.clone(), self.config_file.clone());
+        self.addr = at.c2s;
+        self.at = at;
         self.stop = Some(stop);
         self.thread = Some(thread);
     }
@@ -229,18 +226,23 @@ impl TestServer {
 
     /// The first HTTP listener, if the test configured one (`[http] listen`).
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.expect("no HTTP listener configured")
+        self.at.http.expect("no HTTP listener configured")
+    }
+
+    /// The first HTTPS listener, if the test configured one (`[http] tls_listen`).
+    pub fn http_tls_addr(&self) -> SocketAddr {
+        self.at.http_tls.expect("no HTTPS listener configured")
     }
 
     /// The first Direct TLS listener, if the test configured one.
     pub fn direct_tls_addr(&self) -> SocketAddr {
-        self.direct_tls.expect("no Direct TLS listener configured")
+        self.at.direct_tls.expect("no Direct TLS listener configured")
     }
 
     /// The first component listener (XEP-0114), if the test configured a
     /// component.
     pub fn component_addr(&self) -> SocketAddr {
-        self.component.expect("no component configured")
+        self.at.component.expect("no component configured")
     }
 
     /// Adds an account; see [`account`] for the name.

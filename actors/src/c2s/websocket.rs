@@ -127,7 +127,8 @@ impl AsyncWrite for WebSocketIo {
         std::task::ready!(this.poll_frames(cx))?;
         this.partial.extend_from_slice(buf);
         let frames = &mut this.frames;
-        this.splitter.split(&mut this.partial, |element| frames.push_back(outbound(element)));
+        this.splitter
+            .split(&mut this.partial, |element| frames.push_back(outbound(element)));
         // Taken: the frames go out on the next write or flush.
         let _ = this.poll_frames(cx)?;
         Poll::Ready(Ok(buf.len()))
@@ -167,11 +168,7 @@ fn inbound(frame: &[u8]) -> Bytes {
             .filter(|el| el.is(name, FRAMING) && el.nodes().is_empty())
     };
     if let Some(open) = framing("open") {
-        let mut header = format!(
-            "<stream:stream xmlns='{}' xmlns:stream='{}'",
-            ns::CLIENT,
-            ns::STREAM
-        );
+        let mut header = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
         for (name, value) in open.attrs().filter(|(n, _)| !n.starts_with("xmlns")) {
             header.push_str(&format!(" {name}='{}'", escape_attr(value)));
         }
@@ -350,7 +347,9 @@ mod tests {
         let mut out = Vec::new();
         for w in written {
             partial.extend_from_slice(w.as_bytes());
-            splitter.split(&mut partial, |el| out.push(String::from_utf8(outbound(el).to_vec()).unwrap()));
+            splitter.split(&mut partial, |el| {
+                out.push(String::from_utf8(outbound(el).to_vec()).unwrap())
+            });
         }
         out
     }
