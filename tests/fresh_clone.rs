@@ -102,6 +102,17 @@ fn the_readme_run_command_serves_with_no_configuration() {
     assert_eq!(c.bind(Some("first")), "readme@localhost/first");
     c.expect_nothing();
 
+    // The HTTP listener too: live figures at /metrics, the chat page.
+    let http: std::net::SocketAddr = "127.0.0.1:5280".parse().unwrap();
+    let metrics = common::http(http, "GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.lines().any(|l| l == "shoal_c2s_sessions{transport=\"tcp\"} 1"),
+        "{text}"
+    );
+    assert_eq!(common::http(http, "GET", "/chat", &[], b"").status, 200);
+
     // SIGTERM: every stream is told, and the server exits cleanly.
     unsafe { libc::kill(guard.child.id() as i32, libc::SIGTERM) };
     let (condition, _) = c.expect_stream_error();
