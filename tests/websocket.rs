@@ -146,7 +146,10 @@ impl Ws {
                 Ok(Message::Text(t)) => texts.push(t.to_string()),
                 Ok(Message::Close(frame)) => return (texts, frame.map(|f| f.code)),
                 Ok(other) => panic!("unexpected {other:?}"),
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => return (texts, None),
+                // Closed, or dropped (reset) without a close frame.
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_)) => {
+                    return (texts, None)
+                }
                 Err(e) => panic!("waiting for the close: {e}"),
             }
         }
@@ -381,5 +384,90 @@ fn wss_on_the_tls_listener_is_encrypted_enough_for_plain() {
     assert_eq!(
         alice.recv(),
         "<iq xmlns='jabber:client' id='p' type='result' to='alice@localhost/secure'/>"
+    );
+}
+
+#[test]
+fn a_websocket_session_resumes_over_a_new_websocket() {
+    let server = server();
+    let mut alice = Ws::connect(server.http_addr());
+    alice.login("alice", "wonderland", "web");
+    alice.send("<enable xmlns=\"urn:xmpp:sm:3\" resume=\"true\"/>");
+    let enabled = alice.recv();
+    let start = enabled.find("id='").expect("an id") + 4;
+    let id = enabled[start..start + enabled[start..].find('\'').unwrap()].to_owned();
+    assert_eq!(
+        enabled,
+        format!("<enabled xmlns='urn:xmpp:sm:3' id='{id}' resume='true' max='300'/>")
+    );
+    let mut bob = server.login("bob", "builder", "tcp");
+    let chat = |id: &str| format!("<message to='alice@localhost/web' type='chat' id='{id}'><body>{id}</body></message>");
+    bob.send(&chat("m1"));
+    bob.send(&chat("m2"));
+    for m in ["m1", "m2"] {
+        assert!(alice.recv().contains(&format!("id='{m}'")));
+    }
+    // The connection is lost (no close frame, no <close/>), having
+    // handled one of the two.
+    drop(alice);
+    bob.send(&chat("m3"));
+    bob.sync();
+
+    let mut alice = Ws::connect(server.http_addr());
+    alice.open();
+    alice.recv();
+    let b64 = base64::engine::general_purpose::STANDARD.encode("\0alice\0wonderland");
+    alice.send(&format!(
+        "<auth xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\" mechanism=\"PLAIN\">{b64}</auth>"
+    ));
+    assert_eq!(alice.recv(), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    alice.open();
+    alice.recv();
+    alice.send(&format!("<resume xmlns=\"urn:xmpp:sm:3\" previd=\"{id}\" h=\"1\"/>"));
+    assert_eq!(alice.recv(), format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"));
+    for m in ["m2", "m3"] {
+        let frame = unsid(alice.recv());
+        assert_eq!(
+            frame,
+            format!(
+                "<message xmlns='jabber:client' to='alice@localhost/web' type='chat' id='{m}' from='bob@localhost/tcp'>\
+                 <body>{m}</body><stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='alice@localhost'/></message>"
+            )
+        );
+    }
+}
+
+#[test]
+fn a_websocket_client_that_stops_reading_is_cut_off_not_buffered() {
+    let server = TestServer::with_config(|c| {
+        c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.c2s.max_stanza_bytes = 16 * 1024;
+        c.c2s.max_outbound_bytes = 64 * 1024;
+        c.limits.rate_bytes_per_sec = 1 << 30;
+        c.limits.burst_bytes = 1 << 30;
+        c.limits.write_timeout_secs = 1;
+    });
+    server.add_user("slow", "s");
+    let mut slow = Ws::connect(server.http_addr());
+    slow.login("slow", "s", "r");
+    // Its own other resource floods it (the user's own traffic overflows
+    // the queue rather than being refused), while it reads nothing.
+    let mut flood = server.login("slow", "s", "flood");
+    let stanza = format!(
+        "<message to='slow@localhost/r' type='headline'><body>{}</body></message>",
+        "x".repeat(8 * 1024)
+    );
+    let mut sent = 0;
+    while sent < 64 * 1024 * 1024 {
+        flood.send(&stanza);
+        sent += stanza.len();
+    }
+    flood.sync();
+    // What fitted in the buffers on the way, then the end.
+    let (texts, _) = slow.expect_close();
+    let delivered = texts.iter().filter(|t| t.starts_with("<message")).count();
+    assert!(
+        delivered * stanza.len() < sent / 2,
+        "most of the flood was not queued: {delivered} delivered"
     );
 }

@@ -5,6 +5,8 @@
 //! everything else (SASL, limits, resumption, the slow-reader cut-off) is
 //! the c2s machinery's.
 
+use std::time::Duration;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
@@ -55,8 +57,9 @@ async fn open(req: HttpRequest, body: web::Payload, web: web::Data<Web>) -> acti
     let secure = req.app_config().secure();
     let (io, ends) = websocket::pair(secure);
     let max_frame = web.c2s.config.codec.max_stanza_bytes + FRAME_SLACK;
+    let write_timeout = web.c2s.limits().write_timeout;
     shoal_actors::c2s::accept(web.c2s.clone(), Io::WebSocket(Box::new(io)), peer);
-    actix_rt::spawn(carry(session, frames.max_frame_size(max_frame), ends));
+    actix_rt::spawn(carry(session, frames.max_frame_size(max_frame), ends, write_timeout));
     Ok(response)
 }
 
@@ -78,8 +81,11 @@ fn origin_allowed(req: &HttpRequest, origin: &HeaderValue, allowed: &[String]) -
 /// Carries frames both ways until either side ends: the peer's closing
 /// ends the stream's reading; the stream's end closes the WebSocket.
 /// Reading from the peer waits while the stream has not taken the last
-/// frame (backpressure), and answers pings.
-async fn carry(mut session: Session, mut frames: MessageStream, ends: WebSocketEnds) {
+/// frame (backpressure), and answers pings. A frame the peer does not
+/// take within `write_timeout` (it stopped reading) ends it all: the
+/// stream's own write timeout has cut the session off by then, and the
+/// HTTP connection must not outlive it.
+async fn carry(mut session: Session, mut frames: MessageStream, ends: WebSocketEnds, write_timeout: Duration) {
     let WebSocketEnds { inbound, mut outbound } = ends;
     let mut inbound = Some(inbound);
     loop {
@@ -88,8 +94,13 @@ async fn carry(mut session: Session, mut frames: MessageStream, ends: WebSocketE
                 Some(frame) => {
                     // Our own serialisation: always UTF-8.
                     let Ok(text) = ByteString::try_from(frame) else { break };
-                    if session.text(text).await.is_err() {
-                        break;
+                    match tokio::time::timeout(write_timeout, session.text(text)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        Err(_) => {
+                            log::debug!("WebSocket peer not reading: connection dropped");
+                            break;
+                        }
                     }
                 }
                 None => {
