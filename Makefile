@@ -88,13 +88,14 @@ bench:
 	$(CARGO) bench --workspace
 
 # Shoal, ejabberd and Prosody side by side (installs the peers from Debian).
+# Knobs, in the environment: see the top of fixtures/peers/run.sh. Over
+# WebSocket: `SCENARIOS="websocket idle-websocket" make bench-peers`.
 #
 # The cost of metrics (README: Metrics): with no exporter installed every
-# count is a call that does nothing, so compare the messages scenario with
-# and without it: `SERVERS=shoal SCENARIOS=messages make bench-peers`, once
-# as fixtures/peers/run.sh configures Shoal and once with `[http] listen`
-# added to that configuration. Messages per server CPU-second must not drop
-# by 2% or more.
+# count is a call that does nothing, so the messages scenario is measured
+# with [http] metrics = false and true, alternately, each run:
+# `SERVERS=shoal SCENARIOS=metrics-cost make bench-peers`. Messages per
+# server CPU-second must not drop by 2% or more.
 bench-peers:
 	fixtures/peers/run.sh
 

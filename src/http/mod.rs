@@ -81,6 +81,10 @@ pub fn start(
             })
     })
     .workers(workers)
+    // As on the c2s listeners: a WebSocket stream writes stanzas as they
+    // come, and Nagle's algorithm held the second of two back-to-back
+    // frames until the peer's delayed ACK (40 ms on Linux).
+    .tcp_nodelay(true)
     // The server's own shutdown stops this one; signals are main's.
     .disable_signals()
     .shutdown_timeout(2);
