@@ -5,7 +5,7 @@ CARGO ?= cargo
 VENV  := .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: federation-peers run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp web-deps chromium conversejs clean
+.PHONY: federation-peers run test soak lint fmt bench bench-peers fuzz interop-deps debian-slixmpp web-deps chromium conversejs install clean
 
 # Seconds each fuzz target runs for.
 FUZZ_SECONDS ?= 60
@@ -108,6 +108,20 @@ fuzz:
 	  mkdir -p target/fuzz-corpus/$$t && \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t target/fuzz-corpus/$$t fixtures/fuzz/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
 	done
+
+# The binary `cargo build --release` made, and the systemd unit (README:
+# Deployment) pointing at it. It builds nothing, so that `sudo make install`
+# does not run cargo as root; nor does it touch /etc/shoal or the user.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= /etc/systemd/system
+
+install:
+	@test -x target/release/shoal || { echo "no target/release/shoal: run cargo build --release first" >&2; exit 1; }
+	install -D -m 0755 target/release/shoal $(DESTDIR)$(PREFIX)/bin/shoal
+	install -d -m 0755 $(DESTDIR)$(UNITDIR)
+	sed 's|/usr/local/bin/shoal|$(PREFIX)/bin/shoal|g' fixtures/systemd/shoal.service > $(DESTDIR)$(UNITDIR)/shoal.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/shoal.service
 
 clean:
 	$(CARGO) clean

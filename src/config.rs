@@ -1051,6 +1051,40 @@ mod tests {
         assert_eq!(c.domain_list(), ["localhost"]);
     }
 
+    /// The production example and the systemd unit beside it agree: the
+    /// files it names are in the directories the unit makes.
+    #[test]
+    fn the_systemd_example_is_valid_and_matches_its_unit() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/systemd");
+        let c = Config::load(&dir.join("shoal.toml")).unwrap();
+        assert_eq!(c.domain_list(), ["example.com"]);
+        assert!(!c.loopback_only());
+        assert!(!c.registration_enabled());
+        assert_eq!(c.starttls(), StartTlsMode::Required);
+        assert!(!c.allow_plain_without_tls());
+        // Behind a reverse proxy.
+        assert!(c.http.listen.iter().all(|a| a.ip().is_loopback()));
+        let unit = std::fs::read_to_string(dir.join("shoal.service")).unwrap();
+        let setting = |key: &str| {
+            unit.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("shoal.service sets no {key}"))
+        };
+        let config_dir = format!("/etc/{}", setting("ConfigurationDirectory"));
+        for exec in ["ExecStart", "ExecReload"] {
+            assert!(
+                setting(exec).contains(&format!(" --config {config_dir}/shoal.toml")),
+                "{exec}"
+            );
+        }
+        let state_dir = format!("/var/lib/{}", setting("StateDirectory"));
+        assert!(c.storage.sqlite.starts_with(&state_dir) && c.upload_dir().starts_with(&state_dir));
+        let runtime_dir = format!("/run/{}", setting("RuntimeDirectory"));
+        assert!(c.control_socket().starts_with(&runtime_dir));
+        let (cert, key) = c.tls_files_of("example.com").unwrap();
+        assert!(cert.starts_with(&config_dir) && key.starts_with(&config_dir));
+    }
+
     #[test]
     fn the_control_socket_follows_the_database_unless_set() {
         assert_eq!(Config::default().control_socket(), Path::new("./shoal.sock"));
