@@ -147,9 +147,11 @@ impl Ws {
                 Ok(Message::Close(frame)) => return (texts, frame.map(|f| f.code)),
                 Ok(other) => panic!("unexpected {other:?}"),
                 // Closed, or dropped (reset) without a close frame.
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed | tungstenite::Error::Io(_)) => {
-                    return (texts, None)
-                }
+                Err(
+                    tungstenite::Error::ConnectionClosed
+                    | tungstenite::Error::AlreadyClosed
+                    | tungstenite::Error::Io(_),
+                ) => return (texts, None),
                 Err(e) => panic!("waiting for the close: {e}"),
             }
         }
@@ -401,7 +403,8 @@ fn a_websocket_session_resumes_over_a_new_websocket() {
         format!("<enabled xmlns='urn:xmpp:sm:3' id='{id}' resume='true' max='300'/>")
     );
     let mut bob = server.login("bob", "builder", "tcp");
-    let chat = |id: &str| format!("<message to='alice@localhost/web' type='chat' id='{id}'><body>{id}</body></message>");
+    let chat =
+        |id: &str| format!("<message to='alice@localhost/web' type='chat' id='{id}'><body>{id}</body></message>");
     bob.send(&chat("m1"));
     bob.send(&chat("m2"));
     for m in ["m1", "m2"] {
@@ -424,7 +427,10 @@ fn a_websocket_session_resumes_over_a_new_websocket() {
     alice.open();
     alice.recv();
     alice.send(&format!("<resume xmlns=\"urn:xmpp:sm:3\" previd=\"{id}\" h=\"1\"/>"));
-    assert_eq!(alice.recv(), format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>"));
+    assert_eq!(
+        alice.recv(),
+        format!("<resumed xmlns='urn:xmpp:sm:3' previd='{id}' h='0'/>")
+    );
     for m in ["m2", "m3"] {
         let frame = unsid(alice.recv());
         assert_eq!(
