@@ -681,3 +681,26 @@ fn one_domain_may_hold_only_so_many_streams() {
         "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='error'><error xmlns='jabber:server' type='cancel'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></result>"
     );
 }
+
+#[test]
+fn directed_presence_to_another_servers_user_is_followed_by_unavailable_at_logout() {
+    // RFC 6121 §4.6.3: whoever got directed presence is told when the
+    // sender goes, on another server as on this one.
+    let (a, b) = pair();
+    let mut bob = online(&b, "bob", "pw-b");
+    let mut alice = a.login("alice", "pw-a", "r");
+    alice.announce("<presence/>");
+    alice.send("<presence to='bob@b.test/r'><show>chat</show></presence>");
+    let directed = bob.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        directed.to_xml_in(ns::CLIENT),
+        "<presence to='bob@b.test/r' from='alice@a.test/r'><show>chat</show></presence>"
+    );
+    alice.send("</stream:stream>");
+    alice.expect_eof();
+    let gone = bob.recv_until(|e| e.name() == "presence");
+    assert_eq!(
+        gone.to_xml_in(ns::CLIENT),
+        "<presence to='bob@b.test/r' type='unavailable' from='alice@a.test/r'/>"
+    );
+}

@@ -435,8 +435,9 @@ impl Router {
         }
     }
 
-    /// Routes directed presence (RFC 6121 §4.6); true when some session
-    /// received it: only those are owed the sender's unavailable later.
+    /// Routes directed presence (RFC 6121 §4.6); true when its recipient
+    /// is owed the sender's unavailable later (§4.6.3): a local session
+    /// that received it, or a user of another server it was sent to.
     pub fn route_directed_presence(&self, stanza: Stanza) -> bool {
         let Some(to) = stanza.to().cloned() else { return false };
         // XEP-0191: dropped both ways, with no error.
@@ -446,8 +447,15 @@ impl Router {
             return false;
         }
         if !self.is_local_domain(to.domain()) || to.node().is_none() {
+            // A published service's domain is not another server's: the
+            // unavailable at logout goes where presence to other servers
+            // goes, so services are not remembered.
+            let remote_user = to.node().is_some()
+                && !self.is_local_domain(to.domain())
+                && !self.services().is_known(to.domain())
+                && self.inner.remote.get().is_some();
             self.route(stanza);
-            return false;
+            return remote_user;
         }
         let bytes = stanza.to_bytes();
         // Dropped by a busy session, as any presence (see `to_bare`).
