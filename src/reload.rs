@@ -46,6 +46,14 @@ macro_rules! changed {
     }};
 }
 
+/// `$section(NAME, changed keys, whole section differs)` for each row
+/// `NAME field [keys]` of a table of `Config`'s sections.
+macro_rules! restart_keys {
+    ($section:ident, $a:expr, $b:expr, { $($name:literal $field:ident [$($key:ident),+ $(,)?]),+ $(,)? }) => {
+        $( $section($name, changed!($a.$field, $b.$field, [$($key),+]), differs(&$a.$field, &$b.$field)); )+
+    };
+}
+
 /// Sets the fields named of one struct from another.
 macro_rules! copy_fields {
     ($to:expr, $from:expr, [$($key:ident),+ $(,)?]) => {
@@ -285,126 +293,68 @@ fn needs_restart(applied: &Config, new: &Config) -> Vec<String> {
         }
         out.extend(keys.into_iter().map(|k| format!("{name} {k}")));
     };
-    section(
-        "[storage]",
-        changed!(a.storage, b.storage, [sqlite, durability]),
-        differs(&a.storage, &b.storage),
-    );
-    section(
-        "[c2s]",
-        changed!(
-            a.c2s,
-            b.c2s,
-            [
-                listen,
-                max_stanza_bytes,
-                max_outbound_bytes,
-                negotiation_timeout_secs,
-                starttls,
-                direct_tls_listen,
-                allow_plain_without_tls,
-            ]
-        ),
-        differs(&a.c2s, &b.c2s),
-    );
-    section(
-        "[auth]",
-        changed!(a.auth, b.auth, [scram_iterations, max_failures]),
-        differs(&a.auth, &b.auth),
-    );
-    section(
-        "[sessions]",
-        changed!(a.sessions, b.sessions, [max_per_user]),
-        differs(&a.sessions, &b.sessions),
-    );
-    section(
-        "[limits]",
-        changed!(
-            a.limits,
-            b.limits,
-            [
-                max_depth,
-                max_attributes,
-                max_name_bytes,
-                max_header_bytes,
-                max_roster_items,
-                max_pending_requests,
-            ]
-        ),
-        differs(&a.limits, &b.limits),
-    );
-    section(
-        "[control]",
-        changed!(a.control, b.control, [socket]),
-        differs(&a.control, &b.control),
-    );
-    section(
-        "[components]",
-        changed!(
-            a.components,
-            b.components,
-            [
-                listen,
-                conflict,
-                iq_timeout_secs,
-                hidden,
-                max_pending,
-                max_pending_per_requester,
-                // Only when no component listener was started.
-                services,
-            ]
-        ),
-        differs(&a.components, &b.components),
-    );
-    section(
-        "[offline]",
-        changed!(a.offline, b.offline, [max_messages]),
-        differs(&a.offline, &b.offline),
-    );
-    section(
-        "[sm]",
-        changed!(
-            a.sm,
-            b.sm,
-            [
-                enabled,
-                resume_timeout_secs,
-                max_unacked,
-                ack_request_stanzas,
-                ack_request_secs,
-            ]
-        ),
-        differs(&a.sm, &b.sm),
-    );
-    section(
-        "[mam]",
-        changed!(a.mam, b.mam, [enabled, default, retention_days, max_page]),
-        differs(&a.mam, &b.mam),
-    );
-    section(
-        "[s2s]",
-        changed!(
-            a.s2s,
-            b.s2s,
-            [
-                listen,
-                tls,
-                ca_file,
-                connect_timeout_secs,
-                reconnect_after_secs,
-                idle_timeout_secs,
-                max_queued,
-                max_stanza_bytes,
-                max_streams_per_domain,
-                iq_timeout_secs,
-                rate_bytes_per_sec,
-                burst_bytes,
-                blocked,
-                hosts,
-            ]
-        ),
-        differs(&a.s2s, &b.s2s),
-    );
+    // Each section: the keys named (those a user would change), then the
+    // section alone if something else in it differs.
+    restart_keys!(section, a, b, {
+        "[storage]" storage [sqlite, durability],
+        "[c2s]" c2s [
+            listen,
+            max_stanza_bytes,
+            max_outbound_bytes,
+            negotiation_timeout_secs,
+            starttls,
+            direct_tls_listen,
+            allow_plain_without_tls,
+        ],
+        "[auth]" auth [scram_iterations, max_failures],
+        "[sessions]" sessions [max_per_user],
+        "[limits]" limits [
+            max_depth,
+            max_attributes,
+            max_name_bytes,
+            max_header_bytes,
+            max_roster_items,
+            max_pending_requests,
+        ],
+        "[control]" control [socket],
+        "[components]" components [
+            listen,
+            conflict,
+            iq_timeout_secs,
+            hidden,
+            max_pending,
+            max_pending_per_requester,
+            // Only when no component listener was started.
+            services,
+        ],
+        "[offline]" offline [max_messages],
+        "[sm]" sm [
+            enabled,
+            resume_timeout_secs,
+            max_unacked,
+            ack_request_stanzas,
+            ack_request_secs,
+        ],
+        "[mam]" mam [enabled, default, retention_days, max_page],
+        "[s2s]" s2s [
+            listen,
+            tls,
+            ca_file,
+            connect_timeout_secs,
+            reconnect_after_secs,
+            idle_timeout_secs,
+            max_queued,
+            max_stanza_bytes,
+            max_streams_per_domain,
+            iq_timeout_secs,
+            rate_bytes_per_sec,
+            burst_bytes,
+            blocked,
+            hosts,
+        ],
+        "[http]" http [listen, tls_listen, allowed_origins, conversejs_dir, metrics, metrics_allow],
+        "[upload]" upload [enabled, domain, dir, url, max_file_bytes, quota_bytes, expire_after_secs, slot_timeout_secs],
+    });
     // A section added to the configuration and forgotten above.
     if out.is_empty() && differs(a, b) {
         out.push("settings not named here".to_owned());
@@ -461,6 +411,8 @@ mod tests {
             ["[c2s] listen", "[limits] max_depth", "[sm] max_unacked"]
         );
         assert!(needs_restart(&applied, &applied).is_empty());
+        let http = config("[http]\nlisten = ['127.0.0.1:5281']\n");
+        assert_eq!(needs_restart(&config(""), &http), ["[http] listen"]);
     }
 
     #[test]

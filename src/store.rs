@@ -920,10 +920,7 @@ impl SqliteStore {
         if !exists || (max > 0 && stored as usize >= max) {
             return Ok(false);
         }
-        tx.execute(
-            "INSERT INTO offline_messages (username, stanza) VALUES (?1, ?2)",
-            params![username, message],
-        )?;
+        insert_offline(&tx, username, message)?;
         tx.commit()?;
         Ok(true)
     }
@@ -1080,10 +1077,7 @@ impl SqliteStore {
             )?;
         }
         for message in &account.offline {
-            tx.execute(
-                "INSERT INTO offline_messages (username, stanza) VALUES (?1, ?2)",
-                params![username, message],
-            )?;
+            insert_offline(&tx, username, message)?;
         }
         tx.commit()?;
         Ok(true)
@@ -1674,6 +1668,15 @@ impl Storage for SqliteStorage {
     fn purge_archive(&self, before_ms: i64) -> StorageFuture<()> {
         self.writer.purge(before_ms)
     }
+}
+
+/// Stores one offline message of `username`'s (in the caller's transaction).
+fn insert_offline(tx: &rusqlite::Transaction<'_>, username: &str, stanza: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO offline_messages (username, stanza) VALUES (?1, ?2)",
+        params![username, stanza],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

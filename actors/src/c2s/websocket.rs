@@ -153,8 +153,9 @@ impl AsyncWrite for WebSocketIo {
 /// the codec answers it with the stream error a bad header gets.
 fn inbound(frame: &[u8]) -> Bytes {
     let trimmed = frame.trim_ascii();
-    let framing = |name: &str| {
-        if !trimmed.starts_with(format!("<{name}").as_bytes()) {
+    // A stanza (most frames) is passed on after two byte comparisons.
+    let framing = |tag: &[u8], name: &str| {
+        if !trimmed.starts_with(tag) {
             return None;
         }
         // One element with a few attributes: tight limits.
@@ -167,7 +168,7 @@ fn inbound(frame: &[u8]) -> Bytes {
             .ok()
             .filter(|el| el.is(name, FRAMING) && el.nodes().is_empty())
     };
-    if let Some(open) = framing("open") {
+    if let Some(open) = framing(b"<open", "open") {
         let mut header = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
         for (name, value) in open.attrs().filter(|(n, _)| !n.starts_with("xmlns")) {
             header.push_str(&format!(" {name}='{}'", escape_attr(value)));
@@ -175,7 +176,7 @@ fn inbound(frame: &[u8]) -> Bytes {
         header.push('>');
         return Bytes::from(header);
     }
-    if framing("close").is_some() {
+    if framing(b"<close", "close").is_some() {
         return Bytes::from_static(b"</stream:stream>");
     }
     Bytes::copy_from_slice(frame)
