@@ -167,6 +167,9 @@ pub struct StanzaError {
     pub kind: StanzaErrorType,
     pub condition: StanzaCondition,
     pub text: Option<Cow<'static, str>>,
+    /// An application-specific condition (RFC 6120 §8.3.2), such as
+    /// XEP-0191's `<blocked/>` or XEP-0060's `<precondition-not-met/>`.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -185,6 +188,7 @@ impl StanzaError {
             kind,
             condition,
             text: None,
+            app: None,
         }
     }
 
@@ -195,7 +199,14 @@ impl StanzaError {
         }
     }
 
-    /// The `<error>` child of an error stanza.
+    /// Adds the application-specific condition element.
+    pub fn with_app(mut self, app: Element) -> Self {
+        self.app = Some(Box::new(app));
+        self
+    }
+
+    /// The `<error>` child of an error stanza: the condition, the text,
+    /// then the application condition (RFC 6120 §8.3.2's order).
     pub fn to_element(&self) -> Element {
         let mut el = Element::new("error", ns::CLIENT)
             .with_attr("type", self.kind.as_str())
@@ -206,6 +217,9 @@ impl StanzaError {
                     .with_attr("xml:lang", "en")
                     .with_text(text.as_ref()),
             );
+        }
+        if let Some(app) = &self.app {
+            el.push_child(app.as_ref().clone());
         }
         el
     }
@@ -265,5 +279,29 @@ impl From<StorageError> for SaslFailure {
     fn from(err: StorageError) -> Self {
         log::error!("{err}");
         SaslFailure::new(SaslCondition::TemporaryAuthFailure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_application_condition_follows_the_text() {
+        let err = StanzaError::with_text(StanzaCondition::Conflict, "pubsub#access_model is presence")
+            .with_app(Element::new("precondition-not-met", "http://jabber.org/protocol/pubsub#errors"));
+        assert_eq!(
+            err.to_element().to_xml_in(ns::CLIENT),
+            "<error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>pubsub#access_model is presence</text>\
+             <precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/></error>"
+        );
+        let bare =
+            StanzaError::new(StanzaCondition::NotAcceptable).with_app(Element::new("blocked", "urn:xmpp:blocking:errors"));
+        assert_eq!(
+            bare.to_element().to_xml_in(ns::CLIENT),
+            "<error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <blocked xmlns='urn:xmpp:blocking:errors'/></error>"
+        );
     }
 }

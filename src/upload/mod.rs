@@ -240,35 +240,33 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The stanza error, and the application-specific element that goes in
-    /// it after the text.
-    pub fn error(&self) -> (StanzaError, Option<Element>) {
+    /// The stanza error, with XEP-0363's own element (`<file-too-large/>`,
+    /// `<retry/>`) as its application condition.
+    pub fn error(&self) -> StanzaError {
         match self {
-            Refusal::NotLocal => (
-                StanzaError::with_text(
-                    StanzaCondition::NotAllowed,
-                    "only users of this server may upload files",
-                ),
-                None,
+            Refusal::NotLocal => StanzaError::with_text(
+                StanzaCondition::NotAllowed,
+                "only users of this server may upload files",
             ),
-            Refusal::BadRequest(text) => (StanzaError::with_text(StanzaCondition::BadRequest, *text), None),
-            Refusal::TooLarge { max } => (
-                StanzaError::with_text(
-                    StanzaCondition::NotAcceptable,
-                    format!("File too large: the maximum is {max} bytes"),
-                ),
-                Some(
-                    Element::new("file-too-large", NS)
-                        .with_child(Element::new("max-file-size", NS).with_text(max.to_string())),
-                ),
+            Refusal::BadRequest(text) => StanzaError::with_text(StanzaCondition::BadRequest, *text),
+            Refusal::TooLarge { max } => StanzaError::with_text(
+                StanzaCondition::NotAcceptable,
+                format!("File too large: the maximum is {max} bytes"),
+            )
+            .with_app(
+                Element::new("file-too-large", NS)
+                    .with_child(Element::new("max-file-size", NS).with_text(max.to_string())),
             ),
-            Refusal::OverQuota { used, quota, retry_ms } => (
-                StanzaError::with_text(
+            Refusal::OverQuota { used, quota, retry_ms } => {
+                let error = StanzaError::with_text(
                     StanzaCondition::ResourceConstraint,
                     format!("Quota reached: {used} of {quota} bytes in use"),
-                ),
-                retry_ms.map(|at| Element::new("retry", NS).with_attr("stamp", format_stamp(at))),
-            ),
+                );
+                match retry_ms {
+                    Some(at) => error.with_app(Element::new("retry", NS).with_attr("stamp", format_stamp(*at))),
+                    None => error,
+                }
+            }
         }
     }
 }
@@ -877,10 +875,10 @@ mod tests {
 
     #[test]
     fn refusals_carry_the_xeps_elements() {
-        let (error, extra) = Refusal::TooLarge { max: 20000 }.error();
+        let error = Refusal::TooLarge { max: 20000 }.error();
         assert_eq!(error.condition, StanzaCondition::NotAcceptable);
         assert_eq!(
-            extra.map(|e| e.to_xml_in("")),
+            error.app.map(|e| e.to_xml_in("")),
             Some(format!(
                 "<file-too-large xmlns='{NS}'><max-file-size>20000</max-file-size></file-too-large>"
             ))
@@ -890,15 +888,15 @@ mod tests {
             quota: 5,
             retry_ms: Some(1_512_344_525_000),
         };
-        let (error, extra) = over.error();
+        let error = over.error();
         assert_eq!(error.kind, shoal_actors::error::StanzaErrorType::Wait);
         assert_eq!(
-            extra.map(|e: Element| e.to_xml_in("")),
+            error.app.map(|e| e.to_xml_in("")),
             Some(format!("<retry xmlns='{NS}' stamp='2017-12-03T23:42:05.000Z'/>"))
         );
-        let (error, extra) = Refusal::NotLocal.error();
+        let error = Refusal::NotLocal.error();
         assert_eq!(
-            (error.condition, error.kind, extra),
+            (error.condition, error.kind, error.app),
             (
                 StanzaCondition::NotAllowed,
                 shoal_actors::error::StanzaErrorType::Cancel,

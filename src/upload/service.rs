@@ -102,7 +102,7 @@ impl UploadService {
             // XEP-0363 asks with a get; a set is taken the same way.
             (_, "request", NS) => match self.slot(request, payload) {
                 Ok(slot) => Some(request.iq_result(Some(slot))),
-                Err(refusal) => refuse(request, &refusal),
+                Err(refusal) => request.error_reply(&refusal.error()),
             },
             _ => error(StanzaCondition::ServiceUnavailable),
         }
@@ -148,17 +148,4 @@ impl UploadService {
         let get = Element::new("get", NS).with_attr("url", url);
         Ok(Element::new("slot", NS).with_child(put).with_child(get))
     }
-}
-
-/// The error reply to a refused request, with XEP-0363's own element
-/// (`<file-too-large/>`, `<retry/>`) after the text.
-fn refuse(request: &Stanza, refusal: &Refusal) -> Option<Stanza> {
-    let (error, extra) = refusal.error();
-    let mut reply = request.error_reply(&error)?;
-    if let Some(extra) = extra {
-        if let Some(el) = reply.payloads_mut().find(|c| c.name() == "error") {
-            el.push_child(extra);
-        }
-    }
-    Some(reply)
 }

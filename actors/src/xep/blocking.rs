@@ -253,15 +253,10 @@ pub async fn blocks(router: &Router, user: &BareJid, sender: &Jid) -> bool {
 /// Sends `stanza`'s error reply straight to its sender's session, past
 /// the blocking checks that would otherwise drop it (the reply comes from
 /// the blocked JID, or goes to it).
-fn reply_direct(router: &Router, stanza: &Stanza, err: StanzaError, blocked: bool) {
-    let Some(mut reply) = stanza.error_reply(&err) else {
+fn reply_direct(router: &Router, stanza: &Stanza, err: StanzaError) {
+    let Some(reply) = stanza.error_reply(&err) else {
         return;
     };
-    if blocked {
-        if let Some(error) = reply.payloads_mut().find(|p| p.name() == "error") {
-            error.push_child(Element::new("blocked", ERRORS));
-        }
-    }
     let session = reply
         .to()
         .cloned()
@@ -282,12 +277,9 @@ fn reply_direct(router: &Router, stanza: &Stanza, err: StanzaError, blocked: boo
 /// errors, results) is dropped without a word.
 pub fn refuse_inbound(router: &Router, stanza: &Stanza) {
     match stanza.kind {
-        Kind::Message(MessageType::Chat | MessageType::Normal) | Kind::Iq(IqType::Get | IqType::Set) => reply_direct(
-            router,
-            stanza,
-            StanzaError::new(StanzaCondition::ServiceUnavailable),
-            false,
-        ),
+        Kind::Message(MessageType::Chat | MessageType::Normal) | Kind::Iq(IqType::Get | IqType::Set) => {
+            reply_direct(router, stanza, StanzaError::new(StanzaCondition::ServiceUnavailable))
+        }
         _ => log::debug!("dropped a stanza from a blocked JID"),
     }
 }
@@ -303,8 +295,9 @@ pub fn refuse_outbound(router: &Router, stanza: &Stanza) {
             let err = StanzaError {
                 kind: StanzaErrorType::Cancel,
                 ..StanzaError::new(StanzaCondition::NotAcceptable)
-            };
-            reply_direct(router, stanza, err, true)
+            }
+            .with_app(Element::new("blocked", ERRORS));
+            reply_direct(router, stanza, err)
         }
     }
 }
