@@ -36,3 +36,24 @@ pub const BIND_EXTVAL: &str = "urn:xmpp:shoal:bind-extval:0";
 pub const NICK: &str = "http://jabber.org/protocol/nick";
 /// XEP-0440: SASL channel-binding type capability.
 pub const SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+/// XEP-0115: Entity Capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// XEP-0060: Publish-Subscribe, and its event, owner and error namespaces.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+/// XEP-0045: Multi-User Chat.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+/// XEP-0049: Private XML Storage.
+pub const PRIVATE: &str = "jabber:iq:private";
+/// XEP-0402: PEP Native Bookmarks.
+pub const BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0084: User Avatar's two nodes.
+pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
+pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";
+/// XEP-0203: Delayed Delivery.
+pub const DELAY: &str = "urn:xmpp:delay";

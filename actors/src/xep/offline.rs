@@ -14,7 +14,7 @@ use crate::router::Router;
 use crate::stanza::Stanza;
 use crate::xml::Element;
 
-pub const DELAY: &str = "urn:xmpp:delay";
+pub use crate::ns::DELAY;
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 
 /// True when the message carries something worth keeping: a chat state or
