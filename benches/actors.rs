@@ -104,6 +104,7 @@ fn world() -> World {
                 session: publisher.clone(),
                 presence: Element::new("presence", shoal_actors::ns::CLIENT),
                 initial: false,
+                caps_before: None,
             };
             presence.request(first).await.unwrap();
             for f in &followers {
@@ -152,6 +153,7 @@ fn benches(c: &mut Criterion) {
                 session: world.publisher.clone(),
                 presence,
                 initial: false,
+                caps_before: None,
             };
             // Resolves once the shard has queued the presence for everyone.
             runtime.block_on(world.presence.request(msg)).unwrap();

@@ -36,6 +36,25 @@ pub struct Config {
     pub s2s: S2sConfig,
     pub http: HttpConfig,
     pub upload: UploadConfig,
+    pub caps: CapsConfig,
+}
+
+/// Entity capabilities (XEP-0115), `[caps]`: what clients' caps hashes
+/// stand for, learned by asking one client per hash.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapsConfig {
+    /// Verified hashes kept; the oldest are forgotten first, and asked
+    /// about again when next seen. 0 keeps none: every session is asked.
+    pub max_entries: usize,
+}
+
+impl Default for CapsConfig {
+    fn default() -> Self {
+        CapsConfig {
+            max_entries: shoal_actors::xep::caps::DEFAULT_MAX_ENTRIES,
+        }
+    }
 }
 
 /// XEP-0363 HTTP File Upload, `[upload]`: a published service that hands

@@ -199,6 +199,26 @@ impl StanzaError {
         }
     }
 
+    /// Reads the `<error/>` child of an error stanza another entity sent:
+    /// an unknown or missing condition is `<undefined-condition/>`, an
+    /// unknown type the condition's own.
+    pub fn from_element(error: &Element) -> StanzaError {
+        let condition = error
+            .children()
+            .filter(|c| c.ns() == ns::STANZAS_ERRORS && c.name() != "text")
+            .find_map(|c| StanzaCondition::from_name(c.name()))
+            .unwrap_or(StanzaCondition::UndefinedCondition);
+        let mut err = StanzaError::new(condition);
+        if let Some(kind) = error.attr("type").and_then(StanzaErrorType::from_name) {
+            err.kind = kind;
+        }
+        if let Some(text) = error.get_child("text", ns::STANZAS_ERRORS) {
+            err.text = Some(text.text().into());
+        }
+        err.app = error.children().find(|c| c.ns() != ns::STANZAS_ERRORS).cloned().map(Box::new);
+        err
+    }
+
     /// Adds the application-specific condition element.
     pub fn with_app(mut self, app: Element) -> Self {
         self.app = Some(Box::new(app));
@@ -302,6 +322,14 @@ mod tests {
             bare.to_element().to_xml_in(ns::CLIENT),
             "<error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
              <blocked xmlns='urn:xmpp:blocking:errors'/></error>"
+        );
+        // Read back as written.
+        assert_eq!(StanzaError::from_element(&err.to_element()), err);
+        assert_eq!(StanzaError::from_element(&bare.to_element()), bare);
+        let odd = StanzaError::from_element(&Element::new("error", ns::CLIENT).with_attr("type", "wait"));
+        assert_eq!(
+            (odd.condition, odd.kind),
+            (StanzaCondition::UndefinedCondition, StanzaErrorType::Wait)
         );
     }
 }

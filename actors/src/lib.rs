@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod ns;
 pub mod outbound;
 pub mod presence;
+pub mod requests;
 pub mod roster;
 pub mod router;
 pub mod s2s;

@@ -34,6 +34,7 @@ use crate::router::RemoteRoute;
 use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
+use crate::xep::caps::Features;
 use crate::xml::Element;
 
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
@@ -389,6 +390,15 @@ pub enum PresenceMsg {
         session: Arc<Session>,
         presence: Element,
         initial: bool,
+        /// The session's caps (XEP-0115) before this presence: the same
+        /// as its current ones when it did not change them.
+        caps_before: Option<Arc<Features>>,
+    },
+    /// A session's caps became known or changed after its presence (a
+    /// query answered); `before`: those it had.
+    CapsLearned {
+        session: Arc<Session>,
+        before: Option<Arc<Features>>,
     },
     /// A session's unavailable presence, sent or on disconnection.
     Unavailable {
@@ -430,6 +440,7 @@ impl PresenceMsg {
     fn user(&self) -> BareJid {
         match self {
             PresenceMsg::Available { session, .. }
+            | PresenceMsg::CapsLearned { session, .. }
             | PresenceMsg::Unavailable { session, .. }
             | PresenceMsg::Silent { session } => session.jid.to_bare(),
             PresenceMsg::Relation { user, .. }
@@ -477,7 +488,7 @@ impl PresenceActor {
         let relations = self.source.relations(&user);
         let profile = self.storage.profile(&user);
         let loading = async move { (relations.await, profile.await) };
-        ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, _| {
+        ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, ctx| {
             let relations = relations.unwrap_or_else(|e| {
                 log::error!("{user}: cannot load followers: {e}");
                 Relations::default()
@@ -492,12 +503,12 @@ impl PresenceActor {
                 _ => Vec::new(),
             };
             for msg in queued {
-                act.apply(&user, msg);
+                act.apply(&user, msg, ctx);
             }
         }));
     }
 
-    fn apply(&mut self, user: &BareJid, msg: PresenceMsg) {
+    fn apply(&mut self, user: &BareJid, msg: PresenceMsg, ctx: &mut Context<Self>) {
         let empty = UserState::default();
         let state = match self.users.get_mut(user) {
             Some(Entry::Ready(s)) => s,
@@ -508,6 +519,7 @@ impl PresenceActor {
                 session,
                 mut presence,
                 initial,
+                caps_before,
             } => {
                 if let Some(hash) = &state.photo_hash {
                     if !presence.has_child("x", VCARD_UPDATE) {
@@ -538,6 +550,13 @@ impl PresenceActor {
                 } else {
                     self.hooks.on_presence(&event);
                 }
+                if initial || !same_caps(&caps_before, &session.caps()) {
+                    self.caps_changed(&session, caps_before, ctx);
+                }
+            }
+            PresenceMsg::CapsLearned { session, before } => {
+                self.caps_changed(&session, before, ctx);
+                self.forget_if_offline(user);
             }
             PresenceMsg::Unavailable {
                 session,
@@ -683,12 +702,28 @@ impl PresenceActor {
         }
     }
 
+    /// A session's caps changed from `before` to its current ones, or it
+    /// became available with them (XEP-0115, XEP-0163).
+    #[allow(unused_variables)]
+    fn caps_changed(&mut self, session: &Arc<Session>, before: Option<Arc<Features>>, ctx: &mut Context<Self>) {
+        // PEP: last items for newly advertised +notify nodes
+    }
+
     /// Drops a user's cached relations once none of their sessions is
     /// available (a prober that never sent presence loaded them).
     fn forget_if_offline(&mut self, user: &BareJid) {
         if !self.sessions.resources(user).iter().any(|s| s.priority().is_some()) {
             self.users.remove(user);
         }
+    }
+}
+
+/// True when two sessions' caps are the same ones (the same ver).
+fn same_caps(a: &Option<Arc<Features>>, b: &Option<Arc<Features>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.ver() == b.ver(),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -799,13 +834,14 @@ impl Handler<PresenceMsg> for PresenceActor {
         let user = msg.user();
         match self.users.get_mut(&user) {
             Some(Entry::Loading(queue)) => queue.push(msg),
-            Some(Entry::Ready(_)) => self.apply(&user, msg),
+            Some(Entry::Ready(_)) => self.apply(&user, msg, ctx),
             None => match msg {
                 PresenceMsg::Available { .. }
+                | PresenceMsg::CapsLearned { .. }
                 | PresenceMsg::Unavailable { .. }
                 | PresenceMsg::Probe { .. }
                 | PresenceMsg::RemoteProbe { .. } => self.load(user, msg, ctx),
-                other => self.apply(&user, other),
+                other => self.apply(&user, other, ctx),
             },
         }
     }

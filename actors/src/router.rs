@@ -18,12 +18,15 @@ use crate::iq_handler::{IqHandlerTable, IqRequest, IqScope};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::ns;
 use crate::presence::PresenceHub;
+use crate::requests::ServerRequests;
 use crate::services::Services;
 use crate::session::{Origin, Refused, Session, SessionTable};
 use crate::stanza::{IqType, Kind, MessageType, PresenceType, Stanza};
 use crate::storage::Storage;
 use crate::xep::blocking::{self, Blocklists};
+use crate::xep::caps::CapsCache;
 use crate::xep::mam::{self, MamSettings};
+use crate::xml::Element;
 
 #[derive(Clone)]
 pub struct Router {
@@ -48,6 +51,10 @@ struct Inner {
     /// The route table's last entry: other servers (federation), once
     /// set. Weak: what it leads to holds the router.
     remote: OnceLock<Weak<dyn RemoteRoute>>,
+    /// IQ requests the server sent, awaiting their answers.
+    requests: ServerRequests,
+    /// What clients' caps hashes (XEP-0115) stand for.
+    caps: CapsCache,
 }
 
 /// Where stanzas for domains that are neither ours nor published services
@@ -85,6 +92,8 @@ impl Router {
                 offline_order: Arc::default(),
                 mam: MamSettings::default(),
                 remote: OnceLock::new(),
+                requests: ServerRequests::default(),
+                caps: CapsCache::new(crate::xep::caps::DEFAULT_MAX_ENTRIES),
             }),
         }
     }
@@ -107,6 +116,15 @@ impl Router {
         self
     }
 
+    /// Sets how many verified caps hashes (XEP-0115) are kept. Only while
+    /// the router is being built.
+    pub fn with_caps(mut self, max_entries: usize) -> Router {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.caps = CapsCache::new(max_entries);
+        }
+        self
+    }
+
     /// Routes stanzas for other domains through `remote` (federation).
     /// Set once; later calls change nothing.
     pub fn set_remote(&self, remote: Weak<dyn RemoteRoute>) {
@@ -125,6 +143,40 @@ impl Router {
 
     pub(crate) fn offline_order(&self) -> Arc<tokio::sync::Mutex<()>> {
         self.inner.offline_order.clone()
+    }
+
+    /// The server's own IQ requests awaiting answers.
+    pub fn requests(&self) -> &ServerRequests {
+        &self.inner.requests
+    }
+
+    /// Sends an IQ `get` or `set` from the server to `to` (from `to`'s
+    /// domain if hosted, else from the default one) and resolves to its
+    /// answer: the result, or the error (`<remote-server-timeout/>` when
+    /// none comes within `timeout`).
+    pub fn ask(
+        &self,
+        kind: IqType,
+        to: Jid,
+        payload: Element,
+        timeout: std::time::Duration,
+    ) -> impl std::future::Future<Output = crate::requests::Answer> + 'static {
+        let from = self
+            .hosts()
+            .get(to.domain())
+            .map_or_else(|| self.default_domain().clone(), |h| h.domain.clone());
+        let asked = self.requests().ask(kind, from.into(), to, payload, timeout);
+        let router = self.clone();
+        async move {
+            let (request, answer) = asked?;
+            router.route(request);
+            answer.await
+        }
+    }
+
+    /// The caps cache (XEP-0115).
+    pub fn caps(&self) -> &CapsCache {
+        &self.inner.caps
     }
 
     /// Published services by domain (components, in-process services).
@@ -269,11 +321,16 @@ impl Router {
 
     /// A stanza for the hosted domain `to` names: answered as that domain.
     fn to_server(&self, to: &Jid, stanza: Stanza) {
-        if stanza.is_iq_request() {
-            self.dispatch_iq(IqScope::Server, to.to_bare(), stanza);
+        match stanza.kind {
+            Kind::Iq(IqType::Get | IqType::Set) => self.dispatch_iq(IqScope::Server, to.to_bare(), stanza),
+            // Answers to the server's own requests; others (a late one, an
+            // answer to a ping) are dropped.
+            Kind::Iq(_) => {
+                self.inner.requests.answer(stanza);
+            }
+            // Messages and presence for the server itself have nobody to go to.
+            _ => {}
         }
-        // Messages and presence for the server itself, and IQ results, have
-        // nobody to go to.
     }
 
     fn to_bare(&self, user: &BareJid, stanza: Stanza) {

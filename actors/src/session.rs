@@ -25,6 +25,7 @@ use dashmap::DashMap;
 use crate::c2s::{Outbound, SendError};
 use crate::error::StreamError;
 use crate::jid::{BareJid, FullJid, Jid};
+use crate::xep::caps::Features;
 
 /// Orders to a connection from outside it.
 #[derive(Debug, Message)]
@@ -186,6 +187,16 @@ pub struct Session {
     /// contacts (see [`Session::roster_push_is_current`]). Boxed: most
     /// sessions get no pushes.
     pushed: Mutex<Option<Box<Pushed>>>,
+    /// Its entity capabilities (XEP-0115), once known.
+    caps: Mutex<Caps>,
+}
+
+/// A session's caps: those known, and the ver it announced last while
+/// the server asks what that one stands for.
+#[derive(Default)]
+struct Caps {
+    known: Option<Arc<Features>>,
+    awaited: Option<Box<str>>,
 }
 
 /// Contacts and the roster version last pushed of each, oldest first.
@@ -238,6 +249,7 @@ impl Session {
             holding: AtomicBool::new(false),
             held: Mutex::new(None),
             pushed: Mutex::new(None),
+            caps: Mutex::new(Caps::default()),
         }
     }
 
@@ -441,6 +453,8 @@ impl Session {
         if let Ok(mut p) = self.presence.lock() {
             *p = None;
         }
+        // Caps are announced in available presence: gone with it.
+        self.set_caps(None);
     }
 
     /// The last available presence (without `to`), if any.
@@ -451,6 +465,53 @@ impl Session {
     pub(crate) fn set_last_presence(&self, template: Bytes) {
         if let Ok(mut p) = self.presence.lock() {
             *p = Some(template);
+        }
+    }
+
+    /// Its entity capabilities (XEP-0115), if known.
+    pub fn caps(&self) -> Option<Arc<Features>> {
+        crate::c2s::lock(&self.caps).known.clone()
+    }
+
+    /// Sets its caps (`None`: none known), forgetting any it waited for.
+    pub fn set_caps(&self, caps: Option<Arc<Features>>) {
+        let mut c = crate::c2s::lock(&self.caps);
+        c.known = caps;
+        c.awaited = None;
+    }
+
+    /// True when its caps ask for notifications of PEP node `node`
+    /// (`node+notify`, XEP-0163): without caps, none.
+    pub fn notifies(&self, node: &str) -> bool {
+        crate::c2s::lock(&self.caps)
+            .known
+            .as_ref()
+            .is_some_and(|f| f.notifies(node))
+    }
+
+    /// It announced `ver`, which the server is finding out about: its caps
+    /// stay as they are until then.
+    pub(crate) fn await_caps(&self, ver: &str) {
+        crate::c2s::lock(&self.caps).awaited = Some(ver.into());
+    }
+
+    /// `features` are what `ver` stands for: its caps if it still awaits
+    /// that ver. Gives the caps it had then, `None` if it does not.
+    pub(crate) fn caps_learned(&self, ver: &str, features: &Arc<Features>) -> Option<Option<Arc<Features>>> {
+        let mut c = crate::c2s::lock(&self.caps);
+        if c.awaited.as_deref() != Some(ver) {
+            return None;
+        }
+        c.awaited = None;
+        Some(std::mem::replace(&mut c.known, Some(features.clone())))
+    }
+
+    /// Nobody told what `ver` stands for: a session that awaits it has no
+    /// caps.
+    pub(crate) fn caps_failed(&self, ver: &str) {
+        let mut c = crate::c2s::lock(&self.caps);
+        if c.awaited.as_deref() == Some(ver) {
+            *c = Caps::default();
         }
     }
 

@@ -290,6 +290,7 @@ impl C2s {
                     features.push_child(Element::new("sm", crate::xep::sm::NS));
                 }
                 features.push_child(Element::new("csi", crate::xep::csi::NS));
+                features.push_child(self.cx.server_caps(self.host.registration).clone());
                 features
             }
         };
@@ -538,11 +539,16 @@ impl C2s {
                 let initial = !self.available;
                 self.available = true;
                 session.set_available(priority);
+                // XEP-0115: before the presence goes out, so that a query
+                // about its caps reaches the client ahead of it.
+                let caps_before = session.caps();
+                crate::xep::caps::on_available(&self.cx.router, session, stanza.element());
                 let presence = stanza.into_element();
                 let msg = PresenceMsg::Available {
                     session: session.clone(),
                     presence,
                     initial,
+                    caps_before,
                 };
                 self.publish(ctx, msg);
                 if initial {

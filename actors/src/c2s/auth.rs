@@ -102,6 +102,8 @@ impl C2s {
         if self.host.registration && self.passwords_allowed() {
             features.push_child(Element::new("register", ns::REGISTER_FEATURE));
         }
+        // XEP-0115's stream feature: the server's own caps (as ejabberd offers them).
+        features.push_child(self.cx.server_caps(self.host.registration).clone());
         features
     }
 

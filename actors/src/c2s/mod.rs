@@ -17,7 +17,7 @@ pub(crate) mod transport;
 pub mod websocket;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext};
@@ -37,6 +37,7 @@ use crate::error::StreamError;
 use crate::presence::ConnectionHandler;
 use crate::router::Router;
 use crate::session_manager::SessionManager;
+use crate::xml::Element;
 use io::{Io, TlsSettings};
 use limits::{Admission, Admitted, AuthThrottle, ConnectionLimits};
 
@@ -130,6 +131,9 @@ pub struct C2sContext {
     pub connections: sweep::Connections,
     /// The limits in force; see [`C2sContext::limits`].
     limits: Current<ConnectionLimits>,
+    /// The server's caps (XEP-0115) for the stream features, made at first
+    /// use: of a domain without in-band registration, and of one with it.
+    server_caps: [OnceLock<Element>; 2],
 }
 
 impl C2sContext {
@@ -152,6 +156,7 @@ impl C2sContext {
             throttle: AuthThrottle::default(),
             registrations: AuthThrottle::default(),
             connections: sweep::Connections::default(),
+            server_caps: Default::default(),
         }
     }
 
@@ -165,6 +170,13 @@ impl C2sContext {
     /// connection), so that a reload reaches the connections already open.
     pub fn limits(&self) -> &ConnectionLimits {
         self.limits.get()
+    }
+
+    /// The server's `<c/>` for a domain that offers in-band registration
+    /// or not (its disco#info, hence its ver, differs).
+    pub(crate) fn server_caps(&self, registration: bool) -> &Element {
+        self.server_caps[usize::from(registration)]
+            .get_or_init(|| crate::xep::caps::server_caps(&self.router, registration))
     }
 
     /// Puts new connection limits in force (a reload).

@@ -7,6 +7,7 @@ use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
 use crate::ns;
 use crate::router::Router;
+use crate::xep::caps;
 use crate::xml::Element;
 
 pub struct DiscoInfo;
@@ -22,30 +23,48 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     el
 }
 
+/// The disco#info `<query/>` of a hosted domain: `server/im` and the
+/// server's features, in-band registration among them only if
+/// `registration` (the domain's policy). Its hash is the server's caps
+/// ver (XEP-0115).
+pub fn server_info(router: &Router, registration: bool) -> Element {
+    let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity("server", "im", Some("Shoal")));
+    for feature in router.iq_handlers().features(IqScope::Server) {
+        if feature == ns::REGISTER && !registration {
+            continue;
+        }
+        query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
+    }
+    query
+}
+
 impl IqHandler for DiscoInfo {
     fn handle(&self, router: &Router, req: IqRequest) -> IqFuture {
         if req.is_set() {
             return ready(Err(StanzaError::new(StanzaCondition::NotAllowed)));
         }
-        if req.payload().attr("node").is_some() {
+        let node = req.payload().attr("node");
+        if req.target.node().is_none() {
+            // The target is a hosted domain.
+            let registration = router.hosts().get(req.target.domain()).is_some_and(|h| h.registration);
+            let mut query = server_info(router, registration);
+            // XEP-0115: the node of the server's caps is its plain
+            // disco#info, named in the answer.
+            if let Some(node) = node {
+                let ver = node.strip_prefix(caps::SERVER_NODE).and_then(|v| v.strip_prefix('#'));
+                if ver.is_none_or(|v| v != caps::ver_of(&query)) {
+                    return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
+                }
+                query.set_attr("node", node);
+            }
+            return ready(Ok(Some(query)));
+        }
+        if node.is_some() {
             return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
         }
-        let (scope, ident) = if req.target.node().is_none() {
-            (IqScope::Server, identity("server", "im", Some("Shoal")))
-        } else {
-            (IqScope::Account, identity("account", "registered", None))
-        };
-        let mut query = Element::new("query", ns::DISCO_INFO).with_child(ident);
-        // The target is a hosted domain, or an account at one.
-        let registration = router.hosts().get(req.target.domain()).is_some_and(|h| h.registration);
-        for feature in router.iq_handlers().features(scope) {
-            if scope == IqScope::Server && feature == ns::REGISTER && !registration {
-                continue;
-            }
+        let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity("account", "registered", None));
+        for feature in router.iq_handlers().features(IqScope::Account) {
             query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
-        }
-        if req.target.node().is_none() {
-            return ready(Ok(Some(query)));
         }
         // An account that does not exist has nobody to answer for it.
         let storage = router.storage().clone();

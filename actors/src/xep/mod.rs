@@ -8,6 +8,7 @@ use crate::iq_handler::{IqHandlerTable, IqScope};
 use crate::ns;
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
