@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{unsid, Client, TestServer, OPEN};
+use common::{server_caps, unsid, Client, TestServer, OPEN};
 use shoal_actors::ns;
 use shoal_actors::sasl::ScramHash;
 
@@ -19,12 +19,15 @@ fn stream_header_and_features() {
     assert_eq!(header.version.as_deref(), Some("1.0"));
     assert_eq!(header.default_ns.as_deref(), Some(ns::CLIENT));
     assert!(header.id.as_deref().is_some_and(|id| id.len() >= 16));
+    let caps = server_caps(&features);
     assert_eq!(
         features.to_xml_in(ns::CLIENT),
-        "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
-         <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
-         <mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
-         </mechanisms><register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
+        format!(
+            "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+             <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
+             </mechanisms><register xmlns='http://jabber.org/features/iq-register'/>{caps}</stream:features>"
+        )
     );
     // A restart gets a fresh stream id.
     let mut d = server.connect();
@@ -57,13 +60,16 @@ fn register_in_band_then_log_in_with_every_mechanism() {
     c.auth_plain("juliet", "r0m30!");
     assert_eq!(c.recv_xml(), "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
     let features = c.open();
+    let caps = server_caps(&features);
     assert_eq!(
         features.to_xml_in(ns::CLIENT),
-        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
-         <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
-         <ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/>\
-         <extval xmlns='urn:xmpp:shoal:bind-extval:0'/><sm xmlns='urn:xmpp:sm:3'/>\
-         <csi xmlns='urn:xmpp:csi:0'/></stream:features>"
+        format!(
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>\
+             <session xmlns='urn:ietf:params:xml:ns:xmpp-session'><optional/></session>\
+             <ver xmlns='urn:xmpp:features:rosterver'/><sub xmlns='urn:xmpp:features:pre-approval'/>\
+             <extval xmlns='urn:xmpp:shoal:bind-extval:0'/><sm xmlns='urn:xmpp:sm:3'/>\
+             <csi xmlns='urn:xmpp:csi:0'/>{caps}</stream:features>"
+        )
     );
     assert_eq!(c.bind(Some("balcony")), "juliet@localhost/balcony");
 

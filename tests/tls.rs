@@ -36,14 +36,17 @@ fn starttls_then_every_mechanism() {
     assert_eq!(mechanisms(&features), ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"]);
     c.starttls(tls_client(ALL, &[]));
     let features = c.open();
+    let caps = common::server_caps(&features);
     assert_eq!(
         features.to_xml_in(ns::CLIENT),
-        "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
-         <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>\
-         <mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
-         </mechanisms><sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/>\
-         <channel-binding type='tls-server-end-point'/></sasl-channel-binding>\
-         <register xmlns='http://jabber.org/features/iq-register'/></stream:features>"
+        format!(
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism>\
+             <mechanism>SCRAM-SHA-256</mechanism><mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism>\
+             </mechanisms><sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/>\
+             <channel-binding type='tls-server-end-point'/></sasl-channel-binding>\
+             <register xmlns='http://jabber.org/features/iq-register'/>{caps}</stream:features>"
+        )
     );
     assert_eq!(c.tls().protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     let exporter = c.channel_binding("tls-exporter");

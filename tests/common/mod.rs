@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -487,6 +488,9 @@ pub struct Client {
     /// SNI and the name its certificate is checked for.
     pub domain: String,
     next_id: u32,
+    /// Stanzas read ahead (by [`Client::announce_caps`]) and not yet
+    /// taken: [`Client::recv`] gives them first.
+    held: VecDeque<Element>,
 }
 
 pub const OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
@@ -509,6 +513,7 @@ impl Client {
             header: None,
             domain: "localhost".to_owned(),
             next_id: 0,
+            held: VecDeque::new(),
         }
     }
 
@@ -623,6 +628,9 @@ impl Client {
 
     /// The next stanza (or stream-level element such as features).
     pub fn recv(&mut self) -> Element {
+        if let Some(el) = self.held.pop_front() {
+            return el;
+        }
         match self.next_frame() {
             Some(Frame::Stanza(el)) => el,
             other => panic!("expected a stanza, got {other:?}"),
@@ -768,6 +776,75 @@ impl Client {
         query.unwrap_or_default()
     }
 
+    /// Sends available presence with caps (XEP-0115) for
+    /// [`caps_query`]`(features)` and reads until the server reflects it;
+    /// what came meanwhile (the server's query about the caps, if it asks)
+    /// is kept for the next reads. Returns the ver.
+    pub fn announce_caps(&mut self, features: &[&str]) -> String {
+        let ver = shoal_actors::xep::caps::ver_of(&caps_query(features));
+        self.send(&format!(
+            "<presence><c xmlns='{}' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>",
+            ns::CAPS
+        ));
+        let me = self.jid.clone();
+        let bare = &me[..me.find('/').unwrap()];
+        let mut before = Vec::new();
+        loop {
+            let el = self.recv();
+            let reflected = el.name() == "presence"
+                && el.attr("from") == Some(me.as_str())
+                && el.attr("to") == Some(bare)
+                && el
+                    .get_child("c", ns::CAPS)
+                    .is_some_and(|c| c.attr("ver") == Some(ver.as_str()));
+            if reflected {
+                break;
+            }
+            before.push(el);
+        }
+        self.held.extend(before);
+        ver
+    }
+
+    /// Takes the server's query about this client's caps (XEP-0115), read
+    /// ahead or next (other stanzas before it are kept), checks that it
+    /// comes from the server's domain about this client's node, and
+    /// answers it with [`caps_query`]`(features)`: the features announced,
+    /// or others to lie.
+    pub fn answer_caps_query(&mut self, features: &[&str]) {
+        let is_query = |e: &Element| {
+            e.name() == "iq" && e.attr("type") == Some("get") && e.get_child("query", ns::DISCO_INFO).is_some()
+        };
+        let iq = match self.held.iter().position(is_query) {
+            Some(i) => self.held.remove(i).unwrap(),
+            None => loop {
+                let el = match self.next_frame() {
+                    Some(Frame::Stanza(el)) => el,
+                    other => panic!("expected the server's caps query, got {other:?}"),
+                };
+                if is_query(&el) {
+                    break el;
+                }
+                self.held.push_back(el);
+            },
+        };
+        assert_eq!(iq.attr("from"), Some(self.domain.as_str()), "{iq}");
+        assert_eq!(iq.attr("to"), Some(self.jid.as_str()), "{iq}");
+        let node = iq
+            .get_child("query", ns::DISCO_INFO)
+            .and_then(|q| q.attr("node"))
+            .unwrap_or_default();
+        assert!(node.starts_with(&format!("{CAPS_NODE}#")), "{iq}");
+        let mut answer = caps_query(features);
+        answer.set_attr("node", node);
+        let id = iq.attr("id").unwrap();
+        self.send(&format!(
+            "<iq type='result' to='{}' id='{id}'>{}</iq>",
+            self.domain,
+            answer.to_xml_in(ns::CLIENT)
+        ));
+    }
+
     /// Reads stanzas until one matches; returns it (the rest are dropped).
     pub fn recv_until(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
         loop {
@@ -826,6 +903,35 @@ impl Client {
             }
         }
     }
+}
+
+/// The node of the test clients' caps (XEP-0115).
+pub const CAPS_NODE: &str = "http://test";
+
+/// A test client's disco#info `<query/>`: identity `client/pc` named
+/// Test, and the features caps, disco#info and `features`.
+pub fn caps_query(features: &[&str]) -> Element {
+    let identity = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", "client")
+        .with_attr("type", "pc")
+        .with_attr("name", "Test");
+    let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity);
+    for var in [ns::CAPS, ns::DISCO_INFO].iter().chain(features) {
+        query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", *var));
+    }
+    query
+}
+
+/// The server's own caps among stream `features`, serialised, once
+/// checked: SHA-1, Shoal's node, a ver of a SHA-1's length.
+pub fn server_caps(features: &Element) -> String {
+    let c = features.get_child("c", ns::CAPS).expect("the server's caps");
+    assert_eq!(
+        (c.attr("hash"), c.attr("node"), c.attr("ver").map(str::len)),
+        (Some("sha-1"), Some("urn:xmpp:shoal"), Some(28)),
+        "{c}"
+    );
+    c.to_xml_in(ns::CLIENT)
 }
 
 /// Replaces the server's counters in roster push ids (`push17` → `push`).
