@@ -215,7 +215,11 @@ impl StanzaError {
         if let Some(text) = error.get_child("text", ns::STANZAS_ERRORS) {
             err.text = Some(text.text().into());
         }
-        err.app = error.children().find(|c| c.ns() != ns::STANZAS_ERRORS).cloned().map(Box::new);
+        err.app = error
+            .children()
+            .find(|c| c.ns() != ns::STANZAS_ERRORS)
+            .cloned()
+            .map(Box::new);
         err
     }
 
@@ -308,16 +312,17 @@ mod tests {
 
     #[test]
     fn the_application_condition_follows_the_text() {
-        let err = StanzaError::with_text(StanzaCondition::Conflict, "pubsub#access_model is presence")
-            .with_app(Element::new("precondition-not-met", "http://jabber.org/protocol/pubsub#errors"));
+        let err = StanzaError::with_text(StanzaCondition::Conflict, "pubsub#access_model is presence").with_app(
+            Element::new("precondition-not-met", "http://jabber.org/protocol/pubsub#errors"),
+        );
         assert_eq!(
             err.to_element().to_xml_in(ns::CLIENT),
             "<error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
              <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>pubsub#access_model is presence</text>\
              <precondition-not-met xmlns='http://jabber.org/protocol/pubsub#errors'/></error>"
         );
-        let bare =
-            StanzaError::new(StanzaCondition::NotAcceptable).with_app(Element::new("blocked", "urn:xmpp:blocking:errors"));
+        let bare = StanzaError::new(StanzaCondition::NotAcceptable)
+            .with_app(Element::new("blocked", "urn:xmpp:blocking:errors"));
         assert_eq!(
             bare.to_element().to_xml_in(ns::CLIENT),
             "<error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\

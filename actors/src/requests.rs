@@ -227,10 +227,7 @@ mod tests {
             assert!(!requests.answer(answer_from("romeo@localhost/a", &id, "result")));
             let got = got.lock().unwrap();
             assert_eq!(got.len(), 1);
-            assert_eq!(
-                got[0].as_ref().unwrap_err().condition,
-                StanzaCondition::ItemNotFound
-            );
+            assert_eq!(got[0].as_ref().unwrap_err().condition, StanzaCondition::ItemNotFound);
             assert!(requests.is_empty());
         });
     }

@@ -74,7 +74,10 @@ pub enum Advertised<'a> {
     Nothing,
     /// Legacy caps, another hash, or no usable ver: no caps.
     Unusable,
-    Sha1 { node: &'a str, ver: &'a str },
+    Sha1 {
+        node: &'a str,
+        ver: &'a str,
+    },
 }
 
 impl<'a> Advertised<'a> {
@@ -395,7 +398,10 @@ impl CapsCache {
         };
         p.waiters.retain(|(w, _)| !is(w, asked) && w.strong_count() > 0);
         if p.attempts < MAX_ATTEMPTS {
-            let next = p.waiters.iter().find_map(|(w, node)| Some((w.upgrade()?, node.clone())));
+            let next = p
+                .waiters
+                .iter()
+                .find_map(|(w, node)| Some((w.upgrade()?, node.clone())));
             if let Some((session, node)) = next {
                 p.attempts += 1;
                 return Retry::Ask(session, node);
