@@ -377,10 +377,8 @@ impl CapsCache {
         st.failed.remove(ver);
         if self.max_entries > 0 && !st.known.contains_key(ver) {
             while st.order.len() >= self.max_entries {
-                match st.order.pop_front() {
-                    Some(old) => st.known.remove(&old),
-                    None => break,
-                };
+                let Some(oldest) = st.order.pop_front() else { break };
+                st.known.remove(&oldest);
             }
             st.order.push_back(ver.into());
             st.known.insert(ver.into(), features.clone());
