@@ -183,7 +183,9 @@ impl ServerBuilder {
             .collect();
         let router =
             Router::new(hosts, sessions, handlers, storage, presence).with_offline_quota(config.offline.max_messages);
-        let router = router.with_mam(config.mam.settings()).with_caps(config.caps.max_entries);
+        let router = router
+            .with_mam(config.mam.settings())
+            .with_caps(config.caps.max_entries);
         let sm = SessionManager::new(router.clone(), config.sessions.max_per_user).start();
         // Bound before the listeners, so that a second server on this
         // database is refused before it takes clients. With an embedder's

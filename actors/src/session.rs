@@ -503,7 +503,7 @@ impl Session {
             return None;
         }
         c.awaited = None;
-        Some(std::mem::replace(&mut c.known, Some(features.clone())))
+        Some(c.known.replace(features.clone()))
     }
 
     /// Nobody told what `ver` stands for: a session that awaits it has no
