@@ -23,10 +23,10 @@ pub const MAX_KEYS: usize = 100;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PrivateError {
     /// Not a `<query/>`, or not exactly one element in it.
-    #[error("a <query/> holds exactly one element")]
+    #[error("exactly one element is stored or fetched at a time")]
     NotOneElement,
     /// An element in `jabber:iq:private` or `jabber:client`: reserved.
-    #[error("elements in jabber:iq:private or jabber:client cannot be stored")]
+    #[error("elements in jabber:iq:private or jabber:client are not stored")]
     ReservedNamespace,
 }
 
