@@ -1,8 +1,9 @@
 //! XEP-0227, the portable import/export format of XMPP servers: accounts
 //! with their SCRAM keys (or passwords), rosters with subscription states,
-//! vCards, offline messages and private XML. [`AccountReader`] reads files one account
-//! at a time (a file of millions is never held whole); [`Writer`] writes
-//! one. `shoal import` and `shoal export` ([`crate::migrate`]) run them.
+//! vCards, offline messages and private XML. [`AccountReader`] reads files
+//! one account at a time (a file of millions is never held whole);
+//! [`Writer`] writes one. `shoal import` and `shoal export`
+//! ([`crate::migrate`]) run them.
 //!
 //! Besides the XEP's own examples, this reads what the real exporters
 //! write (fixtures/migrate/ has both):
