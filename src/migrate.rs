@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use shoal_actors::jid::BareJid;
 use shoal_actors::ns;
 use shoal_actors::sasl::Credentials;
+use shoal_actors::xep::private::key_of;
 use shoal_actors::xep::vcard::profile_of;
 use shoal_actors::xml::{parse_element, NsBindings, ParseLimits};
 
@@ -187,6 +188,7 @@ fn account_data(account: Account, iterations: u32) -> AccountData {
         roster: account.roster,
         vcard: account.vcard.map(|v| (v.to_string(), profile_of(&v))),
         offline: account.offline.iter().map(|m| m.to_xml_in(ns::CLIENT)).collect(),
+        private: account.private.iter().map(|el| (key_of(el), el.to_string())).collect(),
     }
 }
 
@@ -256,12 +258,18 @@ fn portable_account(data: AccountData) -> Result<Account, MigrateError> {
         .iter()
         .map(|xml| parse("offline message", xml, &NsBindings::client()))
         .collect::<Result<_, _>>()?;
+    let private = data
+        .private
+        .iter()
+        .map(|(_, xml)| parse("private XML", xml, &NsBindings::empty()))
+        .collect::<Result<_, _>>()?;
     Ok(Account {
         jid: jid.clone(),
         secret: Secret::Keys(data.credentials),
         roster: data.roster,
         vcard,
         offline,
+        private,
     })
 }
 

@@ -1,8 +1,9 @@
 //! XEP-0227, the portable import/export format of XMPP servers: accounts
 //! with their SCRAM keys (or passwords), rosters with subscription states,
-//! vCards and offline messages. [`AccountReader`] reads files one account
-//! at a time (a file of millions is never held whole); [`Writer`] writes
-//! one. `shoal import` and `shoal export` ([`crate::migrate`]) run them.
+//! vCards, offline messages and private XML. [`AccountReader`] reads files
+//! one account at a time (a file of millions is never held whole);
+//! [`Writer`] writes one. `shoal import` and `shoal export`
+//! ([`crate::migrate`]) run them.
 //!
 //! Besides the XEP's own examples, this reads what the real exporters
 //! write (fixtures/migrate/ has both):
@@ -18,8 +19,10 @@
 //!   subscription requests are `<presence/>` without a namespace of their
 //!   own. Prosody 0.12 cannot export offline messages.
 //!
-//! Only what Shoal keeps is read; anything else in a `<user/>` (private
-//! XML, privacy lists, PEP nodes, archives) is passed over unbuilt.
+//! Private XML (XEP-0049) is a `<query xmlns='jabber:iq:private'/>` of
+//! the elements, as both write it. Only what Shoal keeps is read; anything
+//! else in a `<user/>` (privacy lists, PEP nodes, archives) is passed over
+//! unbuilt.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -35,7 +38,7 @@ use shoal_actors::ns;
 use shoal_actors::roster::presence::stored_request;
 use shoal_actors::roster::{RosterItem, Subscription};
 use shoal_actors::sasl::{Credentials, ScramCredentials, ScramHash};
-use shoal_actors::xep::vcard;
+use shoal_actors::xep::{private, vcard};
 use shoal_actors::xml::{open_element, Element, Node, NsBindings, ParseLimits, TreeBuilder};
 
 /// The format's namespace (XEP-0227 §2).
@@ -86,6 +89,8 @@ pub struct Account {
     pub vcard: Option<Element>,
     /// Offline messages (`jabber:client`), oldest first.
     pub offline: Vec<Element>,
+    /// Private XML elements (XEP-0049), one per key.
+    pub private: Vec<Element>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -463,6 +468,7 @@ fn kept(child: &Element) -> bool {
         || child.is("query", ns::ROSTER)
         || child.is("vCard", vcard::NS)
         || child.is("offline-messages", NS)
+        || child.is("query", ns::PRIVATE)
         || child.is("presence", ns::CLIENT)
         || child.is("presence", NS)
         || child.is("pubsub", NS_PUBSUB)
@@ -488,6 +494,7 @@ fn account(jid: BareJid, password: Option<&str>, parts: Vec<Element>) -> Result<
     let mut vcard_temp = None;
     let mut pubsub = Vec::new();
     let mut offline = Vec::new();
+    let mut private_xml: Vec<Element> = Vec::new();
     for part in parts {
         if part.is("scram-credentials", NS_SCRAM) {
             let mechanism = part.attr("mechanism").unwrap_or_default();
@@ -526,6 +533,26 @@ fn account(jid: BareJid, password: Option<&str>, parts: Vec<Element>) -> Result<
                     return Err(format!("an offline message in {:?}, not jabber:client", message.ns()));
                 }
                 offline.push(message);
+            }
+        } else if part.is("query", ns::PRIVATE) {
+            for el in part.children() {
+                private::storable(el).map_err(|e| format!("private XML <{}/>: {e}", el.name()))?;
+                // An empty element stands for nothing stored.
+                if private::is_empty(el) {
+                    continue;
+                }
+                let key = private::key_of(el);
+                if private_xml.iter().any(|p| private::key_of(p) == key) {
+                    return Err(format!("private XML {key} twice"));
+                }
+                private_xml.push(renamespaced(el, "", ""));
+            }
+            if private_xml.len() > private::MAX_KEYS {
+                return Err(format!(
+                    "{} private XML elements, more than the {} an account keeps",
+                    private_xml.len(),
+                    private::MAX_KEYS
+                ));
             }
         } else {
             pubsub.push(part);
@@ -572,6 +599,7 @@ fn account(jid: BareJid, password: Option<&str>, parts: Vec<Element>) -> Result<
         roster,
         vcard: vcard_temp.or_else(|| vcard_from_pep(&pubsub)),
         offline,
+        private: private_xml,
     })
 }
 
@@ -925,6 +953,13 @@ fn user_element(account: &Account) -> Element {
         }
         user.push_child(messages);
     }
+    if !account.private.is_empty() {
+        let mut query = Element::new("query", ns::PRIVATE);
+        for el in &account.private {
+            query.push_child(el.clone());
+        }
+        user.push_child(query);
+    }
     user
 }
 
@@ -1029,8 +1064,8 @@ mod tests {
     }
 
     /// The XEP's example form, pretty-printed and commented: a password,
-    /// a roster, a waiting request, a vCard and an offline message; what
-    /// Shoal does not keep (private XML) is passed over.
+    /// a roster, private XML, a waiting request, a vCard and an offline
+    /// message.
     #[test]
     fn reads_the_xeps_form() {
         let xml = "<?xml version='1.0' encoding='UTF-8'?>\n<!-- exported -->\n\
@@ -1091,6 +1126,10 @@ mod tests {
                 "<message from='romeo@montague.lit/orchard' to='juliet@capulet.lit' type='chat'>\
               <body>Wherefore art thou?</body></message>"
             ]
+        );
+        assert_eq!(
+            juliet.private.iter().map(Element::to_string).collect::<Vec<_>>(),
+            ["<exodus xmlns='exodus:prefs'><defaultnick>Jules</defaultnick></exodus>"]
         );
     }
 
@@ -1181,6 +1220,15 @@ mod tests {
                 roster: vec![romeo, nurse, tybalt, friar],
                 vcard: Some(Element::new("vCard", vcard::NS).with_child(Element::new("FN", vcard::NS).with_text("J"))),
                 offline: vec![message],
+                private: vec![
+                    Element::new("storage", "storage:bookmarks").with_child(
+                        Element::new("conference", "storage:bookmarks")
+                            .with_attr("jid", "balcony@conference.capulet.lit")
+                            .with_attr("autojoin", "true"),
+                    ),
+                    Element::new("exodus", "exodus:prefs")
+                        .with_child(Element::new("defaultnick", "exodus:prefs").with_text("Jules")),
+                ],
             },
             Account {
                 jid: jid("romeo@montague.lit"),
@@ -1191,6 +1239,7 @@ mod tests {
                 roster: vec![],
                 vcard: None,
                 offline: vec![],
+                private: vec![],
             },
             Account {
                 jid: jid("tybalt@capulet.lit"),
@@ -1198,6 +1247,7 @@ mod tests {
                 roster: vec![],
                 vcard: None,
                 offline: vec![],
+                private: vec![],
             },
         ];
         let mut writer = Writer::new(Vec::new()).unwrap();

@@ -21,6 +21,7 @@ use shoal_actors::sasl::{Credentials, ScramCredentials};
 use shoal_actors::storage::{PairFn, Profile, RosterFn, Storage, StorageError, StorageFuture};
 use shoal_actors::xep::blocking::Blocklist;
 use shoal_actors::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, ArchivedMessage, DefaultPolicy, MamPrefs};
+use shoal_actors::xep::private;
 use shoal_actors::xep::rsm::Cursor;
 
 use crate::group_commit::ArchiveWriter;
@@ -140,6 +141,16 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 8: accounts keyed by bare JID (several hosted domains).
     Migration::AccountsByJid,
+    // 11: private XML (XEP-0049), one element per account and key
+    // (`{namespace}name`, as `xep::private::key_of` makes it).
+    Migration::Sql(
+        "CREATE TABLE private_xml (
+        username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        key      TEXT NOT NULL,
+        xml      TEXT NOT NULL,
+        PRIMARY KEY (username, key)
+    ) WITHOUT ROWID;",
+    ),
 ];
 
 /// Every column that holds an account, by table: migration 8 rewrites
@@ -1027,6 +1038,63 @@ impl SqliteStore {
     }
 }
 
+/// Private XML (XEP-0049).
+impl SqliteStore {
+    /// The user's element stored under `key`, as XML.
+    pub fn private_xml(&self, user: &BareJid, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT xml FROM private_xml WHERE username = ?1 AND key = ?2")?
+            .query_row(params![user.as_str(), key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Every element the user stored, by key.
+    pub fn private_xml_all(&self, user: &BareJid) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, xml FROM private_xml WHERE username = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stores (`Some`) or forgets (`None`) the user's element under `key`;
+    /// `false`, storing nothing, when there is no such user or the user has
+    /// [`private::MAX_KEYS`] other keys already. One transaction: the count
+    /// and the write cannot be split by another writer.
+    pub fn set_private_xml(&mut self, user: &BareJid, key: &str, xml: Option<&str>) -> Result<bool, StoreError> {
+        let username = user.as_str();
+        let tx = self.write()?;
+        let Some(xml) = xml else {
+            tx.execute(
+                "DELETE FROM private_xml WHERE username = ?1 AND key = ?2",
+                params![username, key],
+            )?;
+            tx.commit()?;
+            return Ok(true);
+        };
+        let exists = tx
+            .query_row("SELECT 1 FROM users WHERE username = ?1", [username], |_| Ok(()))
+            .optional()?
+            .is_some();
+        let others: i64 = tx.query_row(
+            "SELECT count(*) FROM private_xml WHERE username = ?1 AND key <> ?2",
+            params![username, key],
+            |r| r.get(0),
+        )?;
+        if !exists || others as usize >= private::MAX_KEYS {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO private_xml (username, key, xml) VALUES (?1, ?2, ?3)
+             ON CONFLICT (username, key) DO UPDATE SET xml = excluded.xml",
+            params![username, key, xml],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+}
+
 /// An account with what moves with it between servers (XEP-0227): what
 /// `shoal import` writes and `shoal export` reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1040,6 +1108,8 @@ pub struct AccountData {
     pub vcard: Option<(String, Profile)>,
     /// Offline messages (XML, as stored), oldest first.
     pub offline: Vec<String>,
+    /// Private XML (XEP-0049): (key, XML), by key.
+    pub private: Vec<(String, String)>,
 }
 
 /// Whole accounts, for migrations (`shoal import`, `shoal export`).
@@ -1079,6 +1149,12 @@ impl SqliteStore {
         for message in &account.offline {
             insert_offline(&tx, username, message)?;
         }
+        for (key, xml) in &account.private {
+            tx.execute(
+                "INSERT INTO private_xml (username, key, xml) VALUES (?1, ?2, ?3)",
+                params![username, key, xml],
+            )?;
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -1113,6 +1189,7 @@ impl SqliteStore {
             roster,
             vcard,
             offline,
+            private: self.private_xml_all(user)?,
         }))
     }
 }
@@ -1668,6 +1745,16 @@ impl Storage for SqliteStorage {
     fn purge_archive(&self, before_ms: i64) -> StorageFuture<()> {
         self.writer.purge(before_ms)
     }
+
+    fn private_xml(&self, user: &BareJid, key: &str) -> StorageFuture<Option<String>> {
+        let (u, k) = (user.clone(), key.to_owned());
+        self.query(StorageOp::PrivateXml, move |s| s.private_xml(&u, &k))
+    }
+
+    fn set_private_xml(&self, user: &BareJid, key: &str, xml: Option<String>) -> StorageFuture<bool> {
+        let (u, k) = (user.clone(), key.to_owned());
+        self.query(StorageOp::SetPrivateXml, move |s| s.set_private_xml(&u, &k, xml.as_deref()))
+    }
 }
 
 /// Stores one offline message of `username`'s (in the caller's transaction).
@@ -2053,6 +2140,10 @@ mod tests {
                 },
             )),
             offline: vec!["<message to='juliet@localhost'><body>1</body></message>".into()],
+            private: vec![(
+                "{storage:bookmarks}storage".into(),
+                "<storage xmlns='storage:bookmarks'><conference jid='r@c.localhost'/></storage>".into(),
+            )],
         };
         assert!(!s.import_account(&data, false).unwrap(), "juliet exists");
         assert!(s.import_account(&data, true).unwrap());
@@ -2296,6 +2387,37 @@ mod tests {
         let left: i64 = s
             .conn
             .query_row("SELECT count(*) FROM blocklist", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn private_xml_round_trips_within_its_bound_and_goes_with_its_user() {
+        let (_dir, mut s) = store_with(&["juliet"]);
+        let juliet = jid("juliet");
+        let key = "{exodus:prefs}exodus";
+        assert_eq!(s.private_xml(&juliet, key).unwrap(), None);
+        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>1</exodus>")).unwrap());
+        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>2</exodus>")).unwrap());
+        assert_eq!(
+            s.private_xml(&juliet, key).unwrap().as_deref(),
+            Some("<exodus xmlns='exodus:prefs'>2</exodus>")
+        );
+        assert!(!s.set_private_xml(&jid("nobody"), key, Some("<exodus xmlns='exodus:prefs'/>")).unwrap());
+        // Up to MAX_KEYS keys; a kept one still changes at the bound.
+        for i in 1..private::MAX_KEYS {
+            assert!(s.set_private_xml(&juliet, &format!("{{urn:t:{i}}}p"), Some("<p/>")).unwrap());
+        }
+        assert!(!s.set_private_xml(&juliet, "{urn:t:more}p", Some("<p/>")).unwrap());
+        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>3</exodus>")).unwrap());
+        assert_eq!(s.private_xml_all(&juliet).unwrap().len(), private::MAX_KEYS);
+        assert!(s.set_private_xml(&juliet, key, None).unwrap());
+        assert_eq!(s.private_xml(&juliet, key).unwrap(), None);
+        assert!(s.set_private_xml(&juliet, "{urn:t:more}p", Some("<p/>")).unwrap());
+        assert!(s.delete_user(&juliet).unwrap());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM private_xml", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
     }

@@ -339,8 +339,9 @@ fn server_iqs_disco_ping_version() {
         "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/><feature var='urn:xmpp:mam:2#extended'/>\
-         <feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/><feature var='vcard-temp'/></query></iq>"
+         <feature var='jabber:iq:private'/><feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/>\
+         <feature var='urn:xmpp:mam:2#extended'/><feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/>\
+         <feature var='vcard-temp'/></query></iq>"
     );
     c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(

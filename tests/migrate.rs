@@ -321,6 +321,47 @@ fn an_export_imports_into_another_server_unchanged() {
         .contains("<item jid='juliet@ejabberd.test' subscription='both' name='Juliet'>"));
 }
 
+/// Private XML (XEP-0049) in a `<user/>`, as Prosody and ejabberd write
+/// it: its owner reads it back after the import, and an export writes it
+/// again (by key). An empty element stands for nothing stored.
+#[test]
+fn private_xml_moves_with_its_account() {
+    let s = Setup::new();
+    let file = s.file(
+        "juliet.xml",
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='prosody.test'><user name='juliet' password='pw'>\n\
+         <query xmlns='jabber:iq:private'>\n\
+         <storage xmlns='storage:bookmarks'><conference jid='council@conference.prosody.test' autojoin='true'>\
+         <nick>Jules</nick></conference></storage>\n\
+         <roster xmlns='roster:delimiter'>::</roster>\n\
+         <exodus xmlns='exodus:prefs'/>\n\
+         </query></user></host></server-data>\n",
+    );
+    let (ok, out, err) = s.shoal(args!["import", file]);
+    assert!(ok, "{out}{err}");
+    let bookmarks = "<storage xmlns='storage:bookmarks'>\
+                     <conference jid='council@conference.prosody.test' autojoin='true'><nick>Jules</nick></conference>\
+                     </storage>";
+    let mut juliet = s.login("juliet@prosody.test", "pw", "balcony");
+    juliet.send(
+        "<iq type='get' id='p1'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query></iq>",
+    );
+    assert_eq!(
+        juliet.recv_xml(),
+        format!(
+            "<iq id='p1' type='result' to='juliet@prosody.test/balcony'>\
+             <query xmlns='jabber:iq:private'>{bookmarks}</query></iq>"
+        )
+    );
+    let export = s.dir.path().join("export.xml");
+    assert!(s.shoal(args!["export", export]).0);
+    let written = std::fs::read_to_string(&export).unwrap();
+    let expected = format!(
+        "<query xmlns='jabber:iq:private'><roster xmlns='roster:delimiter'>::</roster>{bookmarks}</query></user>"
+    );
+    assert!(written.contains(&expected), "{written}");
+}
+
 #[test]
 fn bad_files_are_refused_saying_where_and_why_and_nothing_is_imported() {
     let s = Setup::new();

@@ -218,6 +218,8 @@ wire_enum! {
         MamPrefs => "mam_prefs",
         SetMamPrefs => "set_mam_prefs",
         PurgeArchive => "purge_archive",
+        PrivateXml => "private_xml",
+        SetPrivateXml => "set_private_xml",
     }
 }
 

@@ -13,6 +13,7 @@ use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterLimit, R
 use crate::sasl::Credentials;
 use crate::xep::blocking::Blocklist;
 use crate::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, MamPrefs};
+use crate::xep::private;
 
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
@@ -167,6 +168,20 @@ pub trait Storage: Send + Sync + 'static {
     fn purge_archive(&self, _before_ms: i64) -> StorageFuture<()> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// The user's private XML element (XEP-0049) stored under `key`
+    /// ([`private::key_of`]), as XML. A storage without private XML has none.
+    fn private_xml(&self, _user: &BareJid, _key: &str) -> StorageFuture<Option<String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Stores (`Some`) or forgets (`None`) the user's element under `key`.
+    /// `false` when nothing was stored: there is no such user, the user
+    /// has [`private::MAX_KEYS`] other keys already, or the storage keeps
+    /// no private XML (the client is told).
+    fn set_private_xml(&self, _user: &BareJid, _key: &str, _xml: Option<String>) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 /// Everything in memory: for tests and for embedders that keep nothing.
@@ -192,6 +207,8 @@ struct MemoryUser {
     /// The message archive, oldest first.
     archive: Vec<ArchiveRow>,
     mam_prefs: Option<MamPrefs>,
+    /// Private XML (XEP-0049) by key.
+    private: BTreeMap<String, String>,
 }
 
 /// One record change against a user held in memory.
@@ -290,6 +307,7 @@ impl Storage for MemoryStorage {
                     blocklist: Default::default(),
                     archive: Vec::new(),
                     mam_prefs: None,
+                    private: BTreeMap::new(),
                 });
                 true
             }
@@ -520,6 +538,31 @@ impl Storage for MemoryStorage {
         self.with(move |u| {
             for user in u.values_mut() {
                 user.archive.retain(|r| r.ts_ms >= before_ms);
+            }
+        })
+    }
+
+    fn private_xml(&self, account: &BareJid, key: &str) -> StorageFuture<Option<String>> {
+        let (account, key) = (account.clone(), key.to_owned());
+        self.with(move |u| u.get(&account).and_then(|u| u.private.get(&key).cloned()))
+    }
+
+    fn set_private_xml(&self, account: &BareJid, key: &str, xml: Option<String>) -> StorageFuture<bool> {
+        let (account, key) = (account.clone(), key.to_owned());
+        self.with(move |u| {
+            let Some(user) = u.get_mut(&account) else {
+                return false;
+            };
+            match xml {
+                None => {
+                    user.private.remove(&key);
+                    true
+                }
+                Some(_) if !user.private.contains_key(&key) && user.private.len() >= private::MAX_KEYS => false,
+                Some(xml) => {
+                    user.private.insert(key, xml);
+                    true
+                }
             }
         })
     }

@@ -17,6 +17,7 @@ pub mod last;
 pub mod mam;
 pub mod offline;
 pub mod ping;
+pub mod private;
 pub mod register;
 pub mod rsm;
 pub mod sid;
@@ -48,6 +49,7 @@ pub fn standard_iq_handlers(features: &ServerFeatures) -> IqHandlerTable {
         Arc::new(crate::roster::handler::RosterHandler),
     );
     table.register(IqScope::Account, vcard::NS, Arc::new(vcard::VCard));
+    table.register(IqScope::Account, ns::PRIVATE, Arc::new(private::Private));
     // Sent without `to` (XEP-0191 §3), so to the account; the server's
     // entry is what disco#info to the domain advertises (§3.1).
     table.register(IqScope::Account, blocking::NS, Arc::new(blocking::Blocking));
