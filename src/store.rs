@@ -1753,7 +1753,9 @@ impl Storage for SqliteStorage {
 
     fn set_private_xml(&self, user: &BareJid, key: &str, xml: Option<String>) -> StorageFuture<bool> {
         let (u, k) = (user.clone(), key.to_owned());
-        self.query(StorageOp::SetPrivateXml, move |s| s.set_private_xml(&u, &k, xml.as_deref()))
+        self.query(StorageOp::SetPrivateXml, move |s| {
+            s.set_private_xml(&u, &k, xml.as_deref())
+        })
     }
 }
 
@@ -2397,19 +2399,29 @@ mod tests {
         let juliet = jid("juliet");
         let key = "{exodus:prefs}exodus";
         assert_eq!(s.private_xml(&juliet, key).unwrap(), None);
-        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>1</exodus>")).unwrap());
-        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>2</exodus>")).unwrap());
+        assert!(s
+            .set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>1</exodus>"))
+            .unwrap());
+        assert!(s
+            .set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>2</exodus>"))
+            .unwrap());
         assert_eq!(
             s.private_xml(&juliet, key).unwrap().as_deref(),
             Some("<exodus xmlns='exodus:prefs'>2</exodus>")
         );
-        assert!(!s.set_private_xml(&jid("nobody"), key, Some("<exodus xmlns='exodus:prefs'/>")).unwrap());
+        assert!(!s
+            .set_private_xml(&jid("nobody"), key, Some("<exodus xmlns='exodus:prefs'/>"))
+            .unwrap());
         // Up to MAX_KEYS keys; a kept one still changes at the bound.
         for i in 1..private::MAX_KEYS {
-            assert!(s.set_private_xml(&juliet, &format!("{{urn:t:{i}}}p"), Some("<p/>")).unwrap());
+            assert!(s
+                .set_private_xml(&juliet, &format!("{{urn:t:{i}}}p"), Some("<p/>"))
+                .unwrap());
         }
         assert!(!s.set_private_xml(&juliet, "{urn:t:more}p", Some("<p/>")).unwrap());
-        assert!(s.set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>3</exodus>")).unwrap());
+        assert!(s
+            .set_private_xml(&juliet, key, Some("<exodus xmlns='exodus:prefs'>3</exodus>"))
+            .unwrap());
         assert_eq!(s.private_xml_all(&juliet).unwrap().len(), private::MAX_KEYS);
         assert!(s.set_private_xml(&juliet, key, None).unwrap());
         assert_eq!(s.private_xml(&juliet, key).unwrap(), None);

@@ -92,7 +92,10 @@ fn stored_elements_come_back_to_every_session_of_the_account() {
 
     // A set replaces; an empty set forgets.
     let changed = "<exodus xmlns='exodus:prefs'><defaultnick>J.</defaultnick></exodus>";
-    assert_eq!(private(&mut chamber, "set", changed), set_result("juliet@localhost/chamber"));
+    assert_eq!(
+        private(&mut chamber, "set", changed),
+        set_result("juliet@localhost/chamber")
+    );
     assert_eq!(
         private(&mut balcony, "get", "<exodus xmlns='exodus:prefs'/>"),
         result(BALCONY, changed)
@@ -130,7 +133,10 @@ fn another_accounts_private_data_is_forbidden() {
     ));
     assert_eq!(romeo.recv_xml(), forbidden("<exodus xmlns='exodus:prefs'/>"));
     let tampered = "<exodus xmlns='exodus:prefs'><defaultnick>Romeo's</defaultnick></exodus>";
-    romeo.send(&format!("<iq type='set' id='r1' to='juliet@localhost'>{}</iq>", query(tampered)));
+    romeo.send(&format!(
+        "<iq type='set' id='r1' to='juliet@localhost'>{}</iq>",
+        query(tampered)
+    ));
     assert_eq!(romeo.recv_xml(), forbidden(tampered));
 
     // Hers is unchanged, and his own is his.
@@ -160,10 +166,15 @@ fn another_accounts_private_data_is_forbidden() {
 fn a_query_holds_one_element_in_a_namespace_of_its_own() {
     let server = server_with(&["juliet"]);
     let mut juliet = server.login("juliet", "juliet", "balcony");
-    let refused = |inner: &str, error: String| {
-        format!("<iq id='ID' type='error' to='{BALCONY}'>{}{error}</iq>", query(inner))
+    let refused =
+        |inner: &str, error: String| format!("<iq id='ID' type='error' to='{BALCONY}'>{}{error}</iq>", query(inner));
+    let one = || {
+        error(
+            "modify",
+            "bad-request",
+            "exactly one element is stored or fetched at a time",
+        )
     };
-    let one = || error("modify", "bad-request", "exactly one element is stored or fetched at a time");
     let reserved = || {
         error(
             "modify",
@@ -241,7 +252,10 @@ fn legacy_bookmarks_round_trip() {
     // One bookmark removed: the list is replaced whole.
     let fewer = "<storage xmlns='storage:bookmarks'>\
                  <conference jid='balcony@conference.localhost' autojoin='false'/></storage>";
-    assert_eq!(private(&mut juliet, "set", fewer), set_result("juliet@localhost/chamber"));
+    assert_eq!(
+        private(&mut juliet, "set", fewer),
+        set_result("juliet@localhost/chamber")
+    );
     assert_eq!(
         private(&mut juliet, "get", "<storage xmlns='storage:bookmarks'/>"),
         result("juliet@localhost/chamber", fewer)

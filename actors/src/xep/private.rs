@@ -131,9 +131,15 @@ mod tests {
                 "<query xmlns='jabber:iq:private'><a xmlns='x'/><b xmlns='y'/></query>",
                 PrivateError::NotOneElement,
             ),
-            ("<query xmlns='jabber:iq:other'><a xmlns='x'/></query>", PrivateError::NotOneElement),
+            (
+                "<query xmlns='jabber:iq:other'><a xmlns='x'/></query>",
+                PrivateError::NotOneElement,
+            ),
             // Without a namespace of its own it is in jabber:iq:private.
-            ("<query xmlns='jabber:iq:private'><a/></query>", PrivateError::ReservedNamespace),
+            (
+                "<query xmlns='jabber:iq:private'><a/></query>",
+                PrivateError::ReservedNamespace,
+            ),
             (
                 "<query xmlns='jabber:iq:private'><a xmlns='jabber:client'/></query>",
                 PrivateError::ReservedNamespace,
@@ -144,7 +150,10 @@ mod tests {
         }
         let err = StanzaError::from(PrivateError::ReservedNamespace);
         assert_eq!(err.condition, StanzaCondition::NotAcceptable);
-        assert_eq!(StanzaError::from(PrivateError::NotOneElement).condition, StanzaCondition::BadRequest);
+        assert_eq!(
+            StanzaError::from(PrivateError::NotOneElement).condition,
+            StanzaCondition::BadRequest
+        );
     }
 
     #[test]
@@ -152,7 +161,9 @@ mod tests {
         assert_eq!(key_of(&el("<exodus xmlns='exodus:prefs'/>")), "{exodus:prefs}exodus");
         assert!(is_empty(&el("<storage xmlns='storage:bookmarks' a='1'>\n  </storage>")));
         assert!(!is_empty(&el("<exodus xmlns='exodus:prefs'>x</exodus>")));
-        assert!(!is_empty(&el("<storage xmlns='storage:bookmarks'><conference jid='a@b'/></storage>")));
+        assert!(!is_empty(&el(
+            "<storage xmlns='storage:bookmarks'><conference jid='a@b'/></storage>"
+        )));
     }
 
     #[actix_rt::test]
@@ -164,7 +175,14 @@ mod tests {
             .await
             .unwrap());
         let prefs = el("<exodus xmlns='exodus:prefs'><defaultnick>Jules</defaultnick></exodus>");
-        let get = || answer(storage.clone(), juliet.clone(), false, el("<exodus xmlns='exodus:prefs'/>"));
+        let get = || {
+            answer(
+                storage.clone(),
+                juliet.clone(),
+                false,
+                el("<exodus xmlns='exodus:prefs'/>"),
+            )
+        };
         let query = |inner: &str| format!("<query xmlns='jabber:iq:private'>{inner}</query>");
         assert_eq!(
             get().await.unwrap().unwrap().to_string(),
