@@ -7,6 +7,8 @@
 //!     shoal-load --prefix o --register offline --sm --recipients 5 --count 1000
 //!     shoal-load --prefix r --register roster --users 500 --contacts 100
 //!     shoal-load --prefix c --register components --component-port 5347 --component-secret SECRET --pairs 100
+//!     shoal-load --prefix muc --register muc --occupants 1000 --talkers 10 --rounds 50
+//!     shoal-load --prefix pep --register pep --followers 1000 --rounds 100
 //!
 //! Accounts are PREFIX0..PREFIXn with one password; --register creates
 //! them first by XEP-0077 (not timed).
@@ -18,7 +20,7 @@ use clap::{Parser, Subcommand};
 use shoal::load::client::{LoadError, Target};
 use shoal::load::components::{self, ComponentTarget, Mode, Requests};
 use shoal::load::scenarios::Peer;
-use shoal::load::{offline, raise_open_files, roster_storm, rss_kib, scenarios};
+use shoal::load::{muc, offline, pep, raise_open_files, roster_storm, rss_kib, scenarios};
 
 #[derive(Parser)]
 #[command(name = "shoal-load", about = "Load driver for XMPP servers")]
@@ -158,6 +160,27 @@ enum Scenario {
         #[arg(long)]
         messages: bool,
     },
+    /// N occupants (PREFIXo0 ...) join bench@conference.DOMAIN; each round
+    /// T of them send one groupchat message each at once: time from each
+    /// sending until every occupant has it.
+    Muc {
+        #[arg(long, default_value_t = 1000)]
+        occupants: usize,
+        #[arg(long, default_value_t = 10)]
+        talkers: usize,
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+    },
+    /// A publisher (PREFIXpub) with F followers (PREFIXf0 ...) wanting its
+    /// tune (caps with +notify) publishes ROUNDS times: time from each
+    /// publish until the last follower has it. The subscriptions are made
+    /// mutual with --register.
+    Pep {
+        #[arg(long, default_value_t = 1000)]
+        followers: usize,
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -223,9 +246,17 @@ fn main() -> ExitCode {
             // One account per client; the component needs none.
             Scenario::Components { pairs, .. } => pairs,
             Scenario::Provision { accounts } => accounts,
+            // PREFIXo0...; PREFIXpub and PREFIXf0...: registered below.
+            Scenario::Muc { occupants, .. } => occupants,
+            Scenario::Pep { followers, .. } => followers + 1,
         };
         if accounts + 64 > files as usize {
             eprintln!("shoal-load: warning: {accounts} connections but only {files} open files allowed");
+        }
+        if peer.is_some() && matches!(cli.scenario, Scenario::Muc { .. } | Scenario::Pep { .. }) {
+            return Err(LoadError::Unexpected(
+                "muc and pep run on one server: no --peer-host".into(),
+            ));
         }
         if cli.register {
             if let Some(peer) = &peer {
@@ -241,6 +272,14 @@ fn main() -> ExitCode {
                 Scenario::Roster { users, contacts } => {
                     scenarios::provision(&target, &cli.prefix, users, cli.parallel).await?;
                     roster_storm::befriend(&target, &cli.prefix, users, contacts, cli.parallel).await?;
+                }
+                Scenario::Muc { occupants, .. } => {
+                    scenarios::provision(&target, &format!("{}o", cli.prefix), occupants, cli.parallel).await?;
+                }
+                Scenario::Pep { followers, .. } => {
+                    scenarios::provision(&target, &format!("{}f", cli.prefix), followers, cli.parallel).await?;
+                    scenarios::provision_one(&target, &format!("{}pub", cli.prefix)).await?;
+                    pep::befriend(&target, &cli.prefix, followers, cli.parallel).await?;
                 }
                 _ => scenarios::provision(&target, &cli.prefix, accounts, cli.parallel).await?,
             }
@@ -312,6 +351,25 @@ fn main() -> ExitCode {
                     count,
                 };
                 components::components(&target, &component, &cli.prefix, requests, cli.parallel, cli.server_pid).await
+            }
+            Scenario::Muc {
+                occupants,
+                talkers,
+                rounds,
+            } => {
+                muc::muc(
+                    &target,
+                    &cli.prefix,
+                    occupants,
+                    talkers,
+                    rounds,
+                    cli.parallel,
+                    cli.server_pid,
+                )
+                .await
+            }
+            Scenario::Pep { followers, rounds } => {
+                pep::pep(&target, &cli.prefix, followers, rounds, cli.parallel, cli.server_pid).await
             }
             Scenario::Provision { .. } if !cli.register => {
                 Err(LoadError::Unexpected("provision needs --register".into()))

@@ -5,8 +5,11 @@
 
 pub mod client;
 pub mod components;
+pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod roster_storm;
+pub mod rounds;
 pub mod scenarios;
 pub mod websocket;
 
