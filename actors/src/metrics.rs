@@ -218,6 +218,14 @@ wire_enum! {
         MamPrefs => "mam_prefs",
         SetMamPrefs => "set_mam_prefs",
         PurgeArchive => "purge_archive",
+        PepNodes => "pep_nodes",
+        PepSetNode => "pep_set_node",
+        PepDeleteNode => "pep_delete_node",
+        PepPublish => "pep_publish",
+        PepItems => "pep_items",
+        PepRetract => "pep_retract",
+        PepPurge => "pep_purge",
+        PepLastItems => "pep_last_items",
     }
 }
 
