@@ -1479,6 +1479,15 @@ impl SqliteStore {
 const NODE_COLUMNS: &str = "node, access_model, roster_groups, max_items, persist_items, send_last, notify_retract, \
                             notify_delete, deliver_notifications, deliver_payloads, title, type";
 
+/// A node's roster groups, as `pep_nodes` keeps them ('\n'-separated).
+fn node_groups(column: &str) -> Vec<String> {
+    column
+        .split('\n')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A node (without its whitelist) from a row of [`NODE_COLUMNS`]. Values
 /// this code did not write fall back to the most closed ones.
 fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredNode> {
@@ -1488,7 +1497,7 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredNode> {
         node: text(0)?,
         config: NodeConfig {
             access_model: AccessModel::parse(&text(1)?).unwrap_or(AccessModel::Whitelist),
-            roster_groups: groups.split('\n').filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+            roster_groups: node_groups(&groups),
             max_items: MaxItems::parse(&text(3)?, u32::MAX).unwrap_or(MaxItems::Count(1)),
             persist_items: r.get(4)?,
             send_last: SendLast::parse(&text(5)?).unwrap_or(SendLast::Never),
@@ -1515,7 +1524,9 @@ impl SqliteStore {
         let mut stmt = self
             .conn
             .prepare_cached("SELECT node, jid FROM pep_whitelist WHERE owner = ?1 ORDER BY node, jid")?;
-        let rows = stmt.query_map([owner.as_str()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([owner.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
         for row in rows {
             let (node, jid) = row?;
             // Stored normalised by this code: a row that no longer parses is skipped.
@@ -1724,7 +1735,7 @@ impl SqliteStore {
                     node: r.get(1)?,
                     config: NodeConfig {
                         access_model: AccessModel::parse(&access).unwrap_or(AccessModel::Whitelist),
-                        roster_groups: groups.split('\n').filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+                        roster_groups: node_groups(&groups),
                         ..NodeConfig::default()
                     },
                     whitelist: if whitelisted { vec![viewer.clone()] } else { Vec::new() },
@@ -1735,8 +1746,12 @@ impl SqliteStore {
             for row in rows {
                 let (owner, node, viewer_groups, item) = row?;
                 let Ok(owner) = BareJid::parse(&owner) else { continue };
-                let groups: Option<Vec<String>> = viewer_groups
-                    .map(|g| g.split(GROUP_SEPARATOR).filter(|g| !g.is_empty()).map(str::to_owned).collect());
+                let groups: Option<Vec<String>> = viewer_groups.map(|g| {
+                    g.split(GROUP_SEPARATOR)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                });
                 if owner == *viewer || shoal_actors::storage::may_see(&node, viewer, groups.as_deref()) {
                     out.push((owner, node.node, item));
                 }
@@ -2715,11 +2730,23 @@ mod tests {
         let (_dir, mut s) = store_with(&["juliet", "romeo", "nurse"]);
         let (juliet, romeo, nurse) = (jid("juliet"), jid("romeo"), jid("nurse"));
         let tune = pep_node("tune", AccessModel::Presence, &[]);
-        assert!(s.pep_publish(&juliet, "tune", Some(&tune), &pep_item("a", 1), 2).unwrap().is_empty());
-        assert!(s.pep_publish(&juliet, "tune", None, &pep_item("b", 2), 2).unwrap().is_empty());
+        assert!(s
+            .pep_publish(&juliet, "tune", Some(&tune), &pep_item("a", 1), 2)
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .pep_publish(&juliet, "tune", None, &pep_item("b", 2), 2)
+            .unwrap()
+            .is_empty());
         // "a" again is the newest, so "b" is now the oldest of three.
-        assert_eq!(s.pep_publish(&juliet, "tune", None, &pep_item("a", 3), 2).unwrap(), ["b"]);
-        assert_eq!(s.pep_publish(&juliet, "tune", None, &pep_item("c", 4), 2).unwrap(), ["a"]);
+        assert_eq!(
+            s.pep_publish(&juliet, "tune", None, &pep_item("a", 3), 2).unwrap(),
+            ["b"]
+        );
+        assert_eq!(
+            s.pep_publish(&juliet, "tune", None, &pep_item("c", 4), 2).unwrap(),
+            ["a"]
+        );
         let ids = |items: Vec<StoredItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
         assert_eq!(ids(s.pep_items(&juliet, "tune", None, None).unwrap()), ["c", "a"]);
         assert_eq!(ids(s.pep_items(&juliet, "tune", None, Some(1)).unwrap()), ["c"]);
@@ -2728,9 +2755,11 @@ mod tests {
         assert_eq!(s.pep_items(&juliet, "tune", None, None).unwrap()[0], pep_item("c", 4));
 
         let secret = pep_node("secret", AccessModel::Whitelist, &["romeo"]);
-        s.pep_publish(&juliet, "secret", Some(&secret), &pep_item("s", 5), 2).unwrap();
+        s.pep_publish(&juliet, "secret", Some(&secret), &pep_item("s", 5), 2)
+            .unwrap();
         let friends = pep_node("friends", AccessModel::Roster, &[]);
-        s.pep_publish(&juliet, "friends", Some(&friends), &pep_item("f", 6), 2).unwrap();
+        s.pep_publish(&juliet, "friends", Some(&friends), &pep_item("f", 6), 2)
+            .unwrap();
         // Romeo is in her Friends group.
         let friend = RosterItem {
             groups: vec!["Friends".into()],
@@ -2765,7 +2794,11 @@ mod tests {
             ..secret
         };
         s.pep_set_node(&juliet, &open).unwrap();
-        assert_eq!(s.pep_items(&juliet, "secret", None, None).unwrap().len(), 1, "items stay");
+        assert_eq!(
+            s.pep_items(&juliet, "secret", None, None).unwrap().len(),
+            1,
+            "items stay"
+        );
         assert!(s.pep_nodes(&juliet).unwrap().contains(&open));
         assert!(s.pep_retract(&juliet, "tune", "c").unwrap());
         assert!(!s.pep_retract(&juliet, "tune", "c").unwrap());
@@ -2780,7 +2813,10 @@ mod tests {
         assert_eq!(left, 0);
         // The account takes everything with it.
         assert!(s.delete_user(&juliet).unwrap());
-        let left: i64 = s.conn.query_row("SELECT count(*) FROM pep_items", [], |r| r.get(0)).unwrap();
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM pep_items", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(left, 0);
     }
 }

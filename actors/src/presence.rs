@@ -34,6 +34,8 @@ use crate::router::RemoteRoute;
 use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
+use crate::xep::caps::Features;
+use crate::xep::pep::{PepJob, PepSettings, PepState};
 use crate::xml::Element;
 
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
@@ -191,7 +193,8 @@ pub fn addressed(template: &[u8], to: &str) -> Bytes {
     Bytes::from(out)
 }
 
-fn template_of(presence: &Element) -> Bytes {
+/// A stanza serialised without `to`, to be [`addressed`] per recipient.
+pub(crate) fn template_of(presence: &Element) -> Bytes {
     let mut out = Vec::with_capacity(128);
     presence.write_to(&mut out, ns::CLIENT);
     Bytes::from(out)
@@ -424,6 +427,9 @@ pub enum PresenceMsg {
         jids: Vec<Jid>,
         blocked: bool,
     },
+    /// An operation on `owner`'s PEP nodes (XEP-0163), run in the owner's
+    /// shard, where the followers its notifications go to are.
+    Pep { owner: BareJid, job: PepJob },
 }
 
 impl PresenceMsg {
@@ -435,6 +441,7 @@ impl PresenceMsg {
             PresenceMsg::Relation { user, .. }
             | PresenceMsg::PhotoHash { user, .. }
             | PresenceMsg::Blocked { user, .. } => user.clone(),
+            PresenceMsg::Pep { owner, .. } => owner.clone(),
             PresenceMsg::Probe { from, .. } => from.to_bare(),
             PresenceMsg::RemoteProbe { contact, .. } => contact.clone(),
         }
@@ -446,6 +453,8 @@ struct UserState {
     followers: HashSet<BareJid>,
     followees: HashSet<BareJid>,
     photo_hash: Option<String>,
+    /// The user's PEP nodes, from the first operation on them.
+    pep: Option<Box<PepState>>,
 }
 
 enum Entry {
@@ -461,6 +470,8 @@ pub struct PresenceActor {
     hooks: Arc<dyn ConnectionHandler>,
     users: HashMap<BareJid, Entry>,
     remote: RemotePresence,
+    /// `[pep]`, shared by the shards (set once, by the host program).
+    pep: Arc<OnceLock<PepSettings>>,
 }
 
 impl Actor for PresenceActor {
@@ -477,7 +488,7 @@ impl PresenceActor {
         let relations = self.source.relations(&user);
         let profile = self.storage.profile(&user);
         let loading = async move { (relations.await, profile.await) };
-        ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, _| {
+        ctx.spawn(loading.into_actor(self).map(move |(relations, profile), act, ctx| {
             let relations = relations.unwrap_or_else(|e| {
                 log::error!("{user}: cannot load followers: {e}");
                 Relations::default()
@@ -486,18 +497,19 @@ impl PresenceActor {
                 followers: relations.followers.into_iter().collect(),
                 followees: relations.followees.into_iter().collect(),
                 photo_hash: profile.ok().and_then(|p| p.photo_hash),
+                pep: None,
             };
             let queued = match act.users.insert(user.clone(), Entry::Ready(state)) {
                 Some(Entry::Loading(q)) => q,
                 _ => Vec::new(),
             };
             for msg in queued {
-                act.apply(&user, msg);
+                act.apply(&user, msg, ctx);
             }
         }));
     }
 
-    fn apply(&mut self, user: &BareJid, msg: PresenceMsg) {
+    fn apply(&mut self, user: &BareJid, msg: PresenceMsg, ctx: &mut Context<Self>) {
         let empty = UserState::default();
         let state = match self.users.get_mut(user) {
             Some(Entry::Ready(s)) => s,
@@ -642,7 +654,74 @@ impl PresenceActor {
                 let changed = crate::xep::blocking::Blocklist::new(jids);
                 blocking_changed(&self.sessions, &user, state, &changed, blocked);
             }
+            PresenceMsg::Pep { owner, job } => self.pep_job(owner, job, ctx),
         }
+    }
+
+    /// `[pep]`, or its defaults when the host program set none.
+    fn pep_settings(&self) -> PepSettings {
+        self.pep.get().copied().unwrap_or_default()
+    }
+
+    /// Queues a PEP operation on `owner`'s nodes: they run one at a time
+    /// per owner, so that notifications go out in commit order.
+    fn pep_job(&mut self, owner: BareJid, job: PepJob, ctx: &mut Context<Self>) {
+        let settings = self.pep_settings();
+        if let Some(Entry::Ready(state)) = self.users.get_mut(&owner) {
+            let pep = state.pep.get_or_insert_with(|| Box::new(PepState::new(&settings)));
+            pep.push(job, &settings);
+        }
+        self.pep_next(owner, ctx);
+    }
+
+    /// Starts `owner`'s next PEP operation unless one runs; once none is
+    /// left, the owner's state goes if the owner is offline.
+    fn pep_next(&mut self, owner: BareJid, ctx: &mut Context<Self>) {
+        let settings = self.pep_settings();
+        let running = match self.users.get_mut(&owner) {
+            Some(Entry::Ready(state)) => match state.pep.as_mut() {
+                Some(pep) => pep.start(&owner, &self.storage, &state.followers, settings),
+                None => None,
+            },
+            _ => None,
+        };
+        let Some(running) = running else {
+            return self.forget_if_offline(&owner);
+        };
+        ctx.spawn(running.into_actor(self).map(move |done, act, ctx| {
+            if let Some(Entry::Ready(state)) = act.users.get_mut(&owner) {
+                if let Some(pep) = state.pep.as_mut() {
+                    pep.finish(&owner, done, &act.sessions, &state.followers);
+                }
+            }
+            act.pep_next(owner, ctx);
+        }));
+    }
+
+    /// PEP: last items for newly advertised +notify nodes (design §2.3):
+    /// for the nodes this session's caps name with `+notify` and `before`
+    /// did not, the last item of each the user and the user's local
+    /// followees have, in one storage query. Clients that want no
+    /// notifications cost nothing here.
+    fn caps_changed(&mut self, session: &Arc<Session>, before: Option<Arc<Features>>, ctx: &mut Context<Self>) {
+        let Some(after) = session.caps() else { return };
+        let new: Vec<String> = after
+            .notify_nodes()
+            .filter(|n| !before.as_ref().is_some_and(|b| b.notifies(n)))
+            .map(str::to_owned)
+            .collect();
+        if new.is_empty() || session.priority().is_none() {
+            return;
+        }
+        let user = session.jid.to_bare();
+        let mut owners = vec![user.clone()];
+        if let Some(Entry::Ready(state)) = self.users.get(&user) {
+            let local = state.followees.iter().filter(|f| !self.remote.is_remote(f));
+            owners.extend(local.cloned());
+        }
+        let (storage, sessions) = (self.storage.clone(), self.sessions.clone());
+        let send = crate::xep::pep::last_items(storage, sessions, session.clone(), owners, new);
+        ctx.spawn(send.into_actor(self));
     }
 
     /// Answers a probe from another server's user: a follower gets the last
@@ -684,8 +763,14 @@ impl PresenceActor {
     }
 
     /// Drops a user's cached relations once none of their sessions is
-    /// available (a prober that never sent presence loaded them).
+    /// available (a prober that never sent presence loaded them), unless a
+    /// PEP operation of theirs runs or waits.
     fn forget_if_offline(&mut self, user: &BareJid) {
+        if let Some(Entry::Ready(state)) = self.users.get(user) {
+            if state.pep.as_ref().is_some_and(|p| p.busy()) {
+                return;
+            }
+        }
         if !self.sessions.resources(user).iter().any(|s| s.priority().is_some()) {
             self.users.remove(user);
         }
@@ -799,13 +884,14 @@ impl Handler<PresenceMsg> for PresenceActor {
         let user = msg.user();
         match self.users.get_mut(&user) {
             Some(Entry::Loading(queue)) => queue.push(msg),
-            Some(Entry::Ready(_)) => self.apply(&user, msg),
+            Some(Entry::Ready(_)) => self.apply(&user, msg, ctx),
             None => match msg {
                 PresenceMsg::Available { .. }
                 | PresenceMsg::Unavailable { .. }
                 | PresenceMsg::Probe { .. }
-                | PresenceMsg::RemoteProbe { .. } => self.load(user, msg, ctx),
-                other => self.apply(&user, other),
+                | PresenceMsg::RemoteProbe { .. }
+                | PresenceMsg::Pep { .. } => self.load(user, msg, ctx),
+                other => self.apply(&user, other, ctx),
             },
         }
     }
@@ -816,6 +902,7 @@ impl Handler<PresenceMsg> for PresenceActor {
 pub struct PresenceHub {
     shards: Arc<Vec<Addr<PresenceActor>>>,
     remote: RemotePresence,
+    pep: Arc<OnceLock<PepSettings>>,
 }
 
 impl PresenceHub {
@@ -828,8 +915,10 @@ impl PresenceHub {
         hooks: Arc<dyn ConnectionHandler>,
     ) -> PresenceHub {
         let remote = RemotePresence::default();
+        let pep: Arc<OnceLock<PepSettings>> = Arc::default();
         let make = {
             let (sessions, source, storage, hooks, remote) = (sessions, source, storage, hooks, remote.clone());
+            let pep = pep.clone();
             move || PresenceActor {
                 sessions: sessions.clone(),
                 source: source.clone(),
@@ -837,6 +926,7 @@ impl PresenceHub {
                 hooks: hooks.clone(),
                 users: HashMap::new(),
                 remote: remote.clone(),
+                pep: pep.clone(),
             }
         };
         let shards = if arbiters.is_empty() {
@@ -853,7 +943,14 @@ impl PresenceHub {
         PresenceHub {
             shards: Arc::new(shards),
             remote,
+            pep,
         }
+    }
+
+    /// Sets `[pep]` for every shard (XEP-0163). Set once, before any PEP
+    /// operation; later calls change nothing. Unset: the defaults.
+    pub fn set_pep(&self, settings: PepSettings) {
+        let _ = self.pep.set(settings);
     }
 
     /// Presence for users of domains other than `hosts` goes through

@@ -735,7 +735,9 @@ impl Storage for MemoryStorage {
                     .filter(|i| i.in_roster)
                     .map(|i| i.groups.as_slice());
                 for name in &nodes {
-                    let Some((node, items)) = user.pep.get(name) else { continue };
+                    let Some((node, items)) = user.pep.get(name) else {
+                        continue;
+                    };
                     let Some(last) = items.last() else { continue };
                     let sends = node.config.send_last == SendLast::OnSubAndPresence;
                     if sends && (*owner == viewer || may_see(node, &viewer, groups)) {

@@ -1,7 +1,8 @@
 //! XEP-0030: Service Discovery. Each hosted domain is a `server/im`,
 //! answering as itself with its own features (in-band registration is
-//! per domain); an account is `account/registered`, answered by the server
-//! on the account's behalf.
+//! per domain); an account is `account/registered` (and `pubsub/pep`
+//! with PEP, its items its nodes), answered by the server on the
+//! account's behalf.
 
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
@@ -36,6 +37,10 @@ impl IqHandler for DiscoInfo {
             (IqScope::Account, identity("account", "registered", None))
         };
         let mut query = Element::new("query", ns::DISCO_INFO).with_child(ident);
+        // XEP-0163 §6.1: an account with PEP is also a pubsub/pep service.
+        if scope == IqScope::Account && crate::xep::pep::enabled(router) {
+            query.push_child(identity("pubsub", "pep", None));
+        }
         // The target is a hosted domain, or an account at one.
         let registration = router.hosts().get(req.target.domain()).is_some_and(|h| h.registration);
         for feature in router.iq_handlers().features(scope) {
@@ -70,6 +75,10 @@ impl IqHandler for DiscoItems {
         }
         if req.payload().attr("node").is_some() {
             return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
+        }
+        // An account lists its PEP nodes the asker may see.
+        if req.target.node().is_some() && crate::xep::pep::enabled(router) {
+            return crate::xep::pep::disco_items(router, req.target.clone(), req.from.to_bare());
         }
         let mut query = Element::new("query", ns::DISCO_ITEMS);
         // The server lists what is published on it (ejabberd's

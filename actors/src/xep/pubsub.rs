@@ -367,7 +367,11 @@ impl NodeConfigPatch {
             wanted.set(*field, values, cap)?;
             let have = config.get(*field);
             if wanted.get(*field) != have {
-                return Err(PubsubError::Precondition(format!("{} is {}", field.var(), have.join(","))));
+                return Err(PubsubError::Precondition(format!(
+                    "{} is {}",
+                    field.var(),
+                    have.join(",")
+                )));
             }
         }
         Ok(())
@@ -740,7 +744,9 @@ mod tests {
     fn publish_shapes_are_checked() {
         let publish = |inner: &str| {
             req(
-                &format!("<iq type='set' id='p'><pubsub xmlns='http://jabber.org/protocol/pubsub'>{inner}</pubsub></iq>"),
+                &format!(
+                    "<iq type='set' id='p'><pubsub xmlns='http://jabber.org/protocol/pubsub'>{inner}</pubsub></iq>"
+                ),
                 true,
             )
         };
@@ -807,8 +813,14 @@ mod tests {
                 set,
             )
         };
-        assert_eq!(owner("<delete node='n'/>", true), Ok(Request::Delete { node: "n".into() }));
-        assert_eq!(owner("<purge node='n'/>", true), Ok(Request::Purge { node: "n".into() }));
+        assert_eq!(
+            owner("<delete node='n'/>", true),
+            Ok(Request::Delete { node: "n".into() })
+        );
+        assert_eq!(
+            owner("<purge node='n'/>", true),
+            Ok(Request::Purge { node: "n".into() })
+        );
         assert_eq!(owner("<purge/>", true), Err(PubsubError::NodeIdRequired));
         assert_eq!(owner("<default/>", false), Ok(Request::Default));
         assert_eq!(
@@ -842,7 +854,10 @@ mod tests {
             true,
         )
         .unwrap();
-        let Request::ConfigureSet { config: Some(patch), .. } = set else {
+        let Request::ConfigureSet {
+            config: Some(patch), ..
+        } = set
+        else {
             panic!("{set:?}")
         };
         let config = patch.apply(&NodeConfig::default(), 256).unwrap();
@@ -885,7 +900,9 @@ mod tests {
         };
         assert_eq!(
             unknown.check(&node, 256),
-            Err(PubsubError::Precondition("pubsub#frobnicate is not a node option".into()))
+            Err(PubsubError::Precondition(
+                "pubsub#frobnicate is not a node option".into()
+            ))
         );
         let err: StanzaError = PubsubError::Precondition("pubsub#access_model is presence".into()).into();
         assert_eq!(
