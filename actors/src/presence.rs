@@ -689,10 +689,17 @@ impl PresenceActor {
             return self.forget_if_offline(&owner);
         };
         ctx.spawn(running.into_actor(self).map(move |done, act, ctx| {
-            if let Some(Entry::Ready(state)) = act.users.get_mut(&owner) {
-                if let Some(pep) = state.pep.as_mut() {
-                    pep.finish(&owner, done, &act.sessions, &state.followers);
-                }
+            let photo = match act.users.get_mut(&owner) {
+                Some(Entry::Ready(state)) => match state.pep.as_mut() {
+                    Some(pep) => pep.finish(&owner, done, &act.sessions, &state.followers),
+                    None => None,
+                },
+                _ => None,
+            };
+            // A client's avatar became the vCard's photo (XEP-0398).
+            if let Some(hash) = photo {
+                let user = owner.clone();
+                act.apply(&owner, PresenceMsg::PhotoHash { user, hash }, ctx);
             }
             act.pep_next(owner, ctx);
         }));

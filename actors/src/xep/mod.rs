@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::iq_handler::{IqHandlerTable, IqScope};
 use crate::ns;
 
+pub mod avatar;
 pub mod blocking;
 pub mod carbons;
 pub mod csi;

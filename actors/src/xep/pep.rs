@@ -86,7 +86,9 @@ impl IqHandler for Pep {
     }
 
     fn features(&self) -> Vec<String> {
-        pubsub::features()
+        let mut features = pubsub::features();
+        features.push(super::avatar::CONVERSION.to_owned());
+        features
     }
 }
 
@@ -118,7 +120,7 @@ pub async fn publish_as_server(
         item_id,
         payload,
         options: defaults,
-        defaults_only: true,
+        by_server: true,
     });
     let result = submit(router.presence().clone(), owner.clone(), None, op).await?;
     result
@@ -222,6 +224,8 @@ pub(crate) struct Done {
     reply: oneshot::Sender<IqResult>,
     result: IqResult,
     notices: Vec<Notice>,
+    /// The vCard photo's new hash, when a client's avatar changed it.
+    photo: Option<Option<String>>,
 }
 
 impl PepState {
@@ -279,19 +283,21 @@ impl PepState {
 
     /// Takes back the nodes, notifies, then answers (Prosody's and
     /// ejabberd's order: the publisher's own +notify session sees the
-    /// event before the result).
+    /// event before the result). Returns the vCard photo's new hash (XEP-0153)
+    /// when the operation changed it.
     pub(crate) fn finish(
         &mut self,
         owner: &BareJid,
         done: Done,
         sessions: &SessionTable,
         followers: &HashSet<BareJid>,
-    ) {
+    ) -> Option<Option<String>> {
         self.nodes = Some(done.nodes);
         for notice in &done.notices {
             notice.send(owner, sessions, followers);
         }
         let _ = done.reply.send(done.result);
+        done.photo
     }
 }
 
@@ -357,7 +363,7 @@ fn notify(
 
 /// A stored payload, read back: written by this server, under its limits
 /// at the time (which may have been wider than the defaults).
-fn parse_stored(xml: &str) -> Option<Element> {
+pub(crate) fn parse_stored(xml: &str) -> Option<Element> {
     let limits = ParseLimits {
         max_depth: usize::MAX,
         max_attrs: usize::MAX,
@@ -421,17 +427,19 @@ struct Publish {
     item_id: Option<String>,
     payload: Element,
     options: Option<NodeConfigPatch>,
-    /// The options only configure a node created (the server's publishes).
-    defaults_only: bool,
+    /// The server's: its options only configure a node it creates, and
+    /// it is not converted (XEP-0398) back.
+    by_server: bool,
 }
 
 async fn run(cx: Cx, mut nodes: Nodes, job: PepJob) -> Done {
     let PepJob { viewer, op, reply } = job;
-    let mut notices = Vec::new();
+    let mut out = Outcome::default();
     let result = match load(&cx, &mut nodes).await {
-        Ok(()) => perform(&cx, &mut nodes.map, viewer.as_ref(), op, &mut notices).await,
+        Ok(()) => perform(&cx, &mut nodes.map, viewer.as_ref(), op, &mut out).await,
         Err(e) => Err(e.into()),
     };
+    let Outcome { mut notices, photo } = out;
     // A failed operation notifies nothing (a node deleted is notified
     // before the deletion is stored, with the audience it had).
     if result.is_err() {
@@ -442,7 +450,15 @@ async fn run(cx: Cx, mut nodes: Nodes, job: PepJob) -> Done {
         reply,
         result,
         notices,
+        photo,
     }
+}
+
+/// What an operation leaves to do once it is answered.
+#[derive(Default)]
+struct Outcome {
+    notices: Vec<Notice>,
+    photo: Option<Option<String>>,
 }
 
 /// Reads the owner's nodes at the first operation.
@@ -457,16 +473,10 @@ async fn load(cx: &Cx, nodes: &mut Nodes) -> Result<(), StorageError> {
 
 type NodeMap = HashMap<String, StoredNode>;
 
-async fn perform(
-    cx: &Cx,
-    nodes: &mut NodeMap,
-    viewer: Option<&BareJid>,
-    op: PepOp,
-    notices: &mut Vec<Notice>,
-) -> IqResult {
+async fn perform(cx: &Cx, nodes: &mut NodeMap, viewer: Option<&BareJid>, op: PepOp, out: &mut Outcome) -> IqResult {
     let request = match op {
         PepOp::DiscoItems => return disco_items_of(cx, nodes, viewer).await,
-        PepOp::ServerPublish(p) => return publish(cx, nodes, p, notices).await,
+        PepOp::ServerPublish(p) => return publish(cx, nodes, p, out).await,
         PepOp::Iq(request) => request,
     };
     let cap = cx.settings.max_items;
@@ -482,9 +492,9 @@ async fn perform(
                 item_id,
                 payload,
                 options,
-                defaults_only: false,
+                by_server: false,
             };
-            publish(cx, nodes, p, notices).await
+            publish(cx, nodes, p, out).await
         }
         Request::Items { node, max_items, ids } => {
             let n = nodes.get(&node).ok_or(PubsubError::ItemNotFound)?;
@@ -510,7 +520,7 @@ async fn perform(
             // `notify='true'` forces it (XEP-0402 relies on it).
             if forced || n.config.notify_retract {
                 let retract = Element::new("retract", pubsub::EVENT).with_attr("id", item_id.as_str());
-                notice(cx, n, pubsub::event_items(&node, [retract]), notices).await?;
+                notice(cx, n, pubsub::event_items(&node, [retract]), &mut out.notices).await?;
             }
             Ok(None)
         }
@@ -519,7 +529,7 @@ async fn perform(
             cx.storage.pep_purge(&cx.owner, &node).await?;
             if n.config.notify_retract {
                 let purge = Element::new("purge", pubsub::EVENT).with_attr("node", node.as_str());
-                notice(cx, n, purge, notices).await?;
+                notice(cx, n, purge, &mut out.notices).await?;
             }
             Ok(None)
         }
@@ -528,7 +538,7 @@ async fn perform(
             if n.config.notify_delete {
                 // Its audience is computed while the node is still there.
                 let delete = Element::new("delete", pubsub::EVENT).with_attr("node", node.as_str());
-                notice(cx, n, delete, notices).await?;
+                notice(cx, n, delete, &mut out.notices).await?;
             }
             cx.storage.pep_delete_node(&cx.owner, &node).await?;
             nodes.remove(&node);
@@ -611,14 +621,14 @@ async fn perform(
 /// XEP-0060 §7.1 as XEP-0163 §7.1 has it: checks, auto-create (with the
 /// publish-options as its configuration), storage with trimming, then
 /// the notifications of the item and of the items trimmed.
-async fn publish(cx: &Cx, nodes: &mut NodeMap, p: Publish, notices: &mut Vec<Notice>) -> IqResult {
+async fn publish(cx: &Cx, nodes: &mut NodeMap, p: Publish, out: &mut Outcome) -> IqResult {
     let cap = cx.settings.max_items;
     let xml = p.payload.to_string();
     if xml.len() > cx.settings.max_item_bytes {
         return Err(PubsubError::PayloadTooBig.into());
     }
     let create = match (nodes.get(&p.node), &p.options) {
-        (Some(node), Some(options)) if !p.defaults_only => {
+        (Some(node), Some(options)) if !p.by_server => {
             options.check(&node.config, cap)?;
             None
         }
@@ -665,14 +675,20 @@ async fn publish(cx: &Cx, nodes: &mut NodeMap, p: Publish, notices: &mut Vec<Not
     if p.node == ns::NICK {
         set_nick(cx, &p.payload).await;
     }
+    if p.node == ns::AVATAR_METADATA && !p.by_server {
+        match super::avatar::to_vcard(&*cx.storage, &cx.owner, &p.payload).await {
+            Ok(photo) => out.photo = photo,
+            Err(e) => log::error!("{}: the avatar published is not the vCard's photo: {e}", cx.owner),
+        }
+    }
     let payload = config.deliver_payloads.then_some(p.payload);
     let published = pubsub::event_items(&p.node, [pubsub::item(pubsub::EVENT, &id, payload)]);
-    notice(cx, &node, published, notices).await?;
+    notice(cx, &node, published, &mut out.notices).await?;
     if config.notify_retract && !trimmed.is_empty() {
         let retracts = trimmed
             .iter()
             .map(|t| Element::new("retract", pubsub::EVENT).with_attr("id", t.as_str()));
-        notice(cx, &node, pubsub::event_items(&p.node, retracts), notices).await?;
+        notice(cx, &node, pubsub::event_items(&p.node, retracts), &mut out.notices).await?;
     }
     let publish = Element::new("publish", pubsub::NS)
         .with_attr("node", p.node.as_str())
