@@ -67,7 +67,11 @@ impl MaxItems {
     pub fn parse(s: &str, cap: u32) -> Option<MaxItems> {
         match s.trim() {
             "max" => Some(MaxItems::Max),
-            n => n.parse().ok().filter(|n| (1..=cap).contains(n)).map(MaxItems::Count),
+            n => n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=cap).contains(n))
+                .map(MaxItems::Count),
         }
     }
 
@@ -564,7 +568,7 @@ pub fn parse(payload: &Element, set: bool) -> Result<Request, PubsubError> {
             let max_items = match first.attr("max_items") {
                 None => None,
                 Some(m) => Some(
-                    m.parse()
+                    m.parse::<u32>()
                         .map_err(|_| PubsubError::BadRequest("max_items is not a number"))?,
                 ),
             };
