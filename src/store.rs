@@ -1670,7 +1670,7 @@ impl SqliteStore {
             sql.push_str(&format!(" LIMIT {max}"));
         }
         let mut stmt = self.conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args.iter()), item_from_row)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), |r| pep_item_at(r, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1740,7 +1740,7 @@ impl SqliteStore {
                     },
                     whitelist: if whitelisted { vec![viewer.clone()] } else { Vec::new() },
                 };
-                let item = item_from_row_at(r, 6)?;
+                let item = pep_item_at(r, 6)?;
                 Ok((owner, node, viewer_groups, item))
             })?;
             for row in rows {
@@ -1761,13 +1761,9 @@ impl SqliteStore {
     }
 }
 
-/// An item from the row's columns `item_id, publisher, published_ms, xml`.
-fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredItem> {
-    item_from_row_at(r, 0)
-}
-
-/// [`item_from_row`] from column `at` on.
-fn item_from_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredItem> {
+/// A PEP item from the row's columns `item_id, publisher, published_ms,
+/// xml`, the first at `at`.
+fn pep_item_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredItem> {
     let publisher: Option<String> = r.get(at + 1)?;
     Ok(StoredItem {
         id: r.get(at)?,
@@ -2751,7 +2747,10 @@ mod tests {
         assert_eq!(ids(s.pep_items(&juliet, "tune", None, None).unwrap()), ["c", "a"]);
         assert_eq!(ids(s.pep_items(&juliet, "tune", None, Some(1)).unwrap()), ["c"]);
         let wanted = ["a".to_owned(), "zz".to_owned()];
-        assert_eq!(ids(s.pep_items(&juliet, "tune", Some(&wanted), None).unwrap()), ["a"]);
+        assert_eq!(
+            ids(s.pep_items(&juliet, "tune", Some(&wanted[..]), None).unwrap()),
+            ["a"]
+        );
         assert_eq!(s.pep_items(&juliet, "tune", None, None).unwrap()[0], pep_item("c", 4));
 
         let secret = pep_node("secret", AccessModel::Whitelist, &["romeo"]);
