@@ -117,6 +117,7 @@ impl PepConfig {
     /// The presence shards' settings.
     pub fn settings(&self) -> shoal_actors::xep::pep::PepSettings {
         shoal_actors::xep::pep::PepSettings {
+            enabled: self.enabled,
             max_nodes: self.max_nodes,
             max_item_bytes: self.max_item_bytes,
             max_items: self.max_items,

@@ -717,7 +717,7 @@ impl PresenceActor {
             .filter(|n| !before.as_ref().is_some_and(|b| b.notifies(n)))
             .map(str::to_owned)
             .collect();
-        if new.is_empty() || session.priority().is_none() {
+        if new.is_empty() || session.priority().is_none() || !self.pep_settings().enabled {
             return;
         }
         let user = session.jid.to_bare();

@@ -39,6 +39,9 @@ use crate::xml::{parse_element, Element, NsBindings, ParseLimits};
 /// `[pep]`: what one account may keep and do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PepSettings {
+    /// Off: no last items at login either (the handler is not registered
+    /// then, and what was published before stays unsent).
+    pub enabled: bool,
     /// Nodes per account.
     pub max_nodes: usize,
     /// Largest payload, serialised.
@@ -53,6 +56,7 @@ pub struct PepSettings {
 impl Default for PepSettings {
     fn default() -> Self {
         PepSettings {
+            enabled: true,
             max_nodes: 100,
             max_item_bytes: 256 * 1024,
             max_items: 256,
