@@ -136,6 +136,40 @@ pub async fn publish_as_server(
         .ok_or_else(|| StanzaError::new(StanzaCondition::InternalServerError))
 }
 
+/// Retracts `owner`'s item `item_id` of `node` on the owner's behalf
+/// (XEP-0411: a legacy bookmark removed), notified whatever the node's
+/// `notify_retract` says. `<item-not-found/>` when there is no such item.
+pub async fn retract_as_server(router: &Router, owner: &BareJid, node: &str, item_id: &str) -> Result<(), StanzaError> {
+    let retract = Request::Retract {
+        node: node.to_owned(),
+        item_id: item_id.to_owned(),
+        notify: true,
+    };
+    submit(router.presence().clone(), owner.clone(), None, PepOp::Iq(retract)).await?;
+    Ok(())
+}
+
+/// `owner`'s items of `node`, oldest first, as (id, payload), read on the
+/// server's behalf (XEP-0411 views). `<item-not-found/>` without the node.
+pub async fn items_as_server(
+    router: &Router,
+    owner: &BareJid,
+    node: &str,
+) -> Result<Vec<(String, Element)>, StanzaError> {
+    let items = Request::Items {
+        node: node.to_owned(),
+        max_items: None,
+        ids: Vec::new(),
+    };
+    let result = submit(router.presence().clone(), owner.clone(), None, PepOp::Iq(items)).await?;
+    let listed = result.as_ref().and_then(|r| r.get_child("items", pubsub::NS));
+    Ok(listed
+        .into_iter()
+        .flat_map(|items| items.children())
+        .filter_map(|i| Some((i.attr("id")?.to_owned(), i.children().next()?.clone())))
+        .collect())
+}
+
 /// An account's disco#items (XEP-0030 on a PEP service): the nodes
 /// `asker` may read, as Prosody's `account-disco-items` lists them.
 pub(crate) fn disco_items(router: &Router, owner: BareJid, asker: BareJid) -> IqFuture {
