@@ -2,7 +2,7 @@
 //! followers' sessions that ask with `+notify` caps (XEP-0115), access
 //! models, publish-options preconditions, node configuration, retraction,
 //! purge, deletion and trimming, the last item at login, limits, a
-//! restart, and XEP-0172 nicknames.
+//! restart, XEP-0172 nicknames and XEP-0398 avatar conversion.
 //!
 //! juliet's contacts are romeo and nurse (`both`); tybalt is nobody's.
 

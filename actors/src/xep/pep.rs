@@ -116,9 +116,6 @@ pub async fn publish_as_server(
     payload: Element,
     defaults: Option<NodeConfigPatch>,
 ) -> Result<String, StanzaError> {
-    if !enabled(router) {
-        return Err(StanzaError::new(StanzaCondition::FeatureNotImplemented));
-    }
     let op = PepOp::ServerPublish(Publish {
         node: node.to_owned(),
         item_id,
@@ -126,7 +123,7 @@ pub async fn publish_as_server(
         options: defaults,
         by_server: true,
     });
-    let result = submit(router.presence().clone(), owner.clone(), None, op).await?;
+    let result = as_server(router, owner, op).await?;
     result
         .as_ref()
         .and_then(|r| r.get_child("publish", pubsub::NS))
@@ -145,7 +142,7 @@ pub async fn retract_as_server(router: &Router, owner: &BareJid, node: &str, ite
         item_id: item_id.to_owned(),
         notify: true,
     };
-    submit(router.presence().clone(), owner.clone(), None, PepOp::Iq(retract)).await?;
+    as_server(router, owner, PepOp::Iq(retract)).await?;
     Ok(())
 }
 
@@ -161,13 +158,21 @@ pub async fn items_as_server(
         max_items: None,
         ids: Vec::new(),
     };
-    let result = submit(router.presence().clone(), owner.clone(), None, PepOp::Iq(items)).await?;
+    let result = as_server(router, owner, PepOp::Iq(items)).await?;
     let listed = result.as_ref().and_then(|r| r.get_child("items", pubsub::NS));
     Ok(listed
         .into_iter()
         .flat_map(|items| items.children())
         .filter_map(|i| Some((i.attr("id")?.to_owned(), i.children().next()?.clone())))
         .collect())
+}
+
+/// Runs `op` on `owner`'s nodes with the owner's rights, if PEP is on.
+async fn as_server(router: &Router, owner: &BareJid, op: PepOp) -> IqResult {
+    if !enabled(router) {
+        return Err(StanzaError::new(StanzaCondition::FeatureNotImplemented));
+    }
+    submit(router.presence().clone(), owner.clone(), None, op).await
 }
 
 /// An account's disco#items (XEP-0030 on a PEP service): the nodes
