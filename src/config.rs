@@ -37,6 +37,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub upload: UploadConfig,
     pub caps: CapsConfig,
+    pub pep: PepConfig,
 }
 
 /// Entity capabilities (XEP-0115), `[caps]`: what clients' caps hashes
@@ -96,6 +97,52 @@ impl Default for UploadConfig {
             quota_bytes: 100 * 1024 * 1024,
             expire_after_secs: 7 * 86_400,
             slot_timeout_secs: 300,
+        }
+    }
+}
+
+/// XEP-0163 PEP, `[pep]`: each account's pubsub nodes (avatars, nick,
+/// bookmarks, OMEMO keys, tunes...), notified to its presence subscribers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PepConfig {
+    pub enabled: bool,
+    /// Nodes per account; one more gets `<max-nodes-exceeded/>`.
+    pub max_nodes: usize,
+    /// Largest payload, serialised; at most `[c2s] max_stanza_bytes`.
+    pub max_item_bytes: usize,
+    /// What `max` means, and the largest `pubsub#max_items` a node may have.
+    pub max_items: u32,
+    /// Publishes per second per account (0: no limit), and the burst.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
+}
+
+impl Default for PepConfig {
+    fn default() -> Self {
+        let d = shoal_actors::xep::pep::PepSettings::default();
+        PepConfig {
+            enabled: true,
+            max_nodes: d.max_nodes,
+            max_item_bytes: d.max_item_bytes,
+            max_items: d.max_items,
+            publish_rate: d.publish_rate,
+            publish_burst: d.publish_burst,
+        }
+    }
+}
+
+impl PepConfig {
+    /// The presence shards' settings. An item comes in a stanza, so no
+    /// larger than `max_stanza_bytes` allows.
+    pub fn settings(&self, max_stanza_bytes: usize) -> shoal_actors::xep::pep::PepSettings {
+        shoal_actors::xep::pep::PepSettings {
+            enabled: self.enabled,
+            max_nodes: self.max_nodes,
+            max_item_bytes: self.max_item_bytes.min(max_stanza_bytes),
+            max_items: self.max_items,
+            publish_rate: self.publish_rate,
+            publish_burst: self.publish_burst,
         }
     }
 }
@@ -799,7 +846,23 @@ impl Config {
             ));
         }
         self.validate_components()?;
-        self.validate_upload()
+        self.validate_upload()?;
+        self.validate_pep()
+    }
+
+    fn validate_pep(&self) -> Result<(), ConfigError> {
+        let p = &self.pep;
+        if p.max_nodes == 0 || p.max_item_bytes == 0 || p.max_items == 0 {
+            return Err(ConfigError::Invalid(
+                "[pep] max_nodes, max_item_bytes and max_items must be at least 1".into(),
+            ));
+        }
+        if p.publish_rate > 0 && p.publish_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "[pep] publish_burst must be at least 1 (or publish_rate 0: no limit)".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_upload(&self) -> Result<(), ConfigError> {

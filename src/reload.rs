@@ -355,6 +355,7 @@ fn needs_restart(applied: &Config, new: &Config) -> Vec<String> {
         "[http]" http [listen, tls_listen, allowed_origins, conversejs_dir, metrics, metrics_allow],
         "[upload]" upload [enabled, domain, dir, url, max_file_bytes, quota_bytes, expire_after_secs, slot_timeout_secs],
         "[caps]" caps [max_entries],
+        "[pep]" pep [enabled, max_nodes, max_item_bytes, max_items, publish_rate, publish_burst],
     });
     // A section added to the configuration and forgotten above.
     if out.is_empty() && differs(a, b) {

@@ -157,6 +157,11 @@ impl ServerBuilder {
         if config.mam.enabled {
             handlers.register(IqScope::Account, xep::mam::NS, Arc::new(xep::mam::Mam));
         }
+        // XEP-0163, on the account, for both of XEP-0060's namespaces.
+        if config.pep.enabled {
+            handlers.register(IqScope::Account, xep::pubsub::NS, Arc::new(xep::pep::Pep));
+            handlers.register(IqScope::Account, xep::pubsub::OWNER, Arc::new(xep::pep::Pep));
+        }
         for (scope, ns, handler) in self.iq_handlers {
             handlers.register(scope, &ns, handler);
         }
@@ -171,6 +176,7 @@ impl ServerBuilder {
             .unwrap_or_else(|| Arc::new(RosterFollowers(storage.clone())));
         let handles: Vec<_> = arbiters.iter().map(Arbiter::handle).collect();
         let presence = PresenceHub::start(&handles, sessions.clone(), followers, storage.clone(), hooks.clone());
+        presence.set_pep(config.pep.settings(config.c2s.max_stanza_bytes));
         let served: Vec<String> = hosts
             .iter()
             .map(|h| {

@@ -18,10 +18,11 @@ use shoal_actors::roster::{
     ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
 };
 use shoal_actors::sasl::{Credentials, ScramCredentials};
-use shoal_actors::storage::{PairFn, Profile, RosterFn, Storage, StorageError, StorageFuture};
+use shoal_actors::storage::{PairFn, Profile, RosterFn, Storage, StorageError, StorageFuture, StoredItem, StoredNode};
 use shoal_actors::xep::blocking::Blocklist;
 use shoal_actors::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, ArchivedMessage, DefaultPolicy, MamPrefs};
 use shoal_actors::xep::private;
+use shoal_actors::xep::pubsub::{AccessModel, MaxItems, NodeConfig, SendLast};
 use shoal_actors::xep::rsm::Cursor;
 
 use crate::group_commit::ArchiveWriter;
@@ -141,6 +142,47 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // 8: accounts keyed by bare JID (several hosted domains).
     Migration::AccountsByJid,
+    // 9: PEP (XEP-0163) nodes, their items (newest = highest `seq`; an id
+    // published again gets a new one) and whitelists. `max_items` is kept
+    // as written ('max' stays 'max'); roster groups are '\n'-separated.
+    Migration::Sql(
+        "CREATE TABLE pep_nodes (
+        owner                 TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+        node                  TEXT NOT NULL,
+        access_model          TEXT NOT NULL,
+        roster_groups         TEXT NOT NULL DEFAULT '',
+        max_items             TEXT NOT NULL,
+        persist_items         INTEGER NOT NULL,
+        send_last             TEXT NOT NULL,
+        notify_retract        INTEGER NOT NULL,
+        notify_delete         INTEGER NOT NULL,
+        deliver_notifications INTEGER NOT NULL,
+        deliver_payloads      INTEGER NOT NULL,
+        title                 TEXT,
+        type                  TEXT,
+        PRIMARY KEY (owner, node)
+    ) WITHOUT ROWID;
+    CREATE TABLE pep_items (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner        TEXT NOT NULL,
+        node         TEXT NOT NULL,
+        item_id      TEXT NOT NULL,
+        publisher    TEXT,
+        published_ms INTEGER NOT NULL,
+        xml          TEXT NOT NULL,
+        FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+    );
+    CREATE UNIQUE INDEX pep_items_by_id ON pep_items (owner, node, item_id);
+    CREATE INDEX pep_items_by_node ON pep_items (owner, node, seq);
+    CREATE TABLE pep_whitelist (
+        owner TEXT NOT NULL,
+        node  TEXT NOT NULL,
+        jid   TEXT NOT NULL,
+        PRIMARY KEY (owner, node, jid),
+        FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
+    ) WITHOUT ROWID;",
+    ),
+    // 10: reserved for MUC (XEP-0045) rooms and affiliations.
     // 11: private XML (XEP-0049), one element per account and key
     // (`{namespace}name`, as `xep::private::key_of` makes it).
     Migration::Sql(
@@ -1511,6 +1553,304 @@ impl SqliteStore {
     }
 }
 
+/// The columns of `pep_nodes` [`node_from_row`] reads, in its order.
+const NODE_COLUMNS: &str = "node, access_model, roster_groups, max_items, persist_items, send_last, notify_retract, \
+                            notify_delete, deliver_notifications, deliver_payloads, title, type";
+
+/// A node's roster groups, as `pep_nodes` keeps them ('\n'-separated).
+fn node_groups(column: &str) -> Vec<String> {
+    column
+        .split('\n')
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A node (without its whitelist) from a row of [`NODE_COLUMNS`]. Values
+/// this code did not write fall back to the most closed ones.
+fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredNode> {
+    let text = |i: usize| r.get::<_, String>(i);
+    let groups = text(2)?;
+    Ok(StoredNode {
+        node: text(0)?,
+        config: NodeConfig {
+            access_model: AccessModel::parse(&text(1)?).unwrap_or(AccessModel::Whitelist),
+            roster_groups: node_groups(&groups),
+            max_items: MaxItems::parse(&text(3)?, u32::MAX).unwrap_or(MaxItems::Count(1)),
+            persist_items: r.get(4)?,
+            send_last: SendLast::parse(&text(5)?).unwrap_or(SendLast::Never),
+            notify_retract: r.get(6)?,
+            notify_delete: r.get(7)?,
+            deliver_notifications: r.get(8)?,
+            deliver_payloads: r.get(9)?,
+            title: r.get(10)?,
+            kind: r.get(11)?,
+        },
+        whitelist: Vec::new(),
+    })
+}
+
+/// PEP (XEP-0163): nodes, items, whitelists.
+impl SqliteStore {
+    /// The owner's nodes with their whitelists, by name.
+    pub fn pep_nodes(&self, owner: &BareJid) -> Result<Vec<StoredNode>, StoreError> {
+        let sql = format!("SELECT {NODE_COLUMNS} FROM pep_nodes WHERE owner = ?1 ORDER BY node");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut nodes: Vec<StoredNode> = stmt
+            .query_map([owner.as_str()], node_from_row)?
+            .collect::<Result<_, _>>()?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node, jid FROM pep_whitelist WHERE owner = ?1 ORDER BY node, jid")?;
+        let rows = stmt.query_map([owner.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        for row in rows {
+            let (node, jid) = row?;
+            // Stored normalised by this code: a row that no longer parses is skipped.
+            if let (Some(n), Ok(jid)) = (nodes.iter_mut().find(|n| n.node == node), BareJid::parse(&jid)) {
+                n.whitelist.push(jid);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Creates or reconfigures a node (in the caller's transaction); an
+    /// owner that does not exist gets none.
+    fn write_node(tx: &rusqlite::Transaction<'_>, owner: &str, n: &StoredNode) -> Result<(), StoreError> {
+        let c = &n.config;
+        let written = tx.execute(
+            "INSERT INTO pep_nodes (owner, node, access_model, roster_groups, max_items, persist_items, send_last,
+                 notify_retract, notify_delete, deliver_notifications, deliver_payloads, title, type)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+             WHERE EXISTS (SELECT 1 FROM users WHERE username = ?1)
+             ON CONFLICT (owner, node) DO UPDATE SET access_model = excluded.access_model,
+                 roster_groups = excluded.roster_groups, max_items = excluded.max_items,
+                 persist_items = excluded.persist_items, send_last = excluded.send_last,
+                 notify_retract = excluded.notify_retract, notify_delete = excluded.notify_delete,
+                 deliver_notifications = excluded.deliver_notifications,
+                 deliver_payloads = excluded.deliver_payloads, title = excluded.title, type = excluded.type",
+            params![
+                owner,
+                n.node,
+                c.access_model.as_str(),
+                c.roster_groups.join("\n"),
+                c.max_items.to_string(),
+                c.persist_items,
+                c.send_last.as_str(),
+                c.notify_retract,
+                c.notify_delete,
+                c.deliver_notifications,
+                c.deliver_payloads,
+                c.title,
+                c.kind,
+            ],
+        )?;
+        if written == 0 {
+            return Ok(());
+        }
+        tx.execute(
+            "DELETE FROM pep_whitelist WHERE owner = ?1 AND node = ?2",
+            params![owner, n.node],
+        )?;
+        for jid in &n.whitelist {
+            tx.execute(
+                "INSERT OR IGNORE INTO pep_whitelist (owner, node, jid) VALUES (?1, ?2, ?3)",
+                params![owner, n.node, jid.as_str()],
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn pep_set_node(&mut self, owner: &BareJid, node: &StoredNode) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        Self::write_node(&tx, owner.as_str(), node)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes a node, its items and whitelist; `false` when there was none.
+    pub fn pep_delete_node(&mut self, owner: &BareJid, node: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM pep_nodes WHERE owner = ?1 AND node = ?2",
+            params![owner.as_str(), node],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Stores an item (creating its node first if `create` is given) and
+    /// removes the oldest past `keep`, in one transaction; their ids.
+    pub fn pep_publish(
+        &mut self,
+        owner: &BareJid,
+        node: &str,
+        create: Option<&StoredNode>,
+        item: &StoredItem,
+        keep: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let owner = owner.as_str();
+        let tx = self.write()?;
+        if let Some(n) = create {
+            Self::write_node(&tx, owner, n)?;
+        }
+        // Published again, an id is the newest: a new row, a new `seq`.
+        tx.execute(
+            "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+            params![owner, node, item.id],
+        )?;
+        tx.execute(
+            "INSERT INTO pep_items (owner, node, item_id, publisher, published_ms, xml)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                owner,
+                node,
+                item.id,
+                item.publisher.as_ref().map(|p| p.as_str()),
+                item.published_ms,
+                item.xml
+            ],
+        )?;
+        let trimmed: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT item_id FROM pep_items WHERE owner = ?1 AND node = ?2 ORDER BY seq DESC LIMIT -1 OFFSET ?3",
+            )?;
+            let rows = stmt.query_map(params![owner, node, i64::from(keep)], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in &trimmed {
+            tx.execute(
+                "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+                params![owner, node, id],
+            )?;
+        }
+        tx.commit()?;
+        Ok(trimmed)
+    }
+
+    /// A node's items, newest first: those of `ids` if given, at most `max`.
+    pub fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<u32>,
+    ) -> Result<Vec<StoredItem>, StoreError> {
+        let mut sql =
+            "SELECT item_id, publisher, published_ms, xml FROM pep_items WHERE owner = ?1 AND node = ?2".to_owned();
+        let mut args = vec![Value::Text(owner.as_str().to_owned()), Value::Text(node.to_owned())];
+        if let Some(ids) = ids {
+            let marks: Vec<String> = (0..ids.len()).map(|i| format!("?{}", i + 3)).collect();
+            sql.push_str(&format!(" AND item_id IN ({})", marks.join(", ")));
+            args.extend(ids.iter().map(|id| Value::Text(id.clone())));
+        }
+        sql.push_str(" ORDER BY seq DESC");
+        if let Some(max) = max {
+            sql.push_str(&format!(" LIMIT {max}"));
+        }
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(params_from_iter(args.iter()), |r| pep_item_at(r, 0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes one item; `false` when there was none.
+    pub fn pep_retract(&mut self, owner: &BareJid, node: &str, id: &str) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+            params![owner.as_str(), node, id],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn pep_purge(&mut self, owner: &BareJid, node: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2",
+            params![owner.as_str(), node],
+        )?;
+        Ok(())
+    }
+
+    /// The newest item of each of `nodes` of each of `owners` that sends
+    /// its last item on presence and that `viewer` may see: the access
+    /// facts are read in the query, the rule applied by
+    /// [`shoal_actors::storage::may_see`].
+    pub fn pep_last_items(
+        &self,
+        viewer: &BareJid,
+        owners: &[BareJid],
+        nodes: &[String],
+    ) -> Result<Vec<(BareJid, String, StoredItem)>, StoreError> {
+        let mut out = Vec::new();
+        if nodes.is_empty() {
+            return Ok(out);
+        }
+        // Well under SQLite's limit on parameters, however many followees.
+        for owners in owners.chunks(500) {
+            let owner_marks: Vec<String> = (0..owners.len()).map(|i| format!("?{}", i + 2)).collect();
+            let node_marks: Vec<String> = (0..nodes.len()).map(|i| format!("?{}", i + 2 + owners.len())).collect();
+            let sql = format!(
+                "SELECT n.owner, n.node, n.access_model, n.roster_groups,
+                     EXISTS (SELECT 1 FROM pep_whitelist w WHERE w.owner = n.owner AND w.node = n.node AND w.jid = ?1),
+                     (SELECT r.groups FROM roster_items r WHERE r.username = n.owner AND r.contact = ?1 AND r.in_roster),
+                     i.item_id, i.publisher, i.published_ms, i.xml
+                 FROM pep_nodes n JOIN pep_items i ON i.owner = n.owner AND i.node = n.node
+                     AND i.seq = (SELECT max(m.seq) FROM pep_items m WHERE m.owner = n.owner AND m.node = n.node)
+                 WHERE n.owner IN ({}) AND n.node IN ({}) AND n.send_last = 'on_sub_and_presence'
+                 ORDER BY n.owner, n.node",
+                owner_marks.join(", "),
+                node_marks.join(", ")
+            );
+            let mut args = vec![Value::Text(viewer.as_str().to_owned())];
+            args.extend(owners.iter().map(|o| Value::Text(o.as_str().to_owned())));
+            args.extend(nodes.iter().map(|n| Value::Text(n.clone())));
+            let mut stmt = self.conn.prepare(&sql)?;
+            let rows = stmt.query_map(params_from_iter(args.iter()), |r| {
+                let owner: String = r.get(0)?;
+                let access: String = r.get(2)?;
+                let groups: String = r.get(3)?;
+                let whitelisted: bool = r.get(4)?;
+                let viewer_groups: Option<String> = r.get(5)?;
+                let node = StoredNode {
+                    node: r.get(1)?,
+                    config: NodeConfig {
+                        access_model: AccessModel::parse(&access).unwrap_or(AccessModel::Whitelist),
+                        roster_groups: node_groups(&groups),
+                        ..NodeConfig::default()
+                    },
+                    whitelist: if whitelisted { vec![viewer.clone()] } else { Vec::new() },
+                };
+                let item = pep_item_at(r, 6)?;
+                Ok((owner, node, viewer_groups, item))
+            })?;
+            for row in rows {
+                let (owner, node, viewer_groups, item) = row?;
+                let Ok(owner) = BareJid::parse(&owner) else { continue };
+                let groups: Option<Vec<String>> = viewer_groups.map(|g| {
+                    g.split(GROUP_SEPARATOR)
+                        .filter(|g| !g.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                });
+                if owner == *viewer || shoal_actors::storage::may_see(&node, viewer, groups.as_deref()) {
+                    out.push((owner, node.node, item));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A PEP item from the row's columns `item_id, publisher, published_ms,
+/// xml`, the first at `at`.
+fn pep_item_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<StoredItem> {
+    let publisher: Option<String> = r.get(at + 1)?;
+    Ok(StoredItem {
+        id: r.get(at)?,
+        publisher: publisher.and_then(|p| BareJid::parse(&p).ok()),
+        published_ms: r.get(at + 2)?,
+        xml: r.get(at + 3)?,
+    })
+}
+
 /// One store per thread of the SyncArbiter.
 struct StoreActor(Option<SqliteStore>);
 
@@ -1756,6 +2096,66 @@ impl Storage for SqliteStorage {
         self.query(StorageOp::SetPrivateXml, move |s| {
             s.set_private_xml(&u, &k, xml.as_deref())
         })
+    }
+
+    fn pep_nodes(&self, owner: &BareJid) -> StorageFuture<Vec<StoredNode>> {
+        let o = owner.clone();
+        self.query(StorageOp::PepNodes, move |s| s.pep_nodes(&o))
+    }
+
+    fn pep_set_node(&self, owner: &BareJid, node: StoredNode) -> StorageFuture<()> {
+        let o = owner.clone();
+        self.query(StorageOp::PepSetNode, move |s| s.pep_set_node(&o, &node))
+    }
+
+    fn pep_delete_node(&self, owner: &BareJid, node: &str) -> StorageFuture<bool> {
+        let (o, n) = (owner.clone(), node.to_owned());
+        self.query(StorageOp::PepDeleteNode, move |s| s.pep_delete_node(&o, &n))
+    }
+
+    fn pep_publish(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        create: Option<StoredNode>,
+        item: StoredItem,
+        keep: u32,
+    ) -> StorageFuture<Vec<String>> {
+        let (o, n) = (owner.clone(), node.to_owned());
+        self.query(StorageOp::PepPublish, move |s| {
+            s.pep_publish(&o, &n, create.as_ref(), &item, keep)
+        })
+    }
+
+    fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        ids: Option<Vec<String>>,
+        max: Option<u32>,
+    ) -> StorageFuture<Vec<StoredItem>> {
+        let (o, n) = (owner.clone(), node.to_owned());
+        self.query(StorageOp::PepItems, move |s| s.pep_items(&o, &n, ids.as_deref(), max))
+    }
+
+    fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> StorageFuture<bool> {
+        let (o, n, i) = (owner.clone(), node.to_owned(), id.to_owned());
+        self.query(StorageOp::PepRetract, move |s| s.pep_retract(&o, &n, &i))
+    }
+
+    fn pep_purge(&self, owner: &BareJid, node: &str) -> StorageFuture<()> {
+        let (o, n) = (owner.clone(), node.to_owned());
+        self.query(StorageOp::PepPurge, move |s| s.pep_purge(&o, &n))
+    }
+
+    fn pep_last_items(
+        &self,
+        viewer: &BareJid,
+        owners: Vec<BareJid>,
+        nodes: Vec<String>,
+    ) -> StorageFuture<Vec<(BareJid, String, StoredItem)>> {
+        let v = viewer.clone();
+        self.query(StorageOp::PepLastItems, move |s| s.pep_last_items(&v, &owners, &nodes))
     }
 }
 
@@ -2389,6 +2789,126 @@ mod tests {
         let left: i64 = s
             .conn
             .query_row("SELECT count(*) FROM blocklist", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    fn pep_item(id: &str, ms: i64) -> StoredItem {
+        StoredItem {
+            id: id.into(),
+            xml: format!("<tune xmlns='http://jabber.org/protocol/tune'><title>{id}</title></tune>"),
+            publisher: Some(jid("juliet")),
+            published_ms: ms,
+        }
+    }
+
+    fn pep_node(name: &str, access: AccessModel, whitelist: &[&str]) -> StoredNode {
+        StoredNode {
+            node: name.into(),
+            config: NodeConfig {
+                access_model: access,
+                roster_groups: vec!["Friends".into()],
+                max_items: MaxItems::Count(2),
+                ..NodeConfig::default()
+            },
+            whitelist: whitelist.iter().map(|w| jid(w)).collect(),
+        }
+    }
+
+    #[test]
+    fn pep_items_are_trimmed_and_last_items_follow_access() {
+        let (_dir, mut s) = store_with(&["juliet", "romeo", "nurse"]);
+        let (juliet, romeo, nurse) = (jid("juliet"), jid("romeo"), jid("nurse"));
+        let tune = pep_node("tune", AccessModel::Presence, &[]);
+        assert!(s
+            .pep_publish(&juliet, "tune", Some(&tune), &pep_item("a", 1), 2)
+            .unwrap()
+            .is_empty());
+        assert!(s
+            .pep_publish(&juliet, "tune", None, &pep_item("b", 2), 2)
+            .unwrap()
+            .is_empty());
+        // "a" again replaces "a" and is the newest, so "b" is the oldest.
+        assert!(s
+            .pep_publish(&juliet, "tune", None, &pep_item("a", 3), 2)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.pep_publish(&juliet, "tune", None, &pep_item("c", 4), 2).unwrap(),
+            ["b"]
+        );
+        let ids = |items: Vec<StoredItem>| items.into_iter().map(|i| i.id).collect::<Vec<_>>();
+        assert_eq!(ids(s.pep_items(&juliet, "tune", None, None).unwrap()), ["c", "a"]);
+        assert_eq!(ids(s.pep_items(&juliet, "tune", None, Some(1)).unwrap()), ["c"]);
+        let wanted = ["a".to_owned(), "zz".to_owned()];
+        assert_eq!(
+            ids(s.pep_items(&juliet, "tune", Some(&wanted[..]), None).unwrap()),
+            ["a"]
+        );
+        assert_eq!(s.pep_items(&juliet, "tune", None, None).unwrap()[0], pep_item("c", 4));
+
+        let secret = pep_node("secret", AccessModel::Whitelist, &["romeo"]);
+        s.pep_publish(&juliet, "secret", Some(&secret), &pep_item("s", 5), 2)
+            .unwrap();
+        let friends = pep_node("friends", AccessModel::Roster, &[]);
+        s.pep_publish(&juliet, "friends", Some(&friends), &pep_item("f", 6), 2)
+            .unwrap();
+        // Romeo is in her Friends group.
+        let friend = RosterItem {
+            groups: vec!["Friends".into()],
+            ..visible("romeo")
+        };
+        s.update_roster_item(&juliet, &romeo, put(friend)).unwrap();
+        let nodes: Vec<String> = ["tune", "secret", "friends", "none"].map(String::from).to_vec();
+        let seen = |s: &SqliteStore, viewer: &BareJid| -> Vec<(String, String)> {
+            let rows = s.pep_last_items(viewer, std::slice::from_ref(&juliet), &nodes).unwrap();
+            rows.into_iter().map(|(o, n, i)| (format!("{o}/{n}"), i.id)).collect()
+        };
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect()
+        };
+        assert_eq!(
+            seen(&s, &romeo),
+            pairs(&[
+                ("juliet@localhost/friends", "f"),
+                ("juliet@localhost/secret", "s"),
+                ("juliet@localhost/tune", "c")
+            ])
+        );
+        assert_eq!(seen(&s, &nurse), pairs(&[("juliet@localhost/tune", "c")]));
+        assert_eq!(seen(&s, &juliet).len(), 3, "the owner sees all her nodes");
+
+        // Configuration and whitelist round-trip; deleting a node takes its items.
+        let mut nodes = s.pep_nodes(&juliet).unwrap();
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        assert_eq!(nodes, [friends, secret.clone(), tune]);
+        let open = StoredNode {
+            whitelist: vec![jid("nurse"), jid("romeo")],
+            ..secret
+        };
+        s.pep_set_node(&juliet, &open).unwrap();
+        assert_eq!(
+            s.pep_items(&juliet, "secret", None, None).unwrap().len(),
+            1,
+            "items stay"
+        );
+        assert!(s.pep_nodes(&juliet).unwrap().contains(&open));
+        assert!(s.pep_retract(&juliet, "tune", "c").unwrap());
+        assert!(!s.pep_retract(&juliet, "tune", "c").unwrap());
+        s.pep_purge(&juliet, "tune").unwrap();
+        assert!(s.pep_items(&juliet, "tune", None, None).unwrap().is_empty());
+        assert!(s.pep_delete_node(&juliet, "secret").unwrap());
+        assert!(!s.pep_delete_node(&juliet, "secret").unwrap());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM pep_whitelist", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+        // The account takes everything with it.
+        assert!(s.delete_user(&juliet).unwrap());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM pep_items", [], |r| r.get(0))
             .unwrap();
         assert_eq!(left, 0);
     }

@@ -336,12 +336,42 @@ fn server_iqs_disco_ping_version() {
     c.send("<iq type='get' id='d3' to='romeo@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
     assert_eq!(
         c.recv_xml(),
-        "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
+        format!(
+            "<iq id='d3' type='result' from='romeo@localhost' to='romeo@localhost/orchard'>\
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
+         <identity category='pubsub' type='pep'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         <feature var='jabber:iq:private'/><feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/>\
-         <feature var='urn:xmpp:mam:2#extended'/><feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/>\
-         <feature var='vcard-temp'/></query></iq>"
+         {}<feature var='jabber:iq:private'/><feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/>\
+         <feature var='urn:xmpp:mam:2#extended'/>\
+         <feature var='urn:xmpp:pep-vcard-conversion:0'/>\
+         <feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/><feature var='vcard-temp'/></query></iq>",
+            // XEP-0163 on the account: XEP-0060's features of the subset offered.
+            [
+                "",
+                "#access-open",
+                "#access-presence",
+                "#access-roster",
+                "#access-whitelist",
+                "#auto-create",
+                "#config-node",
+                "#create-and-configure",
+                "#delete-items",
+                "#delete-nodes",
+                "#filtered-notifications",
+                "#item-ids",
+                "#last-published",
+                "#modify-affiliations",
+                "#persistent-items",
+                "#presence-notifications",
+                "#publish",
+                "#publish-options",
+                "#purge-nodes",
+                "#retrieve-default",
+                "#retrieve-items",
+            ]
+            .map(|f| format!("<feature var='http://jabber.org/protocol/pubsub{f}'/>"))
+            .concat()
+        )
     );
     c.send("<iq type='get' id='p0' to='romeo@localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert_eq!(

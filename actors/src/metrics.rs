@@ -220,6 +220,14 @@ wire_enum! {
         PurgeArchive => "purge_archive",
         PrivateXml => "private_xml",
         SetPrivateXml => "set_private_xml",
+        PepNodes => "pep_nodes",
+        PepSetNode => "pep_set_node",
+        PepDeleteNode => "pep_delete_node",
+        PepPublish => "pep_publish",
+        PepItems => "pep_items",
+        PepRetract => "pep_retract",
+        PepPurge => "pep_purge",
+        PepLastItems => "pep_last_items",
     }
 }
 

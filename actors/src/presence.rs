@@ -35,6 +35,7 @@ use crate::session::{Origin, Session, SessionTable};
 use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
 use crate::xep::caps::Features;
+use crate::xep::pep::{PepJob, PepSettings, PepState};
 use crate::xml::Element;
 
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
@@ -192,7 +193,8 @@ pub fn addressed(template: &[u8], to: &str) -> Bytes {
     Bytes::from(out)
 }
 
-fn template_of(presence: &Element) -> Bytes {
+/// A stanza serialised without `to`, to be [`addressed`] per recipient.
+pub(crate) fn template_of(presence: &Element) -> Bytes {
     let mut out = Vec::with_capacity(128);
     presence.write_to(&mut out, ns::CLIENT);
     Bytes::from(out)
@@ -434,6 +436,9 @@ pub enum PresenceMsg {
         jids: Vec<Jid>,
         blocked: bool,
     },
+    /// An operation on `owner`'s PEP nodes (XEP-0163), run in the owner's
+    /// shard, where the followers its notifications go to are.
+    Pep { owner: BareJid, job: PepJob },
 }
 
 impl PresenceMsg {
@@ -446,6 +451,7 @@ impl PresenceMsg {
             PresenceMsg::Relation { user, .. }
             | PresenceMsg::PhotoHash { user, .. }
             | PresenceMsg::Blocked { user, .. } => user.clone(),
+            PresenceMsg::Pep { owner, .. } => owner.clone(),
             PresenceMsg::Probe { from, .. } => from.to_bare(),
             PresenceMsg::RemoteProbe { contact, .. } => contact.clone(),
         }
@@ -457,6 +463,8 @@ struct UserState {
     followers: HashSet<BareJid>,
     followees: HashSet<BareJid>,
     photo_hash: Option<String>,
+    /// The user's PEP nodes, from the first operation on them.
+    pep: Option<Box<PepState>>,
 }
 
 enum Entry {
@@ -472,6 +480,8 @@ pub struct PresenceActor {
     hooks: Arc<dyn ConnectionHandler>,
     users: HashMap<BareJid, Entry>,
     remote: RemotePresence,
+    /// `[pep]`, shared by the shards (set once, by the host program).
+    pep: Arc<OnceLock<PepSettings>>,
 }
 
 impl Actor for PresenceActor {
@@ -497,6 +507,7 @@ impl PresenceActor {
                 followers: relations.followers.into_iter().collect(),
                 followees: relations.followees.into_iter().collect(),
                 photo_hash: profile.ok().and_then(|p| p.photo_hash),
+                pep: None,
             };
             let queued = match act.users.insert(user.clone(), Entry::Ready(state)) {
                 Some(Entry::Loading(q)) => q,
@@ -661,7 +672,81 @@ impl PresenceActor {
                 let changed = crate::xep::blocking::Blocklist::new(jids);
                 blocking_changed(&self.sessions, &user, state, &changed, blocked);
             }
+            PresenceMsg::Pep { owner, job } => self.pep_job(owner, job, ctx),
         }
+    }
+
+    /// `[pep]`, or its defaults when the host program set none.
+    fn pep_settings(&self) -> PepSettings {
+        self.pep.get().copied().unwrap_or_default()
+    }
+
+    /// Queues a PEP operation on `owner`'s nodes: they run one at a time
+    /// per owner, so that notifications go out in commit order.
+    fn pep_job(&mut self, owner: BareJid, job: PepJob, ctx: &mut Context<Self>) {
+        let settings = self.pep_settings();
+        if let Some(Entry::Ready(state)) = self.users.get_mut(&owner) {
+            let pep = state.pep.get_or_insert_with(|| Box::new(PepState::new(&settings)));
+            pep.push(job, &settings);
+        }
+        self.pep_next(owner, ctx);
+    }
+
+    /// Starts `owner`'s next PEP operation unless one runs; once none is
+    /// left, the owner's state goes if the owner is offline.
+    fn pep_next(&mut self, owner: BareJid, ctx: &mut Context<Self>) {
+        let settings = self.pep_settings();
+        let running = match self.users.get_mut(&owner) {
+            Some(Entry::Ready(state)) => match state.pep.as_mut() {
+                Some(pep) => pep.start(&owner, &self.storage, &state.followers, settings),
+                None => None,
+            },
+            _ => None,
+        };
+        let Some(running) = running else {
+            return self.forget_if_offline(&owner);
+        };
+        ctx.spawn(running.into_actor(self).map(move |done, act, ctx| {
+            let photo = match act.users.get_mut(&owner) {
+                Some(Entry::Ready(state)) => match state.pep.as_mut() {
+                    Some(pep) => pep.finish(&owner, done, &act.sessions, &state.followers),
+                    None => None,
+                },
+                _ => None,
+            };
+            // A client's avatar became the vCard's photo (XEP-0398).
+            if let Some(hash) = photo {
+                let user = owner.clone();
+                act.apply(&owner, PresenceMsg::PhotoHash { user, hash }, ctx);
+            }
+            act.pep_next(owner, ctx);
+        }));
+    }
+
+    /// PEP: last items for newly advertised +notify nodes (design §2.3):
+    /// for the nodes this session's caps name with `+notify` and `before`
+    /// did not, the last item of each the user and the user's local
+    /// followees have, in one storage query. Clients that want no
+    /// notifications cost nothing here.
+    fn caps_changed(&mut self, session: &Arc<Session>, before: Option<Arc<Features>>, ctx: &mut Context<Self>) {
+        let Some(after) = session.caps() else { return };
+        let new: Vec<String> = after
+            .notify_nodes()
+            .filter(|n| !before.as_ref().is_some_and(|b| b.notifies(n)))
+            .map(str::to_owned)
+            .collect();
+        if new.is_empty() || session.priority().is_none() || !self.pep_settings().enabled {
+            return;
+        }
+        let user = session.jid.to_bare();
+        let mut owners = vec![user.clone()];
+        if let Some(Entry::Ready(state)) = self.users.get(&user) {
+            let local = state.followees.iter().filter(|f| !self.remote.is_remote(f));
+            owners.extend(local.cloned());
+        }
+        let (storage, sessions) = (self.storage.clone(), self.sessions.clone());
+        let send = crate::xep::pep::last_items(storage, sessions, session.clone(), owners, new);
+        ctx.spawn(send.into_actor(self));
     }
 
     /// Answers a probe from another server's user: a follower gets the last
@@ -702,16 +787,15 @@ impl PresenceActor {
         }
     }
 
-    /// A session's caps changed from `before` to its current ones, or it
-    /// became available with them (XEP-0115, XEP-0163).
-    #[allow(unused_variables)]
-    fn caps_changed(&mut self, session: &Arc<Session>, before: Option<Arc<Features>>, ctx: &mut Context<Self>) {
-        // PEP: last items for newly advertised +notify nodes
-    }
-
     /// Drops a user's cached relations once none of their sessions is
-    /// available (a prober that never sent presence loaded them).
+    /// available (a prober that never sent presence loaded them), unless a
+    /// PEP operation of theirs runs or waits.
     fn forget_if_offline(&mut self, user: &BareJid) {
+        if let Some(Entry::Ready(state)) = self.users.get(user) {
+            if state.pep.as_ref().is_some_and(|p| p.busy()) {
+                return;
+            }
+        }
         if !self.sessions.resources(user).iter().any(|s| s.priority().is_some()) {
             self.users.remove(user);
         }
@@ -840,7 +924,8 @@ impl Handler<PresenceMsg> for PresenceActor {
                 | PresenceMsg::CapsLearned { .. }
                 | PresenceMsg::Unavailable { .. }
                 | PresenceMsg::Probe { .. }
-                | PresenceMsg::RemoteProbe { .. } => self.load(user, msg, ctx),
+                | PresenceMsg::RemoteProbe { .. }
+                | PresenceMsg::Pep { .. } => self.load(user, msg, ctx),
                 other => self.apply(&user, other, ctx),
             },
         }
@@ -852,6 +937,7 @@ impl Handler<PresenceMsg> for PresenceActor {
 pub struct PresenceHub {
     shards: Arc<Vec<Addr<PresenceActor>>>,
     remote: RemotePresence,
+    pep: Arc<OnceLock<PepSettings>>,
 }
 
 impl PresenceHub {
@@ -864,8 +950,10 @@ impl PresenceHub {
         hooks: Arc<dyn ConnectionHandler>,
     ) -> PresenceHub {
         let remote = RemotePresence::default();
+        let pep: Arc<OnceLock<PepSettings>> = Arc::default();
         let make = {
             let (sessions, source, storage, hooks, remote) = (sessions, source, storage, hooks, remote.clone());
+            let pep = pep.clone();
             move || PresenceActor {
                 sessions: sessions.clone(),
                 source: source.clone(),
@@ -873,6 +961,7 @@ impl PresenceHub {
                 hooks: hooks.clone(),
                 users: HashMap::new(),
                 remote: remote.clone(),
+                pep: pep.clone(),
             }
         };
         let shards = if arbiters.is_empty() {
@@ -889,7 +978,14 @@ impl PresenceHub {
         PresenceHub {
             shards: Arc::new(shards),
             remote,
+            pep,
         }
+    }
+
+    /// Sets `[pep]` for every shard (XEP-0163). Set once, before any PEP
+    /// operation; later calls change nothing. Unset: the defaults.
+    pub fn set_pep(&self, settings: PepSettings) {
+        let _ = self.pep.set(settings);
     }
 
     /// Presence for users of domains other than `hosts` goes through

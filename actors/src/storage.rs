@@ -14,6 +14,7 @@ use crate::sasl::Credentials;
 use crate::xep::blocking::Blocklist;
 use crate::xep::mam::{self, ArchivePage, ArchiveQuery, ArchiveRow, MamPrefs};
 use crate::xep::private;
+use crate::xep::pubsub::{AccessModel, NodeConfig, SendLast};
 
 pub type StorageFuture<T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'static>>;
 
@@ -32,6 +33,26 @@ pub struct Profile {
     pub photo_url: Option<String>,
     /// SHA-1 (hex) of the vCard photo, for XEP-0153 presence.
     pub photo_hash: Option<String>,
+}
+
+/// A PEP node (XEP-0163) of an account: its configuration and whitelist;
+/// its items are kept apart ([`StoredItem`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredNode {
+    pub node: String,
+    pub config: NodeConfig,
+    /// The JIDs of a whitelist node's members, sorted.
+    pub whitelist: Vec<BareJid>,
+}
+
+/// One item of a PEP node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredItem {
+    pub id: String,
+    /// The one payload element, serialised with its namespace.
+    pub xml: String,
+    pub publisher: Option<BareJid>,
+    pub published_ms: i64,
 }
 
 /// Accounts, each keyed by its bare JID (`user@domain`): every hosted
@@ -169,6 +190,73 @@ pub trait Storage: Send + Sync + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// The owner's PEP nodes (XEP-0163), without their items. A storage
+    /// without PEP keeps nothing: nodes live until the owner's state is
+    /// dropped, and items are only notified.
+    fn pep_nodes(&self, _owner: &BareJid) -> StorageFuture<Vec<StoredNode>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Creates a node, or replaces its configuration and whitelist.
+    fn pep_set_node(&self, _owner: &BareJid, _node: StoredNode) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Deletes a node and its items; `false` when there was none.
+    fn pep_delete_node(&self, _owner: &BareJid, _node: &str) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Stores an item in one transaction: the node first if `create` is
+    /// given, then the item (an id published again becomes the newest),
+    /// then removes the oldest items past `keep`, whose ids it returns.
+    fn pep_publish(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _create: Option<StoredNode>,
+        _item: StoredItem,
+        _keep: u32,
+    ) -> StorageFuture<Vec<String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// A node's items, newest first: those of `ids` if given, at most
+    /// `max` if given.
+    fn pep_items(
+        &self,
+        _owner: &BareJid,
+        _node: &str,
+        _ids: Option<Vec<String>>,
+        _max: Option<u32>,
+    ) -> StorageFuture<Vec<StoredItem>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Removes one item; `false` when there was none.
+    fn pep_retract(&self, _owner: &BareJid, _node: &str, _id: &str) -> StorageFuture<bool> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Removes all of a node's items.
+    fn pep_purge(&self, _owner: &BareJid, _node: &str) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The newest item of each of `nodes` of each of `owners` that sends
+    /// its last item on presence (`on_sub_and_presence`), where the viewer
+    /// is the owner or [`may_see`] it: what a session newly interested in
+    /// those nodes gets. `owners` are the viewer's followees (and the
+    /// viewer), so the presence model admits the viewer.
+    fn pep_last_items(
+        &self,
+        _viewer: &BareJid,
+        _owners: Vec<BareJid>,
+        _nodes: Vec<String>,
+    ) -> StorageFuture<Vec<(BareJid, String, StoredItem)>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// The user's private XML element (XEP-0049) stored under `key`
     /// ([`private::key_of`]), as XML. A storage without private XML has none.
     fn private_xml(&self, _user: &BareJid, _key: &str) -> StorageFuture<Option<String>> {
@@ -181,6 +269,18 @@ pub trait Storage: Send + Sync + 'static {
     /// no private XML (the client is told).
     fn set_private_xml(&self, _user: &BareJid, _key: &str, _xml: Option<String>) -> StorageFuture<bool> {
         Box::pin(std::future::ready(Ok(false)))
+    }
+}
+
+/// True when the access model of `node` admits `viewer`, one of its
+/// owner's followers (not the owner): any follower, or a whitelisted one,
+/// or one in an admitted roster group (`groups`: the viewer's groups in
+/// the owner's roster, `None` when not in it).
+pub fn may_see(node: &StoredNode, viewer: &BareJid, groups: Option<&[String]>) -> bool {
+    match node.config.access_model {
+        AccessModel::Open | AccessModel::Presence => true,
+        AccessModel::Whitelist => node.whitelist.contains(viewer),
+        AccessModel::Roster => groups.is_some_and(|g| g.iter().any(|g| node.config.roster_groups.contains(g))),
     }
 }
 
@@ -209,6 +309,8 @@ struct MemoryUser {
     mam_prefs: Option<MamPrefs>,
     /// Private XML (XEP-0049) by key.
     private: BTreeMap<String, String>,
+    /// PEP nodes by name, each with its items, oldest first.
+    pep: BTreeMap<String, (StoredNode, Vec<StoredItem>)>,
 }
 
 /// One record change against a user held in memory.
@@ -308,6 +410,7 @@ impl Storage for MemoryStorage {
                     archive: Vec::new(),
                     mam_prefs: None,
                     private: BTreeMap::new(),
+                    pep: BTreeMap::new(),
                 });
                 true
             }
@@ -539,6 +642,128 @@ impl Storage for MemoryStorage {
             for user in u.values_mut() {
                 user.archive.retain(|r| r.ts_ms >= before_ms);
             }
+        })
+    }
+
+    fn pep_nodes(&self, owner: &BareJid) -> StorageFuture<Vec<StoredNode>> {
+        let owner = owner.clone();
+        self.with(move |u| {
+            u.get(&owner)
+                .map(|u| u.pep.values().map(|(n, _)| n.clone()).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn pep_set_node(&self, owner: &BareJid, node: StoredNode) -> StorageFuture<()> {
+        let owner = owner.clone();
+        self.with(move |u| {
+            if let Some(user) = u.get_mut(&owner) {
+                match user.pep.get_mut(&node.node) {
+                    Some((stored, _)) => *stored = node,
+                    None => {
+                        user.pep.insert(node.node.clone(), (node, Vec::new()));
+                    }
+                }
+            }
+        })
+    }
+
+    fn pep_delete_node(&self, owner: &BareJid, node: &str) -> StorageFuture<bool> {
+        let (owner, node) = (owner.clone(), node.to_owned());
+        self.with(move |u| u.get_mut(&owner).is_some_and(|user| user.pep.remove(&node).is_some()))
+    }
+
+    fn pep_publish(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        create: Option<StoredNode>,
+        item: StoredItem,
+        keep: u32,
+    ) -> StorageFuture<Vec<String>> {
+        let (owner, node) = (owner.clone(), node.to_owned());
+        self.with(move |u| {
+            let Some(user) = u.get_mut(&owner) else {
+                return Vec::new();
+            };
+            if let Some(created) = create {
+                user.pep.entry(node.clone()).or_insert_with(|| (created, Vec::new()));
+            }
+            let Some((_, items)) = user.pep.get_mut(&node) else {
+                return Vec::new();
+            };
+            items.retain(|i| i.id != item.id);
+            items.push(item);
+            let excess = items.len().saturating_sub(keep as usize);
+            items.drain(..excess).map(|i| i.id).collect()
+        })
+    }
+
+    fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        ids: Option<Vec<String>>,
+        max: Option<u32>,
+    ) -> StorageFuture<Vec<StoredItem>> {
+        let (owner, node) = (owner.clone(), node.to_owned());
+        self.with(move |u| {
+            let items = u.get(&owner).and_then(|u| u.pep.get(&node)).map(|(_, i)| i.as_slice());
+            let wanted = |i: &&StoredItem| ids.as_ref().is_none_or(|ids| ids.contains(&i.id));
+            let newest_first = items.unwrap_or_default().iter().rev().filter(wanted).cloned();
+            newest_first.take(max.map_or(usize::MAX, |m| m as usize)).collect()
+        })
+    }
+
+    fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> StorageFuture<bool> {
+        let (owner, node, id) = (owner.clone(), node.to_owned(), id.to_owned());
+        self.with(move |u| {
+            let Some((_, items)) = u.get_mut(&owner).and_then(|u| u.pep.get_mut(&node)) else {
+                return false;
+            };
+            let before = items.len();
+            items.retain(|i| i.id != id);
+            items.len() < before
+        })
+    }
+
+    fn pep_purge(&self, owner: &BareJid, node: &str) -> StorageFuture<()> {
+        let (owner, node) = (owner.clone(), node.to_owned());
+        self.with(move |u| {
+            if let Some((_, items)) = u.get_mut(&owner).and_then(|u| u.pep.get_mut(&node)) {
+                items.clear();
+            }
+        })
+    }
+
+    fn pep_last_items(
+        &self,
+        viewer: &BareJid,
+        owners: Vec<BareJid>,
+        nodes: Vec<String>,
+    ) -> StorageFuture<Vec<(BareJid, String, StoredItem)>> {
+        let viewer = viewer.clone();
+        self.with(move |u| {
+            let mut out = Vec::new();
+            for owner in &owners {
+                let Some(user) = u.get(owner) else { continue };
+                let groups = user
+                    .roster
+                    .get(&viewer)
+                    .filter(|i| i.in_roster)
+                    .map(|i| i.groups.as_slice());
+                for name in &nodes {
+                    let Some((node, items)) = user.pep.get(name) else {
+                        continue;
+                    };
+                    let Some(last) = items.last() else { continue };
+                    let sends = node.config.send_last == SendLast::OnSubAndPresence;
+                    if sends && (*owner == viewer || may_see(node, &viewer, groups)) {
+                        out.push((owner.clone(), name.clone(), last.clone()));
+                    }
+                }
+            }
+            out
         })
     }
 

@@ -1,7 +1,8 @@
 //! XEP-0030: Service Discovery. Each hosted domain is a `server/im`,
 //! answering as itself with its own features (in-band registration is
-//! per domain); an account is `account/registered`, answered by the server
-//! on the account's behalf.
+//! per domain); an account is `account/registered` (and `pubsub/pep`
+//! with PEP, its items its nodes), answered by the server on the
+//! account's behalf.
 
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqScope};
@@ -63,6 +64,10 @@ impl IqHandler for DiscoInfo {
             return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
         }
         let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity("account", "registered", None));
+        // XEP-0163 §6.1: an account with PEP is also a pubsub/pep service.
+        if crate::xep::pep::enabled(router) {
+            query.push_child(identity("pubsub", "pep", None));
+        }
         for feature in router.iq_handlers().features(IqScope::Account) {
             query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", feature));
         }
@@ -89,6 +94,10 @@ impl IqHandler for DiscoItems {
         }
         if req.payload().attr("node").is_some() {
             return ready(Err(StanzaError::new(StanzaCondition::ItemNotFound)));
+        }
+        // An account lists its PEP nodes the asker may see.
+        if req.target.node().is_some() && crate::xep::pep::enabled(router) {
+            return crate::xep::pep::disco_items(router, req.target.clone(), req.from.to_bare());
         }
         let mut query = Element::new("query", ns::DISCO_ITEMS);
         // The server lists what is published on it (ejabberd's

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::iq_handler::{IqHandlerTable, IqScope};
 use crate::ns;
 
+pub mod avatar;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;
@@ -16,8 +17,10 @@ pub mod forms;
 pub mod last;
 pub mod mam;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod private;
+pub mod pubsub;
 pub mod register;
 pub mod rsm;
 pub mod sid;

@@ -58,11 +58,17 @@ impl IqHandler for VCard {
             return ready(Err(StanzaError::new(StanzaCondition::BadRequest)));
         }
         let profile = profile_of(&vcard);
-        let presence = router.presence().clone();
+        let router = router.clone();
         Box::pin(async move {
             let hash = profile.photo_hash.clone();
+            // XEP-0398: the photo is published as the avatar too, with PEP.
+            let pep = crate::xep::pep::enabled(&router);
+            let had_photo = pep && storage.profile(&user).await?.photo_hash.is_some();
             storage.set_vcard(&user, vcard.to_string(), profile).await?;
-            presence.send(PresenceMsg::PhotoHash { user, hash });
+            if pep {
+                crate::xep::avatar::from_vcard(&router, &user, &vcard, had_photo).await;
+            }
+            router.presence().send(PresenceMsg::PhotoHash { user, hash });
             Ok(None)
         })
     }
