@@ -160,6 +160,21 @@ impl Services {
         self.known.insert(domain.to_owned(), ());
     }
 
+    /// Gives a copy that is never answered (directed presence, a
+    /// broadcast's copy) to the service of its `to`'s domain; true when it
+    /// took it. Nothing is bounced.
+    pub fn deliver_copy(&self, stanza: &Stanza) -> bool {
+        let Some(published) = stanza.to().and_then(|to| self.get(to.domain())) else {
+            return false;
+        };
+        let taken = published.sink.deliver(stanza);
+        if taken {
+            let kind = stanza.kind.into();
+            crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::Out, kind);
+        }
+        taken
+    }
+
     /// What is published, sorted by domain.
     pub fn list(&self) -> Vec<ServiceSummary> {
         let mut out: Vec<ServiceSummary> = self
