@@ -118,6 +118,11 @@ impl Router {
         let _ = self.inner.remote.set(remote);
     }
 
+    /// The way out to other servers, while federation is on.
+    pub(crate) fn remote(&self) -> Option<Arc<dyn RemoteRoute>> {
+        self.inner.remote.get().and_then(Weak::upgrade)
+    }
+
     /// The message archive's settings.
     pub fn mam(&self) -> &MamSettings {
         &self.inner.mam
@@ -460,7 +465,7 @@ impl Router {
             if services.is_known(to.domain()) {
                 return false;
             }
-            return match self.inner.remote.get().and_then(Weak::upgrade) {
+            return match self.remote() {
                 Some(remote) => {
                     remote.deliver(stanza);
                     true
