@@ -74,6 +74,8 @@ fn start(
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
             config.http.listen = Vec::new();
             config.storage.sqlite = db;
+            // These services alone are listed.
+            config.muc.enabled = false;
             let server = ServerBuilder::new(config).workers(1).start().await.unwrap();
             let router = server.router().clone();
             for (domain, options) in [

@@ -219,6 +219,15 @@ impl Broadcast {
     pub fn kind(&self) -> Kind {
         self.kind
     }
+
+    /// Its serialised length, without `to`.
+    pub fn len(&self) -> usize {
+        self.template.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.template.is_empty()
+    }
 }
 
 /// A live publication: the service's handle to send from its domain. It
