@@ -211,20 +211,24 @@ impl MucShared {
         }
     }
 
-    /// Starts a room's actor on the next worker arbiter.
+    /// Starts a room's actor on the next worker arbiter. Its mailbox has
+    /// the room's capacity from the first stanza on (`start_in_arbiter`
+    /// sets it only once the actor runs, a burst could find it full).
     fn start_room(&self, room: Room) -> Addr<Room> {
         let name = room.name.clone();
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len().max(1);
-        let addr = match self.arbiters.get(i) {
-            Some(arbiter) => Room::start_in_arbiter(arbiter, move |ctx| {
-                ctx.set_mailbox_capacity(ROOM_MAILBOX);
-                room
-            }),
-            None => Room::create(move |ctx| {
-                ctx.set_mailbox_capacity(ROOM_MAILBOX);
-                room
-            }),
+        let (tx, rx) = actix::dev::channel::channel(ROOM_MAILBOX);
+        let run = move || {
+            let ctx = Context::with_receiver(rx);
+            actix_rt::spawn(ctx.into_future(room));
         };
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len().max(1);
+        match self.arbiters.get(i) {
+            Some(arbiter) => {
+                arbiter.spawn_fn(run);
+            }
+            None => run(),
+        }
+        let addr = Addr::new(tx);
         self.rooms.insert(name, addr.clone());
         addr
     }
