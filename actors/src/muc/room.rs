@@ -768,7 +768,7 @@ impl Handler<RoomStanza> for Room {
             Kind::Presence(_) => self.on_presence(&stanza, ctx),
             Kind::Message(MessageType::Error) => self.kickable(&stanza),
             Kind::Message(_) if to_occupant => self.on_private(&stanza),
-            Kind::Message(MessageType::Groupchat) => self.on_groupchat(&stanza),
+            Kind::Message(MessageType::Groupchat) => self.on_groupchat(&stanza, ctx),
             Kind::Message(_) => self.on_message(&stanza, ctx),
             Kind::Iq(_) if to_occupant => self.on_occupant_iq(&stanza),
             Kind::Iq(_) => self.on_room_iq(&stanza, ctx),
@@ -790,6 +790,9 @@ impl Room {
             (PresenceType::Unavailable, Some(i)) => self.remove_session(i, real.as_jid(), &[], &payload_of(stanza)),
             (PresenceType::Available, Some(i)) => match stanza.to().and_then(Jid::resource) {
                 None => self.refuse_with(stanza, StanzaCondition::JidMalformed, "a nick is needed"),
+                Some(nick) if nick == self.occupants[i].nick && stanza.element().has_child("x", ns::MUC) => {
+                    self.rejoin(i, real.as_jid(), stanza)
+                }
                 Some(nick) if nick == self.occupants[i].nick => self.update(i, real.as_jid(), stanza),
                 Some(nick) => self.change_nick(i, real.as_jid(), stanza, nick),
             },
@@ -856,6 +859,35 @@ impl Room {
         if let Some(idle) = self.idle.take() {
             ctx.cancel_future(idle);
         }
+        self.welcome(idx, holder.is_none(), stanza);
+        self.fresh = false;
+    }
+
+    /// A join from a session that is an occupant already (its client lost
+    /// track, or reconnected with the same resource): it gets the join's
+    /// stanzas again, and its session is looked up again.
+    fn rejoin(&mut self, idx: usize, real: &Jid, stanza: &Stanza) {
+        let session = stanza
+            .from()
+            .cloned()
+            .and_then(|f| f.try_into_full().ok())
+            .and_then(|f| self.local_session(&f));
+        let occ = &mut self.occupants[idx];
+        let Some(pos) = occ.sessions.iter().position(|s| s.jid.as_jid() == real) else {
+            return;
+        };
+        let mut s = occ.sessions.remove(pos);
+        s.presence = payload_of(stanza);
+        s.session = session;
+        occ.sessions.push(s);
+        self.welcome(idx, false, stanza);
+    }
+
+    /// What a joining session (occupant `idx`'s newest) gets (ejabberd's
+    /// send_initial_presences_and_messages): the others' presence, its own
+    /// shown to the others (a new occupant's), its self-presence, the
+    /// history asked for, then the subject, always last.
+    fn welcome(&self, idx: usize, new_occupant: bool, stanza: &Stanza) {
         let occ = &self.occupants[idx];
         let Some(joined) = occ.sessions.last() else { return };
         let sees = self.sees_jids(occ.role);
@@ -870,7 +902,7 @@ impl Room {
             }
         }
         let v = self.view_of(occ, &[]);
-        if holder.is_none() {
+        if new_occupant {
             self.show_others(&v, Some(idx));
         }
         let mut own = Vec::new();
@@ -881,6 +913,7 @@ impl Room {
             own.push(201);
         }
         self.show_own(&v, std::slice::from_ref(joined), &own, stanza.id());
+        let x = stanza.element().get_child("x", ns::MUC);
         let wanted = HistoryRequest::parse(x.and_then(|x| x.get_child("history", ns::MUC)));
         for entry in select(&self.history, &wanted, now_ms()) {
             let kind = Kind::Message(MessageType::Groupchat);
@@ -892,14 +925,10 @@ impl Room {
             Some(s) => (&s.from, s.text.as_str()),
             None => (self.jid.as_jid(), ""),
         };
-        if let Some(b) = self.broadcast(
-            stanzas::subject(from, text),
-            Kind::Message(MessageType::Groupchat),
-            from,
-        ) {
+        let subject = stanzas::subject(from, text);
+        if let Some(b) = self.broadcast(subject, Kind::Message(MessageType::Groupchat), from) {
             self.deliver(&b, joined);
         }
-        self.fresh = false;
     }
 
     /// New presence of an occupant's session (show, status): everyone is
@@ -956,7 +985,7 @@ impl Room {
 
     /// XEP-0045 §7.4: a message to everyone, the sender included, with
     /// the room's stanza id (XEP-0359), kept for history.
-    fn on_groupchat(&mut self, stanza: &Stanza) {
+    fn on_groupchat(&mut self, stanza: &Stanza, ctx: &mut Context<Self>) {
         let Some(idx) = self.sender(stanza) else {
             return self.refuse_with(stanza, StanzaCondition::NotAcceptable, "only occupants may speak here");
         };
@@ -974,7 +1003,7 @@ impl Room {
         }
         let el = stanza.element();
         if let (Some(subject), false) = (el.get_child("subject", ns::CLIENT), el.has_child("body", ns::CLIENT)) {
-            return self.change_subject(idx, subject.text(), stanza);
+            return self.change_subject(idx, subject.text(), stanza, ctx);
         }
         let occ = &self.occupants[idx];
         let id = sid::new_id();
@@ -1019,7 +1048,7 @@ impl Room {
     }
 
     /// XEP-0045 §8.1: moderators, and participants if `changesubject`.
-    fn change_subject(&mut self, idx: usize, text: String, stanza: &Stanza) {
+    fn change_subject(&mut self, idx: usize, text: String, stanza: &Stanza, ctx: &mut Context<Self>) {
         let occ = &self.occupants[idx];
         let allowed = occ.role == Role::Moderator || (self.config.change_subject && occ.role >= Role::Participant);
         if !allowed {
@@ -1040,16 +1069,9 @@ impl Room {
             self.to_all(&b);
         }
         if self.config.persistent {
-            let save = self
-                .shared
-                .router
-                .storage()
-                .muc_save_room(self.shared.domain.as_str(), self.stored(false));
-            actix_rt::spawn(async move {
-                if let Err(e) = save.await {
-                    log::error!("a room's subject is not stored: {e}");
-                }
-            });
+            let save = self.shared.router.storage();
+            let save = save.muc_save_room(self.shared.domain.as_str(), self.stored(false));
+            self.after(ctx, save, |_, _, _| {});
         }
     }
 
