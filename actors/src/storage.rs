@@ -210,8 +210,11 @@ pub struct MemoryStorage {
     users: Mutex<BTreeMap<BareJid, MemoryUser>>,
     limits: RosterLimits,
     /// MUC rooms by service and name: not accounts' data.
-    muc: Mutex<BTreeMap<(String, String), StoredRoom>>,
+    muc: Mutex<MemoryRooms>,
 }
+
+/// MUC rooms by (service, name).
+type MemoryRooms = BTreeMap<(String, String), StoredRoom>;
 
 struct MemoryUser {
     credentials: Credentials,
@@ -293,10 +296,7 @@ impl MemoryStorage {
         self
     }
 
-    fn with_rooms<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut BTreeMap<(String, String), StoredRoom>) -> T,
-    ) -> StorageFuture<T> {
+    fn with_rooms<T: Send + 'static>(&self, f: impl FnOnce(&mut MemoryRooms) -> T) -> StorageFuture<T> {
         let out = match self.muc.lock() {
             Ok(mut rooms) => Ok(f(&mut rooms)),
             Err(_) => Err(StorageError::Unavailable),

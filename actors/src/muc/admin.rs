@@ -103,7 +103,7 @@ impl Room {
         // Affiliations are stored first (a ban holds before the banned are
         // out), then the changes are shown, then the request is answered
         // (§8.2's order).
-        let stored: Vec<(BareJid, Option<(Affiliation, Option<String>)>)> = changes
+        let stored: Vec<_> = changes
             .iter()
             .filter_map(|c| match c {
                 Change::Affiliation {
