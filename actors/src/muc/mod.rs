@@ -282,6 +282,10 @@ pub fn start(router: &Router, settings: MucSettings, arbiters: &[ArbiterHandle])
     };
     let options = PublishOptions {
         name: Some(NAME.into()),
+        // Every room's requests are counted together: more than a
+        // component's (their answers are immediate, but for IQs
+        // forwarded to occupants).
+        max_pending: 10_000,
         ..PublishOptions::default()
     };
     let publication = router.publish(shared.domain.as_str(), Box::new(sink), options)?;
