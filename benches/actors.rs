@@ -1,6 +1,7 @@
 //! The actors in-process, no sockets: one routing hop (a parsed message
-//! in, the recipient's bytes out) and presence fan-out through a
-//! PresenceActor shard to F = 1,000 sessions. Sessions here are detached
+//! in, the recipient's bytes out), presence fan-out through a
+//! PresenceActor shard to F = 1,000 sessions, and a service's broadcast
+//! (a MUC room's message) to the same 1,000 sessions. Sessions here are detached
 //! outbound queues ([`Outbound::detached`]), read by the benchmark where a
 //! connection's transport would write them to a socket.
 //!
@@ -15,6 +16,7 @@ use shoal_actors::iq_handler::IqHandlerTable;
 use shoal_actors::jid::{BareJid, FullJid, Jid};
 use shoal_actors::presence::{FollowGraph, PresenceHub, PresenceMsg, StandardHandler};
 use shoal_actors::router::Router;
+use shoal_actors::services::{Publication, PublishOptions, ServiceSink};
 use shoal_actors::session::{Control, Session, SessionTable};
 use shoal_actors::session_manager::{Register, SessionManager};
 use shoal_actors::stanza::Stanza;
@@ -35,6 +37,15 @@ impl Handler<Control> for NoConnection {
     fn handle(&mut self, _: Control, _: &mut Context<Self>) {}
 }
 
+/// A service that takes nothing: the benchmark only sends from it.
+struct NullSink;
+
+impl ServiceSink for NullSink {
+    fn deliver(&self, _: &Stanza) -> bool {
+        false
+    }
+}
+
 struct World {
     router: Router,
     presence: PresenceHub,
@@ -42,6 +53,10 @@ struct World {
     /// romeo's queue, then the followers'.
     romeo: OutboundReader,
     followers: Vec<OutboundReader>,
+    /// The followers' sessions, as a room holds its occupants'.
+    sessions: Vec<Arc<Session>>,
+    /// A room's service (`room.localhost`).
+    room: Publication,
 }
 
 fn jid(s: &str) -> FullJid {
@@ -90,11 +105,16 @@ fn world() -> World {
             let (romeo_session, romeo) = bind("romeo@localhost/orchard");
             let mut all = vec![publisher.clone(), romeo_session];
             let mut followers = Vec::new();
+            let mut sessions = Vec::new();
             for i in 0..FOLLOWERS {
                 let (s, r) = bind(&format!("f{i}@localhost/r"));
-                all.push(s);
+                all.push(s.clone());
+                sessions.push(s);
                 followers.push(r);
             }
+            let room = router
+                .publish("room.localhost", Box::new(NullSink), PublishOptions::default())
+                .unwrap();
             for s in all {
                 sm.send(Register(s)).await.unwrap().unwrap();
             }
@@ -116,6 +136,8 @@ fn world() -> World {
                 publisher,
                 romeo,
                 followers,
+                sessions,
+                room,
             })
             .ok();
             std::future::pending::<()>().await;
@@ -157,6 +179,33 @@ fn benches(c: &mut Criterion) {
             };
             // Resolves once the shard has queued the presence for everyone.
             runtime.block_on(world.presence.request(msg)).unwrap();
+            world
+                .followers
+                .iter()
+                .map(|f| f.try_recv().expect("delivered").len())
+                .sum::<usize>()
+        })
+    });
+    group.finish();
+
+    // A MUC room's groupchat message: serialised once, addressed and
+    // queued per occupant session (shoal_actors::muc's fan-out).
+    let groupchat = parse_element(
+        b"<message from='room@room.localhost/Juliet' type='groupchat' id='g1'>\
+          <body>Wherefore art thou?</body></message>",
+        &NsBindings::client(),
+        &ParseLimits::default(),
+    )
+    .unwrap();
+    let groupchat = Stanza::from_element(groupchat).unwrap();
+    let mut group = c.benchmark_group("a service's broadcast");
+    group.throughput(Throughput::Elements(FOLLOWERS as u64));
+    group.bench_function("to 1000 occupants", |b| {
+        b.iter(|| {
+            let broadcast = world.room.broadcast(&groupchat).unwrap();
+            for s in &world.sessions {
+                world.room.deliver(&broadcast, &s.jid, Some(s)).unwrap();
+            }
             world
                 .followers
                 .iter()

@@ -38,6 +38,7 @@ pub struct Config {
     pub upload: UploadConfig,
     pub caps: CapsConfig,
     pub pep: PepConfig,
+    pub muc: MucConfig,
 }
 
 /// Entity capabilities (XEP-0115), `[caps]`: what clients' caps hashes
@@ -56,6 +57,56 @@ impl Default for CapsConfig {
             max_entries: shoal_actors::xep::caps::DEFAULT_MAX_ENTRIES,
         }
     }
+}
+
+/// XEP-0045 Multi-User Chat, `[muc]`: chatrooms, a published service
+/// (see [`shoal_actors::muc`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    pub enabled: bool,
+    /// The service's domain. Unset: `conference.` and the default domain.
+    pub domain: Option<String>,
+    /// Who may create rooms.
+    pub create: MucCreate,
+    /// Rooms one account may own at once; 0: no limit.
+    pub max_rooms_per_user: u32,
+    /// The largest `maxusers` a room may have (new rooms: 200 at most).
+    pub max_occupants: u32,
+    /// The largest `historylength` a room may have (new rooms: 20 at most).
+    pub max_history: u32,
+    /// Groupchat messages per second per occupant; 0: no limit.
+    pub message_rate: u32,
+    /// Messages an occupant may send at once, above the rate.
+    pub message_burst: u32,
+    /// Seconds an empty persistent room stays loaded.
+    pub idle_unload_secs: u64,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            domain: None,
+            create: MucCreate::Local,
+            max_rooms_per_user: 20,
+            max_occupants: 5000,
+            max_history: 100,
+            message_rate: 5,
+            message_burst: 20,
+            idle_unload_secs: 600,
+        }
+    }
+}
+
+/// `[muc] create`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MucCreate {
+    /// Users of this server.
+    Local,
+    Anyone,
+    Nobody,
 }
 
 /// XEP-0363 HTTP File Upload, `[upload]`: a published service that hands
@@ -754,6 +805,8 @@ pub const MAX_MAM_PAGE: usize = 1000;
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// `[upload] expire_after_secs`, at most (about a hundred years): 0 is forever.
 pub const MAX_UPLOAD_EXPIRY_SECS: u64 = 36_500 * 86_400;
+/// `[muc] max_history`, at most: history is kept in memory, per room.
+pub const MAX_MUC_HISTORY: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -847,7 +900,8 @@ impl Config {
         }
         self.validate_components()?;
         self.validate_upload()?;
-        self.validate_pep()
+        self.validate_pep()?;
+        self.validate_muc()
     }
 
     fn validate_pep(&self) -> Result<(), ConfigError> {
@@ -863,6 +917,65 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_muc(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let m = &self.muc;
+        if m.max_occupants == 0 || m.message_burst == 0 || m.idle_unload_secs == 0 {
+            return invalid("[muc] max_occupants, message_burst and idle_unload_secs must be at least 1".into());
+        }
+        if m.max_history > MAX_MUC_HISTORY {
+            return invalid(format!("[muc] max_history must be at most {MAX_MUC_HISTORY}"));
+        }
+        if !m.enabled {
+            return Ok(());
+        }
+        let domain = self.muc_domain();
+        match BareJid::domain_jid(&domain) {
+            Ok(j) if j.as_str() == domain => {}
+            Ok(j) => return invalid(format!("[muc] domain {domain:?} should be written {:?}", j.as_str())),
+            Err(e) => return invalid(format!("[muc] domain {domain:?}: {e}")),
+        }
+        if self.domain_list().contains(&domain.as_str()) {
+            return invalid(format!("[muc] domain {domain:?} is one of the server's own domains"));
+        }
+        if self.components.services.iter().any(|s| s.domain == domain) {
+            return invalid(format!("[muc] domain {domain:?} is also a component's"));
+        }
+        if self.upload.enabled && self.upload_domain() == domain {
+            return invalid(format!("[muc] domain {domain:?} is also [upload]'s"));
+        }
+        Ok(())
+    }
+
+    /// The MUC service's domain: `[muc] domain`, or `conference.` and the
+    /// default domain.
+    pub fn muc_domain(&self) -> String {
+        self.muc
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("conference.{}", self.default_domain()))
+    }
+
+    /// The MUC service's settings, as configured.
+    pub fn muc_settings(&self) -> shoal_actors::muc::MucSettings {
+        use shoal_actors::muc::{CreatePolicy, MucSettings};
+        let m = &self.muc;
+        MucSettings {
+            domain: self.muc_domain(),
+            create: match m.create {
+                MucCreate::Local => CreatePolicy::Local,
+                MucCreate::Anyone => CreatePolicy::Anyone,
+                MucCreate::Nobody => CreatePolicy::Nobody,
+            },
+            max_rooms_per_user: m.max_rooms_per_user,
+            max_occupants: m.max_occupants,
+            max_history: m.max_history,
+            message_rate: m.message_rate,
+            message_burst: m.message_burst,
+            idle_unload: std::time::Duration::from_secs(m.idle_unload_secs),
+        }
     }
 
     fn validate_upload(&self) -> Result<(), ConfigError> {
@@ -1437,6 +1550,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(typo.contains("unknown field `max_file_size`"), "{typo}");
+    }
+
+    #[test]
+    fn muc_settings_have_defaults_and_are_checked() {
+        let d = Config::default();
+        d.validate().unwrap();
+        assert!(d.muc.enabled);
+        assert_eq!(d.muc_domain(), "conference.localhost");
+        let s = d.muc_settings();
+        assert_eq!(s.domain, "conference.localhost");
+        assert_eq!(s.create, shoal_actors::muc::CreatePolicy::Local);
+        assert_eq!(
+            (
+                s.max_rooms_per_user,
+                s.max_occupants,
+                s.max_history,
+                s.message_rate,
+                s.message_burst
+            ),
+            (20, 5000, 100, 5, 20)
+        );
+        assert_eq!(s.idle_unload, std::time::Duration::from_secs(600));
+        let set: Config = toml::from_str("domain = 'a.test'\n[muc]\ncreate = 'anyone'\nmessage_rate = 0").unwrap();
+        set.validate().unwrap();
+        assert_eq!(set.muc_domain(), "conference.a.test");
+        assert_eq!(set.muc_settings().create, shoal_actors::muc::CreatePolicy::Anyone);
+        // Off, its domain may be anything.
+        let off: Config = toml::from_str("[muc]\nenabled = false\ndomain = 'localhost'").unwrap();
+        off.validate().unwrap();
+        for (bad, problem) in [
+            ("[muc]\ndomain = 'localhost'", "own domains"),
+            (
+                "[muc]\ndomain = 'Chat.localhost'",
+                "should be written \"chat.localhost\"",
+            ),
+            (
+                "[muc]\ndomain = 'bot.localhost'\n[[components.service]]\ndomain = 'bot.localhost'\nsecret = 's'",
+                "component",
+            ),
+            (
+                "[http]\nlisten = ['127.0.0.1:0']\n[upload]\nenabled = true\ndomain = 'x.localhost'\n\
+                 [muc]\ndomain = 'x.localhost'",
+                "[upload]",
+            ),
+            ("[muc]\nmax_occupants = 0", "max_occupants"),
+            ("[muc]\nmax_history = 10001", "max_history"),
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(problem), "{bad}: {err}");
+        }
+        let typo = toml::from_str::<Config>("[muc]\ncreate = 'everyone'")
+            .unwrap_err()
+            .to_string();
+        assert!(typo.contains("unknown variant"), "{typo}");
     }
 
     #[test]

@@ -356,6 +356,17 @@ fn needs_restart(applied: &Config, new: &Config) -> Vec<String> {
         "[upload]" upload [enabled, domain, dir, url, max_file_bytes, quota_bytes, expire_after_secs, slot_timeout_secs],
         "[caps]" caps [max_entries],
         "[pep]" pep [enabled, max_nodes, max_item_bytes, max_items, publish_rate, publish_burst],
+        "[muc]" muc [
+            enabled,
+            domain,
+            create,
+            max_rooms_per_user,
+            max_occupants,
+            max_history,
+            message_rate,
+            message_burst,
+            idle_unload_secs,
+        ],
     });
     // A section added to the configuration and forgotten above.
     if out.is_empty() && differs(a, b) {

@@ -45,6 +45,8 @@ pub enum StartError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Upload(#[from] crate::upload::UploadError),
+    #[error("[muc] domain: {0}")]
+    Muc(#[from] shoal_actors::services::PublishError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -307,6 +309,12 @@ impl ServerBuilder {
         for service in &config.components.services {
             router.services().expect(&service.domain);
         }
+        // XEP-0045: the rooms' actors run on the workers.
+        let muc = if config.muc.enabled {
+            Some(shoal_actors::muc::start(&router, config.muc_settings(), &handles)?)
+        } else {
+            None
+        };
         let mut component_addrs = Vec::new();
         let mut components = None;
         if !component_listeners.is_empty() {
@@ -413,6 +421,7 @@ impl ServerBuilder {
         });
         Ok(ServerHandle {
             http,
+            muc,
             local_addrs,
             direct_tls_addrs,
             component_addrs,
@@ -541,6 +550,8 @@ async fn accept_loop(
 pub struct ServerHandle {
     /// The HTTP listeners (`[http]`), if any.
     http: Option<crate::http::HttpHandle>,
+    /// The MUC service (`[muc]`), when on.
+    muc: Option<shoal_actors::muc::MucHandle>,
     local_addrs: Vec<SocketAddr>,
     direct_tls_addrs: Vec<SocketAddr>,
     component_addrs: Vec<SocketAddr>,
@@ -592,6 +603,11 @@ impl ServerHandle {
     /// Federation's links and settings, when on.
     pub fn s2s(&self) -> Option<&Arc<shoal_actors::s2s::S2sContext>> {
         self.s2s.as_ref()
+    }
+
+    /// The MUC service (XEP-0045), when on.
+    pub fn muc(&self) -> Option<&shoal_actors::muc::MucHandle> {
+        self.muc.as_ref()
     }
 
     /// The session manager: list sessions, route a stanza to a user.

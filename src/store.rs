@@ -14,6 +14,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 use shoal_actors::jid::{BareJid, Jid};
 use shoal_actors::metrics::{StorageOp, StorageTimer};
+use shoal_actors::muc::{Affiliation, StoredRoom};
 use shoal_actors::roster::{
     ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate, SubState, Subscription,
 };
@@ -182,7 +183,29 @@ const MIGRATIONS: &[Migration] = &[
         FOREIGN KEY (owner, node) REFERENCES pep_nodes(owner, node) ON DELETE CASCADE
     ) WITHOUT ROWID;",
     ),
-    // 10: reserved for MUC (XEP-0045) rooms and affiliations.
+    // 10: MUC (XEP-0045) persistent rooms and their affiliations: the
+    // service's, not accounts' data (no key to users). `config` is a
+    // submitted muc#roomconfig form. A user without affiliation has no row.
+    Migration::Sql(
+        "CREATE TABLE muc_rooms (
+        service    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        config     TEXT NOT NULL,
+        subject    TEXT,
+        subject_by TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (service, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE muc_affiliations (
+        service     TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        jid         TEXT NOT NULL,
+        affiliation TEXT NOT NULL CHECK (affiliation IN ('owner', 'admin', 'member', 'outcast')),
+        reason      TEXT,
+        PRIMARY KEY (service, name, jid),
+        FOREIGN KEY (service, name) REFERENCES muc_rooms(service, name) ON DELETE CASCADE
+    ) WITHOUT ROWID;",
+    ),
     // 11: private XML (XEP-0049), one element per account and key
     // (`{namespace}name`, as `xep::private::key_of` makes it).
     Migration::Sql(
@@ -1137,6 +1160,131 @@ impl SqliteStore {
     }
 }
 
+/// MUC rooms (XEP-0045): the persistent ones, with their affiliations.
+impl SqliteStore {
+    /// The persistent rooms of the service `service`, by name, each with
+    /// its affiliations.
+    pub fn muc_rooms(&self, service: &str) -> Result<Vec<StoredRoom>, StoreError> {
+        let mut rooms: Vec<StoredRoom> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT name, config, subject, subject_by, created_ms FROM muc_rooms WHERE service = ?1 ORDER BY name",
+            )?;
+            let rows = stmt.query_map([service], |r| {
+                Ok(StoredRoom {
+                    name: r.get(0)?,
+                    config: r.get(1)?,
+                    subject: r.get(2)?,
+                    subject_by: r.get(3)?,
+                    created_ms: r.get(4)?,
+                    affiliations: Vec::new(),
+                })
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let index: std::collections::HashMap<String, usize> =
+            rooms.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, jid, affiliation, reason FROM muc_affiliations WHERE service = ?1 ORDER BY name, jid",
+        )?;
+        let rows = stmt.query_map([service], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (name, jid, affiliation, reason) = row?;
+            // Stored normalised by this code: a row that no longer reads is skipped.
+            let (Some(&i), Ok(jid), Some(affiliation)) =
+                (index.get(&name), BareJid::parse(&jid), Affiliation::parse(&affiliation))
+            else {
+                continue;
+            };
+            rooms[i].affiliations.push((jid, affiliation, reason));
+        }
+        Ok(rooms)
+    }
+
+    /// Stores a room (or replaces its configuration and subject), and
+    /// adds the affiliations it carries, in one transaction.
+    pub fn muc_save_room(&mut self, service: &str, room: &StoredRoom) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        tx.execute(
+            "INSERT INTO muc_rooms (service, name, config, subject, subject_by, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (service, name) DO UPDATE SET config = excluded.config, subject = excluded.subject,
+                 subject_by = excluded.subject_by",
+            params![
+                service,
+                room.name,
+                room.config,
+                room.subject,
+                room.subject_by,
+                room.created_ms
+            ],
+        )?;
+        for (jid, affiliation, reason) in &room.affiliations {
+            put_affiliation(&tx, service, &room.name, jid, Some((*affiliation, reason.as_deref())))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets a room; its affiliations go with it.
+    pub fn muc_delete_room(&mut self, service: &str, name: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM muc_rooms WHERE service = ?1 AND name = ?2",
+            params![service, name],
+        )?;
+        Ok(())
+    }
+
+    /// Sets (`None`, or `none`: removes) a user's affiliation with a
+    /// stored room; for a room not stored, nothing changes.
+    pub fn muc_set_affiliation(
+        &mut self,
+        service: &str,
+        room: &str,
+        jid: &BareJid,
+        affiliation: Option<(Affiliation, Option<&str>)>,
+    ) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        put_affiliation(&tx, service, room, jid, affiliation)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// One affiliation row written (in the caller's transaction): none is no row.
+fn put_affiliation(
+    tx: &rusqlite::Transaction<'_>,
+    service: &str,
+    room: &str,
+    jid: &BareJid,
+    affiliation: Option<(Affiliation, Option<&str>)>,
+) -> Result<(), StoreError> {
+    match affiliation {
+        Some((a, reason)) if a != Affiliation::None => {
+            tx.execute(
+                "INSERT INTO muc_affiliations (service, name, jid, affiliation, reason)
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM muc_rooms WHERE service = ?1 AND name = ?2)
+                 ON CONFLICT (service, name, jid) DO UPDATE SET affiliation = excluded.affiliation,
+                     reason = excluded.reason",
+                params![service, room, jid.as_str(), a.as_str(), reason],
+            )?;
+        }
+        _ => {
+            tx.execute(
+                "DELETE FROM muc_affiliations WHERE service = ?1 AND name = ?2 AND jid = ?3",
+                params![service, room, jid.as_str()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// An account with what moves with it between servers (XEP-0227): what
 /// `shoal import` writes and `shoal export` reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -2086,6 +2234,35 @@ impl Storage for SqliteStorage {
         self.writer.purge(before_ms)
     }
 
+    fn muc_rooms(&self, service: &str) -> StorageFuture<Vec<StoredRoom>> {
+        let service = service.to_owned();
+        self.query(StorageOp::MucRooms, move |s| s.muc_rooms(&service))
+    }
+
+    fn muc_save_room(&self, service: &str, room: StoredRoom) -> StorageFuture<()> {
+        let service = service.to_owned();
+        self.query(StorageOp::MucSaveRoom, move |s| s.muc_save_room(&service, &room))
+    }
+
+    fn muc_delete_room(&self, service: &str, name: &str) -> StorageFuture<()> {
+        let (service, name) = (service.to_owned(), name.to_owned());
+        self.query(StorageOp::MucDeleteRoom, move |s| s.muc_delete_room(&service, &name))
+    }
+
+    fn muc_set_affiliation(
+        &self,
+        service: &str,
+        room: &str,
+        jid: &BareJid,
+        affiliation: Option<(Affiliation, Option<String>)>,
+    ) -> StorageFuture<()> {
+        let (service, room, jid) = (service.to_owned(), room.to_owned(), jid.clone());
+        self.query(StorageOp::MucSetAffiliation, move |s| {
+            let affiliation = affiliation.as_ref().map(|(a, r)| (*a, r.as_deref()));
+            s.muc_set_affiliation(&service, &room, &jid, affiliation)
+        })
+    }
+
     fn private_xml(&self, user: &BareJid, key: &str) -> StorageFuture<Option<String>> {
         let (u, k) = (user.clone(), key.to_owned());
         self.query(StorageOp::PrivateXml, move |s| s.private_xml(&u, &k))
@@ -2761,6 +2938,58 @@ mod tests {
             )
             .unwrap();
         assert_eq!(left, (0, 0));
+    }
+
+    #[test]
+    fn muc_rooms_round_trip_with_their_affiliations() {
+        let (_dir, mut s) = store_with(&[]);
+        let service = "conference.localhost";
+        let (romeo, juliet) = (jid("romeo"), jid("juliet"));
+        let room = StoredRoom {
+            name: "balcony".into(),
+            config: "<x xmlns='jabber:x:data' type='submit'/>".into(),
+            subject: None,
+            subject_by: None,
+            created_ms: 7,
+            affiliations: vec![
+                (romeo.clone(), Affiliation::Owner, None),
+                (juliet.clone(), Affiliation::None, None),
+            ],
+        };
+        s.muc_save_room(service, &room).unwrap();
+        s.muc_set_affiliation(service, "balcony", &juliet, Some((Affiliation::Outcast, Some("rude"))))
+            .unwrap();
+        // Not a stored room: nothing.
+        s.muc_set_affiliation(service, "garden", &juliet, Some((Affiliation::Member, None)))
+            .unwrap();
+        let saved = StoredRoom {
+            subject: Some("Fire".into()),
+            subject_by: Some("Romeo".into()),
+            affiliations: Vec::new(),
+            ..room.clone()
+        };
+        s.muc_save_room(service, &saved).unwrap();
+        let rooms = s.muc_rooms(service).unwrap();
+        assert_eq!(
+            rooms,
+            [StoredRoom {
+                affiliations: vec![
+                    (juliet.clone(), Affiliation::Outcast, Some("rude".into())),
+                    (romeo.clone(), Affiliation::Owner, None),
+                ],
+                ..saved.clone()
+            }]
+        );
+        assert!(s.muc_rooms("other.localhost").unwrap().is_empty());
+        s.muc_set_affiliation(service, "balcony", &juliet, None).unwrap();
+        assert_eq!(s.muc_rooms(service).unwrap()[0].affiliations.len(), 1);
+        s.muc_delete_room(service, "balcony").unwrap();
+        assert!(s.muc_rooms(service).unwrap().is_empty());
+        let left: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM muc_affiliations", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "affiliations go with their room");
     }
 
     #[test]

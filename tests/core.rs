@@ -327,11 +327,13 @@ fn server_iqs_disco_ping_version() {
          <feature var='jabber:iq:last'/><feature var='jabber:iq:register'/><feature var='jabber:iq:version'/>\
          <feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:carbons:2'/><feature var='urn:xmpp:ping'/></query></iq>"
     );
+    // The MUC service is on by default ([muc]).
     c.send("<iq type='get' id='d2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
     assert_eq!(
         c.recv_xml(),
         "<iq id='d2' type='result' from='localhost' to='romeo@localhost/orchard'>\
-         <query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+         <query xmlns='http://jabber.org/protocol/disco#items'>\
+         <item jid='conference.localhost' name='Chatrooms'/></query></iq>"
     );
     c.send("<iq type='get' id='d3' to='romeo@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
     assert_eq!(

@@ -216,7 +216,8 @@ fn a_slixmpp_component_is_listed_answers_and_echoes_through_shoal() {
         assert_eq!(
             stdout.lines().collect::<Vec<_>>(),
             [
-                "items: bot.localhost",
+                // With the MUC service, on by default.
+                "items: bot.localhost conference.localhost",
                 "info: automation/bot Bot",
                 "ping: ok",
                 "user got: 'echo: hello' from echo@bot.localhost",

@@ -74,6 +74,8 @@ fn start(
             config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
             config.http.listen = Vec::new();
             config.storage.sqlite = db;
+            // These services alone are listed.
+            config.muc.enabled = false;
             let server = ServerBuilder::new(config).workers(1).start().await.unwrap();
             let router = server.router().clone();
             for (domain, options) in [
@@ -206,5 +208,72 @@ fn a_published_service_is_listed_answers_and_rescinds_answering_what_waits() {
     // client cannot forge one either (its from is stamped).
     c.expect_nothing();
     stop.send(()).unwrap();
+    thread.join().unwrap();
+}
+
+/// Keeps what it is given, serialised, for the test to read.
+struct Recorder(std::sync::Mutex<std::sync::mpsc::Sender<String>>);
+
+impl ServiceSink for Recorder {
+    fn deliver(&self, stanza: &Stanza) -> bool {
+        let xml = stanza.element().to_xml_in(ns::CLIENT);
+        self.0.lock().unwrap().send(xml).is_ok()
+    }
+}
+
+#[test]
+fn a_dropped_connection_tells_the_services_it_sent_presence_to() {
+    // RFC 6121 §4.6.3, for a service as for a user: a room a client joined
+    // learns that it left when its connection drops (XEP-0045 needs it).
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shoal.db");
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let mut config = Config::default();
+            config.c2s.listen = vec!["127.0.0.1:0".parse().unwrap()];
+            config.http.listen = Vec::new();
+            config.storage.sqlite = db;
+            let server = ServerBuilder::new(config).workers(1).start().await.unwrap();
+            let sink = Box::new(Recorder(std::sync::Mutex::new(seen_tx)));
+            let publication = server
+                .router()
+                .publish("rec.localhost", sink, PublishOptions::default())
+                .unwrap();
+            addr_tx.send(server.local_addrs()[0]).unwrap();
+            let _ = stop_rx.await;
+            drop(publication);
+            server.shutdown().await;
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let next = || seen.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    // Available, then a room joined.
+    let mut alice = login(addr, "alice");
+    alice.send("<presence/>");
+    alice.send("<presence to='room@rec.localhost/Alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+    assert_eq!(
+        next(),
+        "<presence to='room@rec.localhost/Alice' from='alice@localhost/r'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    );
+    alice.sync();
+    drop(alice);
+    assert_eq!(
+        next(),
+        "<presence to='room@rec.localhost/Alice' type='unavailable' from='alice@localhost/r'/>"
+    );
+    // Never available: the room it joined is told all the same.
+    let mut bob = login(addr, "bob");
+    bob.send("<presence to='room@rec.localhost/Bob'/>");
+    assert_eq!(next(), "<presence to='room@rec.localhost/Bob' from='bob@localhost/r'/>");
+    bob.sync();
+    drop(bob);
+    assert_eq!(
+        next(),
+        "<presence type='unavailable' from='bob@localhost/r' to='room@rec.localhost/Bob'/>"
+    );
+    stop_tx.send(()).unwrap();
     thread.join().unwrap();
 }

@@ -88,6 +88,7 @@ fn a_file_put_in_a_slot_comes_back_byte_identical() {
         c.recv_xml(),
         "<iq id='items' type='result' from='localhost' to='alice@localhost/r'>\
          <query xmlns='http://jabber.org/protocol/disco#items'>\
+         <item jid='conference.localhost' name='Chatrooms'/>\
          <item jid='upload.localhost' name='HTTP File Upload'/></query></iq>"
     );
     c.send(

@@ -19,6 +19,7 @@ pub mod hosts;
 pub mod iq_handler;
 pub mod jid;
 pub mod metrics;
+pub mod muc;
 pub mod ns;
 pub mod outbound;
 pub mod presence;

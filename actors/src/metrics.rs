@@ -166,6 +166,13 @@ scheme! {
     /// Messages the archive writer committed together in one transaction
     /// (the `shoal` server's SQLite storage).
     Histogram MAM_COMMIT_GROUP_MESSAGES = "shoal_mam_commit_group_messages" [], GROUP;
+    /// Rooms of the MUC service (XEP-0045) whose actor runs now: rooms
+    /// with occupants, and empty persistent rooms not yet unloaded.
+    Gauge MUC_ROOMS = "shoal_muc_rooms" [];
+    /// Room messages and presence not delivered to an occupant's session
+    /// that was too far behind: dropped for that occupant, as a contact's
+    /// presence is.
+    Counter MUC_DROPPED = "shoal_muc_dropped_total" [];
 }
 
 /// What a client connection runs over: the `transport` label, as
@@ -228,6 +235,10 @@ wire_enum! {
         PepRetract => "pep_retract",
         PepPurge => "pep_purge",
         PepLastItems => "pep_last_items",
+        MucRooms => "muc_rooms",
+        MucSaveRoom => "muc_save_room",
+        MucDeleteRoom => "muc_delete_room",
+        MucSetAffiliation => "muc_set_affiliation",
     }
 }
 
@@ -285,6 +296,8 @@ struct Handles {
     /// `archived`, `failed`.
     mam_messages: [Counter; 2],
     mam_group: Histogram,
+    muc_rooms: Gauge,
+    muc_dropped: Counter,
 }
 
 impl Handles {
@@ -339,6 +352,8 @@ impl Handles {
                 ::metrics::counter!(MAM_MESSAGES, "result" => "failed"),
             ],
             mam_group: ::metrics::histogram!(MAM_COMMIT_GROUP_MESSAGES),
+            muc_rooms: ::metrics::gauge!(MUC_ROOMS),
+            muc_dropped: ::metrics::counter!(MUC_DROPPED),
         }
     }
 }
@@ -582,6 +597,21 @@ pub fn archived(committed: bool) {
 /// The archive writer committed `messages` together.
 pub fn archive_group(messages: usize) {
     handles().mam_group.record(messages as f64);
+}
+
+/// A room's actor started (`loaded`) or stopped.
+pub fn muc_room(loaded: bool) {
+    let gauge = &handles().muc_rooms;
+    if loaded {
+        gauge.increment(1.0);
+    } else {
+        gauge.decrement(1.0);
+    }
+}
+
+/// A room's copy was not delivered to a session too far behind.
+pub fn muc_dropped() {
+    handles().muc_dropped.increment(1);
 }
 
 #[cfg(test)]

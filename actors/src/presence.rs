@@ -31,7 +31,9 @@ use crate::jid::{BareJid, Jid};
 use crate::ns;
 use crate::roster::SubState;
 use crate::router::RemoteRoute;
+use crate::services::Services;
 use crate::session::{Origin, Session, SessionTable};
+use crate::stanza::Stanza;
 use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
 use crate::xep::caps::Features;
@@ -230,33 +232,85 @@ fn to_available(sessions: &SessionTable, user: &BareJid, origin: Origin<'_>, byt
     })
 }
 
-/// Presence for contacts on other servers: it leaves through the router's
-/// way out (federation) once that is set, one stanza per contact (their
-/// server fans it out to their resources).
+/// Where presence goes for JIDs at domains this server does not host: a
+/// published service (a MUC room, a gateway), or another server once
+/// federation is on (one stanza per contact there: their server fans it
+/// out to their resources). The router that uses this hub sets it up.
 #[derive(Clone, Default)]
-pub struct RemotePresence(Arc<OnceLock<(crate::hosts::Hosts, Weak<dyn RemoteRoute>)>>);
+pub struct Elsewhere(Arc<ElsewhereInner>);
 
-impl RemotePresence {
-    /// The way out for `contact`, if it is on another server and
-    /// federation is on.
-    fn route(&self, contact: &BareJid) -> Option<Arc<dyn RemoteRoute>> {
-        let (hosts, remote) = self.0.get()?;
-        if hosts.contains(contact.domain()) {
-            return None;
+#[derive(Default)]
+struct ElsewhereInner {
+    /// The hosted domains and the published services (`Router::new`).
+    local: OnceLock<(crate::hosts::Hosts, Services)>,
+    /// Other servers (`Router::set_remote`).
+    remote: OnceLock<Weak<dyn RemoteRoute>>,
+}
+
+/// Where presence for one domain goes.
+pub(crate) enum Route<'a> {
+    /// A hosted domain (or the hub serves no router yet): local sessions.
+    Local,
+    /// A published service's domain.
+    Service(&'a Services),
+    /// Another server's.
+    Remote(Arc<dyn RemoteRoute>),
+    /// A configured service that is not connected, or another server
+    /// while federation is off: nowhere.
+    Nowhere,
+}
+
+impl Elsewhere {
+    pub(crate) fn route(&self, domain: &str) -> Route<'_> {
+        let Some((hosts, services)) = self.0.local.get() else {
+            return Route::Local;
+        };
+        if hosts.contains(domain) {
+            return Route::Local;
         }
-        remote.upgrade()
+        if services.get(domain).is_some() {
+            return Route::Service(services);
+        }
+        if services.is_known(domain) {
+            return Route::Nowhere;
+        }
+        match self.0.remote.get().and_then(Weak::upgrade) {
+            Some(remote) => Route::Remote(remote),
+            None => Route::Nowhere,
+        }
     }
 
-    /// True when `contact` is on another server (whether or not it can be
-    /// reached).
+    /// True when `contact` is another server's user (whether or not it
+    /// can be reached), federation being on.
     fn is_remote(&self, contact: &BareJid) -> bool {
-        self.0.get().is_some_and(|(hosts, _)| !hosts.contains(contact.domain()))
+        self.0.remote.get().is_some()
+            && self.0.local.get().is_some_and(|(hosts, services)| {
+                !hosts.contains(contact.domain()) && !services.is_known(contact.domain())
+            })
+    }
+}
+
+impl Route<'_> {
+    fn is_local(&self) -> bool {
+        matches!(self, Route::Local)
     }
 
     /// Sends presence from `from` (a template, as written for local
-    /// sessions) to `to` on another server.
-    fn send(remote: &dyn RemoteRoute, from: &Jid, template: &[u8], to: &Jid) {
-        remote.deliver_presence(from, to, addressed(template, to.as_str()));
+    /// sessions) to `to`, at a domain this server does not host; true
+    /// when it went.
+    fn send(&self, from: &Jid, template: &[u8], to: &Jid) -> bool {
+        match self {
+            Route::Local | Route::Nowhere => false,
+            // Rare (a room joined, a gateway): read back into the stanza
+            // a service takes.
+            Route::Service(services) => {
+                Stanza::reparse(&addressed(template, to.as_str())).is_some_and(|s| services.deliver_copy(&s))
+            }
+            Route::Remote(remote) => {
+                remote.deliver_copy(from, to, addressed(template, to.as_str()));
+                true
+            }
+        }
     }
 }
 
@@ -280,7 +334,7 @@ pub struct PresenceEvent<'a> {
     sessions: &'a SessionTable,
     /// The session's account, hashed once for the whole fan-out.
     origin: Origin<'a>,
-    remote: &'a RemotePresence,
+    elsewhere: &'a Elsewhere,
 }
 
 impl PresenceEvent<'_> {
@@ -307,9 +361,11 @@ impl PresenceEvent<'_> {
             if bare == user || self.followers.contains(&bare) {
                 continue;
             }
-            if let Some(remote) = self.remote.route(&bare) {
-                RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, jid);
-                reached += 1;
+            // A room, a gateway, another server's user: owed this too
+            // (a dropped connection leaves the rooms it joined).
+            let route = self.elsewhere.route(bare.domain());
+            if !route.is_local() {
+                reached += usize::from(route.send(self.session.jid.as_jid(), &self.template, jid));
                 continue;
             }
             match jid.clone().try_into_full() {
@@ -340,9 +396,9 @@ impl PresenceEvent<'_> {
         if self.session.is_blocking() && lists.blocks_outbound(self.session.jid.as_jid(), contact.as_jid()) {
             return 0;
         }
-        if let Some(remote) = self.remote.route(contact) {
-            RemotePresence::send(&*remote, self.session.jid.as_jid(), &self.template, contact.as_jid());
-            return 1;
+        let route = self.elsewhere.route(contact.domain());
+        if !route.is_local() {
+            return usize::from(route.send(self.session.jid.as_jid(), &self.template, contact.as_jid()));
         }
         to_available(self.sessions, contact, self.origin, || {
             addressed(&self.template, contact.as_str())
@@ -356,13 +412,14 @@ impl PresenceEvent<'_> {
         let own = me.to_bare();
         let lists = self.sessions.blocklists();
         for followee in self.followees.iter().chain(std::iter::once(&own)) {
-            if let Some(remote) = self.remote.route(followee) {
-                // RFC 6121 §4.3.1: the followee's server answers, from the
-                // user's bare JID.
+            let route = self.elsewhere.route(followee.domain());
+            if !route.is_local() {
+                // RFC 6121 §4.3.1: the followee's server (or service)
+                // answers, from the user's bare JID.
                 let probe = Element::new("presence", ns::CLIENT)
                     .with_attr("type", "probe")
                     .with_attr("from", own.as_str());
-                RemotePresence::send(&*remote, own.as_jid(), &template_of(&probe), followee.as_jid());
+                route.send(own.as_jid(), &template_of(&probe), followee.as_jid());
                 continue;
             }
             for s in self.sessions.resources(followee) {
@@ -479,7 +536,7 @@ pub struct PresenceActor {
     storage: Arc<dyn Storage>,
     hooks: Arc<dyn ConnectionHandler>,
     users: HashMap<BareJid, Entry>,
-    remote: RemotePresence,
+    elsewhere: Elsewhere,
     /// `[pep]`, shared by the shards (set once, by the host program).
     pep: Arc<OnceLock<PepSettings>>,
 }
@@ -554,7 +611,7 @@ impl PresenceActor {
                     template,
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
-                    remote: &self.remote,
+                    elsewhere: &self.elsewhere,
                 };
                 if initial {
                     self.hooks.on_initial_presence(&event);
@@ -594,7 +651,7 @@ impl PresenceActor {
                     template: template_of(&presence),
                     sessions: &self.sessions,
                     origin: Origin::of(Some(session.jid.as_jid())),
-                    remote: &self.remote,
+                    elsewhere: &self.elsewhere,
                 };
                 self.hooks.on_unavailable_presence(&event);
                 self.forget_if_offline(user);
@@ -643,8 +700,9 @@ impl PresenceActor {
                     if is && lists.blocks_outbound(s.jid.as_jid(), contact.as_jid()) {
                         continue;
                     }
-                    if let Some(remote) = self.remote.route(&contact) {
-                        RemotePresence::send(&*remote, s.jid.as_jid(), &template, contact.as_jid());
+                    let route = self.elsewhere.route(contact.domain());
+                    if !route.is_local() {
+                        route.send(s.jid.as_jid(), &template, contact.as_jid());
                         continue;
                     }
                     let origin = Origin::of(Some(s.jid.as_jid()));
@@ -741,7 +799,7 @@ impl PresenceActor {
         let user = session.jid.to_bare();
         let mut owners = vec![user.clone()];
         if let Some(Entry::Ready(state)) = self.users.get(&user) {
-            let local = state.followees.iter().filter(|f| !self.remote.is_remote(f));
+            let local = state.followees.iter().filter(|f| !self.elsewhere.is_remote(f));
             owners.extend(local.cloned());
         }
         let (storage, sessions) = (self.storage.clone(), self.sessions.clone());
@@ -753,9 +811,10 @@ impl PresenceActor {
     /// presence of each available resource, or unavailable; anyone else
     /// `unsubscribed` (as [`answer_probe`] does for local probers).
     fn answer_remote_probe(&self, from: &Jid, contact: &BareJid, follows: bool) {
-        let Some(remote) = self.remote.route(&from.to_bare()) else {
+        let route = self.elsewhere.route(from.domain());
+        if route.is_local() {
             return;
-        };
+        }
         let lists = self.sessions.blocklists();
         if lists.any()
             && self
@@ -774,7 +833,7 @@ impl PresenceActor {
             {
                 if let Some(template) = s.last_presence() {
                     available = true;
-                    RemotePresence::send(&*remote, s.jid.as_jid(), &template, from);
+                    route.send(s.jid.as_jid(), &template, from);
                 }
             }
         }
@@ -783,7 +842,7 @@ impl PresenceActor {
             let reply = Element::new("presence", ns::CLIENT)
                 .with_attr("type", kind)
                 .with_attr("from", contact.as_str());
-            RemotePresence::send(&*remote, contact.as_jid(), &template_of(&reply), from);
+            route.send(contact.as_jid(), &template_of(&reply), from);
         }
     }
 
@@ -936,7 +995,7 @@ impl Handler<PresenceMsg> for PresenceActor {
 #[derive(Clone)]
 pub struct PresenceHub {
     shards: Arc<Vec<Addr<PresenceActor>>>,
-    remote: RemotePresence,
+    elsewhere: Elsewhere,
     pep: Arc<OnceLock<PepSettings>>,
 }
 
@@ -949,10 +1008,10 @@ impl PresenceHub {
         storage: Arc<dyn Storage>,
         hooks: Arc<dyn ConnectionHandler>,
     ) -> PresenceHub {
-        let remote = RemotePresence::default();
+        let elsewhere = Elsewhere::default();
         let pep: Arc<OnceLock<PepSettings>> = Arc::default();
         let make = {
-            let (sessions, source, storage, hooks, remote) = (sessions, source, storage, hooks, remote.clone());
+            let (sessions, source, storage, hooks, elsewhere) = (sessions, source, storage, hooks, elsewhere.clone());
             let pep = pep.clone();
             move || PresenceActor {
                 sessions: sessions.clone(),
@@ -960,7 +1019,7 @@ impl PresenceHub {
                 storage: storage.clone(),
                 hooks: hooks.clone(),
                 users: HashMap::new(),
-                remote: remote.clone(),
+                elsewhere: elsewhere.clone(),
                 pep: pep.clone(),
             }
         };
@@ -977,7 +1036,7 @@ impl PresenceHub {
         };
         PresenceHub {
             shards: Arc::new(shards),
-            remote,
+            elsewhere,
             pep,
         }
     }
@@ -988,15 +1047,22 @@ impl PresenceHub {
         let _ = self.pep.set(settings);
     }
 
-    /// Presence for users of domains other than `hosts` goes through
-    /// `remote` from now on. Set once (by [`crate::router::Router::set_remote`]).
-    pub(crate) fn set_remote(&self, hosts: crate::hosts::Hosts, remote: Weak<dyn RemoteRoute>) {
-        let _ = self.remote.0.set((hosts, remote));
+    /// Presence for domains other than `hosts` goes to the services
+    /// published in `services`, if any has it. Set once (by
+    /// [`crate::router::Router::new`]).
+    pub(crate) fn set_local(&self, hosts: crate::hosts::Hosts, services: Services) {
+        let _ = self.elsewhere.0.local.set((hosts, services));
+    }
+
+    /// Presence for other servers' users goes through `remote` from now
+    /// on. Set once (by [`crate::router::Router::set_remote`]).
+    pub(crate) fn set_remote(&self, remote: Weak<dyn RemoteRoute>) {
+        let _ = self.elsewhere.0.remote.set(remote);
     }
 
     /// True when `user` is on another server, federation being on.
     pub(crate) fn is_remote(&self, user: &BareJid) -> bool {
-        self.remote.is_remote(user)
+        self.elsewhere.is_remote(user)
     }
 
     fn shard(&self, user: &BareJid) -> &Addr<PresenceActor> {

@@ -64,10 +64,11 @@ pub trait RemoteRoute: Send + Sync {
     /// go is answered with an error to its sender.
     fn deliver(&self, stanza: Stanza);
 
-    /// Sends presence from `from`, serialised for `to` already (`bytes`),
-    /// on its way: a broadcast's copy for one remote follower, which is
-    /// never answered.
-    fn deliver_presence(&self, from: &Jid, to: &Jid, bytes: bytes::Bytes);
+    /// Sends a stanza from `from`, serialised for `to` already (`bytes`),
+    /// on its way: a broadcast's copy for one recipient there (presence
+    /// for a remote follower, a room's message for a remote occupant),
+    /// which is never answered.
+    fn deliver_copy(&self, from: &Jid, to: &Jid, bytes: bytes::Bytes);
 }
 
 impl Router {
@@ -80,14 +81,17 @@ impl Router {
         storage: Arc<dyn Storage>,
         presence: PresenceHub,
     ) -> Router {
+        let hosts = hosts.into();
+        let services = Services::default();
+        presence.set_local(hosts.clone(), services.clone());
         Router {
             inner: Arc::new(Inner {
-                hosts: hosts.into(),
+                hosts,
                 sessions,
                 iq_handlers,
                 storage,
                 presence,
-                services: Services::default(),
+                services,
                 offline_quota: 1000,
                 offline_order: Arc::default(),
                 mam: MamSettings::default(),
@@ -128,8 +132,13 @@ impl Router {
     /// Routes stanzas for other domains through `remote` (federation).
     /// Set once; later calls change nothing.
     pub fn set_remote(&self, remote: Weak<dyn RemoteRoute>) {
-        self.inner.presence.set_remote(self.hosts().clone(), remote.clone());
+        self.inner.presence.set_remote(remote.clone());
         let _ = self.inner.remote.set(remote);
+    }
+
+    /// The way out to other servers, while federation is on.
+    pub(crate) fn remote(&self) -> Option<Arc<dyn RemoteRoute>> {
+        self.inner.remote.get().and_then(Weak::upgrade)
     }
 
     /// The message archive's settings.
@@ -494,7 +503,8 @@ impl Router {
 
     /// Routes directed presence (RFC 6121 §4.6); true when its recipient
     /// is owed the sender's unavailable later (§4.6.3): a local session
-    /// that received it, or a user of another server it was sent to.
+    /// that received it, a published service that took it (a room the
+    /// sender joined), or another server it was sent to.
     pub fn route_directed_presence(&self, stanza: Stanza) -> bool {
         let Some(to) = stanza.to().cloned() else { return false };
         // XEP-0191: dropped both ways, with no error.
@@ -503,16 +513,26 @@ impl Router {
         {
             return false;
         }
-        if !self.is_local_domain(to.domain()) || to.node().is_none() {
-            // A published service's domain is not another server's: the
-            // unavailable at logout goes where presence to other servers
-            // goes, so services are not remembered.
-            let remote_user = to.node().is_some()
-                && !self.is_local_domain(to.domain())
-                && !self.services().is_known(to.domain())
-                && self.inner.remote.get().is_some();
-            self.route(stanza);
-            return remote_user;
+        if !self.is_local_domain(to.domain()) {
+            let services = self.services();
+            if services.get(to.domain()).is_some() {
+                return services.deliver_copy(&stanza);
+            }
+            // A configured service that is not connected drops it.
+            if services.is_known(to.domain()) {
+                return false;
+            }
+            return match self.remote() {
+                Some(remote) => {
+                    remote.deliver(stanza);
+                    true
+                }
+                None => false,
+            };
+        }
+        if to.node().is_none() {
+            // Presence for the server itself goes nowhere.
+            return false;
         }
         let bytes = stanza.to_bytes();
         // Dropped by a busy session, as any presence (see `to_bare`).

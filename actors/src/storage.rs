@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 pub use crate::error::StorageError;
 use crate::jid::{BareJid, Jid};
+use crate::muc::{Affiliation, StoredRoom};
 use crate::roster::{ItemChange, Roster, RosterChange, RosterItem, RosterLimit, RosterLimits, RosterUpdate};
 use crate::sasl::Credentials;
 use crate::xep::blocking::Blocklist;
@@ -270,6 +271,37 @@ pub trait Storage: Send + Sync + 'static {
     fn set_private_xml(&self, _user: &BareJid, _key: &str, _xml: Option<String>) -> StorageFuture<bool> {
         Box::pin(std::future::ready(Ok(false)))
     }
+
+    /// The persistent rooms of the MUC service at `service` (XEP-0045),
+    /// each with its affiliations. A storage without rooms keeps none:
+    /// every room is then temporary across restarts.
+    fn muc_rooms(&self, _service: &str) -> StorageFuture<Vec<StoredRoom>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    /// Stores a persistent room (created, or its configuration and
+    /// subject replaced), and adds the affiliations `room` carries (a
+    /// room made persistent gives them all, later saves none).
+    fn muc_save_room(&self, _service: &str, _room: StoredRoom) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Forgets a room and its affiliations.
+    fn muc_delete_room(&self, _service: &str, _name: &str) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Sets one user's affiliation with a stored room, with its reason;
+    /// `None` removes it. Nothing changes for a room not stored.
+    fn muc_set_affiliation(
+        &self,
+        _service: &str,
+        _room: &str,
+        _jid: &BareJid,
+        _affiliation: Option<(Affiliation, Option<String>)>,
+    ) -> StorageFuture<()> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// True when the access model of `node` admits `viewer`, one of its
@@ -292,7 +324,12 @@ pub fn may_see(node: &StoredNode, viewer: &BareJid, groups: Option<&[String]>) -
 pub struct MemoryStorage {
     users: Mutex<BTreeMap<BareJid, MemoryUser>>,
     limits: RosterLimits,
+    /// MUC rooms by service and name: not accounts' data.
+    muc: Mutex<MemoryRooms>,
 }
+
+/// MUC rooms by (service, name).
+type MemoryRooms = BTreeMap<(String, String), StoredRoom>;
 
 struct MemoryUser {
     credentials: Credentials,
@@ -376,6 +413,14 @@ impl MemoryStorage {
     pub fn with_roster_limits(mut self, limits: RosterLimits) -> Self {
         self.limits = limits;
         self
+    }
+
+    fn with_rooms<T: Send + 'static>(&self, f: impl FnOnce(&mut MemoryRooms) -> T) -> StorageFuture<T> {
+        let out = match self.muc.lock() {
+            Ok(mut rooms) => Ok(f(&mut rooms)),
+            Err(_) => Err(StorageError::Unavailable),
+        };
+        Box::pin(std::future::ready(out))
     }
 
     fn with<T: Send + 'static>(&self, f: impl FnOnce(&mut BTreeMap<BareJid, MemoryUser>) -> T) -> StorageFuture<T> {
@@ -787,6 +832,60 @@ impl Storage for MemoryStorage {
                 Some(xml) => {
                     user.private.insert(key, xml);
                     true
+                }
+            }
+        })
+    }
+
+    fn muc_rooms(&self, service: &str) -> StorageFuture<Vec<StoredRoom>> {
+        let service = service.to_owned();
+        self.with_rooms(move |rooms| {
+            rooms
+                .iter()
+                .filter(|((s, _), _)| *s == service)
+                .map(|(_, room)| room.clone())
+                .collect()
+        })
+    }
+
+    fn muc_save_room(&self, service: &str, room: StoredRoom) -> StorageFuture<()> {
+        let key = (service.to_owned(), room.name.clone());
+        self.with_rooms(move |rooms| match rooms.get_mut(&key) {
+            Some(stored) => {
+                for (jid, affiliation, reason) in room.affiliations {
+                    stored.affiliations.retain(|(j, _, _)| *j != jid);
+                    stored.affiliations.push((jid, affiliation, reason));
+                }
+                stored.config = room.config;
+                stored.subject = room.subject;
+                stored.subject_by = room.subject_by;
+            }
+            None => {
+                rooms.insert(key, room);
+            }
+        })
+    }
+
+    fn muc_delete_room(&self, service: &str, name: &str) -> StorageFuture<()> {
+        let key = (service.to_owned(), name.to_owned());
+        self.with_rooms(move |rooms| {
+            rooms.remove(&key);
+        })
+    }
+
+    fn muc_set_affiliation(
+        &self,
+        service: &str,
+        room: &str,
+        jid: &BareJid,
+        affiliation: Option<(Affiliation, Option<String>)>,
+    ) -> StorageFuture<()> {
+        let (key, jid) = ((service.to_owned(), room.to_owned()), jid.clone());
+        self.with_rooms(move |rooms| {
+            if let Some(stored) = rooms.get_mut(&key) {
+                stored.affiliations.retain(|(j, _, _)| *j != jid);
+                if let Some((a, reason)) = affiliation {
+                    stored.affiliations.push((jid, a, reason));
                 }
             }
         })

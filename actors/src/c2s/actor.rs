@@ -706,6 +706,14 @@ impl Actor for C2s {
                     sent: false,
                 }
             } else {
+                // Never available, yet it sent directed presence (a bot
+                // that only joined a room): those are owed its unavailable.
+                for jid in take_directed(&mut self.directed) {
+                    let from = Some(session.jid.clone().into());
+                    let presence = Element::new("presence", ns::CLIENT);
+                    let unavailable = Stanza::new(Kind::Presence(PresenceType::Unavailable), from, Some(jid), presence);
+                    self.cx.router.route(unavailable);
+                }
                 PresenceMsg::Silent {
                     session: session.clone(),
                 }

@@ -116,11 +116,11 @@ impl InboundEntry {
 }
 
 /// What goes on a link: a stanza, answered with an error if it cannot go,
-/// or presence written for its recipient already (a follower's copy of a
-/// broadcast, never answered).
+/// or a copy written for its recipient already (a follower's presence, a
+/// room's message for an occupant: never answered).
 pub(super) enum Outgoing {
     Stanza(Stanza),
-    Presence { sender: u64, bytes: Bytes },
+    Copy { sender: u64, bytes: Bytes },
 }
 
 impl Outgoing {
@@ -138,7 +138,10 @@ impl Outgoing {
                 let kind = crate::metrics::StanzaKind::from(stanza.kind);
                 (sender_key(stanza.from()), stanza.to_bytes(), kind)
             }
-            Outgoing::Presence { sender, bytes } => (*sender, bytes.clone(), crate::metrics::StanzaKind::Presence),
+            Outgoing::Copy { sender, bytes } => {
+                let kind = crate::metrics::StanzaKind::of_bytes(bytes).unwrap_or(crate::metrics::StanzaKind::Presence);
+                (*sender, bytes.clone(), kind)
+            }
         };
         if out.send_routed(sender, bytes).is_ok() {
             crate::metrics::stanza(crate::metrics::Stream::S2s, crate::metrics::Direction::Out, kind);
@@ -355,13 +358,13 @@ pub(super) fn deliver(cx: &S2sContext, stanza: Stanza) {
     }
 }
 
-/// Presence from `from`, written for `to` already (`bytes`), goes on its
-/// link: a broadcast's copy for one remote follower, serialised once.
-pub(super) fn deliver_presence(cx: &S2sContext, from: &Jid, to: &Jid, bytes: Bytes) {
+/// A stanza from `from`, written for `to` already (`bytes`), goes on its
+/// link: a broadcast's copy for one remote recipient, serialised once.
+pub(super) fn deliver_copy(cx: &S2sContext, from: &Jid, to: &Jid, bytes: Bytes) {
     if let Ok(slot) = cx.links.slot(cx, from.domain(), to.domain()) {
         slot.push(
             cx,
-            Outgoing::Presence {
+            Outgoing::Copy {
                 sender: sender_key(Some(from)),
                 bytes,
             },

@@ -288,8 +288,8 @@ impl RemoteRoute for S2sContext {
         link::deliver(self, stanza)
     }
 
-    fn deliver_presence(&self, from: &crate::jid::Jid, to: &crate::jid::Jid, bytes: bytes::Bytes) {
-        link::deliver_presence(self, from, to, bytes)
+    fn deliver_copy(&self, from: &crate::jid::Jid, to: &crate::jid::Jid, bytes: bytes::Bytes) {
+        link::deliver_copy(self, from, to, bytes)
     }
 }
 

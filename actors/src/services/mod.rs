@@ -17,10 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use actix::Recipient;
+use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::error::{StanzaCondition, StanzaError};
+use crate::jid::{FullJid, Jid};
 use crate::router::Router;
+use crate::session::{Origin, Refused, Session};
 use crate::stanza::{IqType, Kind, Stanza};
 use delivered::{Delivered, Track};
 
@@ -160,6 +163,21 @@ impl Services {
         self.known.insert(domain.to_owned(), ());
     }
 
+    /// Gives a copy that is never answered (directed presence, a
+    /// broadcast's copy) to the service of its `to`'s domain; true when it
+    /// took it. Nothing is bounced.
+    pub fn deliver_copy(&self, stanza: &Stanza) -> bool {
+        let Some(published) = stanza.to().and_then(|to| self.get(to.domain())) else {
+            return false;
+        };
+        let taken = published.sink.deliver(stanza);
+        if taken {
+            let kind = stanza.kind.into();
+            crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::Out, kind);
+        }
+        taken
+    }
+
     /// What is published, sorted by domain.
     pub fn list(&self) -> Vec<ServiceSummary> {
         let mut out: Vec<ServiceSummary> = self
@@ -179,6 +197,36 @@ impl Services {
             .collect();
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         out
+    }
+}
+
+/// A stanza from a service, serialised once without `to`, for many
+/// recipients ([`Publication::broadcast`], [`Publication::deliver`]).
+#[derive(Clone, Debug)]
+pub struct Broadcast {
+    template: Bytes,
+    origin: Jid,
+    kind: Kind,
+}
+
+impl Broadcast {
+    /// Its sender.
+    pub fn from(&self) -> &Jid {
+        &self.origin
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Its serialised length, without `to`.
+    pub fn len(&self) -> usize {
+        self.template.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.template.is_empty()
     }
 }
 
@@ -322,15 +370,7 @@ impl Publication {
     /// Sends a stanza from the service. Its `from` must be the service's
     /// domain or a JID at it (XEP-0114 §3.1): anything else is refused.
     pub fn send(&self, stanza: Stanza) -> Result<(), StanzaError> {
-        if stanza.from().is_none_or(|f| f.domain() != self.published.domain) {
-            return Err(StanzaError::with_text(
-                StanzaCondition::NotAllowed,
-                "a service sends only from its own domain",
-            ));
-        }
-        if self.published.rescinded.load(Ordering::Acquire) {
-            return Err(StanzaError::new(StanzaCondition::ServiceUnavailable));
-        }
+        self.sendable(&stanza)?;
         // An answer goes on only if it answers a request this service was
         // given and has not answered yet: late, repeated and unasked-for
         // answers are dropped.
@@ -352,6 +392,103 @@ impl Publication {
         crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::In, kind);
         self.router.route(stanza);
         Ok(())
+    }
+
+    /// The sender of `stanza`, if the service may send it now: its `from`
+    /// is the service's domain or a JID at it (XEP-0114 §3.1).
+    fn sendable<'s>(&self, stanza: &'s Stanza) -> Result<&'s Jid, StanzaError> {
+        let Some(from) = stanza.from().filter(|f| f.domain() == self.published.domain) else {
+            return Err(StanzaError::with_text(
+                StanzaCondition::NotAllowed,
+                "a service sends only from its own domain",
+            ));
+        };
+        if self.published.rescinded.load(Ordering::Acquire) {
+            return Err(StanzaError::new(StanzaCondition::ServiceUnavailable));
+        }
+        Ok(from)
+    }
+
+    /// Serialises `stanza` once, without its `to`, for
+    /// [`Publication::deliver`] to many recipients: a room's message or
+    /// presence for its occupants costs one serialisation, not one per
+    /// occupant. Its `from` is checked as [`Publication::send`] checks it;
+    /// an IQ is refused (`send` keeps track of requests and answers).
+    pub fn broadcast(&self, stanza: &Stanza) -> Result<Broadcast, StanzaError> {
+        let origin = self.sendable(stanza)?.clone();
+        if matches!(stanza.kind, Kind::Iq(_)) {
+            return Err(StanzaError::with_text(
+                StanzaCondition::BadRequest,
+                "an IQ goes to one recipient: send it",
+            ));
+        }
+        let template = if stanza.to().is_some() {
+            let mut stanza = stanza.clone();
+            stanza.set_to(None);
+            stanza.to_bytes()
+        } else {
+            stanza.to_bytes()
+        };
+        Ok(Broadcast {
+            template,
+            origin,
+            kind: stanza.kind,
+        })
+    }
+
+    /// Delivers one copy of `broadcast` to `to`. A local session (`session`
+    /// when the caller holds it, else looked up) gets it directly, with the
+    /// blocklist check presence has (XEP-0191: dropped, not refused);
+    /// anything else goes where the router would send it (another
+    /// service, another server). A copy is never answered: a session too
+    /// far behind refuses it (`Busy`), and the caller decides what that
+    /// costs (a room drops it for that occupant, as presence is dropped).
+    pub fn deliver(&self, broadcast: &Broadcast, to: &FullJid, session: Option<&Arc<Session>>) -> Result<(), Refused> {
+        if self.published.rescinded.load(Ordering::Acquire) {
+            return Err(Refused::Gone);
+        }
+        let router = &self.router;
+        let bytes = || crate::presence::addressed(&broadcast.template, to.as_str());
+        let delivered = if router.is_local_domain(to.domain()) {
+            let found;
+            let session = match session {
+                Some(s) => s,
+                None => {
+                    found = router.sessions().get(to).ok_or(Refused::Gone)?;
+                    &found
+                }
+            };
+            let lists = router.blocklists();
+            let sender = Some(&broadcast.origin);
+            if lists.any() && lists.blocks_inbound(&to.to_bare(), std::slice::from_ref(session), sender) {
+                return Ok(());
+            }
+            let origin = Origin::of(sender);
+            match broadcast.kind {
+                Kind::Presence(_) => session.deliver_presence(origin, bytes()),
+                _ => session.deliver_from(origin, bytes()),
+            }
+        } else if router.services().get(to.domain()).is_some() {
+            // Rare (an occupant at another service): read back into the
+            // stanza a service takes.
+            match Stanza::reparse(&bytes()) {
+                Some(copy) if router.services().deliver_copy(&copy) => Ok(()),
+                _ => Err(Refused::Gone),
+            }
+        } else {
+            match router.remote() {
+                Some(remote) => {
+                    remote.deliver_copy(&broadcast.origin, to.as_jid(), bytes());
+                    Ok(())
+                }
+                None => Err(Refused::Gone),
+            }
+        };
+        if delivered.is_ok() {
+            let kind = broadcast.kind.into();
+            crate::metrics::stanza(crate::metrics::Stream::Services, crate::metrics::Direction::In, kind);
+        }
+        delivered
     }
 
     /// Removes the service: stanzas for its domain get errors again, and
