@@ -378,3 +378,32 @@ fn slixmpp_reads_its_message_archive_in_pages() {
         ],
     );
 }
+
+/// XEP-0045 with slixmpp's xep_0045 (Debian's and PyPI's): Alice creates a
+/// room at conference.localhost (locked until her instant-room submit),
+/// Bob and Carol join with `join_muc_wait`; all three get all three
+/// groupchat messages with the room's stanza ids; Alice kicks Carol, who
+/// gets 110 and 307 while the others see her go.
+#[test]
+fn slixmpp_creates_a_room_chats_in_it_and_kicks() {
+    run_under_both_slixmpps("slixmpp_muc.py", &["JOINED 3", "MESSAGES 3", "KICKED carol", "OK"]);
+}
+
+/// XEP-0084 over PEP with slixmpp's xep_0084 (Debian's and PyPI's): Bob's
+/// caps carry `urn:xmpp:avatar:metadata+notify`, which Shoal learns; Alice,
+/// his mutual contact, publishes avatar data and metadata, and Bob gets the
+/// metadata and retrieves the same bytes.
+#[test]
+fn slixmpp_sees_a_contacts_avatar_through_pep_and_caps() {
+    run_under_both_slixmpps(
+        "slixmpp_avatar.py",
+        &[
+            "alice: both",
+            "bob: both",
+            "alice published avatar data and metadata",
+            "bob got metadata from alice@localhost: image/png, 69 bytes",
+            "AVATAR SEEN",
+            "OK",
+        ],
+    );
+}

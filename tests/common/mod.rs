@@ -1074,3 +1074,64 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str
     assert_ne!(reply.header("transfer-encoding"), Some("chunked"), "not decoded here");
     reply
 }
+
+/// The XEP-0115 node test clients announce their capabilities under.
+pub const CAPS_NODE: &str = "http://test";
+
+/// A test client's disco#info: identity `client/pc//Test`, the caps and
+/// disco#info features, then `features` (`…+notify` ones, say).
+pub fn caps_query(features: &[&str]) -> Element {
+    let identity = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", "client")
+        .with_attr("type", "pc")
+        .with_attr("name", "Test");
+    let mut query = Element::new("query", ns::DISCO_INFO).with_child(identity);
+    for var in ["http://jabber.org/protocol/caps", ns::DISCO_INFO]
+        .into_iter()
+        .chain(features.iter().copied())
+    {
+        query.push_child(Element::new("feature", ns::DISCO_INFO).with_attr("var", var));
+    }
+    query
+}
+
+impl Client {
+    /// Sends available presence with caps (XEP-0115, sha-1) for
+    /// [`caps_query`]`(features)`; returns the ver. Reads nothing: the
+    /// server's disco#info query for a new ver may come before the
+    /// presence's reflection ([`Client::answer_caps_query`]).
+    pub fn announce_caps(&mut self, features: &[&str]) -> String {
+        let ver = shoal_actors::xep::caps::ver_of(&caps_query(features));
+        self.send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{CAPS_NODE}' ver='{ver}'/></presence>"
+        ));
+        ver
+    }
+
+    /// Reads up to the server's disco#info query for the caps of
+    /// [`caps_query`]`(features)`, checks it comes from the server's domain
+    /// and names `node#ver`, and answers it; returns what came before.
+    pub fn answer_caps_query(&mut self, features: &[&str]) -> Vec<Element> {
+        let query = caps_query(features);
+        let node = format!("{CAPS_NODE}#{}", shoal_actors::xep::caps::ver_of(&query));
+        let mut before = Vec::new();
+        let ask = loop {
+            let el = self.recv();
+            if el.name() == "iq" && el.attr("type") == Some("get") && el.has_child("query", ns::DISCO_INFO) {
+                break el;
+            }
+            before.push(el);
+        };
+        assert_eq!(ask.attr("from"), Some(self.domain.as_str()), "{ask}");
+        let asked = ask.get_child("query", ns::DISCO_INFO).unwrap();
+        assert_eq!(asked.attr("node"), Some(node.as_str()), "{ask}");
+        let id = ask.attr("id").expect("an id");
+        let answer = Element::new("iq", ns::CLIENT)
+            .with_attr("type", "result")
+            .with_attr("id", id)
+            .with_attr("to", self.domain.as_str())
+            .with_child(query.with_attr("node", node));
+        self.send(&answer.to_xml_in(ns::CLIENT));
+        before
+    }
+}
