@@ -96,7 +96,7 @@ fn subject(to: &str, room: &str, set: Option<(&str, &str)>) -> String {
 /// A groupchat message as the room relays it live (its stanza id as SID).
 fn groupchat(to: &str, room: &str, nick: &str, id: &str, body: &str) -> String {
     format!(
-        "<message to='{to}' type='groupchat' id='{id}' from='{room}/{nick}'><body>{body}</body>\
+        "<message to='{to}' from='{room}/{nick}' type='groupchat' id='{id}'><body>{body}</body>\
          <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='{room}'/></message>"
     )
 }
@@ -450,7 +450,7 @@ fn groupchat_reaches_every_occupant_and_history_comes_before_the_subject() {
         assert_eq!(
             c.recv_xml(),
             format!(
-                "<message to='{to}' type='groupchat' id='s1' from='{ROOM}/Romeo'><subject>Fair Verona</subject></message>"
+                "<message to='{to}' from='{ROOM}/Romeo' type='groupchat' id='s1'><subject>Fair Verona</subject></message>"
             )
         );
     }
@@ -460,7 +460,9 @@ fn groupchat_reaches_every_occupant_and_history_comes_before_the_subject() {
     assert_eq!(
         juliet.recv_xml(),
         "<message id='s2' type='error' from='room@conference.localhost' to='juliet@localhost/balcony'>\
-         <error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+         <error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>you may not change the subject</text>\
+         </error></message>"
     );
     romeo.expect_nothing();
     nurse.expect_nothing();
@@ -600,28 +602,46 @@ fn a_moderator_kicks_with_307_and_an_admin_bans_with_301() {
              <item nick='{nick}' role='none'>{reason}</item></query></iq>"
         )
     };
-    let kick_error = |id: &str, to: &str, nick: &str, kind: &str, condition: &str| {
+    let kick_error = |id: &str, to: &str, nick: &str, kind: &str, condition: &str, text: &str| {
+        let text = match text {
+            "" => String::new(),
+            t => format!("<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>{t}</text>"),
+        };
         format!(
             "<iq id='{id}' type='error' from='{ROOM}' to='{to}'><query xmlns='{MUC_ADMIN}'>\
              <item nick='{nick}' role='none'/></query><error type='{kind}'>\
-             <{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+             <{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>{text}</error></iq>"
         )
     };
     // Not a moderator; no such nick; the owner himself.
     juliet.send(&kick("k0", "Nurse", ""));
     assert_eq!(
         juliet.recv_xml(),
-        kick_error("k0", JULIET, "Nurse", "auth", "forbidden")
+        kick_error(
+            "k0",
+            JULIET,
+            "Nurse",
+            "auth",
+            "forbidden",
+            "only moderators change roles"
+        )
     );
     romeo.send(&kick("k1", "Tybalt", ""));
     assert_eq!(
         romeo.recv_xml(),
-        kick_error("k1", ROMEO, "Tybalt", "cancel", "item-not-found")
+        kick_error("k1", ROMEO, "Tybalt", "cancel", "item-not-found", "")
     );
     romeo.send(&kick("k2", "Romeo", ""));
     assert_eq!(
         romeo.recv_xml(),
-        kick_error("k2", ROMEO, "Romeo", "cancel", "not-allowed")
+        kick_error(
+            "k2",
+            ROMEO,
+            "Romeo",
+            "cancel",
+            "not-allowed",
+            "admins and owners keep their role"
+        )
     );
     nurse.expect_nothing();
 
@@ -660,7 +680,8 @@ fn a_moderator_kicks_with_307_and_an_admin_bans_with_301() {
         format!(
             "<iq id='b0' type='error' from='{ROOM}' to='{NURSE}'><query xmlns='{MUC_ADMIN}'>\
              <item affiliation='outcast' jid='juliet@localhost'><reason>Exiled</reason></item></query>\
-             <error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+             <error type='auth'><forbidden xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>only admins and owners change affiliations</text></error></iq>"
         )
     );
     juliet.expect_nothing();
@@ -889,7 +910,9 @@ fn self_ping_is_answered_by_the_room_and_an_occupants_error_removes_it_with_333(
         nurse.recv_xml(),
         "<iq id='sp2' type='error' from='room@conference.localhost/Juliet' to='nurse@localhost/kitchen'>\
          <ping xmlns='urn:xmpp:ping'/><error type='modify'>\
-         <not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+         <not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>not an occupant of this nick</text>\
+         </error></iq>"
     );
     romeo.expect_nothing();
     juliet.expect_nothing();
@@ -927,7 +950,8 @@ fn self_ping_is_answered_by_the_room_and_an_occupants_error_removes_it_with_333(
     assert_eq!(
         juliet.recv_xml(),
         "<message id='g2' type='error' from='room@conference.localhost' to='juliet@localhost/balcony'>\
-         <error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+         <error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>only occupants may speak here</text></error></message>"
     );
     romeo.expect_nothing();
 }
