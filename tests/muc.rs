@@ -168,7 +168,7 @@ fn unstamp(xml: String) -> String {
     while let Some(i) = rest.find(MARK) {
         let start = i + MARK.len();
         let end = start + rest[start..].find('\'').unwrap();
-        let stamp = rest[start..end].as_bytes();
+        let stamp = &rest.as_bytes()[start..end];
         let shape =
             stamp.len() >= 20 && stamp[4] == b'-' && stamp[10] == b'T' && stamp[13] == b':' && stamp.ends_with(b"Z");
         assert!(shape, "stamp {:?} in {xml}", &rest[start..end]);
