@@ -591,8 +591,19 @@ impl SqliteStore {
 
     /// Deletes an account and all its data; `false` when there was none.
     pub fn delete_user(&mut self, user: &BareJid) -> Result<bool, StoreError> {
-        let username = user.as_str();
-        Ok(self.conn.execute("DELETE FROM users WHERE username = ?1", [username])? > 0)
+        let tx = self.write()?;
+        Self::forget_grants(&tx, user)?;
+        let existed = tx.execute("DELETE FROM users WHERE username = ?1", [user.as_str()])? > 0;
+        tx.commit()?;
+        Ok(existed)
+    }
+
+    /// Access others gave the account (PEP whitelists), which an account
+    /// later registered under the name must not inherit. Its own data
+    /// goes with it by the foreign keys.
+    fn forget_grants(tx: &rusqlite::Transaction<'_>, user: &BareJid) -> Result<(), StoreError> {
+        tx.execute("DELETE FROM pep_whitelist WHERE jid = ?1", [user.as_str()])?;
+        Ok(())
     }
 
     /// Deletes an account while no server runs (`shoal user del`): in the
@@ -632,6 +643,7 @@ impl SqliteStore {
                 params![holder, jid.as_str(), version as i64],
             )?;
         }
+        Self::forget_grants(&tx, jid)?;
         let existed = tx.execute("DELETE FROM users WHERE username = ?1", [username])? > 0;
         tx.commit()?;
         Ok(existed)

@@ -122,10 +122,11 @@ fn result(to: &str, from: &str, id: &str) -> String {
     format!("<iq id='{id}' type='result' from='{from}' to='{to}'/>")
 }
 
-/// A refused join or nick change (no `<x/>` echoed).
+/// A refused join or nick change, with the muc `<x/>` (XEP-0045 §7.2's
+/// examples; slixmpp 1.8 recognises a failed join by it).
 fn refused(to: &str, from: &str, kind: &str, condition: &str) -> String {
     format!(
-        "<presence type='error' from='{from}' to='{to}'><error type='{kind}'>\
+        "<presence type='error' from='{from}' to='{to}'><x xmlns='http://jabber.org/protocol/muc'/><error type='{kind}'>\
          <{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></presence>"
     )
 }

@@ -72,7 +72,7 @@ async def main():
     user = User()
     await user.start()
     items = await user.plugin["xep_0030"].get_items(jid=DOMAIN, timeout=10)
-    print("items: " + " ".join(i[0] for i in items["disco_items"]["items"]), flush=True)
+    print("items: " + " ".join(sorted(i[0] for i in items["disco_items"]["items"])), flush=True)
     info = await user.plugin["xep_0030"].get_info(jid=COMPONENT, timeout=10)
     for category, itype, _lang, name in info["disco_info"]["identities"]:
         print(f"info: {category}/{itype} {name}", flush=True)

@@ -5,7 +5,7 @@
 
 use actix::prelude::*;
 
-use super::config::{RoomConfig, ROOMCONFIG};
+use super::config::{RoomConfig, Whois, ROOMCONFIG};
 use super::room::Room;
 use super::{stanzas, Affiliation, Role};
 use crate::error::{StanzaCondition, StanzaError};
@@ -274,7 +274,14 @@ impl Room {
                 let wanted = Affiliation::parse(affiliation)
                     .filter(|a| *a != Affiliation::None)
                     .ok_or_else(|| error(BadRequest, "no such affiliation"))?;
-                if actor < Affiliation::Admin {
+                // Members of a members-only room that shows real JIDs see
+                // who else is a member (Prosody does the same): OMEMO
+                // clients encrypt to members not present.
+                let open_to_members = self.config.members_only
+                    && self.config.whois == Whois::Anyone
+                    && actor == Affiliation::Member
+                    && wanted != Affiliation::Outcast;
+                if actor < Affiliation::Admin && !open_to_members {
                     return Err(error(Forbidden, "only admins and owners list affiliations"));
                 }
                 let mut users: Vec<(&BareJid, &Option<String>)> = self

@@ -215,7 +215,6 @@ impl MucShared {
     /// the room's capacity from the first stanza on (`start_in_arbiter`
     /// sets it only once the actor runs, a burst could find it full).
     fn start_room(&self, room: Room) -> Addr<Room> {
-        let name = room.name.clone();
         let (tx, rx) = actix::dev::channel::channel(ROOM_MAILBOX);
         let run = move || {
             let ctx = Context::with_receiver(rx);
@@ -228,9 +227,9 @@ impl MucShared {
             }
             None => run(),
         }
-        let addr = Addr::new(tx);
-        self.rooms.insert(name, addr.clone());
-        addr
+        // The caller makes it reachable once it has sent the first
+        // stanza: the join that creates a room comes before any other.
+        Addr::new(tx)
     }
 }
 
@@ -398,7 +397,7 @@ impl MucService {
     }
 
     fn refuse(&self, stanza: &Stanza, error: StanzaError) {
-        if let (Some(reply), Some(p)) = (stanza.error_reply(&error), self.publication()) {
+        if let (Some(reply), Some(p)) = (stanzas::error_reply(stanza, &error), self.publication()) {
             if let Err(e) = p.send(reply) {
                 log::debug!("{}: error not sent: {e}", self.shared.domain);
             }
@@ -413,11 +412,11 @@ impl MucService {
             return self.for_domain(&stanza);
         };
         let name = room.node().unwrap_or_default().to_owned();
-        let addr = match self.slots.remove(&name) {
-            Some(Slot::Loaded(addr)) if addr.connected() => addr,
+        let (addr, started) = match self.slots.remove(&name) {
+            Some(Slot::Loaded(addr)) if addr.connected() => (addr, false),
             Some(Slot::Stored(stored)) if !is_leaving(&stanza) => {
                 let room = Room::from_stored(self.shared.clone(), ctx.address(), room, *stored);
-                self.shared.start_room(room)
+                (self.shared.start_room(room), true)
             }
             Some(Slot::Stored(stored)) => {
                 self.slots.insert(name, Slot::Stored(stored));
@@ -425,13 +424,16 @@ impl MucService {
             }
             // A room that stopped without saying so: gone.
             Some(Slot::Loaded(_)) | None => match self.create(room, &stanza, ctx) {
-                Some(addr) => addr,
+                Some(addr) => (addr, true),
                 None => return,
             },
         };
-        self.slots.insert(name, Slot::Loaded(addr.clone()));
+        self.slots.insert(name.clone(), Slot::Loaded(addr.clone()));
         if addr.try_send(RoomStanza(stanza.clone())).is_err() {
             self.refuse_busy(&stanza);
+        }
+        if started {
+            self.shared.rooms.insert(name, addr);
         }
     }
 

@@ -429,7 +429,7 @@ impl Room {
     }
 
     pub(super) fn refuse(&self, stanza: &Stanza, error: StanzaError) {
-        if let Some(reply) = stanza.error_reply(&error) {
+        if let Some(reply) = stanzas::error_reply(stanza, &error) {
             self.send(reply);
         }
     }
@@ -786,7 +786,8 @@ impl Room {
         let Kind::Presence(kind) = stanza.kind else { return };
         match (kind, current) {
             // Prosody's handle_kickable, ejabberd's expulse_participant.
-            (PresenceType::Error, Some(i)) => self.remove_session(i, real.as_jid(), &[333], &[]),
+            (PresenceType::Error, Some(i)) if kicks(stanza) => self.remove_session(i, real.as_jid(), &[333], &[]),
+            (PresenceType::Error, _) => {}
             (PresenceType::Unavailable, Some(i)) => self.remove_session(i, real.as_jid(), &[], &payload_of(stanza)),
             (PresenceType::Available, Some(i)) => match stanza.to().and_then(Jid::resource) {
                 None => self.refuse_with(stanza, StanzaCondition::JidMalformed, "a nick is needed"),
@@ -975,9 +976,13 @@ impl Room {
         self.announce(idx, &[]);
     }
 
-    /// An error from an occupant (its client or server refused what the
-    /// room sent): that session is taken out, 333.
+    /// An error from an occupant saying it is no longer there (its
+    /// client or server refused what the room sent): that session is
+    /// taken out, 333.
     fn kickable(&mut self, stanza: &Stanza) {
+        if !kicks(stanza) {
+            return;
+        }
         if let (Some(i), Some(from)) = (self.sender(stanza), stanza.from().cloned()) {
             self.remove_session(i, &from, &[333], &[]);
         }
@@ -1022,7 +1027,11 @@ impl Room {
             return;
         };
         self.to_all(&b);
-        self.remember(message, from, b.len());
+        // Chat states and receipts alone would push messages out of the
+        // history (as in Prosody's muc-message-is-historic).
+        if crate::xep::mam::worth_keeping(stanza) {
+            self.remember(message, from, b.len());
+        }
     }
 
     /// Keeps a message for joiners, stamped now.
@@ -1365,6 +1374,29 @@ impl Room {
             .muc_delete_room(self.shared.domain.as_str(), &self.name);
         self.after(ctx, delete, done);
     }
+}
+
+/// True when an error from an occupant means its session is gone, so
+/// that it leaves (Prosody's `muc/util.lib.lua` list, which ejabberd's
+/// resembles): a client answering `<feature-not-implemented/>` to a
+/// private message stays. An error without a condition counts as gone.
+fn kicks(stanza: &Stanza) -> bool {
+    use StanzaCondition::*;
+    let Some(error) = stanza.element().get_child("error", ns::CLIENT) else {
+        return true;
+    };
+    matches!(
+        crate::error::StanzaError::from_element(error).condition,
+        Gone | InternalServerError
+            | ItemNotFound
+            | JidMalformed
+            | RecipientUnavailable
+            | Redirect
+            | RemoteServerNotFound
+            | RemoteServerTimeout
+            | ServiceUnavailable
+            | UndefinedCondition
+    )
 }
 
 #[cfg(test)]

@@ -4,8 +4,10 @@
 //! Attributes come in one order, `from` first (the `to` a copy gets is
 //! spliced in before it): what the tests read.
 
+use crate::error::StanzaError;
 use crate::jid::{BareJid, Jid};
 use crate::ns;
+use crate::stanza::{Kind, Stanza};
 use crate::xml::Element;
 
 use super::{Affiliation, Role};
@@ -154,6 +156,19 @@ pub(crate) fn mediated(
         .with_attr("from", room.as_str())
         .with_attr("to", to.as_str())
         .with_child(x)
+}
+
+/// The error answering `stanza`. A refused presence carries the muc
+/// `<x/>` before the error, as XEP-0045's examples (§7.2) and ejabberd
+/// have it: slixmpp 1.8 recognises a failed join by it.
+pub(crate) fn error_reply(stanza: &Stanza, error: &StanzaError) -> Option<Stanza> {
+    let mut reply = stanza.error_reply(error)?;
+    if matches!(stanza.kind, Kind::Presence(_)) {
+        reply.remove_payloads(|_| true);
+        reply.push_payload(Element::new("x", ns::MUC));
+        reply.push_payload(error.to_element());
+    }
+    Some(reply)
 }
 
 #[cfg(test)]

@@ -431,14 +431,14 @@ pub(crate) fn on_available(router: &Router, session: &Arc<Session>, presence: &E
         // The same again (forgetting one announced in between).
         return session.set_caps(current);
     }
+    // Awaiting before the lookup: an answer verified in between then
+    // finds this session waiting.
+    session.await_caps(ver);
     match router.caps().lookup(ver, node, session) {
         Lookup::Known(features) => session.set_caps(Some(features)),
         Lookup::Failed => session.set_caps(None),
-        Lookup::Waiting => session.await_caps(ver),
-        Lookup::Ask => {
-            session.await_caps(ver);
-            ask(router, session.clone(), node, ver.into());
-        }
+        Lookup::Waiting => {}
+        Lookup::Ask => ask(router, session.clone(), node, ver.into()),
     }
 }
 
@@ -501,8 +501,10 @@ fn check(answer: &Stanza, node: &str, ver: &str) -> Result<Features, CapsError> 
         .payload()
         .filter(|q| q.is("query", ns::DISCO_INFO))
         .ok_or(CapsError::NotDiscoInfo)?;
+    // Dino answers without the node; the hash is what makes it trusted
+    // (Prosody ignores the node too). Another node is another question.
     let asked = format!("{node}#{ver}");
-    if query.attr("node") != Some(asked.as_str()) {
+    if query.attr("node").is_some_and(|n| n != asked) {
         return Err(CapsError::WrongNode(query.attr("node").map(str::to_owned)));
     }
     verify(query, ver)

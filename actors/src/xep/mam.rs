@@ -353,16 +353,24 @@ pub fn keeps<E>(
 /// state or a receipt alone is not), or `normal` with a body; never
 /// errors, headlines or groupchat; never with a hint against storing it.
 pub fn archivable(message: &Stanza) -> bool {
-    let content = match message.kind {
-        Kind::Message(MessageType::Chat) => offline::storable(message),
-        Kind::Message(MessageType::Normal) => message.element().has_child("body", ns::CLIENT),
+    match message.kind {
+        Kind::Message(MessageType::Chat) => worth_keeping(message),
+        Kind::Message(MessageType::Normal) => message.element().has_child("body", ns::CLIENT) && !unstored(message),
         _ => false,
-    };
-    content
-        && !message
-            .element()
-            .children()
-            .any(|c| c.ns() == carbons::HINTS && matches!(c.name(), "no-store" | "no-permanent-store"))
+    }
+}
+
+/// True when a message has content ([`offline::storable`]) and no hint
+/// against storing it (XEP-0334): what archives and room histories keep.
+pub fn worth_keeping(message: &Stanza) -> bool {
+    offline::storable(message) && !unstored(message)
+}
+
+fn unstored(message: &Stanza) -> bool {
+    message
+        .element()
+        .children()
+        .any(|c| c.ns() == carbons::HINTS && matches!(c.name(), "no-store" | "no-permanent-store"))
 }
 
 /// Milliseconds since the epoch.

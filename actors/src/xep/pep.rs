@@ -246,6 +246,9 @@ struct Nodes {
     map: HashMap<String, StoredNode>,
 }
 
+/// Operations on one account's PEP waiting for the one running.
+const MAX_QUEUED: usize = 64;
+
 /// One account's PEP in its PresenceActor shard (dropped with the rest of
 /// the owner's state once offline and idle: the configuration is read
 /// again at the next operation). An owner without an available session
@@ -296,6 +299,12 @@ impl PepState {
                 .take(Instant::now(), settings.publish_rate, settings.publish_burst)
         {
             let _ = job.reply.send(Err(PubsubError::RateLimited.into()));
+            return;
+        }
+        // Requests from other servers are not bounded per session as
+        // local ones are: past this, wait and ask again.
+        if self.queue.len() >= MAX_QUEUED && job.viewer.is_some() {
+            let _ = job.reply.send(Err(PubsubError::Busy.into()));
             return;
         }
         self.queue.push_back(job);

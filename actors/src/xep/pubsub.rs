@@ -462,6 +462,8 @@ pub enum PubsubError {
     PayloadTooBig,
     MaxNodesExceeded,
     /// Too many publishes too fast.
+    /// Too many operations wait for this account's PEP.
+    Busy,
     RateLimited,
     /// Publish-options the node does not have: the text says which.
     Precondition(String),
@@ -492,6 +494,7 @@ impl From<PubsubError> for StanzaError {
             PubsubError::PayloadTooBig => StanzaError::new(C::NotAcceptable).with_app(app("payload-too-big")),
             PubsubError::MaxNodesExceeded => StanzaError::new(C::NotAllowed).with_app(app("max-nodes-exceeded")),
             PubsubError::RateLimited => StanzaError::with_text(C::ResourceConstraint, "publishing too fast"),
+            PubsubError::Busy => StanzaError::with_text(C::ResourceConstraint, "too many requests waiting"),
             PubsubError::Precondition(text) => {
                 StanzaError::with_text(C::Conflict, text).with_app(app("precondition-not-met"))
             }
