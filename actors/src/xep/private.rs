@@ -12,7 +12,7 @@ use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqResult};
 use crate::jid::BareJid;
 use crate::ns;
 use crate::router::Router;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
 use crate::xml::{parse_element, Element, NsBindings, ParseLimits};
 
 /// Most elements one account keeps. Each is bounded by the stanza that
@@ -102,13 +102,22 @@ async fn answer(storage: Arc<dyn Storage>, user: BareJid, set: bool, el: Element
         }
         return Ok(None);
     }
-    let stored = storage
-        .private_xml(&user, &key)
-        .await?
-        .and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok());
     // Nothing stored: the element asked for, empty.
-    let found = stored.unwrap_or_else(|| Element::new(el.name(), el.ns()));
-    Ok(Some(Element::new("query", ns::PRIVATE).with_child(found)))
+    let found = read(&*storage, &user, &key)
+        .await?
+        .unwrap_or_else(|| Element::new(el.name(), el.ns()));
+    Ok(Some(query_of(found)))
+}
+
+/// What `user` keeps under `key`, if anything.
+pub(crate) async fn read(storage: &dyn Storage, user: &BareJid, key: &str) -> Result<Option<Element>, StorageError> {
+    let stored = storage.private_xml(user, key).await?;
+    Ok(stored.and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok()))
+}
+
+/// A get's result: `el` in a `<query xmlns='jabber:iq:private'/>`.
+pub fn query_of(el: Element) -> Element {
+    Element::new("query", ns::PRIVATE).with_child(el)
 }
 
 #[cfg(test)]
