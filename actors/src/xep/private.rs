@@ -3,7 +3,9 @@
 //! their XEP-0048 bookmarks (`storage:bookmarks`) and preferences here.
 //!
 //! As Prosody's mod_private: a get of nothing stored answers the element
-//! asked for, empty; a set of an empty element forgets it.
+//! asked for, empty; a set of an empty element forgets it. With PEP on,
+//! `storage:bookmarks` is a view of the XEP-0402 bookmarks instead
+//! ([`super::bookmarks`], XEP-0411).
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use crate::jid::BareJid;
 use crate::ns;
 use crate::router::Router;
 use crate::storage::{Storage, StorageError};
+use crate::xep::{bookmarks, pep};
 use crate::xml::{parse_element, Element, NsBindings, ParseLimits};
 
 /// Most elements one account keeps. Each is bounded by the stanza that
@@ -81,6 +84,10 @@ impl IqHandler for Private {
             Ok(el) => el.clone(),
             Err(e) => return ready(Err(e.into())),
         };
+        // XEP-0411: with PEP, legacy bookmarks are the XEP-0402 ones.
+        if key_of(&el) == bookmarks::LEGACY_KEY && pep::enabled(router) {
+            return bookmarks::private(router.clone(), req.target.clone(), req.is_set(), el);
+        }
         Box::pin(answer(router.storage().clone(), req.target.clone(), req.is_set(), el))
     }
 
