@@ -314,7 +314,7 @@ async fn replace(router: &Router, owner: &BareJid, legacy: &Element) -> Result<(
 }
 
 /// The owner's get or set of `storage:bookmarks` as private XML.
-pub fn private(router: Router, owner: BareJid, set: bool, storage: Element) -> IqFuture {
+pub fn private_xml(router: Router, owner: BareJid, set: bool, storage: Element) -> IqFuture {
     Box::pin(private_answer(router, owner, set, storage))
 }
 
