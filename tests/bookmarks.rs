@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{Client, TestServer};
+use common::{node_config_form, pubsub_publish as publish, Client, TestServer};
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
@@ -58,24 +58,6 @@ fn modern(server: &TestServer) -> Client {
     c.answer_caps_query(&[BOOKMARKS_NOTIFY]);
     c.sync();
     c
-}
-
-/// The `<pubsub/>` publishing `payload` as item `id` of `node`, with the
-/// publish-options `options`.
-fn publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
-    let mut xml = format!("<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>");
-    if !options.is_empty() {
-        xml.push_str(
-            "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
-             <value>http://jabber.org/protocol/pubsub#publish-options</value></field>",
-        );
-        for (var, value) in options {
-            xml.push_str(&format!("<field var='{var}'><value>{value}</value></field>"));
-        }
-        xml.push_str("</x></publish-options>");
-    }
-    xml.push_str("</pubsub>");
-    xml
 }
 
 fn items_request(node: &str) -> String {
@@ -151,32 +133,12 @@ fn conversations_options_create_the_node_and_match_it_again() {
     juliet.send(&format!(
         "<iq type='get' id='c1'><pubsub xmlns='{PUBSUB}#owner'><configure node='{BOOKMARKS}'/></pubsub></iq>"
     ));
-    let boolean = |var: &str| format!("<field type='boolean' var='pubsub#{var}'><value>1</value></field>");
-    let options = |values: &[&str]| {
-        values
-            .iter()
-            .map(|v| format!("<option><value>{v}</value></option>"))
-            .collect::<String>()
-    };
     assert_eq!(
         juliet.recv_xml(),
         format!(
-            "<iq id='c1' type='result' to='{ME}'><pubsub xmlns='{PUBSUB}#owner'><configure node='{BOOKMARKS}'>\
-             <x xmlns='jabber:x:data' type='form'><field type='hidden' var='FORM_TYPE'>\
-             <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
-             <field type='list-single' var='pubsub#access_model'><value>whitelist</value>{}</field>\
-             <field type='list-multi' var='pubsub#roster_groups_allowed'/>\
-             <field type='text-single' var='pubsub#max_items'><value>max</value></field>{}\
-             <field type='list-single' var='pubsub#send_last_published_item'><value>never</value>{}</field>\
-             {}{}{}{}<field type='text-single' var='pubsub#title'/><field type='text-single' var='pubsub#type'/>\
-             </x></configure></pubsub></iq>",
-            options(&["open", "presence", "roster", "whitelist"]),
-            boolean("persist_items"),
-            options(&["never", "on_sub", "on_sub_and_presence"]),
-            boolean("notify_retract"),
-            boolean("notify_delete"),
-            boolean("deliver_notifications"),
-            boolean("deliver_payloads"),
+            "<iq id='c1' type='result' to='{ME}'><pubsub xmlns='{PUBSUB}#owner'><configure node='{BOOKMARKS}'>{}\
+             </configure></pubsub></iq>",
+            node_config_form("whitelist", "max", "never")
         )
     );
     // ...and the next one's options match it (no precondition-not-met).
