@@ -343,8 +343,9 @@ fn server_iqs_disco_ping_version() {
          <query xmlns='http://jabber.org/protocol/disco#info'><identity category='account' type='registered'/>\
          <identity category='pubsub' type='pep'/>\
          <feature var='http://jabber.org/protocol/disco#info'/><feature var='http://jabber.org/protocol/disco#items'/>\
-         {}<feature var='jabber:iq:private'/><feature var='urn:xmpp:blocking'/><feature var='urn:xmpp:mam:2'/>\
-         <feature var='urn:xmpp:mam:2#extended'/>\
+         {}<feature var='jabber:iq:private'/><feature var='urn:xmpp:blocking'/>\
+         <feature var='urn:xmpp:bookmarks:1#compat'/><feature var='urn:xmpp:bookmarks:1#compat-pep'/>\
+         <feature var='urn:xmpp:mam:2'/><feature var='urn:xmpp:mam:2#extended'/>\
          <feature var='urn:xmpp:pep-vcard-conversion:0'/>\
          <feature var='urn:xmpp:ping'/><feature var='urn:xmpp:sid:0'/><feature var='vcard-temp'/></query></iq>",
             // XEP-0163 on the account: XEP-0060's features of the subset offered.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Client, TestServer};
+use common::{node_config_form, pubsub_publish as publish, Client, TestServer};
 use shoal_actors::ns;
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
@@ -52,24 +52,6 @@ fn plain(server: &TestServer, user: &str, resource: &str) -> Client {
 
 fn tune(title: &str) -> String {
     format!("<tune xmlns='http://jabber.org/protocol/tune'><title>{title}</title></tune>")
-}
-
-/// The `<pubsub/>` publishing `payload` as item `id` of `node`, with the
-/// publish-options `options`.
-fn publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
-    let mut xml = format!("<pubsub xmlns='{PUBSUB}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>");
-    if !options.is_empty() {
-        xml.push_str(
-            "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
-             <value>http://jabber.org/protocol/pubsub#publish-options</value></field>",
-        );
-        for (var, value) in options {
-            xml.push_str(&format!("<field var='{var}'><value>{value}</value></field>"));
-        }
-        xml.push_str("</x></publish-options>");
-    }
-    xml.push_str("</pubsub>");
-    xml
 }
 
 /// juliet's publish result.
@@ -295,32 +277,12 @@ fn publish_options_are_preconditions_and_the_owner_configures() {
     juliet.send(&format!(
         "<iq type='get' id='c2'><pubsub xmlns='{PUBSUB}'><configure node='{TUNE}'/></pubsub></iq>"
     ));
-    let boolean = |var: &str| format!("<field type='boolean' var='pubsub#{var}'><value>1</value></field>");
-    let options = |values: &[&str]| {
-        values
-            .iter()
-            .map(|v| format!("<option><value>{v}</value></option>"))
-            .collect::<String>()
-    };
     assert_eq!(
         juliet.recv_xml(),
         format!(
-            "<iq id='c2' type='result' to='{ME}'><pubsub xmlns='{PUBSUB}#owner'><configure node='{TUNE}'>\
-             <x xmlns='jabber:x:data' type='form'><field type='hidden' var='FORM_TYPE'>\
-             <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
-             <field type='list-single' var='pubsub#access_model'><value>open</value>{}</field>\
-             <field type='list-multi' var='pubsub#roster_groups_allowed'/>\
-             <field type='text-single' var='pubsub#max_items'><value>1</value></field>{}\
-             <field type='list-single' var='pubsub#send_last_published_item'><value>on_sub_and_presence</value>{}</field>\
-             {}{}{}{}<field type='text-single' var='pubsub#title'/><field type='text-single' var='pubsub#type'/>\
-             </x></configure></pubsub></iq>",
-            options(&["open", "presence", "roster", "whitelist"]),
-            boolean("persist_items"),
-            options(&["never", "on_sub", "on_sub_and_presence"]),
-            boolean("notify_retract"),
-            boolean("notify_delete"),
-            boolean("deliver_notifications"),
-            boolean("deliver_payloads"),
+            "<iq id='c2' type='result' to='{ME}'><pubsub xmlns='{PUBSUB}#owner'><configure node='{TUNE}'>{}\
+             </configure></pubsub></iq>",
+            node_config_form("open", "1", "on_sub_and_presence")
         )
     );
     // ...and sends it back with its own FORM_TYPE and no prefixes.

@@ -52,6 +52,8 @@ pub const MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const PRIVATE: &str = "jabber:iq:private";
 /// XEP-0402: PEP Native Bookmarks.
 pub const BOOKMARKS2: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0048: Bookmarks, the legacy ones (private XML, or a PEP node).
+pub const BOOKMARKS: &str = "storage:bookmarks";
 /// XEP-0084: User Avatar's two nodes.
 pub const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
 pub const AVATAR_METADATA: &str = "urn:xmpp:avatar:metadata";

@@ -1047,6 +1047,11 @@ impl PresenceHub {
         let _ = self.pep.set(settings);
     }
 
+    /// `[pep]`, or its defaults when the host program set none.
+    pub fn pep_settings(&self) -> PepSettings {
+        self.pep.get().copied().unwrap_or_default()
+    }
+
     /// Presence for domains other than `hosts` goes to the services
     /// published in `services`, if any has it. Set once (by
     /// [`crate::router::Router::new`]).

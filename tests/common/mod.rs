@@ -934,6 +934,56 @@ pub fn server_caps(features: &Element) -> String {
     c.to_xml_in(ns::CLIENT)
 }
 
+/// The `<pubsub/>` publishing `payload` as item `id` of `node` (XEP-0060
+/// §7.1), with the publish-options `options` (§7.1.5) if any.
+pub fn pubsub_publish(node: &str, id: &str, payload: &str, options: &[(&str, &str)]) -> String {
+    let mut xml = format!(
+        "<pubsub xmlns='{}'><publish node='{node}'><item id='{id}'>{payload}</item></publish>",
+        ns::PUBSUB
+    );
+    if !options.is_empty() {
+        xml.push_str(
+            "<publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+             <value>http://jabber.org/protocol/pubsub#publish-options</value></field>",
+        );
+        for (var, value) in options {
+            xml.push_str(&format!("<field var='{var}'><value>{value}</value></field>"));
+        }
+        xml.push_str("</x></publish-options>");
+    }
+    xml.push_str("</pubsub>");
+    xml
+}
+
+/// A PEP node's configuration form as the server writes it (XEP-0060
+/// §8.2): these `access_model`, `max_items` and `send_last_published_item`,
+/// every boolean on, no roster groups, title or type.
+pub fn node_config_form(access_model: &str, max_items: &str, send_last: &str) -> String {
+    let boolean = |var: &str| format!("<field type='boolean' var='pubsub#{var}'><value>1</value></field>");
+    let options = |values: &[&str]| {
+        values
+            .iter()
+            .map(|v| format!("<option><value>{v}</value></option>"))
+            .collect::<String>()
+    };
+    format!(
+        "<x xmlns='jabber:x:data' type='form'><field type='hidden' var='FORM_TYPE'>\
+         <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field type='list-single' var='pubsub#access_model'><value>{access_model}</value>{}</field>\
+         <field type='list-multi' var='pubsub#roster_groups_allowed'/>\
+         <field type='text-single' var='pubsub#max_items'><value>{max_items}</value></field>{}\
+         <field type='list-single' var='pubsub#send_last_published_item'><value>{send_last}</value>{}</field>\
+         {}{}{}{}<field type='text-single' var='pubsub#title'/><field type='text-single' var='pubsub#type'/></x>",
+        options(&["open", "presence", "roster", "whitelist"]),
+        boolean("persist_items"),
+        options(&["never", "on_sub", "on_sub_and_presence"]),
+        boolean("notify_retract"),
+        boolean("notify_delete"),
+        boolean("deliver_notifications"),
+        boolean("deliver_payloads"),
+    )
+}
+
 /// Replaces the server's counters in roster push ids (`push17` → `push`).
 pub fn normalise(xml: String) -> String {
     let mut out = String::with_capacity(xml.len());

@@ -9,6 +9,7 @@ use crate::ns;
 
 pub mod avatar;
 pub mod blocking;
+pub mod bookmarks;
 pub mod caps;
 pub mod carbons;
 pub mod csi;

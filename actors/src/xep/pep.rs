@@ -80,6 +80,12 @@ impl IqHandler for Pep {
         if request.needs_owner() && !req.from_owner() {
             return ready(Err(PubsubError::Forbidden.into()));
         }
+        // XEP-0411: the owner's legacy bookmarks node is a view of XEP-0402's.
+        if req.from_owner() {
+            if let Some(view) = super::bookmarks::legacy_pep(router, &req.target, &request) {
+                return view;
+            }
+        }
         let viewer = req.from.to_bare();
         Box::pin(submit(
             router.presence().clone(),
@@ -92,6 +98,8 @@ impl IqHandler for Pep {
     fn features(&self) -> Vec<String> {
         let mut features = pubsub::features();
         features.push(super::avatar::CONVERSION.to_owned());
+        features.push(super::bookmarks::COMPAT.to_owned());
+        features.push(super::bookmarks::COMPAT_PEP.to_owned());
         features
     }
 }

@@ -3,7 +3,9 @@
 //! their XEP-0048 bookmarks (`storage:bookmarks`) and preferences here.
 //!
 //! As Prosody's mod_private: a get of nothing stored answers the element
-//! asked for, empty; a set of an empty element forgets it.
+//! asked for, empty; a set of an empty element forgets it. With PEP on,
+//! `storage:bookmarks` is a view of the XEP-0402 bookmarks instead
+//! ([`super::bookmarks`], XEP-0411).
 
 use std::sync::Arc;
 
@@ -12,7 +14,8 @@ use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqResult};
 use crate::jid::BareJid;
 use crate::ns;
 use crate::router::Router;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageError};
+use crate::xep::{bookmarks, pep};
 use crate::xml::{parse_element, Element, NsBindings, ParseLimits};
 
 /// Most elements one account keeps. Each is bounded by the stanza that
@@ -81,6 +84,10 @@ impl IqHandler for Private {
             Ok(el) => el.clone(),
             Err(e) => return ready(Err(e.into())),
         };
+        // XEP-0411: with PEP, legacy bookmarks are the XEP-0402 ones.
+        if key_of(&el) == bookmarks::LEGACY_KEY && pep::enabled(router) {
+            return bookmarks::private_xml(router.clone(), req.target.clone(), req.is_set(), el);
+        }
         Box::pin(answer(router.storage().clone(), req.target.clone(), req.is_set(), el))
     }
 
@@ -102,13 +109,22 @@ async fn answer(storage: Arc<dyn Storage>, user: BareJid, set: bool, el: Element
         }
         return Ok(None);
     }
-    let stored = storage
-        .private_xml(&user, &key)
-        .await?
-        .and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok());
     // Nothing stored: the element asked for, empty.
-    let found = stored.unwrap_or_else(|| Element::new(el.name(), el.ns()));
-    Ok(Some(Element::new("query", ns::PRIVATE).with_child(found)))
+    let found = read(&*storage, &user, &key)
+        .await?
+        .unwrap_or_else(|| Element::new(el.name(), el.ns()));
+    Ok(Some(query_of(found)))
+}
+
+/// What `user` keeps under `key`, if anything.
+pub(crate) async fn read(storage: &dyn Storage, user: &BareJid, key: &str) -> Result<Option<Element>, StorageError> {
+    let stored = storage.private_xml(user, key).await?;
+    Ok(stored.and_then(|xml| parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::default()).ok()))
+}
+
+/// A get's result: `el` in a `<query xmlns='jabber:iq:private'/>`.
+pub fn query_of(el: Element) -> Element {
+    Element::new("query", ns::PRIVATE).with_child(el)
 }
 
 #[cfg(test)]
