@@ -322,23 +322,39 @@ impl PepState {
         Some(Box::pin(run(cx, nodes, job)))
     }
 
-    /// Takes back the nodes, notifies, then answers (Prosody's and
-    /// ejabberd's order: the publisher's own +notify session sees the
-    /// event before the result). Returns the vCard photo's new hash (XEP-0153)
-    /// when the operation changed it.
+    /// Takes back the nodes and notifies; the answer is the caller's to
+    /// send after that (Prosody's and ejabberd's order: the publisher's own
+    /// +notify session sees the event before the result). Returns the vCard
+    /// photo's new hash (XEP-0153) when the operation changed it, for the
+    /// presence that carries it to go out before the answer too.
     pub(crate) fn finish(
         &mut self,
         owner: &BareJid,
         done: Done,
         sessions: &SessionTable,
         followers: &HashSet<BareJid>,
-    ) -> Option<Option<String>> {
+    ) -> (Option<Option<String>>, Answer) {
         self.nodes = Some(done.nodes);
         for notice in &done.notices {
             notice.send(owner, sessions, followers);
         }
-        let _ = done.reply.send(done.result);
-        done.photo
+        let answer = Answer {
+            reply: done.reply,
+            result: done.result,
+        };
+        (done.photo, answer)
+    }
+}
+
+/// A finished job's answer, not yet sent.
+pub(crate) struct Answer {
+    reply: oneshot::Sender<IqResult>,
+    result: IqResult,
+}
+
+impl Answer {
+    pub(crate) fn send(self) {
+        let _ = self.reply.send(self.result);
     }
 }
 
