@@ -818,6 +818,24 @@ async fn disco_items_of(cx: &Cx, nodes: &NodeMap, viewer: Option<&BareJid>) -> I
     Ok(Some(query))
 }
 
+/// XEP-0172's item id: one nickname per account, as clients publish it.
+pub const NICK_ITEM: &str = "current";
+
+/// XEP-0172's payload: `<nick/>` holding `nick`, empty for none (what a
+/// client publishes to stop showing one).
+pub fn nick_payload(nick: &str) -> Element {
+    Element::new("nick", ns::NICK).with_text(nick)
+}
+
+/// XEP-0172 on the owner's behalf (`shoal user set --nick`): item
+/// [`NICK_ITEM`] of node `ns::NICK`, notified as the owner's own publish
+/// is, and the profile's nickname through [`set_nick`].
+pub async fn publish_nick(router: &Router, owner: &BareJid, nick: &str) -> Result<(), StanzaError> {
+    let item = Some(NICK_ITEM.to_owned());
+    publish_as_server(router, owner, ns::NICK, item, nick_payload(nick), None).await?;
+    Ok(())
+}
+
 /// XEP-0172: the nickname published is the profile's (the bind
 /// extension's `nick`). Committed already: a failure here is logged.
 async fn set_nick(cx: &Cx, payload: &Element) {
