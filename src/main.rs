@@ -50,9 +50,10 @@ enum Command {
     },
     /// Import accounts from XEP-0227 files (ejabberd's export_piefxis,
     /// Prosody's xep0227 store, shoal export): their passwords or SCRAM
-    /// keys, rosters, vCards and offline messages. The files are checked
-    /// whole first: nothing is imported if one is malformed, or an account
-    /// exists already or is of a domain this server does not host
+    /// keys, rosters, vCards, offline messages, private XML and PEP nodes.
+    /// The files are checked whole first: nothing is imported if one is
+    /// malformed, or an account exists already or is of a domain this
+    /// server does not host
     Import {
         /// The files: for ejabberd the one that includes the others, for
         /// Prosody every account's (a file given twice, or given and
