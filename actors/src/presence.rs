@@ -477,7 +477,8 @@ pub enum PresenceMsg {
         before: SubState,
         after: SubState,
     },
-    /// `user`'s vCard photo changed (XEP-0153).
+    /// `user`'s vCard photo changed (XEP-0153): if the hash differs, each
+    /// available session's last presence goes out again with it.
     PhotoHash { user: BareJid, hash: Option<String> },
     /// `from` probes `contact`'s presence (RFC 6121 §4.3.2). Handled by
     /// the prober's shard, where the prober's followees are cached (and
