@@ -436,7 +436,8 @@ fn pep_nodes_move_with_their_account() {
     let (ok, out, err) = a.shoal(args!["import", file]);
     assert!(ok, "{out}{err}");
     let items = format!(
-        "<items node='{BOOKMARKS}'><item id='a@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='A'/></item>\
+        "<items node='{BOOKMARKS}'>\
+         <item id='a@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='A'/></item>\
          <item id='b@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='B' autojoin='true'/></item></items>"
     );
     let mut romeo = a.login("romeo@prosody.test", "pw", "orchard");
