@@ -1,7 +1,7 @@
 //! The control channel between the `shoal` command and a running server:
 //! a Unix socket, owner-only, beside the database by default
 //! ([`Config::control_socket`](crate::Config::control_socket)). Account
-//! changes made in the store by `shoal user del|passwd` reach the live
+//! changes made in the store by `shoal user del|passwd|set` reach the live
 //! sessions through it.
 //!
 //! The protocol is line-based. A client connects, sends one request line
@@ -16,6 +16,9 @@
 //! delete-user <user@domain>
 //!     -> removed <true|false>
 //!     -> sessions <n>
+//!     -> ok
+//! publish-nick <user@domain> [nickname]
+//!     -> published <true|false>
 //!     -> ok
 //! list-services
 //!     -> service <domain> <kind> <listed|hidden> <since> <in flight> [name]
@@ -38,7 +41,8 @@
 //!     -> ok
 //! ```
 //!
-//! A JID that ends a request or a line may hold spaces (a resource may).
+//! A JID that ends a request or a line may hold spaces (a resource may), as
+//! may the nickname that ends `publish-nick`.
 //!
 //! Unix only, like the rest of the server (see `rlimit`).
 
@@ -59,7 +63,7 @@ use shoal_actors::s2s::{Direction, LinkInfo, S2sContext};
 use shoal_actors::services::ServiceSummary;
 use shoal_actors::session::{Control, Session, Transport};
 use shoal_actors::session_manager::{KickUser, SessionManager};
-use shoal_actors::xep::register;
+use shoal_actors::xep::{pep, register};
 use shoal_actors::xml::{parse_element, NsBindings, ParseLimits};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -131,6 +135,11 @@ pub enum ControlCommand {
     /// (its contacts are told), deletes it, and closes its sessions;
     /// answers `removed <true|false>` and `sessions <n>`.
     DeleteUser { user: BareJid },
+    /// `publish-nick <user@domain> [nickname]`: publishes the account's
+    /// XEP-0172 nickname with PEP (empty: none), so its followers are
+    /// notified, and sets the profile's; answers `published <true|false>`,
+    /// false when PEP is off. The nickname is the rest of the line.
+    PublishNick { user: BareJid, nick: String },
     /// `list-services`: what is published, one line each:
     /// `service <domain> <kind> <listed|hidden> <since, Unix seconds> <requests in flight> [name]`.
     ListServices,
@@ -225,6 +234,18 @@ impl std::str::FromStr for ControlCommand {
                     Err(_) => Err(format!("{jid:?} names no session: give user@domain/resource")),
                 }
             }
+            "publish-nick" => {
+                let (user, nick) = rest
+                    .split_once(|c: char| c.is_ascii_whitespace())
+                    .map_or((rest, ""), |(user, nick)| (user, nick.trim()));
+                if user.is_empty() {
+                    return Err("usage: publish-nick <user@domain> [nickname]".into());
+                }
+                Ok(ControlCommand::PublishNick {
+                    user: account_arg(user)?,
+                    nick: nick.to_owned(),
+                })
+            }
             "delete-user" => match args.as_slice() {
                 [user] => Ok(ControlCommand::DeleteUser {
                     user: account_arg(user)?,
@@ -241,6 +262,7 @@ impl fmt::Display for ControlCommand {
         match self {
             ControlCommand::KickUser { user, reason } => write!(f, "kick-user {user} {}", reason.keyword()),
             ControlCommand::DeleteUser { user } => write!(f, "delete-user {user}"),
+            ControlCommand::PublishNick { user, nick } => write!(f, "publish-nick {user} {nick}"),
             ControlCommand::ListServices => write!(f, "list-services"),
             ControlCommand::ListS2s => write!(f, "list-s2s"),
             ControlCommand::ListSessions { of: None } => write!(f, "list-sessions"),
@@ -285,6 +307,7 @@ impl ControlCommand {
             // Certificates are read (or generated) and checked.
             ControlCommand::Reload => Duration::from_secs(60),
             ControlCommand::KickUser { .. }
+            | ControlCommand::PublishNick { .. }
             | ControlCommand::KickSession { .. }
             | ControlCommand::ListServices
             | ControlCommand::ListS2s
@@ -316,6 +339,16 @@ impl ControlCommand {
                     .map_err(|e| e.to_string())?;
                 let ended = cx.router.sessions().kick(&user, &register::account_removed(), None);
                 Ok(vec![format!("removed {removed}"), format!("sessions {ended}")])
+            }
+            ControlCommand::PublishNick { user, nick } => {
+                let user = cx.local(user)?;
+                if !pep::enabled(&cx.router) {
+                    return Ok(vec!["published false".to_owned()]);
+                }
+                pep::publish_nick(&cx.router, &user, &nick)
+                    .await
+                    .map_err(|e| format!("publishing the nickname of {user}: {e}"))?;
+                Ok(vec!["published true".to_owned()])
             }
             ControlCommand::ListServices => Ok(cx.router.services().list().iter().map(service_line).collect()),
             ControlCommand::ListS2s => Ok(cx
@@ -847,6 +880,20 @@ mod tests {
         };
         assert_eq!(delete.to_string().parse::<ControlCommand>(), Ok(delete));
 
+        // A nickname may hold spaces: it ends the request; none clears it.
+        let nick = |nick: &str| ControlCommand::PublishNick {
+            user: BareJid::parse("alice@a.test").unwrap(),
+            nick: nick.to_owned(),
+        };
+        assert_eq!(
+            "publish-nick alice@A.test  Alice  Liddell ".parse::<ControlCommand>(),
+            Ok(nick("Alice  Liddell"))
+        );
+        assert_eq!("publish-nick alice@a.test".parse::<ControlCommand>(), Ok(nick("")));
+        for command in [nick("Alice Liddell"), nick("")] {
+            assert_eq!(command.to_string().parse::<ControlCommand>(), Ok(command));
+        }
+
         // A session's JID may hold spaces: it ends the request.
         let phone = FullJid::parse("alice@a.test/My Phone").unwrap();
         assert_eq!(
@@ -889,6 +936,8 @@ mod tests {
         assert!(err("delete-user localhost").starts_with("invalid account \"localhost\""));
         assert!(err("kick-user alice@localhost/phone").starts_with("invalid account"));
         assert!(err("kick-session").starts_with("usage: kick-session"));
+        assert!(err("publish-nick").starts_with("usage: publish-nick"));
+        assert!(err("publish-nick alice Al").starts_with("invalid account \"alice\""));
         assert_eq!(
             err("kick-session admin alice@localhost"),
             "\"alice@localhost\" names no session: give user@domain/resource"

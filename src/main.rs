@@ -10,7 +10,12 @@ use shoal::migrate::{self, ImportOptions};
 use shoal::store::SqliteStore;
 use shoal::{Config, ServerBuilder, ServerHandle};
 use shoal_actors::jid::{BareJid, Jid};
+use shoal_actors::ns;
 use shoal_actors::sasl::Credentials;
+use shoal_actors::storage::{StoredItem, StoredNode};
+use shoal_actors::xep::mam::now_ms;
+use shoal_actors::xep::pep;
+use shoal_actors::xep::pubsub::NodeConfig;
 
 #[derive(Parser)]
 #[command(name = "shoal", version, about = "An actor-based XMPP server")]
@@ -45,9 +50,10 @@ enum Command {
     },
     /// Import accounts from XEP-0227 files (ejabberd's export_piefxis,
     /// Prosody's xep0227 store, shoal export): their passwords or SCRAM
-    /// keys, rosters, vCards and offline messages. The files are checked
-    /// whole first: nothing is imported if one is malformed, or an account
-    /// exists already or is of a domain this server does not host
+    /// keys, rosters, vCards, offline messages, private XML and PEP nodes.
+    /// The files are checked whole first: nothing is imported if one is
+    /// malformed, or an account exists already or is of a domain this
+    /// server does not host
     Import {
         /// The files: for ejabberd the one that includes the others, for
         /// Prosody every account's (a file given twice, or given and
@@ -120,7 +126,9 @@ enum UserCommand {
     Passwd { jid: String, password: Option<String> },
     /// List accounts
     List,
-    /// Set the nickname and photo URL returned by the bind extension
+    /// Set the nickname and photo URL returned by the bind extension; the
+    /// nickname is published with PEP too (XEP-0172), which notifies the
+    /// account's contacts when the server runs
     Set {
         jid: String,
         /// Nickname (empty to clear)
@@ -328,6 +336,12 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
             if nick.is_none() && photo_url.is_none() {
                 return Err("nothing to set: give --nick and/or --photo-url".into());
             }
+            let nick = nick.map(|n| n.trim().to_owned());
+            // It goes to a running server on one control line.
+            if nick.as_deref().is_some_and(|n| n.chars().any(char::is_control)) {
+                return Err("the nickname holds a line break or another control character".into());
+            }
+            let given = nick.clone();
             let current = store.profile(&user).map_err(|e| e.to_string())?;
             // An option left out keeps its value; an empty one clears it.
             let pick = |given: Option<String>, old: Option<String>| match given {
@@ -344,6 +358,9 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
                 return Err(format!("no such user: {user}"));
             }
             println!("profile of {user} set");
+            if let Some(nick) = given {
+                publish_nick(config, &mut store, &user, &nick)?;
+            }
         }
         UserCommand::List => {
             for user in store.list_users().map_err(|e| e.to_string())? {
@@ -351,6 +368,75 @@ fn user(config: &Config, command: UserCommand) -> Result<(), String> {
             }
         }
     }
+    Ok(())
+}
+
+/// XEP-0172: the nickname `user set` stored is published with PEP too
+/// (item `current`, empty for none): by the running server, which notifies
+/// the followers, or straight into the store when none runs, as the server
+/// would have stored it (nobody is online to be told). Not with `[pep]`
+/// off.
+fn publish_nick(config: &Config, store: &mut SqliteStore, user: &BareJid, nick: &str) -> Result<(), String> {
+    if !config.pep.enabled {
+        return Ok(());
+    }
+    let command = ControlCommand::PublishNick {
+        user: user.clone(),
+        nick: nick.to_owned(),
+    };
+    match control::request(&config.control_socket(), &command.to_string()) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => store_nick(config, store, user, nick),
+        Err(e) => Err(format!("the profile of {user} is stored, but the running server answered: {e}")),
+    }
+}
+
+/// The nickname's PEP item written as a publish by the server writes it:
+/// the node created with the defaults if missing (within `[pep]
+/// max_nodes`), the item within `[pep] max_item_bytes`, older items past
+/// the node's `max_items` gone, in one transaction.
+fn store_nick(config: &Config, store: &mut SqliteStore, user: &BareJid, nick: &str) -> Result<(), String> {
+    let settings = config.pep.settings(config.c2s.max_stanza_bytes);
+    let xml = pep::nick_payload(nick).to_string();
+    if xml.len() > settings.max_item_bytes {
+        return Err(format!(
+            "the nickname is larger than [pep] max_item_bytes ({}) allows",
+            settings.max_item_bytes
+        ));
+    }
+    let nodes = store.pep_nodes(user).map_err(|e| e.to_string())?;
+    let count = nodes.len();
+    let (create, node) = match nodes.into_iter().find(|n| n.node == ns::NICK) {
+        Some(node) => (None, node.config),
+        None if count >= settings.max_nodes => {
+            return Err(format!(
+                "{user} has [pep] max_nodes ({}) nodes already: the nickname is not published",
+                settings.max_nodes
+            ));
+        }
+        None => {
+            let created = StoredNode {
+                node: ns::NICK.to_owned(),
+                config: NodeConfig::default(),
+                whitelist: Vec::new(),
+            };
+            (Some(created), NodeConfig::default())
+        }
+    };
+    // A node that keeps no items only notifies, and nobody is online.
+    if !node.persist_items {
+        return Ok(());
+    }
+    let item = StoredItem {
+        id: pep::NICK_ITEM.to_owned(),
+        xml,
+        publisher: Some(user.clone()),
+        published_ms: now_ms(),
+    };
+    let keep = node.max_items.resolve(settings.max_items);
+    store
+        .pep_publish(user, ns::NICK, create.as_ref(), &item, keep)
+        .map_err(|e| e.to_string())?;
     Ok(())
 }
 

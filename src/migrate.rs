@@ -4,8 +4,9 @@
 //! the server runs).
 //!
 //! An import reads its files twice: first to check them whole (well-formed,
-//! every account of a hosted domain and not yet here), then to write, one
-//! transaction per account. Nothing is written unless the check passes.
+//! every account of a hosted domain and not yet here, PEP nodes within
+//! `[pep]`'s limits), then to write, one transaction per account. Nothing
+//! is written unless the check passes.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{IsTerminal, Write};
@@ -15,12 +16,16 @@ use std::time::{Duration, Instant};
 use shoal_actors::jid::BareJid;
 use shoal_actors::ns;
 use shoal_actors::sasl::Credentials;
+use shoal_actors::storage::StoredItem;
+use shoal_actors::xep::mam::now_ms;
+use shoal_actors::xep::pep::PepSettings;
 use shoal_actors::xep::private::key_of;
+use shoal_actors::xep::pubsub::MaxItems;
 use shoal_actors::xep::vcard::profile_of;
 use shoal_actors::xml::{parse_element, NsBindings, ParseLimits};
 
 use crate::config::Config;
-use crate::portable::{Account, AccountReader, PortableError, Secret, Writer};
+use crate::portable::{Account, AccountReader, PepNode, PortableError, Secret, Writer};
 use crate::store::{AccountData, SqliteStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +91,8 @@ pub fn import(config: &Config, files: &[PathBuf], options: ImportOptions) -> Res
         .map(|d| d.as_str().to_owned())
         .collect();
 
+    let pep = config.pep.settings(config.c2s.max_stanza_bytes);
+
     // The check: every file read whole before anything is written.
     let mut seen = HashSet::new();
     let mut unhosted: BTreeMap<String, Vec<BareJid>> = BTreeMap::new();
@@ -93,6 +100,9 @@ pub fn import(config: &Config, files: &[PathBuf], options: ImportOptions) -> Res
     let mut progress = Progress::new("checking");
     let mut reader = AccountReader::open(files);
     while let Some(account) = reader.next_account()? {
+        if hosted.contains(account.jid.domain()) {
+            check_pep(&account, &pep).map_err(|e| MigrateError::Refused(format!("account {}: {e}", account.jid)))?;
+        }
         let jid = account.jid;
         if !hosted.contains(jid.domain()) {
             unhosted.entry(jid.domain().to_owned()).or_default().push(jid.clone());
@@ -145,7 +155,7 @@ pub fn import(config: &Config, files: &[PathBuf], options: ImportOptions) -> Res
         if matches!(account.secret, Secret::Password(_)) {
             report.from_passwords += 1;
         }
-        let data = account_data(account, config.auth.scram_iterations);
+        let data = account_data(account, config.auth.scram_iterations, &pep);
         if !data.credentials.is_complete() {
             report.one_hash += 1;
         }
@@ -175,13 +185,74 @@ fn listed(jids: &[BareJid]) -> String {
     out.join(", ")
 }
 
+/// An account's PEP nodes against `[pep]`: as many as an account may
+/// have, `max_items` within the cap, items no larger than a publish may
+/// be. (More items than a node keeps is no error: the oldest go, as at a
+/// publish.)
+fn check_pep(account: &Account, pep: &PepSettings) -> Result<(), String> {
+    if account.pep.len() > pep.max_nodes {
+        return Err(format!(
+            "{} PEP nodes, more than [pep] max_nodes ({})",
+            account.pep.len(),
+            pep.max_nodes
+        ));
+    }
+    for PepNode { node, items } in &account.pep {
+        if let MaxItems::Count(n) = node.config.max_items {
+            if n > pep.max_items {
+                return Err(format!(
+                    "PEP node {}: pubsub#max_items {n}, more than [pep] max_items ({})",
+                    node.node, pep.max_items
+                ));
+            }
+        }
+        for (id, payload) in items {
+            let bytes = payload.to_string().len();
+            if bytes > pep.max_item_bytes {
+                return Err(format!(
+                    "PEP node {}: item {id} of {bytes} bytes, more than [pep] max_item_bytes ({})",
+                    node.node, pep.max_item_bytes
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the store keeps of an account read from a file: keys derived from
-/// a password in the clear, XML serialised as stored.
-fn account_data(account: Account, iterations: u32) -> AccountData {
+/// a password in the clear, XML serialised as stored. PEP items are
+/// stamped now (the format has no times), published by the owner; a node
+/// keeps its newest `max_items`, and none if it persists none.
+fn account_data(account: Account, iterations: u32, pep: &PepSettings) -> AccountData {
     let credentials = match account.secret {
         Secret::Password(password) => Credentials::derive(&password, iterations),
         Secret::Keys(keys) => keys,
     };
+    let now = now_ms();
+    let owner = account.jid.clone();
+    let nodes = account
+        .pep
+        .into_iter()
+        .map(|PepNode { node, items }| {
+            let keep = if node.config.persist_items {
+                node.config.max_items.resolve(pep.max_items) as usize
+            } else {
+                0
+            };
+            let skip = items.len().saturating_sub(keep);
+            let items = items
+                .into_iter()
+                .skip(skip)
+                .map(|(id, payload)| StoredItem {
+                    id,
+                    xml: payload.to_string(),
+                    publisher: Some(owner.clone()),
+                    published_ms: now,
+                })
+                .collect();
+            (node, items)
+        })
+        .collect();
     AccountData {
         jid: account.jid,
         credentials,
@@ -189,6 +260,7 @@ fn account_data(account: Account, iterations: u32) -> AccountData {
         vcard: account.vcard.map(|v| (v.to_string(), profile_of(&v))),
         offline: account.offline.iter().map(|m| m.to_xml_in(ns::CLIENT)).collect(),
         private: account.private.iter().map(|el| (key_of(el), el.to_string())).collect(),
+        pep: nodes,
     }
 }
 
@@ -263,6 +335,30 @@ fn portable_account(data: AccountData) -> Result<Account, MigrateError> {
         .iter()
         .map(|(_, xml)| parse("private XML", xml, &NsBindings::empty()))
         .collect::<Result<_, _>>()?;
+    // Payloads were written by this server (a publish, or an import from a
+    // file, deeper than a stanza allows), under its limits at the time.
+    let unbounded = ParseLimits {
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+        max_name_bytes: usize::MAX,
+    };
+    let mut pep = Vec::new();
+    for (node, stored) in data.pep {
+        let items = stored
+            .into_iter()
+            .map(|item| {
+                let payload = parse_element(item.xml.as_bytes(), &NsBindings::empty(), &unbounded).map_err(|e| {
+                    MigrateError::Stored {
+                        jid: jid.clone(),
+                        what: "PEP item",
+                        problem: e.to_string(),
+                    }
+                })?;
+                Ok((item.id, payload))
+            })
+            .collect::<Result<_, MigrateError>>()?;
+        pep.push(PepNode { node, items });
+    }
     Ok(Account {
         jid: jid.clone(),
         secret: Secret::Keys(data.credentials),
@@ -270,6 +366,7 @@ fn portable_account(data: AccountData) -> Result<Account, MigrateError> {
         vcard,
         offline,
         private,
+        pep,
     })
 }
 

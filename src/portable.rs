@@ -1,8 +1,8 @@
 //! XEP-0227, the portable import/export format of XMPP servers: accounts
 //! with their SCRAM keys (or passwords), rosters with subscription states,
-//! vCards, offline messages and private XML. [`AccountReader`] reads files
-//! one account at a time (a file of millions is never held whole);
-//! [`Writer`] writes one. `shoal import` and `shoal export`
+//! vCards, offline messages, private XML and PEP nodes. [`AccountReader`]
+//! reads files one account at a time (a file of millions is never held
+//! whole); [`Writer`] writes one. `shoal import` and `shoal export`
 //! ([`crate::migrate`]) run them.
 //!
 //! Besides the XEP's own examples, this reads what the real exporters
@@ -20,9 +20,20 @@
 //!   own. Prosody 0.12 cannot export offline messages.
 //!
 //! Private XML (XEP-0049) is a `<query xmlns='jabber:iq:private'/>` of
-//! the elements, as both write it. Only what Shoal keeps is read; anything
-//! else in a `<user/>` (privacy lists, PEP nodes, archives) is passed over
-//! unbuilt.
+//! the elements, as both write it.
+//!
+//! PEP nodes (XEP-0163) are written as Prosody's `mod_storage_xep0227`
+//! writes them, so that files move between the two: a `<pubsub
+//! xmlns='…pubsub#owner'>` with, per node, a `<configure node/>` holding
+//! the submitted `pubsub#node_config` form and `<affiliations node/>`
+//! (the owner's, and a whitelist's members), then a `<pubsub
+//! xmlns='…pubsub'>` with an `<items node/>` of `<item id/>`s per node,
+//! oldest first. The format has no publication times: imported items are
+//! stamped when imported. Explicit subscriptions are passed over (a PEP
+//! node's subscribers are the owner's presence subscribers here).
+//!
+//! Only what Shoal keeps is read; anything else in a `<user/>` (privacy
+//! lists, archives) is passed over unbuilt.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -38,7 +49,9 @@ use shoal_actors::ns;
 use shoal_actors::roster::presence::stored_request;
 use shoal_actors::roster::{RosterItem, Subscription};
 use shoal_actors::sasl::{Credentials, ScramCredentials, ScramHash};
-use shoal_actors::xep::{private, vcard};
+use shoal_actors::storage::StoredNode;
+use shoal_actors::xep::pubsub::{AccessModel, NodeConfig, PubsubError};
+use shoal_actors::xep::{forms, private, vcard};
 use shoal_actors::xml::{open_element, Element, Node, NsBindings, ParseLimits, TreeBuilder};
 
 /// The format's namespace (XEP-0227 §2).
@@ -91,6 +104,16 @@ pub struct Account {
     pub offline: Vec<Element>,
     /// Private XML elements (XEP-0049), one per key.
     pub private: Vec<Element>,
+    /// PEP nodes (XEP-0163), in file order.
+    pub pep: Vec<PepNode>,
+}
+
+/// One PEP node of an account: its configuration and whitelist, and its
+/// items, oldest first, as (id, payload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepNode {
+    pub node: StoredNode,
+    pub items: Vec<(String, Element)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -472,6 +495,7 @@ fn kept(child: &Element) -> bool {
         || child.is("presence", ns::CLIENT)
         || child.is("presence", NS)
         || child.is("pubsub", NS_PUBSUB)
+        || child.is("pubsub", ns::PUBSUB_OWNER)
 }
 
 /// What a parse error says, for a file's reader.
@@ -593,6 +617,7 @@ fn account(jid: BareJid, password: Option<&str>, parts: Vec<Element>) -> Result<
         }
         None => return Err("neither a password nor SCRAM keys".into()),
     };
+    let pep = pep_nodes(&jid, &pubsub)?;
     Ok(Account {
         jid,
         secret,
@@ -600,7 +625,117 @@ fn account(jid: BareJid, password: Option<&str>, parts: Vec<Element>) -> Result<
         vcard: vcard_temp.or_else(|| vcard_from_pep(&pubsub)),
         offline,
         private: private_xml,
+        pep,
     })
+}
+
+/// The account's PEP nodes from its `<pubsub/>`s (the module's header says
+/// how Prosody writes them). A node with items and no `<configure/>` has
+/// the defaults, as Prosody reads it. The owner needs no affiliation;
+/// others with one that lets them read (member, publisher, owner) make
+/// the whitelist. An outcast is refused unless the node is a whitelist
+/// (which leaves them out anyway): Shoal has no outcasts to keep them out
+/// of another node.
+fn pep_nodes(owner: &BareJid, pubsub: &[Element]) -> Result<Vec<PepNode>, String> {
+    let mut nodes: Vec<PepNode> = Vec::new();
+    // The nodes configured so far, and the outcasts met.
+    let mut configured: HashSet<String> = HashSet::new();
+    let mut outcasts: Vec<(String, BareJid)> = Vec::new();
+    for (part, child) in pubsub.iter().flat_map(|p| p.children().map(move |c| (p, c))) {
+        let known = if part.is("pubsub", ns::PUBSUB_OWNER) {
+            child.is("configure", ns::PUBSUB_OWNER) || child.is("affiliations", ns::PUBSUB_OWNER)
+        } else {
+            child.is("items", NS_PUBSUB)
+        };
+        if !known {
+            continue;
+        }
+        let name = child
+            .attr("node")
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| format!("a PEP <{}/> without a node", child.name()))?;
+        let at = match nodes.iter().position(|n| n.node.node == name) {
+            Some(at) => at,
+            None => {
+                nodes.push(PepNode {
+                    node: StoredNode {
+                        node: name.to_owned(),
+                        config: NodeConfig::default(),
+                        whitelist: Vec::new(),
+                    },
+                    items: Vec::new(),
+                });
+                nodes.len() - 1
+            }
+        };
+        let node = &mut nodes[at];
+        let bad = |what: String| format!("PEP node {name}: {what}");
+        match child.name() {
+            "configure" => {
+                if !configured.insert(name.to_owned()) {
+                    return Err(bad("configured twice".into()));
+                }
+                let form = child
+                    .get_child("x", forms::NS)
+                    .ok_or_else(|| bad("a <configure/> without a form".into()))?;
+                // Any count here; [pep] max_items is the importer's to check.
+                node.node.config = NodeConfig::from_submitted(form, u32::MAX).map_err(|e| bad(pubsub_problem(e)))?;
+            }
+            "affiliations" => {
+                for a in child.children().filter(|a| a.is("affiliation", ns::PUBSUB_OWNER)) {
+                    let raw = a.attr("jid").ok_or_else(|| bad("an affiliation without a jid".into()))?;
+                    let jid = Jid::parse(raw)
+                        .map(|j| j.to_bare())
+                        .map_err(|e| bad(format!("affiliation of {raw:?}: {e}")))?;
+                    match a.attr("affiliation").unwrap_or_default() {
+                        _ if jid == *owner => {}
+                        "member" | "publisher" | "owner" => {
+                            if !node.node.whitelist.contains(&jid) {
+                                node.node.whitelist.push(jid);
+                            }
+                        }
+                        "none" | "publish-only" => {}
+                        "outcast" => outcasts.push((name.to_owned(), jid)),
+                        other => return Err(bad(format!("affiliation {other:?} of {jid}"))),
+                    }
+                }
+            }
+            _ => {
+                for item in child.children().filter(|i| i.is("item", NS_PUBSUB)) {
+                    let id = item
+                        .attr("id")
+                        .filter(|id| !id.is_empty())
+                        .ok_or_else(|| bad("an item without an id".into()))?;
+                    if node.items.iter().any(|(i, _)| i == id) {
+                        return Err(bad(format!("item {id} twice")));
+                    }
+                    let mut payloads = item.children();
+                    let (Some(payload), None) = (payloads.next(), payloads.next()) else {
+                        return Err(bad(format!("item {id}: not exactly one payload element")));
+                    };
+                    node.items.push((id.to_owned(), renamespaced(payload, "", "")));
+                }
+            }
+        }
+    }
+    for (name, jid) in outcasts {
+        let node = nodes.iter().find(|n| n.node.node == name);
+        if node.is_some_and(|n| n.node.config.access_model != AccessModel::Whitelist) {
+            return Err(format!(
+                "PEP node {name}: {jid} is an outcast, which Shoal cannot keep out of a node that is not a whitelist"
+            ));
+        }
+    }
+    for node in &mut nodes {
+        node.node.whitelist.sort();
+    }
+    Ok(nodes)
+}
+
+/// What a pubsub error says, for a file's reader.
+fn pubsub_problem(e: PubsubError) -> String {
+    let e = shoal_actors::error::StanzaError::from(e);
+    e.text.map_or_else(|| e.condition.as_str().to_owned(), |t| t.into_owned())
 }
 
 /// One hash's keys. ejabberd writes each value base64 twice over: a key
@@ -960,7 +1095,54 @@ fn user_element(account: &Account) -> Element {
         }
         user.push_child(query);
     }
+    if !account.pep.is_empty() {
+        let (configs, items) = pep_elements(&account.jid, &account.pep);
+        user.push_child(configs);
+        if items.children().next().is_some() {
+            user.push_child(items);
+        }
+    }
     user
+}
+
+/// PEP nodes as Prosody writes them: the `<pubsub xmlns='…#owner'/>` of
+/// their configurations and affiliations (the owner's, as Prosody records
+/// it, then the whitelist's members), and the `<pubsub/>` of their items.
+fn pep_elements(owner: &BareJid, nodes: &[PepNode]) -> (Element, Element) {
+    let mut configs = Element::new("pubsub", ns::PUBSUB_OWNER);
+    let mut items = Element::new("pubsub", NS_PUBSUB);
+    for PepNode { node, items: stored } in nodes {
+        let name = node.node.as_str();
+        configs.push_child(
+            Element::new("configure", ns::PUBSUB_OWNER)
+                .with_attr("node", name)
+                .with_child(node.config.to_submitted()),
+        );
+        let affiliation = |jid: &BareJid, kind: &str| {
+            Element::new("affiliation", ns::PUBSUB_OWNER)
+                .with_attr("jid", jid.as_str())
+                .with_attr("affiliation", kind)
+        };
+        let mut affiliations = Element::new("affiliations", ns::PUBSUB_OWNER)
+            .with_attr("node", name)
+            .with_child(affiliation(owner, "owner"));
+        for member in &node.whitelist {
+            affiliations.push_child(affiliation(member, "member"));
+        }
+        configs.push_child(affiliations);
+        if !stored.is_empty() {
+            let mut list = Element::new("items", NS_PUBSUB).with_attr("node", name);
+            for (id, payload) in stored {
+                list.push_child(
+                    Element::new("item", NS_PUBSUB)
+                        .with_attr("id", id.as_str())
+                        .with_child(payload.clone()),
+                );
+            }
+            items.push_child(list);
+        }
+    }
+    (configs, items)
 }
 
 /// A waiting subscription request as XEP-0227 gives it: the presence as
@@ -1040,6 +1222,7 @@ impl<R: BufRead> BufRead for Counting<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_actors::xep::pubsub::{MaxItems, SendLast};
 
     fn read_all(xml: &str) -> Result<Vec<Account>, PortableError> {
         let mut reader = AccountReader::from_reader(PathBuf::from("test.xml"), io::Cursor::new(xml.to_owned()));
@@ -1062,6 +1245,8 @@ mod tests {
     fn jid(s: &str) -> BareJid {
         BareJid::parse(s).unwrap()
     }
+
+    const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
 
     /// The XEP's example form, pretty-printed and commented: a password,
     /// a roster, private XML, a waiting request, a vCard and an offline
@@ -1229,6 +1414,39 @@ mod tests {
                     Element::new("exodus", "exodus:prefs")
                         .with_child(Element::new("defaultnick", "exodus:prefs").with_text("Jules")),
                 ],
+                pep: vec![
+                    PepNode {
+                        node: StoredNode {
+                            node: BOOKMARKS.into(),
+                            config: NodeConfig {
+                                access_model: AccessModel::Whitelist,
+                                max_items: MaxItems::Max,
+                                send_last: SendLast::Never,
+                                title: Some("Rooms & more".into()),
+                                ..NodeConfig::default()
+                            },
+                            whitelist: vec![jid("nurse@capulet.lit"), jid("romeo@montague.lit")],
+                        },
+                        items: vec![
+                            (
+                                "balcony@conference.capulet.lit".into(),
+                                Element::new("conference", BOOKMARKS).with_attr("name", "Balcony"),
+                            ),
+                            (
+                                "crypt@conference.capulet.lit".into(),
+                                Element::new("conference", BOOKMARKS).with_attr("autojoin", "true"),
+                            ),
+                        ],
+                    },
+                    PepNode {
+                        node: StoredNode {
+                            node: "http://jabber.org/protocol/tune".into(),
+                            config: NodeConfig::default(),
+                            whitelist: vec![],
+                        },
+                        items: vec![],
+                    },
+                ],
             },
             Account {
                 jid: jid("romeo@montague.lit"),
@@ -1240,6 +1458,7 @@ mod tests {
                 vcard: None,
                 offline: vec![],
                 private: vec![],
+                pep: vec![],
             },
             Account {
                 jid: jid("tybalt@capulet.lit"),
@@ -1248,6 +1467,7 @@ mod tests {
                 vcard: None,
                 offline: vec![],
                 private: vec![],
+                pep: vec![],
             },
         ];
         let mut writer = Writer::new(Vec::new()).unwrap();
@@ -1334,5 +1554,103 @@ mod tests {
         let outside = "<server-data xmlns='urn:xmpp:pie:0' xmlns:xi='http://www.w3.org/2001/XInclude'>\
                        <xi:include href='../x.xml'/></server-data>";
         assert!(message(read_all(outside).unwrap_err()).ends_with("only files beside this one are read"));
+    }
+
+    /// PEP nodes as Prosody's mod_storage_xep0227 writes them: its
+    /// configuration form (unset fields without a value, fields Shoal has
+    /// no option for), the owner's affiliation, a member, an outcast of a
+    /// whitelist, subscriptions (passed over), and items, oldest first; a
+    /// node with items alone has the defaults. What cannot be kept is
+    /// refused, saying which node.
+    #[test]
+    fn reads_prosodys_pep_nodes() {
+        const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+        const TUNE: &str = "http://jabber.org/protocol/tune";
+        let file = |pubsub: &str| {
+            format!(
+                "<server-data xmlns='urn:xmpp:pie:0'><host jid='prosody.test'>\
+                 <user name='juliet' password='p'>{pubsub}</user></host></server-data>"
+            )
+        };
+        let xml = file(&format!(
+            "<pubsub xmlns='{OWNER}'><configure node='{BOOKMARKS}'><x type='submit' xmlns='jabber:x:data'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#title' type='text-single'/><field var='pubsub#description' type='text-single'/>\
+             <field var='pubsub#max_items' type='text-single'><value>max</value></field>\
+             <field var='pubsub#access_model' type='list-single'><value>whitelist</value></field>\
+             <field var='pubsub#publish_model' type='list-single'/>\
+             <field var='pubsub#send_last_published_item' type='list-single'><value>never</value></field>\
+             </x></configure>\
+             <affiliations node='{BOOKMARKS}'><affiliation affiliation='owner' jid='juliet@prosody.test'/>\
+             <affiliation affiliation='member' jid='romeo@prosody.test'/>\
+             <affiliation affiliation='outcast' jid='tybalt@prosody.test'/></affiliations>\
+             <subscriptions node='{BOOKMARKS}'><subscription jid='romeo@prosody.test' subscribed='subscribed'/>\
+             </subscriptions></pubsub>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{BOOKMARKS}'>\
+             <item id='a@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='A'/></item>\
+             <item id='b@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='B'/></item></items>\
+             <items node='{TUNE}'><item id='current'><tune xmlns='{TUNE}'/></item></items></pubsub>"
+        ));
+        let juliet = read_all(&xml).unwrap().remove(0);
+        let conference = |name: &str| Element::new("conference", BOOKMARKS).with_attr("name", name);
+        assert_eq!(
+            juliet.pep,
+            [
+                PepNode {
+                    node: StoredNode {
+                        node: BOOKMARKS.into(),
+                        config: NodeConfig {
+                            access_model: AccessModel::Whitelist,
+                            max_items: MaxItems::Max,
+                            send_last: SendLast::Never,
+                            ..NodeConfig::default()
+                        },
+                        whitelist: vec![jid("romeo@prosody.test")],
+                    },
+                    items: vec![
+                        ("a@conference.prosody.test".into(), conference("A")),
+                        ("b@conference.prosody.test".into(), conference("B")),
+                    ],
+                },
+                PepNode {
+                    node: StoredNode {
+                        node: TUNE.into(),
+                        config: NodeConfig::default(),
+                        whitelist: vec![],
+                    },
+                    items: vec![("current".into(), Element::new("tune", TUNE))],
+                },
+            ]
+        );
+
+        for (pubsub, expected) in [
+            (
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='n'><item id='i'/></items></pubsub>"
+                    .to_owned(),
+                "PEP node n: item i: not exactly one payload element",
+            ),
+            (
+                format!(
+                    "<pubsub xmlns='{OWNER}'><affiliations node='n'>\
+                     <affiliation affiliation='outcast' jid='tybalt@prosody.test'/></affiliations></pubsub>"
+                ),
+                "PEP node n: tybalt@prosody.test is an outcast, which Shoal cannot keep out of a node that is not a \
+                 whitelist",
+            ),
+            (
+                format!(
+                    "<pubsub xmlns='{OWNER}'><configure node='n'><x xmlns='jabber:x:data' type='submit'>\
+                     <field var='pubsub#access_model'><value>authorize</value></field></x></configure></pubsub>"
+                ),
+                "PEP node n: pubsub#access_model cannot be authorize",
+            ),
+            (
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items><item id='i'/></items></pubsub>".to_owned(),
+                "a PEP <items/> without a node",
+            ),
+        ] {
+            let got = message(read_all(&file(&pubsub)).unwrap_err());
+            assert!(got.ends_with(&format!("account juliet@prosody.test: {expected}")), "{got}");
+        }
     }
 }

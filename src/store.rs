@@ -1312,6 +1312,8 @@ pub struct AccountData {
     pub offline: Vec<String>,
     /// Private XML (XEP-0049): (key, XML), by key.
     pub private: Vec<(String, String)>,
+    /// PEP nodes (XEP-0163), by name, each with its items, oldest first.
+    pub pep: Vec<(StoredNode, Vec<StoredItem>)>,
 }
 
 /// Whole accounts, for migrations (`shoal import`, `shoal export`).
@@ -1357,6 +1359,24 @@ impl SqliteStore {
                 params![username, key, xml],
             )?;
         }
+        for (node, items) in &account.pep {
+            Self::write_node(&tx, username, node)?;
+            // Oldest first: each a newer `seq` than the one before.
+            for item in items {
+                tx.execute(
+                    "INSERT INTO pep_items (owner, node, item_id, publisher, published_ms, xml)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        username,
+                        node.node,
+                        item.id,
+                        item.publisher.as_ref().map(|p| p.as_str()),
+                        item.published_ms,
+                        item.xml
+                    ],
+                )?;
+            }
+        }
         tx.commit()?;
         Ok(true)
     }
@@ -1385,6 +1405,12 @@ impl SqliteStore {
             None => None,
         };
         let offline = self.offline_messages(user)?.into_iter().map(|(_, xml)| xml).collect();
+        let mut pep = Vec::new();
+        for node in self.pep_nodes(user)? {
+            let mut items = self.pep_items(user, &node.node, None, None)?;
+            items.reverse();
+            pep.push((node, items));
+        }
         Ok(Some(AccountData {
             jid: user.clone(),
             credentials,
@@ -1392,6 +1418,7 @@ impl SqliteStore {
             vcard,
             offline,
             private: self.private_xml_all(user)?,
+            pep,
         }))
     }
 }
@@ -2734,6 +2761,10 @@ mod tests {
             private: vec![(
                 "{storage:bookmarks}storage".into(),
                 "<storage xmlns='storage:bookmarks'><conference jid='r@c.localhost'/></storage>".into(),
+            )],
+            pep: vec![(
+                pep_node("urn:xmpp:bookmarks:1", AccessModel::Whitelist, &["romeo"]),
+                vec![pep_item("a", 2), pep_item("b", 1)],
             )],
         };
         assert!(!s.import_account(&data, false).unwrap(), "juliet exists");

@@ -95,6 +95,72 @@ fn user_commands_against_a_running_server() {
     assert_eq!(cli.run(&["user", "list"], None).1, "alice@localhost\n");
 }
 
+/// XEP-0172: `user set --nick` publishes the nickname with PEP, through
+/// the running server (a contact whose caps want it is notified), or into
+/// the database when no server runs (read back after a start).
+#[test]
+fn user_set_nick_publishes_the_nickname_with_pep() {
+    const NICK_NOTIFY: &str = "http://jabber.org/protocol/nick+notify";
+    let mut server = TestServer::start();
+    server.add_user("alice", "pw");
+    server.add_user("bob", "pw");
+    server.befriend("alice", "bob");
+    let cli = Cli::for_db(&server.db);
+    let mut bob = server.login("bob", "pw", "desk");
+    bob.announce_caps(&[NICK_NOTIFY]);
+    bob.answer_caps_query(&[NICK_NOTIFY]);
+    bob.sync();
+    let item = |nick: &str| {
+        format!(
+            "<items node='{}'><item id='current'><nick xmlns='{}'>{nick}</nick></item></items>",
+            ns::NICK,
+            ns::NICK
+        )
+    };
+
+    // The command returns once the server has published (and notified).
+    assert_eq!(
+        cli.run(&["user", "set", "alice", "--nick", " Alice Liddell "], None),
+        (true, "profile of alice@localhost set\n".into(), String::new())
+    );
+    assert_eq!(
+        bob.recv_xml(),
+        format!(
+            "<message to='bob@localhost/desk' from='alice@localhost' type='headline'>\
+             <event xmlns='http://jabber.org/protocol/pubsub#event'>{}</event></message>",
+            item("Alice Liddell")
+        )
+    );
+
+    // Stopped: stored as the server would have, and there after a start.
+    server.stop();
+    assert_eq!(
+        cli.run(&["user", "set", "alice", "--nick", "Ally"], None),
+        (true, "profile of alice@localhost set\n".into(), String::new())
+    );
+    server.restart();
+    let mut bob = server.login("bob", "pw", "desk");
+    bob.send(&format!(
+        "<iq type='get' id='i' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+         <items node='{}'/></pubsub></iq>",
+        ns::NICK
+    ));
+    assert_eq!(
+        bob.recv_xml(),
+        format!(
+            "<iq id='i' type='result' from='alice@localhost' to='bob@localhost/desk'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'>{}</pubsub></iq>",
+            item("Ally")
+        )
+    );
+    let (ok, _, stderr) = cli.run(&["user", "set", "alice", "--nick", "Al\nice"], None);
+    assert!(!ok);
+    assert_eq!(
+        stderr,
+        "shoal: the nickname holds a line break or another control character\n"
+    );
+}
+
 #[test]
 fn user_command_errors_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,9 +2,9 @@
 //! (fixtures/migrate/, made by make-exports.sh from accounts made through
 //! each server's own paths) imported with `shoal import`; then the users
 //! log in with their old passwords and find their rosters, vCards, waiting
-//! subscription requests and offline messages. `shoal export` gives back
-//! what it took; bad files are refused saying where and why, with nothing
-//! imported.
+//! subscription requests, offline messages, private XML and PEP nodes.
+//! `shoal export` gives back what it took; bad files are refused saying
+//! where and why, with nothing imported.
 
 mod common;
 
@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use common::{ejabberd_export, migration_fixtures, run_shoal, Client, TestServer};
-use shoal::store::SqliteStore;
+use shoal::store::{AccountData, SqliteStore};
 use shoal_actors::jid::BareJid;
 use shoal_actors::ns;
 use shoal_actors::sasl::ScramHash;
@@ -97,6 +97,17 @@ fn vcard(c: &mut Client) -> String {
     let reply = c.recv_until(|e| e.attr("id") == Some("vc"));
     assert_eq!(reply.attr("type"), Some("result"), "{reply}");
     reply.get_child("vCard", "vcard-temp").unwrap().to_string()
+}
+
+/// An account as stored, but for its PEP items' publication times: an
+/// import stamps them (XEP-0227 carries none).
+fn timeless(mut data: AccountData) -> AccountData {
+    for (_, items) in &mut data.pep {
+        for item in items {
+            item.published_ms = 0;
+        }
+    }
+    data
 }
 
 /// Initial presence; the waiting subscription request that comes then.
@@ -255,6 +266,35 @@ fn prosody_users_log_in_with_their_old_passwords_and_find_their_rosters() {
     );
     // Prosody 0.12 exports no offline messages.
     nurse.expect_no_messages();
+
+    // Its PEP nodes came too (mod_storage_xep0227's "pep" and "pep_*"
+    // stores): romeo's vCard4, open, with its item, and the legacy
+    // bookmarks node Prosody made, a whitelist that keeps no items.
+    let store = SqliteStore::open(&s.server.db).unwrap();
+    let romeo = BareJid::parse("romeo@prosody.test").unwrap();
+    let nodes: Vec<(String, &str, bool)> = store
+        .pep_nodes(&romeo)
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.node, n.config.access_model.as_str(), n.config.persist_items))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("storage:bookmarks".to_owned(), "whitelist", false),
+            ("urn:xmpp:vcard4".to_owned(), "open", true)
+        ]
+    );
+    let items = store.pep_items(&romeo, "urn:xmpp:vcard4", None, None).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].id, "current");
+    assert!(
+        items[0]
+            .xml
+            .starts_with("<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'><fn><text>Romeo Montague</text></fn>"),
+        "{}",
+        items[0].xml
+    );
 }
 
 /// Both exports at once (ejabberd's files all given, as `*.xml` would:
@@ -308,7 +348,8 @@ fn an_export_imports_into_another_server_unchanged() {
     assert_eq!(users.len(), 7);
     assert_eq!(to.list_users().unwrap(), users);
     for user in &users {
-        let (before, after) = (from.account_data(user).unwrap(), to.account_data(user).unwrap());
+        let before = from.account_data(user).unwrap().map(timeless);
+        let after = to.account_data(user).unwrap().map(timeless);
         assert!(before.is_some());
         assert_eq!(after, before, "{user}");
     }
@@ -360,6 +401,121 @@ fn private_xml_moves_with_its_account() {
         "<query xmlns='jabber:iq:private'><roster xmlns='roster:delimiter'>::</roster>{bookmarks}</query></user>"
     );
     assert!(written.contains(&expected), "{written}");
+}
+
+/// PEP nodes (XEP-0163) in a `<user/>`, as Prosody's mod_storage_xep0227
+/// writes them: a node with its configuration, whitelist and two items is
+/// imported (items oldest first), read by a member, exported the same way,
+/// and imported again unchanged into another server. A node past `[pep]`
+/// limits is refused, with nothing imported.
+#[test]
+fn pep_nodes_move_with_their_account() {
+    const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+    let a = Setup::new();
+    let file = a.file(
+        "verona.xml",
+        &format!(
+            "<server-data xmlns='urn:xmpp:pie:0'><host jid='prosody.test'><user name='juliet' password='pw'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='{BOOKMARKS}'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+             <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#title' type='text-single'/>\
+             <field var='pubsub#max_items' type='text-single'><value>max</value></field>\
+             <field var='pubsub#access_model' type='list-single'><value>whitelist</value></field>\
+             <field var='pubsub#send_last_published_item' type='list-single'><value>never</value></field>\
+             <field var='pubsub#notification_type' type='list-single'><value>headline</value></field>\
+             </x></configure><affiliations node='{BOOKMARKS}'>\
+             <affiliation jid='juliet@prosody.test' affiliation='owner'/>\
+             <affiliation jid='romeo@prosody.test' affiliation='member'/></affiliations></pubsub>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{BOOKMARKS}'>\
+             <item id='a@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='A'/></item>\
+             <item id='b@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='B' autojoin='true'/></item>\
+             </items></pubsub></user><user name='romeo' password='pw'/></host></server-data>"
+        ),
+    );
+    let (ok, out, err) = a.shoal(args!["import", file]);
+    assert!(ok, "{out}{err}");
+    let items = format!(
+        "<items node='{BOOKMARKS}'>\
+         <item id='a@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='A'/></item>\
+         <item id='b@conference.prosody.test'><conference xmlns='{BOOKMARKS}' name='B' autojoin='true'/></item></items>"
+    );
+    let mut romeo = a.login("romeo@prosody.test", "pw", "orchard");
+    romeo.send(&format!(
+        "<iq type='get' id='i' to='juliet@prosody.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+         <items node='{BOOKMARKS}'/></pubsub></iq>"
+    ));
+    assert_eq!(
+        romeo.recv_xml(),
+        format!(
+            "<iq id='i' type='result' from='juliet@prosody.test' to='romeo@prosody.test/orchard'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'>{items}</pubsub></iq>"
+        )
+    );
+
+    let export = a.dir.path().join("export.xml");
+    assert!(a.shoal(args!["export", export]).0);
+    let written = std::fs::read_to_string(&export).unwrap();
+    let boolean = |var: &str| format!("<field type='boolean' var='pubsub#{var}'><value>1</value></field>");
+    let expected = format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='{BOOKMARKS}'>\
+         <x xmlns='jabber:x:data' type='submit'><field type='hidden' var='FORM_TYPE'>\
+         <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+         <field type='list-single' var='pubsub#access_model'><value>whitelist</value></field>\
+         <field type='list-multi' var='pubsub#roster_groups_allowed'/>\
+         <field type='text-single' var='pubsub#max_items'><value>max</value></field>{}\
+         <field type='list-single' var='pubsub#send_last_published_item'><value>never</value></field>{}{}{}{}\
+         <field type='text-single' var='pubsub#title'/><field type='text-single' var='pubsub#type'/></x></configure>\
+         <affiliations node='{BOOKMARKS}'><affiliation jid='juliet@prosody.test' affiliation='owner'/>\
+         <affiliation jid='romeo@prosody.test' affiliation='member'/></affiliations></pubsub>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'>{items}</pubsub></user>",
+        boolean("persist_items"),
+        boolean("notify_retract"),
+        boolean("notify_delete"),
+        boolean("deliver_notifications"),
+        boolean("deliver_payloads"),
+    );
+    assert!(written.contains(&expected), "{written}");
+
+    let b = Setup::new();
+    assert!(b.shoal(args!["import", export]).0);
+    let (from, to) = (
+        SqliteStore::open(&a.server.db).unwrap(),
+        SqliteStore::open(&b.server.db).unwrap(),
+    );
+    for user in ["juliet@prosody.test", "romeo@prosody.test"] {
+        let user = BareJid::parse(user).unwrap();
+        let before = from.account_data(&user).unwrap().map(timeless);
+        assert_eq!(to.account_data(&user).unwrap().map(timeless), before, "{user}");
+    }
+    let juliet = BareJid::parse("juliet@prosody.test").unwrap();
+    let stored = to.pep_items(&juliet, BOOKMARKS, None, None).unwrap();
+    assert_eq!(
+        stored.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["b@conference.prosody.test", "a@conference.prosody.test"],
+        "newest first"
+    );
+
+    // Past [pep] max_items: refused, naming the node and the setting.
+    let c = Setup::new();
+    let big = c.file(
+        "big.xml",
+        "<server-data xmlns='urn:xmpp:pie:0'><host jid='prosody.test'><user name='nurse' password='pw'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='n'>\
+         <x xmlns='jabber:x:data' type='submit'><field var='pubsub#max_items'><value>1000</value></field></x>\
+         </configure></pubsub></user></host></server-data>",
+    );
+    assert_eq!(
+        c.shoal(args!["import", big]),
+        (
+            false,
+            String::new(),
+            "shoal: account nurse@prosody.test: PEP node n: pubsub#max_items 1000, more than [pep] max_items (256); \
+             nothing was imported\n"
+                .into()
+        )
+    );
+    assert_eq!(c.shoal(args!["user", "list"]).1, "");
 }
 
 #[test]

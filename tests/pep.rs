@@ -742,6 +742,12 @@ fn the_vcard_photo_and_the_avatar_follow_each_other() {
     let metadata = |id: &str| {
         format!("<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='5' id='{id}' type='image/png'/></metadata>")
     };
+    // Her presence again with a new photo's hash (XEP-0153), to `to`.
+    let presence = |to: &str, hash: &str| {
+        format!(
+            "<presence to='{to}' from='{ME}'><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>"
+        )
+    };
 
     // A vCard photo ("hello") is published as the avatar (XEP-0398 §4.1).
     let hello = "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
@@ -749,11 +755,13 @@ fn the_vcard_photo_and_the_avatar_follow_each_other() {
         "<iq type='set' id='v1'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE>\
          <BINVAL>aGVsbG8=</BINVAL></PHOTO></vCard></iq>",
     );
+    assert_eq!(juliet.recv_xml(), presence("juliet@localhost", hello));
     assert_eq!(juliet.recv_xml(), done("v1"));
     assert_eq!(
         romeo.recv_xml(),
         event(to_romeo, ns::AVATAR_METADATA, &item(hello, &metadata(hello)))
     );
+    assert_eq!(romeo.recv_xml(), presence("romeo@localhost", hello));
     let data_request = |id: &str| {
         format!(
             "<pubsub xmlns='{PUBSUB}'><items node='{}'><item id='{id}'/></items></pubsub>",
@@ -786,11 +794,13 @@ fn the_vcard_photo_and_the_avatar_follow_each_other() {
         "<iq type='set' id='p2'>{}</iq>",
         publish(ns::AVATAR_METADATA, world, &metadata(world), &[])
     ));
+    assert_eq!(juliet.recv_xml(), presence("juliet@localhost", world));
     assert_eq!(juliet.recv_xml(), published("p2", ns::AVATAR_METADATA, world));
     assert_eq!(
         romeo.recv_xml(),
         event(to_romeo, ns::AVATAR_METADATA, &item(world, &metadata(world)))
     );
+    assert_eq!(romeo.recv_xml(), presence("romeo@localhost", world));
     romeo.send("<iq type='get' id='g1' to='juliet@localhost'><vCard xmlns='vcard-temp'/></iq>");
     assert_eq!(
         romeo.recv_xml(),
@@ -799,7 +809,7 @@ fn the_vcard_photo_and_the_avatar_follow_each_other() {
              <PHOTO><TYPE>image/png</TYPE><BINVAL>d29ybGQ=</BINVAL></PHOTO></vCard></iq>"
         )
     );
-    // ...and its hash her presence's (XEP-0153).
+    // ...and its hash stays in her later presence.
     juliet.send("<presence><status>new picture</status></presence>");
     assert_eq!(
         romeo.recv_xml(),

@@ -179,9 +179,21 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
     let vcard = "<vCard xmlns='vcard-temp'><NICKNAME>Jules</NICKNAME><PHOTO><TYPE>image/png</TYPE>\
                  <BINVAL>aGVsbG8=</BINVAL><EXTVAL>https://example.com/j.png</EXTVAL></PHOTO></vCard>";
     juliet.send(&format!("<iq type='set' id='v'>{vcard}</iq>"));
+    // Her presence goes out again with the photo's SHA-1 (XEP-0153), to
+    // her followers and herself, before the result.
+    let hash = "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
+    let update = format!("<x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x>");
+    assert_eq!(
+        juliet.recv_xml(),
+        format!("<presence to='juliet@localhost' from='juliet@localhost/balcony'>{update}</presence>")
+    );
     assert_eq!(
         juliet.recv_xml(),
         "<iq id='v' type='result' to='juliet@localhost/balcony'/>"
+    );
+    assert_eq!(
+        romeo.recv_xml(),
+        format!("<presence to='romeo@localhost' from='juliet@localhost/balcony'>{update}</presence>")
     );
     romeo.send("<iq type='get' id='g' to='juliet@localhost'><vCard xmlns='vcard-temp'/></iq>");
     assert_eq!(
@@ -192,9 +204,8 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
     romeo.send(&format!("<iq type='set' id='s' to='juliet@localhost'>{vcard}</iq>"));
     assert_eq!(romeo.recv().attr("type"), Some("error"));
 
-    // The SHA-1 of the photo goes into her presence (XEP-0153)...
+    // The SHA-1 of the photo goes into her later presence too...
     juliet.send("<presence><status>new picture</status></presence>");
-    let hash = "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
     assert_eq!(
         romeo.recv_xml(),
         format!(
@@ -220,6 +231,59 @@ fn avatar_hash_from_the_vcard_and_the_bind_extension() {
         ),
         "{bind}"
     );
+}
+
+/// XEP-0153 with ejabberd's mod_vcard_xupdate behaviour: a vCard set that
+/// changes the photo sends each available session's last presence again,
+/// with the new hash in place of the client's own `<x/>`, to the followers
+/// and the user's resources; probes answer with it from then on. The same
+/// photo again changes nothing; no photo is an empty `<photo/>`.
+#[test]
+fn a_new_vcard_photo_sends_each_sessions_presence_again() {
+    let server = server_with(&["juliet", "romeo"]);
+    server.befriend("juliet", "romeo");
+    let mut romeo = available(&server, "romeo", "orchard", "<presence/>");
+    let old = "<x xmlns='vcard-temp:x:update'><photo>0000000000000000000000000000000000000000</photo></x>";
+    let mut balcony = available(&server, "juliet", "balcony", &format!("<presence><show>away</show>{old}</presence>"));
+    let mut chamber = available(&server, "juliet", "chamber", "<presence/>");
+    for c in [&mut romeo, &mut balcony, &mut chamber] {
+        c.sync();
+    }
+    // Each session's presence, addressed to `to`, with `photo` in it.
+    let both = |to: &str, photo: &str| {
+        let update = format!("<x xmlns='vcard-temp:x:update'>{photo}</x>");
+        sorted([
+            format!("<presence to='{to}' from='juliet@localhost/balcony'><show>away</show>{update}</presence>"),
+            format!("<presence to='{to}' from='juliet@localhost/chamber'>{update}</presence>"),
+        ])
+    };
+    let vcard = |photo: &str| format!("<iq type='set' id='v'><vCard xmlns='vcard-temp'>{photo}</vCard></iq>");
+    let result = "<iq id='v' type='result' to='juliet@localhost/balcony'/>";
+
+    let hello = "<PHOTO><TYPE>image/png</TYPE><BINVAL>aGVsbG8=</BINVAL></PHOTO>";
+    let hash = "<photo>aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d</photo>";
+    balcony.send(&vcard(hello));
+    assert_eq!(balcony.recv_set(2), both("juliet@localhost", hash));
+    assert_eq!(balcony.recv_xml(), result);
+    assert_eq!(chamber.recv_set(2), both("juliet@localhost", hash));
+    assert_eq!(romeo.recv_set(2), both("romeo@localhost", hash));
+
+    // The sessions' last presence has it now.
+    romeo.send("<presence type='probe' to='juliet@localhost'/>");
+    assert_eq!(romeo.recv_set(2), both("romeo@localhost/orchard", hash));
+
+    // The same photo (with a nickname now): nothing to tell.
+    balcony.send(&vcard(&format!("<NICKNAME>Jules</NICKNAME>{hello}")));
+    assert_eq!(balcony.recv_xml(), result);
+    romeo.expect_nothing();
+    chamber.expect_nothing();
+
+    // No photo any more: an empty <photo/> (XEP-0153 §4.1).
+    balcony.send(&vcard(""));
+    assert_eq!(balcony.recv_set(2), both("juliet@localhost", "<photo/>"));
+    assert_eq!(balcony.recv_xml(), result);
+    assert_eq!(romeo.recv_set(2), both("romeo@localhost", "<photo/>"));
+    assert_eq!(chamber.recv_set(2), both("juliet@localhost", "<photo/>"));
 }
 
 /// RFC 6121 §4.3.2: the server answers a client's probe, to a bare or a

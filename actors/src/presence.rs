@@ -38,7 +38,7 @@ use crate::storage::{Storage, StorageFuture};
 use crate::xep::blocking::Blocklist;
 use crate::xep::caps::Features;
 use crate::xep::pep::{PepJob, PepSettings, PepState};
-use crate::xml::Element;
+use crate::xml::{parse_element, Element, NsBindings, ParseLimits};
 
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
 
@@ -477,7 +477,8 @@ pub enum PresenceMsg {
         before: SubState,
         after: SubState,
     },
-    /// `user`'s vCard photo changed (XEP-0153).
+    /// `user`'s vCard photo changed (XEP-0153): if the hash differs, each
+    /// available session's last presence goes out again with it.
     PhotoHash { user: BareJid, hash: Option<String> },
     /// `from` probes `contact`'s presence (RFC 6121 §4.3.2). Handled by
     /// the prober's shard, where the prober's followees are cached (and
@@ -589,11 +590,10 @@ impl PresenceActor {
                 initial,
                 caps_before,
             } => {
-                if let Some(hash) = &state.photo_hash {
-                    if !presence.has_child("x", VCARD_UPDATE) {
-                        let photo = Element::new("photo", VCARD_UPDATE).with_text(hash.as_str());
-                        presence.push_child(Element::new("x", VCARD_UPDATE).with_child(photo));
-                    }
+                // A client's own <x/> stands (as in Prosody's mod_vcard_legacy):
+                // it may say "not ready yet" (XEP-0153 §4.2).
+                if state.photo_hash.is_some() && !presence.has_child("x", VCARD_UPDATE) {
+                    presence.push_child(photo_update(state.photo_hash.as_deref()));
                 }
                 let template = template_of(&presence);
                 // Unless the session went unavailable since it sent this.
@@ -712,8 +712,49 @@ impl PresenceActor {
                 }
             }
             PresenceMsg::PhotoHash { hash, .. } => {
-                if let Some(Entry::Ready(state)) = self.users.get_mut(user) {
-                    state.photo_hash = hash;
+                let Some(Entry::Ready(state)) = self.users.get_mut(user) else {
+                    return;
+                };
+                if state.photo_hash == hash {
+                    return;
+                }
+                state.photo_hash = hash;
+                let state = &*state;
+                // Each available session's last presence again, with the new
+                // hash, as ejabberd's mod_vcard_xupdate does on a vCard set
+                // (ejabberd_sm:force_update_presence): vCard-avatar clients see
+                // the change at once instead of at the next presence. It goes
+                // where a later presence of the session goes: followers and the
+                // user's own available resources (the session included, as RFC
+                // 6121 §4.4.2 reflects a presence to its sender).
+                for session in self.sessions.resources(user).iter().filter(|s| s.priority().is_some()) {
+                    let Some(template) = session.last_presence() else {
+                        continue;
+                    };
+                    let Some(presence) = with_photo(&template, state.photo_hash.as_deref()) else {
+                        log::warn!("{}: the last presence does not read back", session.jid);
+                        continue;
+                    };
+                    let template = template_of(&presence);
+                    // Probes answered from now on carry the new hash too
+                    // (unless the session went unavailable meanwhile).
+                    if session.priority().is_some() {
+                        session.set_last_presence(template.clone());
+                    }
+                    let event = PresenceEvent {
+                        session,
+                        presence: &presence,
+                        followers: &state.followers,
+                        followees: &state.followees,
+                        directed: &[],
+                        reflect: false,
+                        replaced: false,
+                        template,
+                        sessions: &self.sessions,
+                        origin: Origin::of(Some(session.jid.as_jid())),
+                        elsewhere: &self.elsewhere,
+                    };
+                    self.hooks.on_presence(&event);
                 }
             }
             PresenceMsg::Probe { from, contact } => {
@@ -765,17 +806,22 @@ impl PresenceActor {
             return self.forget_if_offline(&owner);
         };
         ctx.spawn(running.into_actor(self).map(move |done, act, ctx| {
-            let photo = match act.users.get_mut(&owner) {
-                Some(Entry::Ready(state)) => match state.pep.as_mut() {
-                    Some(pep) => pep.finish(&owner, done, &act.sessions, &state.followers),
-                    None => None,
-                },
+            let finished = match act.users.get_mut(&owner) {
+                Some(Entry::Ready(state)) => state
+                    .pep
+                    .as_mut()
+                    .map(|pep| pep.finish(&owner, done, &act.sessions, &state.followers)),
                 _ => None,
             };
-            // A client's avatar became the vCard's photo (XEP-0398).
-            if let Some(hash) = photo {
-                let user = owner.clone();
-                act.apply(&owner, PresenceMsg::PhotoHash { user, hash }, ctx);
+            if let Some((photo, answer)) = finished {
+                // A client's avatar became the vCard's photo (XEP-0398): its
+                // hash is in the presence re-broadcast before the result, as
+                // after a vCard set.
+                if let Some(hash) = photo {
+                    let user = owner.clone();
+                    act.apply(&owner, PresenceMsg::PhotoHash { user, hash }, ctx);
+                }
+                answer.send();
             }
             act.pep_next(owner, ctx);
         }));
@@ -859,6 +905,25 @@ impl PresenceActor {
             self.users.remove(user);
         }
     }
+}
+
+/// XEP-0153's `<x/>` naming the photo's hash; empty `<photo/>` when there
+/// is no photo (§4.1: the user has none).
+fn photo_update(hash: Option<&str>) -> Element {
+    let mut photo = Element::new("photo", VCARD_UPDATE);
+    if let Some(hash) = hash {
+        photo.push_text(hash);
+    }
+    Element::new("x", VCARD_UPDATE).with_child(photo)
+}
+
+/// A presence template read back, with `hash` as its XEP-0153 photo in
+/// place of any `<x/>` the client sent: that one names the old photo.
+fn with_photo(template: &[u8], hash: Option<&str>) -> Option<Element> {
+    let mut presence = parse_element(template, &NsBindings::client(), &ParseLimits::default()).ok()?;
+    presence.remove_children(|c| c.is("x", VCARD_UPDATE));
+    presence.push_child(photo_update(hash));
+    Some(presence)
 }
 
 /// True when two sessions' caps are the same ones (the same ver).

@@ -339,23 +339,39 @@ impl PepState {
         Some(Box::pin(run(cx, nodes, job)))
     }
 
-    /// Takes back the nodes, notifies, then answers (Prosody's and
-    /// ejabberd's order: the publisher's own +notify session sees the
-    /// event before the result). Returns the vCard photo's new hash (XEP-0153)
-    /// when the operation changed it.
+    /// Takes back the nodes and notifies; the answer is the caller's to
+    /// send after that (Prosody's and ejabberd's order: the publisher's own
+    /// +notify session sees the event before the result). Returns the vCard
+    /// photo's new hash (XEP-0153) when the operation changed it, for the
+    /// presence that carries it to go out before the answer too.
     pub(crate) fn finish(
         &mut self,
         owner: &BareJid,
         done: Done,
         sessions: &SessionTable,
         followers: &HashSet<BareJid>,
-    ) -> Option<Option<String>> {
+    ) -> (Option<Option<String>>, Answer) {
         self.nodes = Some(done.nodes);
         for notice in &done.notices {
             notice.send(owner, sessions, followers);
         }
-        let _ = done.reply.send(done.result);
-        done.photo
+        let answer = Answer {
+            reply: done.reply,
+            result: done.result,
+        };
+        (done.photo, answer)
+    }
+}
+
+/// A finished job's answer, not yet sent.
+pub(crate) struct Answer {
+    reply: oneshot::Sender<IqResult>,
+    result: IqResult,
+}
+
+impl Answer {
+    pub(crate) fn send(self) {
+        let _ = self.reply.send(self.result);
     }
 }
 
@@ -817,6 +833,24 @@ async fn disco_items_of(cx: &Cx, nodes: &NodeMap, viewer: Option<&BareJid>) -> I
         }
     }
     Ok(Some(query))
+}
+
+/// XEP-0172's item id: one nickname per account, as clients publish it.
+pub const NICK_ITEM: &str = "current";
+
+/// XEP-0172's payload: `<nick/>` holding `nick`, empty for none (what a
+/// client publishes to stop showing one).
+pub fn nick_payload(nick: &str) -> Element {
+    Element::new("nick", ns::NICK).with_text(nick)
+}
+
+/// XEP-0172 on the owner's behalf (`shoal user set --nick`): item
+/// [`NICK_ITEM`] of node `ns::NICK`, notified as the owner's own publish
+/// is, and the profile's nickname through [`set_nick`].
+pub async fn publish_nick(router: &Router, owner: &BareJid, nick: &str) -> Result<(), StanzaError> {
+    let item = Some(NICK_ITEM.to_owned());
+    publish_as_server(router, owner, ns::NICK, item, nick_payload(nick), None).await?;
+    Ok(())
 }
 
 /// XEP-0172: the nickname published is the profile's (the bind

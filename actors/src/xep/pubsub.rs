@@ -297,6 +297,19 @@ impl NodeConfig {
 
     /// The configuration as a form to fill in (`type='form'`).
     pub fn to_form(&self) -> Element {
+        self.form(true)
+    }
+
+    /// The configuration submitted (`type='submit'`, values only), as
+    /// XEP-0227 files carry it (Prosody's `mod_storage_xep0227`).
+    pub fn to_submitted(&self) -> Element {
+        let mut x = self.form(false);
+        x.set_attr("type", "submit");
+        x
+    }
+
+    /// Every field with its values, and with its choices if `options`.
+    fn form(&self, options: bool) -> Element {
         forms::form(
             NODE_CONFIG,
             Field::ALL.iter().map(|&f| {
@@ -304,13 +317,34 @@ impl NodeConfig {
                 for value in self.get(f) {
                     el.push_child(Element::new("value", forms::NS).with_text(value));
                 }
-                for option in f.options() {
+                let choices: &[&str] = if options { f.options() } else { &[] };
+                for option in choices {
                     let value = Element::new("value", forms::NS).with_text(*option);
                     el.push_child(Element::new("option", forms::NS).with_child(value));
                 }
                 el
             }),
         )
+    }
+
+    /// A configuration another server submitted (a XEP-0227 file): the
+    /// defaults, with each field that has a value set from it; `cap`
+    /// bounds `max_items`. Prosody writes every field of its form, unset
+    /// ones without a value, and some Shoal has no option for
+    /// (`pubsub#description`, `#publish_model`, `#notification_type`):
+    /// those are passed over. A value Shoal cannot take is refused.
+    pub fn from_submitted(x: &Element, cap: u32) -> Result<NodeConfig, PubsubError> {
+        let form = Submitted::parse(x).map_err(PubsubError::Stanza)?;
+        if form.form_type().is_some_and(|t| !CONFIG_TYPES.contains(&t)) {
+            return Err(PubsubError::BadRequest("the form's FORM_TYPE is not the expected one"));
+        }
+        let mut config = NodeConfig::default();
+        for (var, values) in form.fields() {
+            if let (Some(field), false) = (Field::from_var(var), values.is_empty()) {
+                config.set(field, values, cap)?;
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -941,5 +975,44 @@ mod tests {
             "<field type='list-single' var='pubsub#access_model'><value>roster</value>\
              <option><value>open</value></option>"
         ));
+        // Submitted, it has the values alone, and reads back the same.
+        let submitted = config.to_submitted();
+        assert!(!submitted.to_string().contains("<option>"), "{submitted}");
+        assert_eq!(submitted.attr("type"), Some("submit"));
+        assert_eq!(NodeConfig::from_submitted(&submitted, 10), Ok(config));
+    }
+
+    /// Prosody's form as its XEP-0227 store writes it: unset fields without
+    /// a value, and fields Shoal has no option for, passed over.
+    #[test]
+    fn another_servers_submitted_configuration() {
+        let x = client_element(
+            "<x type='submit' xmlns='jabber:x:data'><field var='FORM_TYPE' type='hidden'>\
+             <value>http://jabber.org/protocol/pubsub#node_config</value></field>\
+             <field var='pubsub#title' type='text-single'/><field var='pubsub#description' type='text-single'/>\
+             <field var='pubsub#max_items' type='text-single'><value>1</value></field>\
+             <field var='pubsub#persist_items' type='boolean'><value>0</value></field>\
+             <field var='pubsub#access_model' type='list-single'><value>whitelist</value></field>\
+             <field var='pubsub#publish_model' type='list-single'/>\
+             <field var='pubsub#send_last_published_item' type='list-single'><value>never</value></field>\
+             <field var='pubsub#notification_type' type='list-single'/></x>",
+        );
+        let expected = NodeConfig {
+            access_model: AccessModel::Whitelist,
+            persist_items: false,
+            send_last: SendLast::Never,
+            ..NodeConfig::default()
+        };
+        assert_eq!(NodeConfig::from_submitted(&x, 256), Ok(expected));
+        let authorize = client_element(
+            "<x type='submit' xmlns='jabber:x:data'>\
+             <field var='pubsub#access_model'><value>authorize</value></field></x>",
+        );
+        assert_eq!(
+            NodeConfig::from_submitted(&authorize, 256),
+            Err(PubsubError::NotAcceptable(
+                "pubsub#access_model cannot be authorize".into()
+            ))
+        );
     }
 }

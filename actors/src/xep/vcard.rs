@@ -68,7 +68,10 @@ impl IqHandler for VCard {
             if pep {
                 crate::xep::avatar::from_vcard(&router, &user, &vcard, had_photo).await;
             }
-            router.presence().send(PresenceMsg::PhotoHash { user, hash });
+            // Awaited: the re-broadcast presence with the new hash (XEP-0153)
+            // goes out before the result, as a publish's notifications do. A
+            // stopped shard (shutting down) has no one to tell.
+            let _ = router.presence().request(PresenceMsg::PhotoHash { user, hash }).await;
             Ok(None)
         })
     }
