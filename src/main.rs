@@ -387,7 +387,9 @@ fn publish_nick(config: &Config, store: &mut SqliteStore, user: &BareJid, nick: 
     match control::request(&config.control_socket(), &command.to_string()) {
         Ok(Some(_)) => Ok(()),
         Ok(None) => store_nick(config, store, user, nick),
-        Err(e) => Err(format!("the profile of {user} is stored, but the running server answered: {e}")),
+        Err(e) => Err(format!(
+            "the profile of {user} is stored, but the running server answered: {e}"
+        )),
     }
 }
 

@@ -683,7 +683,9 @@ fn pep_nodes(owner: &BareJid, pubsub: &[Element]) -> Result<Vec<PepNode>, String
             }
             "affiliations" => {
                 for a in child.children().filter(|a| a.is("affiliation", ns::PUBSUB_OWNER)) {
-                    let raw = a.attr("jid").ok_or_else(|| bad("an affiliation without a jid".into()))?;
+                    let raw = a
+                        .attr("jid")
+                        .ok_or_else(|| bad("an affiliation without a jid".into()))?;
                     let jid = Jid::parse(raw)
                         .map(|j| j.to_bare())
                         .map_err(|e| bad(format!("affiliation of {raw:?}: {e}")))?;
@@ -735,7 +737,8 @@ fn pep_nodes(owner: &BareJid, pubsub: &[Element]) -> Result<Vec<PepNode>, String
 /// What a pubsub error says, for a file's reader.
 fn pubsub_problem(e: PubsubError) -> String {
     let e = shoal_actors::error::StanzaError::from(e);
-    e.text.map_or_else(|| e.condition.as_str().to_owned(), |t| t.into_owned())
+    e.text
+        .map_or_else(|| e.condition.as_str().to_owned(), |t| t.into_owned())
 }
 
 /// One hash's keys. ejabberd writes each value base64 twice over: a key
@@ -1650,7 +1653,10 @@ mod tests {
             ),
         ] {
             let got = message(read_all(&file(&pubsub)).unwrap_err());
-            assert!(got.ends_with(&format!("account juliet@prosody.test: {expected}")), "{got}");
+            assert!(
+                got.ends_with(&format!("account juliet@prosody.test: {expected}")),
+                "{got}"
+            );
         }
     }
 }

@@ -744,9 +744,7 @@ fn the_vcard_photo_and_the_avatar_follow_each_other() {
     };
     // Her presence again with a new photo's hash (XEP-0153), to `to`.
     let presence = |to: &str, hash: &str| {
-        format!(
-            "<presence to='{to}' from='{ME}'><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>"
-        )
+        format!("<presence to='{to}' from='{ME}'><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>")
     };
 
     // A vCard photo ("hello") is published as the avatar (XEP-0398 §4.1).

@@ -244,7 +244,12 @@ fn a_new_vcard_photo_sends_each_sessions_presence_again() {
     server.befriend("juliet", "romeo");
     let mut romeo = available(&server, "romeo", "orchard", "<presence/>");
     let old = "<x xmlns='vcard-temp:x:update'><photo>0000000000000000000000000000000000000000</photo></x>";
-    let mut balcony = available(&server, "juliet", "balcony", &format!("<presence><show>away</show>{old}</presence>"));
+    let mut balcony = available(
+        &server,
+        "juliet",
+        "balcony",
+        &format!("<presence><show>away</show>{old}</presence>"),
+    );
     let mut chamber = available(&server, "juliet", "chamber", "<presence/>");
     for c in [&mut romeo, &mut balcony, &mut chamber] {
         c.sync();
