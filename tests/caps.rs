@@ -93,6 +93,27 @@ fn a_new_ver_is_asked_about_once() {
     romeo.expect_nothing();
 }
 
+/// Dino answers without the node asked about: the hash still proves the
+/// answer (Prosody takes it too).
+#[test]
+fn an_answer_without_its_node_is_taken_by_its_hash() {
+    let server = TestServer::start();
+    server.add_user("romeo", "r");
+    server.add_user("juliet", "j");
+    let mut romeo = server.login("romeo", "r", "a");
+    romeo.announce_caps(&[TUNE]);
+    let query = romeo.recv();
+    let id = query.attr("id").unwrap().to_owned();
+    romeo.send(&format!(
+        "<iq type='result' to='localhost' id='{id}'>{}</iq>",
+        caps_query(&[TUNE]).to_xml_in(ns::CLIENT)
+    ));
+    romeo.expect_nothing();
+    let mut juliet = server.login("juliet", "j", "balcony");
+    juliet.announce_caps(&[TUNE]);
+    juliet.expect_nothing();
+}
+
 #[test]
 fn after_a_wrong_answer_another_session_is_asked() {
     let server = TestServer::start();

@@ -530,6 +530,35 @@ fn groupchat_reaches_every_occupant_and_history_comes_before_the_subject() {
     assert_eq!(others_sorted(join(&mut nurse, &at(ROOM, "Nurse"), ""), 2), expected);
 }
 
+/// Chat states reach everyone but stay out of the history, which would
+/// otherwise fill with typing notifications (as Prosody keeps it).
+#[test]
+fn chat_states_are_relayed_but_not_kept_for_joiners() {
+    let server = server();
+    let (mut romeo, mut juliet, mut nurse) = online(&server);
+    create_instant_room(&mut romeo, ROOM, "Romeo");
+    enter(&mut juliet, &at(ROOM, "Juliet"), &mut [&mut romeo]);
+    romeo.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='c1'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    ));
+    for (c, to) in [(&mut romeo, ROMEO), (&mut juliet, JULIET)] {
+        assert_eq!(
+            unsid(c.recv_xml()),
+            format!(
+                "<message to='{to}' from='{ROOM}/Romeo' type='groupchat' id='c1'>\
+                 <composing xmlns='http://jabber.org/protocol/chatstates'/>\
+                 <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='{ROOM}'/></message>"
+            )
+        );
+    }
+    say(&mut romeo, ROOM, "g1", "hello");
+    romeo.recv();
+    juliet.recv();
+    let got = join(&mut nurse, &at(ROOM, "Nurse"), "");
+    let kept: Vec<&String> = got.iter().filter(|s| s.contains("urn:xmpp:delay")).collect();
+    assert_eq!(kept, [&history(NURSE, ROOM, "Romeo", "g1", "hello")]);
+}
+
 #[test]
 fn a_nick_change_is_announced_with_303_and_a_taken_nick_is_a_conflict() {
     let server = server();
@@ -770,6 +799,42 @@ fn switching_to_members_only_removes_non_members_with_322() {
     juliet.expect_nothing();
 }
 
+/// In a members-only room that shows real JIDs, members may read the
+/// member list (Conversations encrypts to members not present with
+/// OMEMO; Prosody allows it), but not the outcasts.
+#[test]
+fn members_of_a_non_anonymous_members_only_room_see_the_member_list() {
+    let server = server();
+    let (mut romeo, mut juliet, _nurse) = online(&server);
+    create_instant_room(&mut romeo, ROOM, "Romeo");
+    romeo.send(&config_iq(
+        ROOM,
+        "c1",
+        &[("muc#roomconfig_membersonly", "1"), ("muc#roomconfig_whois", "anyone")],
+    ));
+    let mut got = vec![romeo.recv_xml(), romeo.recv_xml()];
+    got.sort();
+    let mut want = vec![result(ROMEO, ROOM, "c1"), changed(ROMEO, ROOM)];
+    want.sort();
+    assert_eq!(got, want);
+    affiliate(&mut romeo, ROOM, "a1", "juliet@localhost", "member");
+    let list = |id: &str, affiliation: &str| {
+        format!(
+            "<iq type='get' id='{id}' to='{ROOM}'><query xmlns='{MUC_ADMIN}'><item affiliation='{affiliation}'/></query></iq>"
+        )
+    };
+    juliet.send(&list("l1", "member"));
+    assert_eq!(
+        juliet.recv_xml(),
+        format!(
+            "<iq id='l1' type='result' from='{ROOM}' to='{JULIET}'><query xmlns='{MUC_ADMIN}'>\
+             <item affiliation='member' jid='juliet@localhost'/></query></iq>"
+        )
+    );
+    juliet.send(&list("l2", "outcast"));
+    assert_eq!(refusal(&juliet.recv()), format!("iq id=l2 from={ROOM} to={JULIET} auth:forbidden"));
+}
+
 #[test]
 fn a_password_protected_room_admits_only_with_the_password() {
     let server = server();
@@ -928,6 +993,14 @@ fn self_ping_is_answered_by_the_room_and_an_occupants_error_removes_it_with_333(
         unsid(juliet.recv_xml()),
         groupchat(JULIET, ROOM, "Romeo", "g1", "Juliet?")
     );
+    // An error saying her client cannot handle something leaves her in
+    // (Prosody's list of errors that mean "gone").
+    juliet.send(&format!(
+        "<message to='{ROOM}/Romeo' type='error' id='g1'><error type='cancel'>\
+         <feature-not-implemented xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+    ));
+    romeo.expect_nothing();
+    juliet.expect_nothing();
     juliet.send(&format!(
         "<message to='{ROOM}/Romeo' type='error' id='g1'><error type='cancel'>\
          <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
