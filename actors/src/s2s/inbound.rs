@@ -337,14 +337,14 @@ impl S2sIn {
         }
         self.send_element(&Element::new("proceed", ns::TLS));
         // The transport runs the handshake once <proceed/> is written (with
-        // the certificate of the domain the peer asked for), and then reads
-        // a new header.
+        // the certificate of the domain the peer asked for, or, for a
+        // service's, of the hosted domain it is under), and then reads a
+        // new header.
         let hosts = self.cx.router.hosts();
         let host = self
             .local
             .as_deref()
-            .and_then(|d| hosts.get(d))
-            .unwrap_or(hosts.default_host());
+            .map_or(hosts.default_host(), |d| hosts.owner_of(d));
         self.out.start_tls(host.clone());
         self.tls = true;
         self.awaiting_header = true;
