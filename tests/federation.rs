@@ -378,18 +378,25 @@ fn what_a_bad_peer_gets() {
 /// with b.test's own key (made with its secret, read from its database),
 /// which a.test checks with b.test's server.
 fn authenticated_as_b(a_s2s: SocketAddr, b: &TestServer) -> Client {
-    let secret = shoal::store::SqliteStore::open(&b.db)
+    authenticated_as(a_s2s, "b.test", "a.test", b)
+}
+
+/// A raw server stream to `addr`, for `to`, authenticated as `from` by
+/// dialback with the key `from`'s server (`origin`) makes, which the
+/// receiving server checks with it.
+fn authenticated_as(addr: SocketAddr, from: &str, to: &str, origin: &TestServer) -> Client {
+    let secret = shoal::store::SqliteStore::open(&origin.db)
         .unwrap()
         .secret("dialback", [0; 32])
         .unwrap();
-    let (mut c, features) = raw_stream(a_s2s, "b.test", "a.test");
+    let (mut c, features) = raw_stream(addr, from, to);
     assert!(features.is("features", ns::STREAM), "{features}");
     let id = c.header.as_ref().and_then(|h| h.id.clone()).expect("a stream id");
-    let key = shoal_actors::s2s::dialback::key(&secret, "a.test", "b.test", &id);
-    c.send(&format!("<db:result from='b.test' to='a.test'>{key}</db:result>"));
+    let key = shoal_actors::s2s::dialback::key(&secret, to, from, &id);
+    c.send(&format!("<db:result from='{from}' to='{to}'>{key}</db:result>"));
     assert_eq!(
         c.recv_xml(),
-        "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='valid'/>"
+        format!("<result xmlns='jabber:server:dialback' from='{to}' to='{from}' type='valid'/>")
     );
     c
 }
@@ -922,4 +929,34 @@ fn a_service_federates_with_the_certificate_of_the_hosted_domain_it_is_under() {
             "s2s out b.test conference.a.test external tls N Q up"
         ]
     );
+}
+
+#[test]
+fn a_lost_stream_from_a_rooms_server_leaves_the_rooms_occupants_there() {
+    // A stream from conference.a.test (authenticated with a.test's key for
+    // it, which b.test checks with conference.a.test's server) carries a
+    // room's presence for bob, and presence of another kind from a JID
+    // there; the connection is lost without a close. Only the latter is
+    // shown gone: bob is still in the room, which says who is in it.
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], optional);
+    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("conference.a.test", a_s2s)], optional);
+    b.add_user("bob", "pw-b");
+    let mut bob = online(&b, "bob", "pw-b");
+    let mut peer = authenticated_as(b_s2s, "conference.a.test", "b.test", &a);
+    let in_room = occupant("bob@b.test/r", "Alice", "", "<item affiliation='owner' role='moderator'/>");
+    peer.send(&in_room);
+    peer.send("<presence from='bot@conference.a.test/x' to='bob@b.test'/>");
+    assert_eq!(bob.recv_xml(), in_room);
+    assert_eq!(
+        bob.recv_xml(),
+        "<presence from='bot@conference.a.test/x' to='bob@b.test'/>"
+    );
+    drop(peer);
+    assert_eq!(
+        bob.recv_xml(),
+        "<presence type='unavailable' from='bot@conference.a.test/x' to='bob@b.test'/>"
+    );
+    bob.expect_nothing();
 }

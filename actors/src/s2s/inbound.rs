@@ -50,7 +50,10 @@ pub(super) fn header(from: &str, to: Option<&str>, id: &str) -> String {
 /// Remote users' available presence that came on a stream: when the
 /// stream is lost (its server went away, or the network), the local users
 /// it went to are told they are unavailable, since their server cannot
-/// say so any more. Bounded: past `MAX_PAIRS`, new ones are not kept.
+/// say so any more. Not a remote room's occupants (XEP-0045): the room
+/// says who is in it, and our user is still in it when the link comes
+/// back (as with Prosody and ejabberd, which tell nothing then). Bounded:
+/// past `MAX_PAIRS`, new ones are not kept.
 #[derive(Default)]
 struct SeenAvailable {
     /// Remote full JID -> the local accounts it is available to.
@@ -70,6 +73,7 @@ impl SeenAvailable {
             return;
         }
         match kind {
+            PresenceType::Available if stanza.element().has_child("x", ns::MUC_USER) => {}
             PresenceType::Available if self.pairs < Self::MAX_PAIRS => {
                 let added = self.seen.entry(from.clone()).or_default().insert(to.to_bare());
                 self.pairs += usize::from(added);
