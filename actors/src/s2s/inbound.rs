@@ -50,10 +50,11 @@ pub(super) fn header(from: &str, to: Option<&str>, id: &str) -> String {
 /// Remote users' available presence that came on a stream: when the
 /// stream is lost (its server went away, or the network), the local users
 /// it went to are told they are unavailable, since their server cannot
-/// say so any more. Not a remote room's occupants (XEP-0045): the room
-/// says who is in it, and our user is still in it when the link comes
-/// back (as with Prosody and ejabberd, which tell nothing then). Bounded:
-/// past `MAX_PAIRS`, new ones are not kept.
+/// say so any more. Not a remote room's occupants (XEP-0045): who is in
+/// a room, our user included, is the room's to say once the link is back
+/// (Prosody and ejabberd tell nothing either); occupants shown gone while
+/// our user stays would leave the client's view of the room wrong.
+/// Bounded: past `MAX_PAIRS`, new ones are not kept.
 #[derive(Default)]
 struct SeenAvailable {
     /// Remote full JID -> the local accounts it is available to.
