@@ -44,8 +44,18 @@ fn server(
 /// records of `conference.a.test` would say.
 fn pair() -> (TestServer, TestServer) {
     let (a_s2s, b_s2s) = (free_addr(), free_addr());
-    let a = server("a.test", a_s2s, &[("b.test", b_s2s), ("conference.b.test", b_s2s)], |_| {});
-    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("conference.a.test", a_s2s)], |_| {});
+    let a = server(
+        "a.test",
+        a_s2s,
+        &[("b.test", b_s2s), ("conference.b.test", b_s2s)],
+        |_| {},
+    );
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        |_| {},
+    );
     a.add_user("alice", "pw-a");
     b.add_user("bob", "pw-b");
     (a, b)
@@ -773,7 +783,12 @@ fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
     assert_eq!(
         next(&mut alice, 2),
         [
-            occupant(alice_jid, "Alice", "", &format!("{owner}<status code='110'/><status code='201'/>")),
+            occupant(
+                alice_jid,
+                "Alice",
+                "",
+                &format!("{owner}<status code='110'/><status code='201'/>")
+            ),
             format!("<message to='{alice_jid}' from='{ROOM}' type='groupchat'><subject/></message>"),
         ]
     );
@@ -806,7 +821,12 @@ fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
         next(&mut bob, 3),
         [
             occupant(bob_jid, "Alice", "", "<item affiliation='owner' role='moderator'/>"),
-            occupant(bob_jid, "Bob", "", &format!("{}<status code='110'/>", participant(bob_jid))),
+            occupant(
+                bob_jid,
+                "Bob",
+                "",
+                &format!("{}<status code='110'/>", participant(bob_jid))
+            ),
             subject(bob_jid, ""),
         ]
     );
@@ -822,7 +842,10 @@ fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
     alice.send(&format!(
         "<message to='{ROOM}' type='groupchat' id='g2'><body>hello from a</body></message>"
     ));
-    assert_eq!(next(&mut alice, 1), [groupchat(alice_jid, "Alice", "g2", "hello from a")]);
+    assert_eq!(
+        next(&mut alice, 1),
+        [groupchat(alice_jid, "Alice", "g2", "hello from a")]
+    );
     assert_eq!(next(&mut bob, 1), [groupchat(bob_jid, "Alice", "g2", "hello from a")]);
 
     // carol, of a.test, joins: she sees bob, and bob sees her.
@@ -835,12 +858,20 @@ fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
         [
             occupant(carol_jid, "Alice", "", "<item affiliation='owner' role='moderator'/>"),
             occupant(carol_jid, "Bob", "", hidden),
-            occupant(carol_jid, "Carol", "", &format!("{}<status code='110'/>", participant(carol_jid))),
+            occupant(
+                carol_jid,
+                "Carol",
+                "",
+                &format!("{}<status code='110'/>", participant(carol_jid))
+            ),
             subject(carol_jid, ""),
         ]
     );
     assert_eq!(bob.recv_xml(), occupant(bob_jid, "Carol", "", hidden));
-    assert_eq!(alice.recv_xml(), occupant(alice_jid, "Carol", "", &participant(carol_jid)));
+    assert_eq!(
+        alice.recv_xml(),
+        occupant(alice_jid, "Carol", "", &participant(carol_jid))
+    );
 
     // bob's connection drops: b.test sends the room his unavailable (he
     // had sent it directed presence), and he leaves it.
@@ -853,7 +884,10 @@ fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
         alice.recv_xml(),
         occupant(alice_jid, "Bob", " type='unavailable'", &left(Some(bob_jid)))
     );
-    assert_eq!(carol.recv_xml(), occupant(carol_jid, "Bob", " type='unavailable'", &left(None)));
+    assert_eq!(
+        carol.recv_xml(),
+        occupant(carol_jid, "Bob", " type='unavailable'", &left(None))
+    );
     alice.expect_nothing();
     carol.expect_nothing();
 
@@ -897,10 +931,15 @@ fn a_service_federates_with_the_certificate_of_the_hosted_domain_it_is_under() {
         c.muc.domain = Some("conference.a.test".into());
         c.muc.create = shoal::config::MucCreate::Anyone;
     });
-    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("conference.a.test", a_s2s)], |c| {
-        (c.tls.cert, c.tls.key) = (Some(b_cert.0), Some(b_cert.1));
-        c.s2s.ca_file = Some(ca.clone());
-    });
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        |c| {
+            (c.tls.cert, c.tls.key) = (Some(b_cert.0), Some(b_cert.1));
+            c.s2s.ca_file = Some(ca.clone());
+        },
+    );
     b.add_user("bob", "pw-b");
     let mut bob = online(&b, "bob", "pw-b");
 
@@ -911,7 +950,12 @@ fn a_service_federates_with_the_certificate_of_the_hosted_domain_it_is_under() {
     assert_eq!(
         next(&mut bob, 2),
         [
-            occupant(bob_jid, "Bob", "", &format!("{owner}<status code='110'/><status code='201'/>")),
+            occupant(
+                bob_jid,
+                "Bob",
+                "",
+                &format!("{owner}<status code='110'/><status code='201'/>")
+            ),
             format!("<message to='{bob_jid}' from='{ROOM}' type='groupchat'><subject/></message>"),
         ]
     );
@@ -941,11 +985,21 @@ fn a_lost_stream_from_a_rooms_server_leaves_the_rooms_occupants_there() {
     let (a_s2s, b_s2s) = (free_addr(), free_addr());
     let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
     let a = server("a.test", a_s2s, &[("b.test", b_s2s)], optional);
-    let b = server("b.test", b_s2s, &[("a.test", a_s2s), ("conference.a.test", a_s2s)], optional);
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        optional,
+    );
     b.add_user("bob", "pw-b");
     let mut bob = online(&b, "bob", "pw-b");
     let mut peer = authenticated_as(b_s2s, "conference.a.test", "b.test", &a);
-    let in_room = occupant("bob@b.test/r", "Alice", "", "<item affiliation='owner' role='moderator'/>");
+    let in_room = occupant(
+        "bob@b.test/r",
+        "Alice",
+        "",
+        "<item affiliation='owner' role='moderator'/>",
+    );
     peer.send(&in_room);
     peer.send("<presence from='bot@conference.a.test/x' to='bob@b.test'/>");
     assert_eq!(bob.recv_xml(), in_room);
