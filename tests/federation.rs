@@ -1,14 +1,15 @@
 //! Federation between two Shoal servers in one test (RFC 6120 server
 //! streams, XEP-0220 dialback over TLS): `a.test` and `b.test` on
-//! loopback, each finding the other through `[s2s.hosts]`. Dialogues
-//! assert the exact stanzas each side's users receive.
+//! loopback, each finding the other, and the other's chatrooms
+//! (`conference.a.test`, `conference.b.test`), through `[s2s.hosts]`.
+//! Dialogues assert the exact stanzas each side's users receive.
 
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
 
 use base64::Engine;
-use common::{Client, TestServer};
+use common::{unsid, Client, TestServer};
 use shoal::Config;
 use shoal_actors::ns;
 
@@ -38,11 +39,23 @@ fn server(
     })
 }
 
-/// `a.test` and `b.test`, federated.
+/// `a.test` and `b.test`, federated; each finds the other's chatrooms
+/// (a published service's domain) at the other's address, as the SRV
+/// records of `conference.a.test` would say.
 fn pair() -> (TestServer, TestServer) {
     let (a_s2s, b_s2s) = (free_addr(), free_addr());
-    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], |_| {});
-    let b = server("b.test", b_s2s, &[("a.test", a_s2s)], |_| {});
+    let a = server(
+        "a.test",
+        a_s2s,
+        &[("b.test", b_s2s), ("conference.b.test", b_s2s)],
+        |_| {},
+    );
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        |_| {},
+    );
     a.add_user("alice", "pw-a");
     b.add_user("bob", "pw-b");
     (a, b)
@@ -375,18 +388,25 @@ fn what_a_bad_peer_gets() {
 /// with b.test's own key (made with its secret, read from its database),
 /// which a.test checks with b.test's server.
 fn authenticated_as_b(a_s2s: SocketAddr, b: &TestServer) -> Client {
-    let secret = shoal::store::SqliteStore::open(&b.db)
+    authenticated_as(a_s2s, "b.test", "a.test", b)
+}
+
+/// A raw server stream to `addr`, for `to`, authenticated as `from` by
+/// dialback with the key `from`'s server (`origin`) makes, which the
+/// receiving server checks with it.
+fn authenticated_as(addr: SocketAddr, from: &str, to: &str, origin: &TestServer) -> Client {
+    let secret = shoal::store::SqliteStore::open(&origin.db)
         .unwrap()
         .secret("dialback", [0; 32])
         .unwrap();
-    let (mut c, features) = raw_stream(a_s2s, "b.test", "a.test");
+    let (mut c, features) = raw_stream(addr, from, to);
     assert!(features.is("features", ns::STREAM), "{features}");
     let id = c.header.as_ref().and_then(|h| h.id.clone()).expect("a stream id");
-    let key = shoal_actors::s2s::dialback::key(&secret, "a.test", "b.test", &id);
-    c.send(&format!("<db:result from='b.test' to='a.test'>{key}</db:result>"));
+    let key = shoal_actors::s2s::dialback::key(&secret, to, from, &id);
+    c.send(&format!("<db:result from='{from}' to='{to}'>{key}</db:result>"));
     assert_eq!(
         c.recv_xml(),
-        "<result xmlns='jabber:server:dialback' from='a.test' to='b.test' type='valid'/>"
+        format!("<result xmlns='jabber:server:dialback' from='{to}' to='{from}' type='valid'/>")
     );
     c
 }
@@ -450,9 +470,16 @@ fn a_lost_stream_takes_its_users_presence_and_other_domains_are_refused() {
 /// A certificate for `name` signed by the test CA (fixtures/tls), made
 /// with openssl into `dir`: (chain, key) as PEM files.
 fn ca_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    ca_signed_for(dir, name, &[name])
+}
+
+/// [`ca_signed`], the certificate valid for each of `names` (its subject
+/// alternative names).
+fn ca_signed_for(dir: &std::path::Path, name: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
     let [key, csr, crt, ext] = ["key", "csr", "crt", "ext"].map(|e| dir.join(format!("{name}.{e}")));
-    std::fs::write(&ext, format!("subjectAltName=DNS:{name}\n")).unwrap();
+    let alt: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(&ext, format!("subjectAltName={}\n", alt.join(","))).unwrap();
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let (ca, ca_key) = (path(&fixtures.join("ca.pem")), path(&fixtures.join("ca.key")));
     let subject = format!("/CN={name}");
@@ -703,4 +730,287 @@ fn directed_presence_to_another_servers_user_is_followed_by_unavailable_at_logou
         gone.to_xml_in(ns::CLIENT),
         "<presence to='bob@b.test/r' type='unavailable' from='alice@a.test/r'/>"
     );
+}
+
+const MUC: &str = "http://jabber.org/protocol/muc";
+const ROOM: &str = "room@conference.a.test";
+
+/// An occupant's presence from `ROOM/nick` as `to` gets it (`kind`:
+/// `""`, or `" type='unavailable'"`), with `x` inside its muc#user `<x/>`.
+fn occupant(to: &str, nick: &str, kind: &str, x: &str) -> String {
+    format!(
+        "<presence to='{to}' from='{ROOM}/{nick}'{kind}>\
+         <x xmlns='http://jabber.org/protocol/muc#user'>{x}</x></presence>"
+    )
+}
+
+/// A groupchat message from `ROOM/nick` as `to` gets it, the room's
+/// stanza id (XEP-0359) as SID.
+fn groupchat(to: &str, nick: &str, id: &str, body: &str) -> String {
+    format!(
+        "<message to='{to}' from='{ROOM}/{nick}' type='groupchat' id='{id}'><body>{body}</body>\
+         <stanza-id xmlns='urn:xmpp:sid:0' id='SID' by='{ROOM}'/></message>"
+    )
+}
+
+/// `c` asks to join as `nick`, without history.
+fn join(c: &mut Client, nick: &str) {
+    c.send(&format!(
+        "<presence to='{ROOM}/{nick}'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>"
+    ));
+}
+
+/// The next `n` stanzas `c` gets, serialised, stanza ids as SID.
+fn next(c: &mut Client, n: usize) -> Vec<String> {
+    (0..n).map(|_| unsid(c.recv_xml())).collect()
+}
+
+#[test]
+fn a_user_of_another_server_joins_a_room_talks_and_leaves_when_dropped() {
+    // XEP-0045 across servers: bob@b.test's presence goes to
+    // conference.a.test over a link of b.test's; the room answers over a
+    // link from conference.a.test itself, authenticated by dialback for
+    // that domain (b.test checks the key with conference.a.test's server).
+    let (a, b) = pair();
+    a.add_user("carol", "pw-c");
+    let mut alice = online(&a, "alice", "pw-a");
+    let mut bob = online(&b, "bob", "pw-b");
+    let (alice_jid, bob_jid, carol_jid) = ("alice@a.test/r", "bob@b.test/r", "carol@a.test/r");
+
+    // alice makes the room (an instant one) and sets its subject.
+    join(&mut alice, "Alice");
+    let owner = "<item affiliation='owner' role='moderator' jid='alice@a.test/r'/>";
+    assert_eq!(
+        next(&mut alice, 2),
+        [
+            occupant(
+                alice_jid,
+                "Alice",
+                "",
+                &format!("{owner}<status code='110'/><status code='201'/>")
+            ),
+            format!("<message to='{alice_jid}' from='{ROOM}' type='groupchat'><subject/></message>"),
+        ]
+    );
+    alice.send(&format!(
+        "<iq type='set' id='instant' to='{ROOM}'><query xmlns='{MUC}#owner'>\
+         <x xmlns='jabber:x:data' type='submit'/></query></iq>"
+    ));
+    assert_eq!(
+        alice.recv_xml(),
+        format!("<iq id='instant' type='result' from='{ROOM}' to='{alice_jid}'/>")
+    );
+    alice.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='s1'><subject>Across servers</subject></message>"
+    ));
+    // Relayed with its id; a joiner gets it without.
+    let subject = |to: &str, id: &str| {
+        format!(
+            "<message to='{to}' from='{ROOM}/Alice' type='groupchat'{id}>\
+             <subject>Across servers</subject></message>"
+        )
+    };
+    assert_eq!(alice.recv_xml(), subject(alice_jid, " id='s1'"));
+
+    // bob joins from b.test: alice's presence (her real JID hidden from a
+    // participant), his own with 110, then the subject.
+    join(&mut bob, "Bob");
+    let participant = |jid: &str| format!("<item affiliation='none' role='participant' jid='{jid}'/>");
+    let hidden = "<item affiliation='none' role='participant'/>";
+    assert_eq!(
+        next(&mut bob, 3),
+        [
+            occupant(bob_jid, "Alice", "", "<item affiliation='owner' role='moderator'/>"),
+            occupant(
+                bob_jid,
+                "Bob",
+                "",
+                &format!("{}<status code='110'/>", participant(bob_jid))
+            ),
+            subject(bob_jid, ""),
+        ]
+    );
+    // alice, a moderator, sees who he is.
+    assert_eq!(alice.recv_xml(), occupant(alice_jid, "Bob", "", &participant(bob_jid)));
+
+    // Groupchat both ways, each message with the room's stanza id.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='g1'><body>hello from b</body></message>"
+    ));
+    assert_eq!(next(&mut alice, 1), [groupchat(alice_jid, "Bob", "g1", "hello from b")]);
+    assert_eq!(next(&mut bob, 1), [groupchat(bob_jid, "Bob", "g1", "hello from b")]);
+    alice.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='g2'><body>hello from a</body></message>"
+    ));
+    assert_eq!(
+        next(&mut alice, 1),
+        [groupchat(alice_jid, "Alice", "g2", "hello from a")]
+    );
+    assert_eq!(next(&mut bob, 1), [groupchat(bob_jid, "Alice", "g2", "hello from a")]);
+
+    // carol, of a.test, joins: she sees bob, and bob sees her.
+    let mut carol = online(&a, "carol", "pw-c");
+    join(&mut carol, "Carol");
+    let mut got = next(&mut carol, 4);
+    got[..2].sort();
+    assert_eq!(
+        got,
+        [
+            occupant(carol_jid, "Alice", "", "<item affiliation='owner' role='moderator'/>"),
+            occupant(carol_jid, "Bob", "", hidden),
+            occupant(
+                carol_jid,
+                "Carol",
+                "",
+                &format!("{}<status code='110'/>", participant(carol_jid))
+            ),
+            subject(carol_jid, ""),
+        ]
+    );
+    assert_eq!(bob.recv_xml(), occupant(bob_jid, "Carol", "", hidden));
+    assert_eq!(
+        alice.recv_xml(),
+        occupant(alice_jid, "Carol", "", &participant(carol_jid))
+    );
+
+    // bob's connection drops: b.test sends the room his unavailable (he
+    // had sent it directed presence), and he leaves it.
+    drop(bob);
+    let left = |jid: Option<&str>| match jid {
+        Some(jid) => format!("<item affiliation='none' role='none' jid='{jid}'/>"),
+        None => "<item affiliation='none' role='none'/>".to_owned(),
+    };
+    assert_eq!(
+        alice.recv_xml(),
+        occupant(alice_jid, "Bob", " type='unavailable'", &left(Some(bob_jid)))
+    );
+    assert_eq!(
+        carol.recv_xml(),
+        occupant(carol_jid, "Bob", " type='unavailable'", &left(None))
+    );
+    alice.expect_nothing();
+    carol.expect_nothing();
+
+    // The service's domain has links of its own, both ways, by dialback;
+    // a.test itself had nothing to say to b.test.
+    assert_eq!(
+        s2s_list(&a),
+        [
+            "s2s in conference.a.test b.test dialback tls N Q up",
+            "s2s out conference.a.test b.test dialback tls N Q up"
+        ]
+    );
+    assert_eq!(
+        s2s_list(&b),
+        [
+            "s2s in b.test conference.a.test dialback tls N Q up",
+            "s2s out b.test conference.a.test dialback tls N Q up"
+        ]
+    );
+}
+
+#[test]
+fn a_service_federates_with_the_certificate_of_the_hosted_domain_it_is_under() {
+    // conference.a.test has no certificate of its own: its links present
+    // a.test's, which names it too (as a certificate for a domain and its
+    // services often does), and so authenticate by SASL EXTERNAL; not the
+    // default domain x.test's, which does not.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem");
+    let x_cert = ca_signed(dir.path(), "x.test");
+    let a_cert = ca_signed_for(dir.path(), "a.test", &["a.test", "conference.a.test"]);
+    let b_cert = ca_signed(dir.path(), "b.test");
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let a = server("x.test", a_s2s, &[("b.test", b_s2s)], |c| {
+        c.domain = None;
+        c.domains = vec!["x.test".into(), "a.test".into()];
+        (c.tls.cert, c.tls.key) = (Some(x_cert.0), Some(x_cert.1));
+        let host = c.hosts.entry("a.test".into()).or_default();
+        (host.tls_cert, host.tls_key) = (Some(a_cert.0), Some(a_cert.1));
+        c.s2s.ca_file = Some(ca.clone());
+        c.muc.domain = Some("conference.a.test".into());
+        c.muc.create = shoal::config::MucCreate::Anyone;
+    });
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        |c| {
+            (c.tls.cert, c.tls.key) = (Some(b_cert.0), Some(b_cert.1));
+            c.s2s.ca_file = Some(ca.clone());
+        },
+    );
+    b.add_user("bob", "pw-b");
+    let mut bob = online(&b, "bob", "pw-b");
+
+    // bob makes a room there (anyone may): both links come up for it.
+    join(&mut bob, "Bob");
+    let bob_jid = "bob@b.test/r";
+    let owner = format!("<item affiliation='owner' role='moderator' jid='{bob_jid}'/>");
+    assert_eq!(
+        next(&mut bob, 2),
+        [
+            occupant(
+                bob_jid,
+                "Bob",
+                "",
+                &format!("{owner}<status code='110'/><status code='201'/>")
+            ),
+            format!("<message to='{bob_jid}' from='{ROOM}' type='groupchat'><subject/></message>"),
+        ]
+    );
+    assert_eq!(
+        s2s_list(&a),
+        [
+            "s2s in conference.a.test b.test external tls N Q up",
+            "s2s out conference.a.test b.test external tls N Q up"
+        ]
+    );
+    assert_eq!(
+        s2s_list(&b),
+        [
+            "s2s in b.test conference.a.test external tls N Q up",
+            "s2s out b.test conference.a.test external tls N Q up"
+        ]
+    );
+}
+
+#[test]
+fn a_lost_stream_from_a_rooms_server_leaves_the_rooms_occupants_there() {
+    // A stream from conference.a.test (authenticated with a.test's key for
+    // it, which b.test checks with conference.a.test's server) carries a
+    // room's presence for bob, and presence of another kind from a JID
+    // there; the connection is lost without a close. Only the latter is
+    // shown gone: bob is still in the room, which says who is in it.
+    let (a_s2s, b_s2s) = (free_addr(), free_addr());
+    let optional = |c: &mut Config| c.s2s.tls = shoal::config::S2sTls::Optional;
+    let a = server("a.test", a_s2s, &[("b.test", b_s2s)], optional);
+    let b = server(
+        "b.test",
+        b_s2s,
+        &[("a.test", a_s2s), ("conference.a.test", a_s2s)],
+        optional,
+    );
+    b.add_user("bob", "pw-b");
+    let mut bob = online(&b, "bob", "pw-b");
+    let mut peer = authenticated_as(b_s2s, "conference.a.test", "b.test", &a);
+    let in_room = occupant(
+        "bob@b.test/r",
+        "Alice",
+        "",
+        "<item affiliation='owner' role='moderator'/>",
+    );
+    peer.send(&in_room);
+    peer.send("<presence from='bot@conference.a.test/x' to='bob@b.test'/>");
+    assert_eq!(bob.recv_xml(), in_room);
+    assert_eq!(
+        bob.recv_xml(),
+        "<presence from='bot@conference.a.test/x' to='bob@b.test'/>"
+    );
+    drop(peer);
+    assert_eq!(
+        bob.recv_xml(),
+        "<presence type='unavailable' from='bot@conference.a.test/x' to='bob@b.test'/>"
+    );
+    bob.expect_nothing();
 }

@@ -116,6 +116,17 @@ impl Hosts {
         self.get(domain).is_some()
     }
 
+    /// The host a domain of ours goes under: itself if hosted; for a
+    /// published service's (`conference.a.test`), the nearest hosted
+    /// domain it is under (`a.test`), else the default one. Its
+    /// certificate is the service's, as Prosody gives a component its
+    /// parent host's.
+    pub fn owner_of(&self, domain: &str) -> &Arc<Host> {
+        and_parents(domain)
+            .find_map(|d| self.get(d))
+            .unwrap_or_else(|| self.default_host())
+    }
+
     /// Every hosted domain, the default first.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Host>> {
         self.list.get().iter()
@@ -129,6 +140,12 @@ impl Hosts {
     pub fn is_empty(&self) -> bool {
         false
     }
+}
+
+/// `domain`, then each domain it is under: `conference.a.test`, `a.test`,
+/// `test`.
+pub fn and_parents(domain: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(domain), |&d| d.split_once('.').map(|(_, parent)| parent))
 }
 
 /// One domain, without in-band registration.
@@ -188,6 +205,20 @@ mod tests {
             let err = hosts.set_policies(&Hosts::new(other).unwrap());
             assert_eq!(err, Err(HostsError::OtherDomains));
         }
+    }
+
+    #[test]
+    fn a_service_domain_goes_under_its_nearest_hosted_parent() {
+        let hosts = Hosts::new([host("x.test"), host("a.test"), host("chat.a.test")]).unwrap();
+        let owner = |d: &str| hosts.owner_of(d).domain.as_str().to_owned();
+        assert_eq!(owner("a.test"), "a.test");
+        assert_eq!(owner("conference.a.test"), "a.test");
+        assert_eq!(owner("rooms.chat.a.test"), "chat.a.test");
+        assert_eq!(owner("conference.elsewhere.test"), "x.test");
+        assert_eq!(
+            and_parents("conference.a.test").collect::<Vec<_>>(),
+            ["conference.a.test", "a.test", "test"]
+        );
     }
 
     #[test]

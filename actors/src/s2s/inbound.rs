@@ -50,7 +50,11 @@ pub(super) fn header(from: &str, to: Option<&str>, id: &str) -> String {
 /// Remote users' available presence that came on a stream: when the
 /// stream is lost (its server went away, or the network), the local users
 /// it went to are told they are unavailable, since their server cannot
-/// say so any more. Bounded: past `MAX_PAIRS`, new ones are not kept.
+/// say so any more. Not a remote room's occupants (XEP-0045): who is in
+/// a room, our user included, is the room's to say once the link is back
+/// (Prosody and ejabberd tell nothing either); occupants shown gone while
+/// our user stays would leave the client's view of the room wrong.
+/// Bounded: past `MAX_PAIRS`, new ones are not kept.
 #[derive(Default)]
 struct SeenAvailable {
     /// Remote full JID -> the local accounts it is available to.
@@ -70,6 +74,7 @@ impl SeenAvailable {
             return;
         }
         match kind {
+            PresenceType::Available if stanza.element().has_child("x", ns::MUC_USER) => {}
             PresenceType::Available if self.pairs < Self::MAX_PAIRS => {
                 let added = self.seen.entry(from.clone()).or_default().insert(to.to_bare());
                 self.pairs += usize::from(added);
@@ -337,14 +342,14 @@ impl S2sIn {
         }
         self.send_element(&Element::new("proceed", ns::TLS));
         // The transport runs the handshake once <proceed/> is written (with
-        // the certificate of the domain the peer asked for), and then reads
-        // a new header.
+        // the certificate of the domain the peer asked for, or, for a
+        // service's, of the hosted domain it is under), and then reads a
+        // new header.
         let hosts = self.cx.router.hosts();
         let host = self
             .local
             .as_deref()
-            .and_then(|d| hosts.get(d))
-            .unwrap_or(hosts.default_host());
+            .map_or(hosts.default_host(), |d| hosts.owner_of(d));
         self.out.start_tls(host.clone());
         self.tls = true;
         self.awaiting_header = true;

@@ -334,9 +334,8 @@ impl S2sOut {
             }
             (Phase::Features, ns::STREAM, "features") => self.on_features(ctx, &el),
             (Phase::Proceed, ns::TLS, "proceed") => {
-                let hosts = self.cx.router.hosts();
-                self.out
-                    .start_tls(hosts.get(&self.local).unwrap_or(hosts.default_host()).clone());
+                let host = self.cx.router.hosts().owner_of(&self.local).clone();
+                self.out.start_tls(host);
                 self.tls = true;
                 // Sent once the handshake is done: the transport writes in order.
                 self.send_header();

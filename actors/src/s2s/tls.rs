@@ -41,7 +41,7 @@ struct Clients {
     /// By local domain: each presents its domain's certificate (for SASL
     /// EXTERNAL) and accepts any.
     by_domain: HashMap<String, TlsConnector>,
-    /// The first domain's, for a local domain with none (a service's).
+    /// The first domain's, for a local domain with none under it either.
     default: TlsConnector,
 }
 
@@ -103,10 +103,17 @@ impl S2sTls {
         })
     }
 
-    /// What a link from `local` presents: that domain's certificate.
+    /// What a link from `local` presents: that domain's certificate; for a
+    /// published service's domain (`conference.a.test`), which has none,
+    /// that of the hosted domain it is under (`a.test`), as Prosody does
+    /// for components: with a certificate that names the service too, the
+    /// service's links authenticate by EXTERNAL, and otherwise by dialback.
     pub(crate) fn client(&self, local: &str) -> TlsConnector {
         let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
-        clients.by_domain.get(local).unwrap_or(&clients.default).clone()
+        crate::hosts::and_parents(local)
+            .find_map(|d| clients.by_domain.get(d))
+            .unwrap_or(&clients.default)
+            .clone()
     }
 
     /// Renewed certificates, as [`S2sTls::new`] takes them, for the
