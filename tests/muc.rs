@@ -814,7 +814,14 @@ fn members_of_a_non_anonymous_members_only_room_see_the_member_list() {
     ));
     let mut got = vec![romeo.recv_xml(), romeo.recv_xml()];
     got.sort();
-    let mut want = vec![result(ROMEO, ROOM, "c1"), changed(ROMEO, ROOM)];
+    // 104, and 172: the room now shows real JIDs (XEP-0045 §10.2.1).
+    let mut want = vec![
+        result(ROMEO, ROOM, "c1"),
+        format!(
+            "<message to='{ROMEO}' from='{ROOM}' type='groupchat'><x xmlns='{MUC_USER}'>\
+             <status code='104'/><status code='172'/></x></message>"
+        ),
+    ];
     want.sort();
     assert_eq!(got, want);
     affiliate(&mut romeo, ROOM, "a1", "juliet@localhost", "member");
@@ -832,7 +839,10 @@ fn members_of_a_non_anonymous_members_only_room_see_the_member_list() {
         )
     );
     juliet.send(&list("l2", "outcast"));
-    assert_eq!(refusal(&juliet.recv()), format!("iq id=l2 from={ROOM} to={JULIET} auth:forbidden"));
+    assert_eq!(
+        refusal(&juliet.recv()),
+        format!("iq id=l2 from={ROOM} to={JULIET} auth:forbidden")
+    );
 }
 
 #[test]
