@@ -1194,3 +1194,82 @@ fn the_services_limits_refuse_with_errors() {
     juliet.expect_nothing();
     nurse.expect_nothing();
 }
+
+/// Occupants already in the room when the last one joins the big room.
+const CROWD: usize = 40;
+
+#[test]
+fn a_joiner_of_a_room_bigger_than_its_queue_share_gets_every_occupant_then_itself() {
+    // The smallest queue a client may have: one sender (the room) may
+    // queue an eighth of it, 1,250 bytes, a handful of presences, for a
+    // session at once; the crowd's presence is ten times that.
+    let server = TestServer::from_file(|dir| {
+        format!(
+            "[storage]\nsqlite = {:?}\n[c2s]\nlisten = ['127.0.0.1:0']\nmax_stanza_bytes = 10000\n\
+             max_outbound_bytes = 10000\n[http]\nlisten = []\n",
+            dir.join("shoal.db")
+        )
+    });
+    let names: Vec<String> = (0..CROWD).map(|i| format!("guest{i}")).collect();
+    server.add_users(&names, "secret");
+    add_users(&server);
+    let mut romeo = available(&server, "romeo", "orchard");
+    create_instant_room(&mut romeo, ROOM, "Romeo");
+    let mut guests: Vec<Client> = names
+        .iter()
+        .map(|name| {
+            let mut guest = server.login(name, "secret", "phone");
+            guest.announce("<presence/>");
+            join(&mut guest, &at(ROOM, name), "<history maxstanzas='0'/>");
+            guest
+        })
+        .collect();
+
+    // Juliet joins, and reads nothing until the room has sent it all.
+    let mut juliet = available(&server, "juliet", "balcony");
+    juliet.send(&format!(
+        "<presence to='{}'><x xmlns='{MUC}'><history maxstanzas='0'/></x></presence>",
+        at(ROOM, "Juliet")
+    ));
+    // Everyone in the room sees her come in, after the guests who came
+    // after them: the room is done with her join.
+    for guest in &mut guests {
+        loop {
+            let el = guest.recv();
+            assert_eq!(el.name(), "presence", "{el}");
+            if el.attr("from") == Some(at(ROOM, "Juliet").as_str()) {
+                break;
+            }
+        }
+    }
+    say(&mut romeo, ROOM, "after", "Welcome");
+    let mut expected: Vec<String> = names
+        .iter()
+        .map(|name| present(JULIET, &at(ROOM, name), &item("none", "participant", None), &[]))
+        .collect();
+    expected.push(present(
+        JULIET,
+        &at(ROOM, "Romeo"),
+        &item("owner", "moderator", None),
+        &[],
+    ));
+    expected.sort();
+    let mut got: Vec<String> = (0..=CROWD).map(|_| juliet.recv_xml()).collect();
+    got.sort();
+    assert_eq!(got, expected);
+    // Then, in order: her own, the subject, and what was said after.
+    assert_eq!(
+        juliet.recv_xml(),
+        present(
+            JULIET,
+            &at(ROOM, "Juliet"),
+            &item("none", "participant", Some(JULIET)),
+            &[110]
+        )
+    );
+    assert_eq!(juliet.recv_xml(), subject(JULIET, ROOM, None));
+    assert_eq!(
+        unsid(juliet.recv().to_xml_in(ns::CLIENT)),
+        groupchat(JULIET, ROOM, "Romeo", "after", "Welcome")
+    );
+}

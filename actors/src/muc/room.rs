@@ -9,6 +9,7 @@
 //! asks for ([`select`]) and the rate of an occupant's messages
 //! ([`Bucket`]) are plain functions, tested here.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +40,11 @@ const LOCK_TIMEOUT: Duration = Duration::from_secs(300);
 const MAX_FORWARDED: usize = 100;
 /// How long a room told to stop still forwards what reaches it.
 const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often copies held for sessions behind ([`Held`]) are offered again.
+const RETRY_HELD: Duration = Duration::from_millis(5);
+/// Copies held for one session beyond a whole welcome (the occupants, the
+/// history and the subject) at most; past that the newest are dropped.
+const HELD_SLACK: usize = 64;
 
 /// A stanza for the room or one of its occupants.
 #[derive(Message)]
@@ -236,6 +242,20 @@ pub(crate) struct OccSession {
     pub session: Option<Arc<Session>>,
 }
 
+/// Copies for a session that was too far behind to take them when sent, in
+/// order. A joiner of a big room is shown every occupant at once, more
+/// than one sender may queue for a session (an eighth of `[c2s]
+/// max_outbound_bytes`, about 500 presences by default): what does not fit
+/// waits here and is offered again as the session reads, and whatever the
+/// room sends that session meanwhile goes behind it, so that nothing
+/// overtakes its self-presence. A copy shares its bytes with the other
+/// occupants' (one serialisation), so holding it costs little; a session
+/// gone takes its copies with it.
+struct Held {
+    session: Option<Arc<Session>>,
+    copies: VecDeque<Broadcast>,
+}
+
 /// An IQ forwarded to an occupant (vCards in rooms): its answer goes back
 /// to the requester under the request's id.
 struct Forwarded {
@@ -283,6 +303,10 @@ pub(crate) struct Room {
     unloading: bool,
     pub(super) destroyed: bool,
     idle: Option<SpawnHandle>,
+    /// Sessions behind, and what waits for them. A cell: copies are
+    /// delivered while the occupants are being walked.
+    held: RefCell<HashMap<FullJid, Held>>,
+    retrying: Option<SpawnHandle>,
 }
 
 impl Room {
@@ -353,6 +377,8 @@ impl Room {
             unloading: false,
             destroyed: false,
             idle: None,
+            held: RefCell::default(),
+            retrying: None,
         }
     }
 
@@ -450,13 +476,51 @@ impl Room {
         }
     }
 
-    /// One copy to one session. A session too far behind loses it: more
-    /// queued would let one slow reader grow the room.
+    /// One copy to one session, or held for it ([`Held`]) behind what it
+    /// has not taken yet. A session that stays behind for longer than a
+    /// whole welcome loses copies: more would let one slow reader grow
+    /// the room.
     pub(super) fn deliver(&self, b: &Broadcast, to: &OccSession) {
         let Some(p) = self.publication() else { return };
-        if p.deliver(b, &to.jid, to.session.as_ref()) == Err(Refused::Busy) {
-            crate::metrics::muc_dropped();
+        let mut held = self.held.borrow_mut();
+        if let Some(h) = held.get_mut(&to.jid) {
+            let settings = &self.shared.settings;
+            if h.copies.len() < (settings.max_occupants + settings.max_history) as usize + HELD_SLACK {
+                h.copies.push_back(b.clone());
+            } else {
+                crate::metrics::muc_dropped();
+            }
+        } else if p.deliver(b, &to.jid, to.session.as_ref()) == Err(Refused::Busy) {
+            let h = Held {
+                session: to.session.clone(),
+                copies: VecDeque::from([b.clone()]),
+            };
+            held.insert(to.jid.clone(), h);
         }
+    }
+
+    /// Offers held copies again, in order, until each session is behind
+    /// again or has them all; again shortly while any are left.
+    fn retry_held(&mut self, ctx: &mut Context<Self>) {
+        if self.retrying.is_some() || self.held.get_mut().is_empty() {
+            return;
+        }
+        self.retrying = Some(ctx.run_later(RETRY_HELD, |act, ctx| {
+            act.retrying = None;
+            if let Some(p) = act.shared.publication.get() {
+                act.held.get_mut().retain(|jid, h| {
+                    while let Some(b) = h.copies.front() {
+                        match p.deliver(b, jid, h.session.as_ref()) {
+                            Ok(()) => drop(h.copies.pop_front()),
+                            Err(Refused::Busy) => return true,
+                            Err(Refused::Gone) => return false,
+                        }
+                    }
+                    false
+                });
+            }
+            act.retry_held(ctx);
+        }));
     }
 
     /// To every session of every occupant.
@@ -672,7 +736,8 @@ impl Room {
             if let Err(e) = &res {
                 log::error!("{}: not stored: {e}", act.jid);
             }
-            then(act, res, ctx)
+            then(act, res, ctx);
+            act.retry_held(ctx);
         }));
     }
 
@@ -773,6 +838,7 @@ impl Handler<RoomStanza> for Room {
             Kind::Iq(_) if to_occupant => self.on_occupant_iq(&stanza),
             Kind::Iq(_) => self.on_room_iq(&stanza, ctx),
         }
+        self.retry_held(ctx);
         self.settle(ctx);
     }
 }
