@@ -271,24 +271,6 @@ pub async fn muc(
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
 
-    // Everyone but o0 leaves (by closing its stream, as a client that
-    // quits does); o0 sees them go.
-    let mut clients = clients.into_iter();
-    let first = clients.next();
-    let mut leaving = Vec::with_capacity(occupants - 1);
-    for c in clients {
-        leaving.push(c.stop().await?);
-    }
-    close_all(leaving).await?;
-    each(occupants - 1, &mut events, "the occupants to leave", |e| match e {
-        Event::Left(j) if *j >= 1 => Some(j - 1),
-        _ => None,
-    })
-    .await?;
-    if let Some(first) = first {
-        close_all(vec![first.stop().await?]).await?;
-    }
-
     let latency = Spread::of(&mut to_last);
     let deliveries = (occupants * talkers * rounds) as f64;
     let rate = deliveries / wall;
@@ -309,6 +291,26 @@ pub async fn muc(
         latency.max,
         json_num(server_cpu),
     );
+
+    // Measured and reported: now the room empties for the next run.
+    // Everyone but o0 leaves (by closing its stream, as a client that
+    // quits does); o0 sees them go.
+    let mut clients = clients.into_iter();
+    let first = clients.next();
+    let mut leaving = Vec::with_capacity(occupants - 1);
+    for c in clients {
+        leaving.push(c.stop().await?);
+    }
+    close_all(leaving).await?;
+    each(occupants - 1, &mut events, "the occupants to leave", |e| match e {
+        Event::Left(j) if *j >= 1 => Some(j - 1),
+        _ => None,
+    })
+    .await?;
+    if let Some(first) = first {
+        close_all(vec![first.stop().await?]).await?;
+    }
+
     Ok(())
 }
 
