@@ -10,6 +10,7 @@
 //! [`session`] table / [`iq_handler`] table → [`storage`] → delivery into
 //! the recipient connection's outbound queue.
 
+mod bucket;
 pub mod c2s;
 pub mod codec;
 pub mod component;

@@ -337,7 +337,32 @@ pub struct PresenceEvent<'a> {
     elsewhere: &'a Elsewhere,
 }
 
-impl PresenceEvent<'_> {
+impl<'a> PresenceEvent<'a> {
+    /// `session`'s available presence (`template`: serialised, without
+    /// `to`) for its followers and resources.
+    fn of(
+        session: &'a Arc<Session>,
+        presence: &'a Element,
+        state: &'a UserState,
+        template: Bytes,
+        sessions: &'a SessionTable,
+        elsewhere: &'a Elsewhere,
+    ) -> PresenceEvent<'a> {
+        PresenceEvent {
+            session,
+            presence,
+            followers: &state.followers,
+            followees: &state.followees,
+            directed: &[],
+            reflect: false,
+            replaced: false,
+            template,
+            sessions,
+            origin: Origin::of(Some(session.jid.as_jid())),
+            elsewhere,
+        }
+    }
+
     /// Sends the presence to every available resource of every follower,
     /// to the user's own available resources and the sender (RFC 6121
     /// §4.2.2, §4.4.2, §4.5.2), and to those that got directed presence.
@@ -600,19 +625,7 @@ impl PresenceActor {
                 if session.priority().is_some() {
                     session.set_last_presence(template.clone());
                 }
-                let event = PresenceEvent {
-                    session: &session,
-                    presence: &presence,
-                    followers: &state.followers,
-                    followees: &state.followees,
-                    directed: &[],
-                    reflect: false,
-                    replaced: false,
-                    template,
-                    sessions: &self.sessions,
-                    origin: Origin::of(Some(session.jid.as_jid())),
-                    elsewhere: &self.elsewhere,
-                };
+                let event = PresenceEvent::of(&session, &presence, state, template, &self.sessions, &self.elsewhere);
                 if initial {
                     self.hooks.on_initial_presence(&event);
                 } else {
@@ -641,17 +654,17 @@ impl PresenceActor {
                     .get(&session.jid)
                     .is_some_and(|s| s.id != session.id && s.priority().is_some());
                 let event = PresenceEvent {
-                    session: &session,
-                    presence: &presence,
-                    followers: &state.followers,
-                    followees: &state.followees,
                     directed: &directed,
                     reflect: sent,
                     replaced,
-                    template: template_of(&presence),
-                    sessions: &self.sessions,
-                    origin: Origin::of(Some(session.jid.as_jid())),
-                    elsewhere: &self.elsewhere,
+                    ..PresenceEvent::of(
+                        &session,
+                        &presence,
+                        state,
+                        template_of(&presence),
+                        &self.sessions,
+                        &self.elsewhere,
+                    )
                 };
                 self.hooks.on_unavailable_presence(&event);
                 self.forget_if_offline(user);
@@ -741,19 +754,7 @@ impl PresenceActor {
                     if session.priority().is_some() {
                         session.set_last_presence(template.clone());
                     }
-                    let event = PresenceEvent {
-                        session,
-                        presence: &presence,
-                        followers: &state.followers,
-                        followees: &state.followees,
-                        directed: &[],
-                        reflect: false,
-                        replaced: false,
-                        template,
-                        sessions: &self.sessions,
-                        origin: Origin::of(Some(session.jid.as_jid())),
-                        elsewhere: &self.elsewhere,
-                    };
+                    let event = PresenceEvent::of(session, &presence, state, template, &self.sessions, &self.elsewhere);
                     self.hooks.on_presence(&event);
                 }
             }

@@ -5,9 +5,9 @@
 //! presence change at most three (without real JIDs, with them for those
 //! who may see them, and the occupant's own with 110).
 //!
-//! The checks a join goes through ([`JoinCheck`]), the history a joiner
-//! asks for ([`select`]) and the rate of an occupant's messages
-//! ([`Bucket`]) are plain functions, tested here.
+//! The checks a join goes through ([`JoinCheck`]) and the history a
+//! joiner asks for ([`select`]) are plain functions, tested here; the rate
+//! of an occupant's messages is a [`Bucket`].
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use super::config::Whois;
 use super::stanzas::{self, Item};
 use super::{Affiliation, MucService, MucShared, Role, RoomConfig, ServiceMsg, StoredRoom};
+use crate::bucket::Bucket;
 use crate::error::{StanzaCondition, StanzaError, StanzaErrorType};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::ns;
@@ -178,38 +179,6 @@ pub(crate) fn select<'a>(
     }
     out.reverse();
     out
-}
-
-/// An occupant's groupchat messages: `rate` a second, `burst` at once.
-#[derive(Debug)]
-pub(crate) struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    pub fn new(burst: u32, now: Instant) -> Bucket {
-        Bucket {
-            tokens: f64::from(burst.max(1)),
-            last: now,
-        }
-    }
-
-    /// Takes one message at `now`: false when over the rate (0: no limit).
-    pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(burst.max(1)));
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// The subject, and who set it.
@@ -1620,17 +1589,5 @@ mod tests {
             }
         );
         assert_eq!(HistoryRequest::parse(None), HistoryRequest::default());
-    }
-
-    #[test]
-    fn an_occupant_may_send_a_burst_then_at_the_rate() {
-        let start = Instant::now();
-        let mut b = Bucket::new(3, start);
-        assert!((0..3).all(|_| b.take(1, 3, start)));
-        assert!(!b.take(1, 3, start));
-        assert!(b.take(1, 3, start + Duration::from_millis(1_100)));
-        assert!(!b.take(1, 3, start + Duration::from_millis(1_200)));
-        let mut unlimited = Bucket::new(1, start);
-        assert!((0..100).all(|_| unlimited.take(0, 1, start)));
     }
 }

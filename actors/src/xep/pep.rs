@@ -24,6 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::bucket::Bucket;
 use crate::error::{StanzaCondition, StanzaError};
 use crate::iq_handler::{ready, IqFuture, IqHandler, IqRequest, IqResult, IqScope};
 use crate::jid::BareJid;
@@ -224,29 +225,6 @@ impl PepJob {
     }
 }
 
-/// A token bucket of publishes.
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl Bucket {
-    /// Takes a publish's token, if there is one (`rate` 0: no limit).
-    fn take(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let refill = now.duration_since(self.last).as_secs_f64() * f64::from(rate);
-        self.tokens = (self.tokens + refill).min(f64::from(burst.max(1)));
-        self.last = now;
-        if self.tokens < 1.0 {
-            return false;
-        }
-        self.tokens -= 1.0;
-        true
-    }
-}
-
 /// The owner's nodes as the shard caches them.
 #[derive(Default)]
 struct Nodes {
@@ -287,10 +265,7 @@ impl PepState {
         PepState {
             nodes: Some(Nodes::default()),
             queue: VecDeque::new(),
-            bucket: Bucket {
-                tokens: f64::from(settings.publish_burst.max(1)),
-                last: Instant::now(),
-            },
+            bucket: Bucket::new(settings.publish_burst, Instant::now()),
         }
     }
 
@@ -304,7 +279,7 @@ impl PepState {
         if job.is_client_publish()
             && !self
                 .bucket
-                .take(Instant::now(), settings.publish_rate, settings.publish_burst)
+                .take(settings.publish_rate, settings.publish_burst, Instant::now())
         {
             let _ = job.reply.send(Err(PubsubError::RateLimited.into()));
             return;
@@ -869,31 +844,5 @@ async fn set_nick(cx: &Cx, payload: &Element) {
     };
     if let Err(e) = set.await {
         log::error!("{}: cannot set the nickname published: {e}", cx.owner);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_bucket_refills_at_its_rate_up_to_its_burst() {
-        let start = Instant::now();
-        let mut b = Bucket {
-            tokens: 2.0,
-            last: start,
-        };
-        assert!(b.take(start, 1, 2));
-        assert!(b.take(start, 1, 2));
-        assert!(!b.take(start, 1, 2));
-        let later = start + std::time::Duration::from_millis(1500);
-        assert!(b.take(later, 1, 2));
-        assert!(!b.take(later, 1, 2));
-        // Long idle: no more than the burst.
-        let much_later = later + std::time::Duration::from_secs(3600);
-        assert!(b.take(much_later, 1, 2));
-        assert!(b.take(much_later, 1, 2));
-        assert!(!b.take(much_later, 1, 2));
-        assert!((0..100).all(|_| b.take(much_later, 0, 2)), "rate 0: no limit");
     }
 }
