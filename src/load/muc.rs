@@ -26,8 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::client::{close_all, Conn, LoadError, Target};
 use super::rounds::{each, Driven, Event, Heard, Round};
-use super::scenarios::{json_num, Meter};
-use super::Spread;
+use super::scenarios::{report_deliveries, Meter};
 
 /// The room, on the server's MUC service at `conference.DOMAIN` (the
 /// default of all three servers).
@@ -271,25 +270,13 @@ pub async fn muc(
     }
     let (wall, driver_cpu, server_cpu) = meter.stop();
 
-    let latency = Spread::of(&mut to_last);
-    let deliveries = (occupants * talkers * rounds) as f64;
-    let rate = deliveries / wall;
-    // CPU time comes in 10 ms ticks: 0.1 s is the least that says much.
-    let per_cpu = server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s);
-    println!(
-        "muc      N={occupants:<5} T={talkers:<3} rounds={rounds:<3} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms  repeated {repeated}   driver CPU {driver_cpu:.2}s  server CPU {}",
-        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
-        latency.p50,
-        latency.p99,
-        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
-    );
-    println!(
-        "{{\"scenario\":\"muc\",\"occupants\":{occupants},\"talkers\":{talkers},\"rounds\":{rounds},\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"repeated\":{repeated},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
-        json_num(per_cpu),
-        latency.p50,
-        latency.p99,
-        latency.max,
-        json_num(server_cpu),
+    report_deliveries(
+        "muc",
+        &[("occupants", occupants), ("talkers", talkers), ("rounds", rounds)],
+        occupants * talkers * rounds,
+        (wall, driver_cpu, server_cpu),
+        &mut to_last,
+        Some(repeated),
     );
 
     // Measured and reported: now the room empties for the next run.

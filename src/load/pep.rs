@@ -25,8 +25,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::client::{close_all, Conn, LoadError, Target};
 use super::rounds::{answer, each, Driven, Event, Heard, Round};
-use super::scenarios::{json_num, Meter};
-use super::Spread;
+use super::scenarios::{report_deliveries, Meter};
 
 /// XEP-0118: User Tune, the node published.
 const TUNE: &str = "http://jabber.org/protocol/tune";
@@ -243,24 +242,13 @@ pub async fn pep(
     }
     close_all(conns).await?;
 
-    let latency = Spread::of(&mut to_last);
-    let deliveries = (followers * rounds) as f64;
-    let rate = deliveries / wall;
-    // CPU time comes in 10 ms ticks: 0.1 s is the least that says much.
-    let per_cpu = server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s);
-    println!(
-        "pep      F={followers:<6} rounds={rounds:<3} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms  repeated {repeated}   driver CPU {driver_cpu:.2}s  server CPU {}",
-        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
-        latency.p50,
-        latency.p99,
-        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
-    );
-    println!(
-        "{{\"scenario\":\"pep\",\"followers\":{followers},\"rounds\":{rounds},\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"repeated\":{repeated},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
-        json_num(per_cpu),
-        latency.p50,
-        latency.p99,
-        json_num(server_cpu),
+    report_deliveries(
+        "pep",
+        &[("followers", followers), ("rounds", rounds)],
+        followers * rounds,
+        (wall, driver_cpu, server_cpu),
+        &mut to_last,
+        Some(repeated),
     );
     Ok(())
 }

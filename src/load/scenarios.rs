@@ -69,6 +69,46 @@ pub(crate) fn json_num(v: Option<f64>) -> String {
     v.map_or("null".into(), |v| format!("{v:.3}"))
 }
 
+/// Prints what a fan-out scenario measured (fan-out, PEP, MUC):
+/// `deliveries` copies received over `wall` seconds, each round's time to
+/// its last recipient in `to_last`, and copies received twice
+/// (`repeated`, when the scenario counts them). `size` names the
+/// scenario's dimensions, as (field, value): the human line shows them
+/// before the figures, the JSON line as fields.
+pub(crate) fn report_deliveries(
+    scenario: &str,
+    size: &[(&str, usize)],
+    deliveries: usize,
+    (wall, driver_cpu, server_cpu): (f64, f64, Option<f64>),
+    to_last: &mut [Duration],
+    repeated: Option<usize>,
+) {
+    let latency = Spread::of(to_last);
+    let deliveries = deliveries as f64;
+    let rate = deliveries / wall;
+    // CPU time comes in 10 ms ticks: 0.1 s is the least that says much.
+    let per_cpu = server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s);
+    let dims: String = size.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let repeats = repeated.map(|r| format!("  repeated {r}")).unwrap_or_default();
+    println!(
+        "{scenario:<8} {dims:<24} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms{repeats}   driver CPU {driver_cpu:.2}s  server CPU {}",
+        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
+        latency.p50,
+        latency.p99,
+        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
+    );
+    let fields: String = size.iter().map(|(k, v)| format!("\"{k}\":{v},")).collect();
+    let repeats = repeated.map(|r| format!("\"repeated\":{r},")).unwrap_or_default();
+    println!(
+        "{{\"scenario\":\"{scenario}\",{fields}\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},{repeats}\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
+        json_num(per_cpu),
+        latency.p50,
+        latency.p99,
+        latency.max,
+        json_num(server_cpu),
+    );
+}
+
 /// Accounts `prefix0 .. prefixN` exist (XEP-0077), registered `parallel` at a time.
 pub async fn provision(target: &Target, prefix: &str, n: usize, parallel: usize) -> Result<(), LoadError> {
     let gate = Arc::new(Semaphore::new(parallel));
@@ -449,24 +489,13 @@ pub async fn fanout(
     for w in watchers {
         w.await.map_err(|e| LoadError::Unexpected(e.to_string()))??;
     }
-    let latency = Spread::of(&mut to_last);
-    let deliveries = (followers * rounds) as f64;
-    let rate = deliveries / wall;
-    // CPU time comes in 10 ms ticks: 0.1 s is the least that says much.
-    let per_cpu = server_cpu.filter(|s| *s >= 0.1).map(|s| deliveries / s);
-    println!(
-        "fanout   F={followers:<6} rounds={rounds:<3} {rate:>9.0} deliveries/s  per server CPU-s {}  to-last p50 {:>7.2} ms  p99 {:>7.2} ms   driver CPU {driver_cpu:.2}s  server CPU {}",
-        per_cpu.map_or("n/a".into(), |v| format!("{v:.0}")),
-        latency.p50,
-        latency.p99,
-        server_cpu.map_or("n/a".into(), |s| format!("{s:.2}s")),
-    );
-    println!(
-        "{{\"scenario\":\"fanout\",\"followers\":{followers},\"rounds\":{rounds},\"deliveries_per_s\":{rate:.1},\"per_server_cpu_s\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"driver_cpu_s\":{driver_cpu:.3},\"server_cpu_s\":{}}}",
-        json_num(per_cpu),
-        latency.p50,
-        latency.p99,
-        json_num(server_cpu),
+    report_deliveries(
+        "fanout",
+        &[("followers", followers), ("rounds", rounds)],
+        followers * rounds,
+        (wall, driver_cpu, server_cpu),
+        &mut to_last,
+        None,
     );
     Ok(())
 }
