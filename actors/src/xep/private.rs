@@ -182,14 +182,20 @@ mod tests {
         )));
     }
 
-    #[actix_rt::test]
-    async fn set_get_and_forget() {
+    /// Memory storage with one account, Juliet's.
+    async fn juliets_storage() -> (Arc<dyn Storage>, BareJid) {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
         let juliet = BareJid::new("juliet", "localhost").unwrap();
         assert!(storage
             .create_user(&juliet, Credentials::derive("pw", 4096))
             .await
             .unwrap());
+        (storage, juliet)
+    }
+
+    #[actix_rt::test]
+    async fn set_get_and_forget() {
+        let (storage, juliet) = juliets_storage().await;
         let prefs = el("<exodus xmlns='exodus:prefs'><defaultnick>Jules</defaultnick></exodus>");
         let get = || {
             answer(
@@ -219,12 +225,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn an_account_keeps_at_most_max_keys() {
-        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::default());
-        let juliet = BareJid::new("juliet", "localhost").unwrap();
-        assert!(storage
-            .create_user(&juliet, Credentials::derive("pw", 4096))
-            .await
-            .unwrap());
+        let (storage, juliet) = juliets_storage().await;
         let item = |i: usize| el(&format!("<p xmlns='urn:test:{i}'>{i}</p>"));
         for i in 0..MAX_KEYS {
             assert_eq!(answer(storage.clone(), juliet.clone(), true, item(i)).await, Ok(None));
