@@ -150,7 +150,8 @@ impl Ws {
                 Err(
                     tungstenite::Error::ConnectionClosed
                     | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::Io(_),
+                    | tungstenite::Error::Io(_)
+                    | tungstenite::Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake),
                 ) => return (texts, None),
                 Err(e) => panic!("waiting for the close: {e}"),
             }
