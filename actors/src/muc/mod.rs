@@ -310,6 +310,14 @@ impl ServiceSink for MucSink {
             // Cloned out: the map's shard is not held while sending.
             let room = self.shared.rooms.get(name).map(|r| r.value().clone());
             if let Some(room) = room {
+                // An occupant's leaving is never refused for a full
+                // mailbox: dropped, it would stay in the room for good.
+                // A flood of them is held to its sender's read rate, and
+                // a room passes over one from a stranger at once.
+                if stanza.kind == Kind::Presence(PresenceType::Unavailable) && room.connected() {
+                    room.do_send(RoomStanza(stanza.clone()));
+                    return true;
+                }
                 match room.try_send(RoomStanza(stanza.clone())) {
                     Ok(()) => return true,
                     Err(SendError::Full(_)) => return false,
