@@ -10,8 +10,11 @@ CA and every self-signed certificate it made), with slixmpp's default
 mechanism selection (Debian's 1.8.3 tries SCRAM-*-PLUS with tls-unique
 first, which TLS 1.3 has not, then falls back: such refusals are not
 failures). Then, waiting on events with timeouts, never sleeping:
-  1. each sends the other a subscription request, and each approves the
-     one it gets (automatic approval off), until both rosters say 'both';
+  1. A asks B, B approves (automatic approval off) and A's roster says
+     'to'; then B asks A the same way; until both rosters say 'both'.
+     One after the other: ejabberd 23.01 updates a roster item from the
+     user's session and from the server link at once when the two
+     approvals cross, and may keep 'from' where 'both' is due;
   2. each sees the other's available presence;
   3. A sends B a chat message to the bare JID, then B sends A one, each
      with a unique body, checked with its sender's full JID on arrival;
@@ -140,15 +143,19 @@ async def main():
     await login(b)
     abare, bbare = a.boundjid.bare, b.boundjid.bare
 
-    # 1. Each asks, each approves.
-    a.send_presence_subscription(pto=bbare)
-    b.send_presence_subscription(pto=abare)
+    # 1. Each asks, each approves, one after the other.
     for asker, approver in ((a, b), (b, a)):
+        contact = approver.boundjid.bare
+        asker.send_presence_subscription(pto=contact)
         try:
             await asyncio.wait_for(approver.approved.wait(), TIMEOUT)
         except asyncio.TimeoutError:
             fail(f"{approver.label} ({approver.boundjid.bare}) never got {asker.label}'s subscription request")
         print(f"subscribe {asker.label}->{approver.label} approved", flush=True)
+        await asker.until(
+            f"roster 'to' with {contact}",
+            lambda: asker.client_roster[contact]["subscription"] in ("to", "both"),
+        )
     for c, contact in ((a, bbare), (b, abare)):
         await c.until(f"roster 'both' with {contact}", lambda: c.client_roster[contact]["subscription"] == "both")
         print(f"roster {c.label}: {c.other.label} both", flush=True)
