@@ -408,7 +408,7 @@ fn store_nick(config: &Config, store: &mut SqliteStore, user: &BareJid, nick: &s
     }
     let nodes = store.pep_nodes(user).map_err(|e| e.to_string())?;
     let count = nodes.len();
-    let (create, node) = match nodes.into_iter().find(|n| n.node == ns::NICK) {
+    let (create, config) = match nodes.into_iter().find(|n| n.node == ns::NICK) {
         Some(node) => (None, node.config),
         None if count >= settings.max_nodes => {
             return Err(format!(
@@ -426,16 +426,15 @@ fn store_nick(config: &Config, store: &mut SqliteStore, user: &BareJid, nick: &s
         }
     };
     // A node that keeps no items only notifies, and nobody is online.
-    if !node.persist_items {
+    let Some(keep) = config.kept(settings.max_items) else {
         return Ok(());
-    }
+    };
     let item = StoredItem {
         id: pep::NICK_ITEM.to_owned(),
         xml,
         publisher: Some(user.clone()),
         published_ms: now_ms(),
     };
-    let keep = node.max_items.resolve(settings.max_items);
     store
         .pep_publish(user, ns::NICK, create.as_ref(), &item, keep)
         .map_err(|e| e.to_string())?;

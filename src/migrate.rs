@@ -100,14 +100,14 @@ pub fn import(config: &Config, files: &[PathBuf], options: ImportOptions) -> Res
     let mut progress = Progress::new("checking");
     let mut reader = AccountReader::open(files);
     while let Some(account) = reader.next_account()? {
-        if hosted.contains(account.jid.domain()) {
-            check_pep(&account, &pep).map_err(|e| MigrateError::Refused(format!("account {}: {e}", account.jid)))?;
-        }
-        let jid = account.jid;
+        let jid = &account.jid;
         if !hosted.contains(jid.domain()) {
             unhosted.entry(jid.domain().to_owned()).or_default().push(jid.clone());
-        } else if store.credentials(&jid)?.is_some() {
-            existing.push(jid.clone());
+        } else {
+            check_pep(&account, &pep).map_err(|e| MigrateError::Refused(format!("account {jid}: {e}")))?;
+            if store.credentials(jid)?.is_some() {
+                existing.push(jid.clone());
+            }
         }
         if !seen.insert(jid.clone()) {
             return Err(MigrateError::Refused(format!(
@@ -234,11 +234,7 @@ fn account_data(account: Account, iterations: u32, pep: &PepSettings) -> Account
         .pep
         .into_iter()
         .map(|PepNode { node, items }| {
-            let keep = if node.config.persist_items {
-                node.config.max_items.resolve(pep.max_items) as usize
-            } else {
-                0
-            };
+            let keep = node.config.kept(pep.max_items).unwrap_or(0) as usize;
             let skip = items.len().saturating_sub(keep);
             let items = items
                 .into_iter()
@@ -314,46 +310,35 @@ pub fn export(config: &Config, path: &Path) -> Result<usize, MigrateError> {
 /// An account as stored, for the file.
 fn portable_account(data: AccountData) -> Result<Account, MigrateError> {
     let jid = data.jid;
-    let parse = |what: &'static str, xml: &str, bindings: &NsBindings| {
-        parse_element(xml.as_bytes(), bindings, &ParseLimits::default()).map_err(|e| MigrateError::Stored {
+    let parse = |what: &'static str, xml: &str, bindings: &NsBindings, limits: &ParseLimits| {
+        parse_element(xml.as_bytes(), bindings, limits).map_err(|e| MigrateError::Stored {
             jid: jid.clone(),
             what,
             problem: e.to_string(),
         })
     };
     let vcard = match &data.vcard {
-        Some((xml, _)) => Some(parse("vCard", xml, &NsBindings::empty())?),
+        Some((xml, _)) => Some(parse("vCard", xml, &NsBindings::empty(), &ParseLimits::default())?),
         None => None,
     };
     let offline = data
         .offline
         .iter()
-        .map(|xml| parse("offline message", xml, &NsBindings::client()))
+        .map(|xml| parse("offline message", xml, &NsBindings::client(), &ParseLimits::default()))
         .collect::<Result<_, _>>()?;
     let private = data
         .private
         .iter()
-        .map(|(_, xml)| parse("private XML", xml, &NsBindings::empty()))
+        .map(|(_, xml)| parse("private XML", xml, &NsBindings::empty(), &ParseLimits::default()))
         .collect::<Result<_, _>>()?;
     // Payloads were written by this server (a publish, or an import from a
     // file, deeper than a stanza allows), under its limits at the time.
-    let unbounded = ParseLimits {
-        max_depth: usize::MAX,
-        max_attrs: usize::MAX,
-        max_name_bytes: usize::MAX,
-    };
     let mut pep = Vec::new();
     for (node, stored) in data.pep {
         let items = stored
             .into_iter()
             .map(|item| {
-                let payload = parse_element(item.xml.as_bytes(), &NsBindings::empty(), &unbounded).map_err(|e| {
-                    MigrateError::Stored {
-                        jid: jid.clone(),
-                        what: "PEP item",
-                        problem: e.to_string(),
-                    }
-                })?;
+                let payload = parse("PEP item", &item.xml, &NsBindings::empty(), &ParseLimits::UNBOUNDED)?;
                 Ok((item.id, payload))
             })
             .collect::<Result<_, MigrateError>>()?;

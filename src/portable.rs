@@ -640,6 +640,8 @@ fn pep_nodes(owner: &BareJid, pubsub: &[Element]) -> Result<Vec<PepNode>, String
     let mut nodes: Vec<PepNode> = Vec::new();
     // The nodes configured so far, and the outcasts met.
     let mut configured: HashSet<String> = HashSet::new();
+    // (node, item id): each item once, whatever the number of items.
+    let mut item_ids = HashSet::new();
     let mut outcasts: Vec<(String, BareJid)> = Vec::new();
     for (part, child) in pubsub.iter().flat_map(|p| p.children().map(move |c| (p, c))) {
         let known = if part.is("pubsub", ns::PUBSUB_OWNER) {
@@ -708,7 +710,7 @@ fn pep_nodes(owner: &BareJid, pubsub: &[Element]) -> Result<Vec<PepNode>, String
                         .attr("id")
                         .filter(|id| !id.is_empty())
                         .ok_or_else(|| bad("an item without an id".into()))?;
-                    if node.items.iter().any(|(i, _)| i == id) {
+                    if !item_ids.insert((name, id)) {
                         return Err(bad(format!("item {id} twice")));
                     }
                     let mut payloads = item.children();

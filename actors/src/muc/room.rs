@@ -822,7 +822,6 @@ impl Room {
         match (kind, current) {
             // Prosody's handle_kickable, ejabberd's expulse_participant.
             (PresenceType::Error, Some(i)) if kicks(stanza) => self.remove_session(i, real.as_jid(), &[333], &[]),
-            (PresenceType::Error, _) => {}
             (PresenceType::Unavailable, Some(i)) => self.remove_session(i, real.as_jid(), &[], &payload_of(stanza)),
             (PresenceType::Available, Some(i)) => match stanza.to().and_then(Jid::resource) {
                 None => self.refuse_with(stanza, StanzaCondition::JidMalformed, "a nick is needed"),
@@ -833,7 +832,8 @@ impl Room {
                 Some(nick) => self.change_nick(i, real.as_jid(), stanza, nick),
             },
             (PresenceType::Available, None) => self.join(stanza, real, ctx),
-            // Unavailable from one not here, subscriptions, probes.
+            // Unavailable or errors from one not here, errors that do not
+            // say the session is gone, subscriptions, probes.
             _ => {}
         }
     }
@@ -1421,7 +1421,7 @@ fn kicks(stanza: &Stanza) -> bool {
         return true;
     };
     matches!(
-        crate::error::StanzaError::from_element(error).condition,
+        StanzaError::from_element(error).condition,
         Gone | InternalServerError
             | ItemNotFound
             | JidMalformed

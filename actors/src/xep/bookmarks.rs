@@ -104,7 +104,7 @@ impl From<BookmarkError> for StanzaError {
 /// A boolean attribute, false unless `true` or `1` (XEP-0048's and
 /// XEP-0402's `autojoin`, both `xs:boolean`).
 fn truthy(value: Option<&str>) -> bool {
-    matches!(value.map(str::trim), Some("true" | "1"))
+    value.and_then(pubsub::parse_bool).unwrap_or(false)
 }
 
 /// An attribute's value, unless empty.

@@ -413,12 +413,7 @@ fn notify(
 /// A stored payload, read back: written by this server, under its limits
 /// at the time (which may have been wider than the defaults).
 pub(crate) fn parse_stored(xml: &str) -> Option<Element> {
-    let limits = ParseLimits {
-        max_depth: usize::MAX,
-        max_attrs: usize::MAX,
-        max_name_bytes: usize::MAX,
-    };
-    parse_element(xml.as_bytes(), &NsBindings::empty(), &limits).ok()
+    parse_element(xml.as_bytes(), &NsBindings::empty(), &ParseLimits::UNBOUNDED).ok()
 }
 
 /// Sends `session` the last item of each of `owners`' `nodes` it may see
@@ -709,8 +704,7 @@ async fn publish(cx: &Cx, nodes: &mut NodeMap, p: Publish, out: &mut Outcome) ->
         None => nodes[&p.node].clone(),
     };
     let config = &node.config;
-    if config.persist_items {
-        let keep = config.max_items.resolve(cap);
+    if let Some(keep) = config.kept(cap) {
         cx.storage
             .pep_publish(&cx.owner, &p.node, create.clone(), item, keep)
             .await?;

@@ -85,7 +85,7 @@ impl IqHandler for Private {
             Err(e) => return ready(Err(e.into())),
         };
         // XEP-0411: with PEP, legacy bookmarks are the XEP-0402 ones.
-        if key_of(&el) == bookmarks::LEGACY_KEY && pep::enabled(router) {
+        if el.is("storage", ns::BOOKMARKS) && pep::enabled(router) {
             return bookmarks::private_xml(router.clone(), req.target.clone(), req.is_set(), el);
         }
         Box::pin(answer(router.storage().clone(), req.target.clone(), req.is_set(), el))

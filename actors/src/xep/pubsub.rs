@@ -237,8 +237,8 @@ impl Field {
     }
 }
 
-/// XEP-0004 §3.3 booleans.
-fn parse_bool(s: &str) -> Option<bool> {
+/// XEP-0004 §3.3 booleans (`xs:boolean`).
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim() {
         "1" | "true" => Some(true),
         "0" | "false" => Some(false),
@@ -251,6 +251,12 @@ fn bool_value(b: bool) -> String {
 }
 
 impl NodeConfig {
+    /// How many items a publish leaves stored under `cap` (`[pep]
+    /// max_items`): `None` when the node persists none.
+    pub fn kept(&self, cap: u32) -> Option<u32> {
+        self.persist_items.then(|| self.max_items.resolve(cap))
+    }
+
     /// The values of `field`, as its form field carries them.
     pub fn get(&self, field: Field) -> Vec<String> {
         let one = |s: String| vec![s];
@@ -495,9 +501,9 @@ pub enum PubsubError {
     InvalidPayload,
     PayloadTooBig,
     MaxNodesExceeded,
-    /// Too many publishes too fast.
     /// Too many operations wait for this account's PEP.
     Busy,
+    /// Too many publishes too fast.
     RateLimited,
     /// Publish-options the node does not have: the text says which.
     Precondition(String),

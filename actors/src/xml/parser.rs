@@ -25,6 +25,15 @@ pub struct ParseLimits {
     pub max_name_bytes: usize,
 }
 
+impl ParseLimits {
+    /// No limits: for XML this server wrote itself (stored payloads).
+    pub const UNBOUNDED: ParseLimits = ParseLimits {
+        max_depth: usize::MAX,
+        max_attrs: usize::MAX,
+        max_name_bytes: usize::MAX,
+    };
+}
+
 impl Default for ParseLimits {
     fn default() -> Self {
         ParseLimits {
