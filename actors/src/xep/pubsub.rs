@@ -340,17 +340,10 @@ impl NodeConfig {
     /// (`pubsub#description`, `#publish_model`, `#notification_type`):
     /// those are passed over. A value Shoal cannot take is refused.
     pub fn from_submitted(x: &Element, cap: u32) -> Result<NodeConfig, PubsubError> {
-        let form = Submitted::parse(x).map_err(PubsubError::Stanza)?;
-        if form.form_type().is_some_and(|t| !CONFIG_TYPES.contains(&t)) {
-            return Err(PubsubError::BadRequest("the form's FORM_TYPE is not the expected one"));
-        }
-        let mut config = NodeConfig::default();
-        for (var, values) in form.fields() {
-            if let (Some(field), false) = (Field::from_var(var), values.is_empty()) {
-                config.set(field, values, cap)?;
-            }
-        }
-        Ok(config)
+        let mut patch = NodeConfigPatch::from_form(x, CONFIG_TYPES)?;
+        patch.unknown.clear();
+        patch.fields.retain(|(_, values)| !values.is_empty());
+        patch.apply(&NodeConfig::default(), cap)
     }
 }
 
